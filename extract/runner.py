@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from vadpipe._version import __version__
 from vadpipe.errors import ConfigError, VadpipeError
 
 from . import cache
 from .decode import VIDEO_EXTENSIONS, open_frames
-from .fileio import sha256_file
+from .fileio import remove_stale_temps, sha256_file
 from .i3d import FEATURE_DIM, InceptionI3d
 from .settings import ExtractionSettings
 from .transforms import crop_clip, resize_frame, to_unit_range
@@ -155,16 +156,28 @@ class _Job:
     sha256: str
     size: int
     info: object = None
+    lock: FileLock | None = None
     clip_starts: list[int] = field(default_factory=list)
     feats: list[np.ndarray] = field(default_factory=list)
 
 
 _STOP = object()
+LOCK_DIR = ".locks"
+
+
+def _lock(out_dir: Path, stem: str) -> FileLock:
+    # thread_local=False: the decode thread takes the lock, the writing thread releases it
+    return FileLock(out_dir / LOCK_DIR / f"{stem}.lock", thread_local=False)
 
 
 def _produce(sources: list[Path], out_dir: Path, settings: ExtractionSettings, q: queue.Queue,
-             stop: threading.Event) -> None:
-    """Producer thread: emits ("skip"|"begin"|"clip"|"end"|"fail", ...) events in video order."""
+             stop: threading.Event, held: list[FileLock]) -> None:
+    """Producer thread: emits ("skip"|"same"|"begin"|"clip"|"end"|"fail", ...) events in video order.
+
+    Each video is computed under a per-stem file lock, so two processes sharing a cache never
+    compute the same video at the same time: a video locked by another process is deferred to
+    the end of the list, then waited for (and usually found done).
+    """
     assigner = cache.StemAssigner(out_dir)
     key = settings.key()
     computed: dict[str, Path] = {}  # stem -> first source computed in this run
@@ -178,57 +191,88 @@ def _produce(sources: list[Path], out_dir: Path, settings: ExtractionSettings, q
                 continue
         return False
 
+    def one(source: Path, *, wait: bool) -> bool | None:
+        """Emit the events of one video; False = stopped, None = deferred (locked elsewhere)."""
+        sha = sha256_file(source)
+        stem = assigner.assign(source, sha)
+        if stem in computed:  # same content already computed in this run under this stem
+            return put(("same", source, stem, computed[stem]))
+        lock = _lock(out_dir, stem)
+        try:
+            lock.acquire(timeout=-1 if wait else 0)
+        except Timeout:
+            return None
+        held.append(lock)
+        handed_over = False
+        try:
+            rec = cache.read_record(cache.record_path(out_dir, stem))
+            if cache.entry_problem(out_dir, rec, source_sha256=sha, settings_key=key) is None:
+                return put(("skip", source, stem, rec["clips"]["count"]))
+            job = _Job(source=source, stem=stem, sha256=sha, size=source.stat().st_size, lock=lock)
+            computed[stem] = source
+            handed_over = _decode_video(job, settings, put, stop)  # the writer releases it after writing
+            return handed_over
+        finally:
+            if not handed_over:
+                _release(lock, held)
+
     try:
+        deferred = []
         for source in sources:
             if stop.is_set():
                 return
-            try:
-                sha = sha256_file(source)
-                size = source.stat().st_size
-                stem = assigner.assign(source, sha)
-                if stem in computed:  # same content already computed in this run under this stem
-                    if not put(("same", source, stem, computed[stem])):
-                        return
-                    continue
-                rec = cache.read_record(cache.record_path(out_dir, stem))
-                if cache.entry_problem(out_dir, rec, source_sha256=sha, settings_key=key) is None:
-                    if not put(("skip", source, stem, rec["clips"]["count"])):
-                        return
-                    continue
-                job = _Job(source=source, stem=stem, sha256=sha, size=size)
-                computed[stem] = source
-                opener = open_frames(source, backend=settings.decoder, fps=settings.fps)
-                with opener as (info, frames):
-                    job.info = info
-                    if not put(("begin", job)):
-                        return
-                    times: list[float] = []
-                    window: deque = deque(maxlen=settings.clip_len)
-                    next_start = 0
-                    for frame in frames:
-                        if stop.is_set():
-                            return
-                        times.append(frame.time_s)
-                        if frame.index < next_start:
-                            continue  # stride > clip_len: frame between clips
-                        window.append(resize_frame(frame.rgb, settings.resize_short))
-                        if frame.index == next_start + settings.clip_len - 1:
-                            clip = crop_clip(torch.stack(list(window)), settings.crop_size, settings.crops)
-                            if not put(("clip", job, next_start, clip)):
-                                return
-                            next_start += settings.stride
-                if not times:
-                    raise VadpipeError(f"{source}: no decodable video frames" + _damage(opener.log.summary))
-                if not put(("end", job, np.asarray(times, dtype=np.float64), opener.log.summary)):
-                    return
-            except VadpipeError as exc:
-                put(("fail", source, str(exc)))
-            except OSError as exc:
-                put(("fail", source, f"{source}: {exc.strerror or exc}"))
-            except Exception as exc:  # a decoder bug on one file must not stop the batch
-                put(("fail", source, f"{source}: unexpected {type(exc).__name__}: {exc}"))
+            if _guarded(one, source, put, wait=False) is None:
+                deferred.append(source)
+        for source in deferred:
+            if stop.is_set():
+                return
+            _guarded(one, source, put, wait=True)
     finally:
         put(_STOP)
+
+
+def _release(lock: FileLock, held: list[FileLock]) -> None:
+    if lock in held:
+        held.remove(lock)
+        lock.release()
+
+
+def _guarded(one, source: Path, put, *, wait: bool):
+    """Run ``one`` for a video, turning any error into a "fail" event (one video never stops a batch)."""
+    try:
+        return one(source, wait=wait)
+    except VadpipeError as exc:
+        return put(("fail", source, str(exc)))
+    except OSError as exc:
+        return put(("fail", source, f"{source}: {exc.strerror or exc}"))
+    except Exception as exc:  # a decoder bug on one file must not stop the batch
+        return put(("fail", source, f"{source}: unexpected {type(exc).__name__}: {exc}"))
+
+
+def _decode_video(job: _Job, settings: ExtractionSettings, put, stop: threading.Event) -> bool:
+    opener = open_frames(job.source, backend=settings.decoder, fps=settings.fps)
+    with opener as (info, frames):
+        job.info = info
+        if not put(("begin", job)):
+            return False
+        times: list[float] = []
+        window: deque = deque(maxlen=settings.clip_len)
+        next_start = 0
+        for frame in frames:
+            if stop.is_set():
+                return False
+            times.append(frame.time_s)
+            if frame.index < next_start:
+                continue  # stride > clip_len: frame between clips
+            window.append(resize_frame(frame.rgb, settings.resize_short))
+            if frame.index == next_start + settings.clip_len - 1:
+                clip = crop_clip(torch.stack(list(window)), settings.crop_size, settings.crops)
+                if not put(("clip", job, next_start, clip)):
+                    return False
+                next_start += settings.stride
+    if not times:
+        raise VadpipeError(f"{job.source}: no decodable video frames" + _damage(opener.log.summary))
+    return put(("end", job, np.asarray(times, dtype=np.float64), opener.log.summary))
 
 
 def _damage(summary: str | None) -> str:
@@ -317,6 +361,7 @@ def extract_paths(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
+    remove_stale_temps(out_dir)  # leftovers of a killed run
     report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
     for r in results:
         cache.append_failure(out_dir, Path(r.source), r.error or "failed")
@@ -324,7 +369,8 @@ def extract_paths(
     n_crops = len(settings.crop_names)
     q: queue.Queue = queue.Queue(maxsize=max(2, 2 * -(-batch_size // n_crops)))
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(sources, out_dir, settings, q, stop),
+    held: list[FileLock] = []
+    producer = threading.Thread(target=_produce, args=(sources, out_dir, settings, q, stop, held),
                                 name="vadpipe-decode", daemon=True)
     pending: list[torch.Tensor] = []
     pending_jobs: list[_Job] = []
@@ -375,8 +421,11 @@ def extract_paths(
                     bar.update(clips_task, advance=1, rate=f"{rate:.2f} clips/s")
                 elif kind == "end":
                     _, job, times, damage = event
-                    flush()
-                    report.results.append(_finish(job, settings, times, damage, out_dir))
+                    try:
+                        flush()
+                        report.results.append(_finish(job, settings, times, damage, out_dir))
+                    finally:
+                        _release(job.lock, held)
                     bar.advance(videos_task)
                 elif kind == "fail":
                     _, source, message = event
@@ -390,6 +439,8 @@ def extract_paths(
         finally:
             stop.set()
             producer.join(timeout=10)
+            for lock in list(held):
+                _release(lock, held)
     report.seconds = time.perf_counter() - started
     return report
 

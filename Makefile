@@ -1,0 +1,25 @@
+# Two entry points on a fresh machine: `make demo` and `make test` (each sets up .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e '.[test]'
+	# decord is an optional second decoding backend; its tests skip where no wheel exists
+	-$(PY) -m pip install -q 'decord>=0.6'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/vadpipe demo
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) bench/extract.py
