@@ -45,3 +45,15 @@ main.add_command(extract)
 from vadpipe.cmd_evaluate import evaluate  # noqa: E402
 
 main.add_command(evaluate)
+
+from vadpipe.cmd_detect import detect  # noqa: E402
+
+main.add_command(detect)
+
+from vadpipe.cmd_train import train  # noqa: E402
+
+main.add_command(train)
+
+from vadpipe.cmd_demo import demo  # noqa: E402
+
+main.add_command(demo)

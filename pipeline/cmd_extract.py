@@ -8,14 +8,13 @@ from pathlib import Path
 
 import click
 
-from vadpipe.extract.runner import ExtractReport, extract_paths
 from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, ExtractionSettings
 from vadpipe.workspace import features_dir
 
 __all__ = ["extract", "print_report"]
 
 
-def print_report(report: ExtractReport) -> None:
+def print_report(report) -> None:
     """Human summary on stderr: counts, then one line per failed video."""
     counts = report.counts()
     parts = [f"{n} {status}" for status, n in sorted(counts.items())]
@@ -65,6 +64,8 @@ def extract(paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len:
     <stem>__<crop>.npy (T, 1024) float32 files and a <stem>.json record. Videos already in the
     cache with the same content and settings are skipped; the trailing partial clip is dropped.
     """
+    from vadpipe.extract.runner import extract_paths  # torch/torchvision: imported only when running
+
     settings = ExtractionSettings(clip_len=clip_len, stride=stride or clip_len, fps=fps, crops=crops,
                                   decoder=decoder, precision=precision)
     report = extract_paths(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,

@@ -1,0 +1,55 @@
+"""Training-time temporal augmentation: random one-row-per-block views of a sequence (method.md §2).
+
+A view keeps one uniformly chosen row from each block ``[L*i, L*i + L)`` in temporal order and
+drops the ``T mod L`` tail rows, so every view has length ``T // L``. Sequences with
+``T <= 2L`` are returned whole (then the views are identical and their alignment term is 0),
+exactly as the authors' ``RandomTemporalChunkCrop``. The original sequence is never a view.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["view_indices", "chunk_start_indices"]
+
+
+def view_indices(n_steps: int, *, n_views: int, block_len: int = 3, rng: np.random.Generator) -> np.ndarray:
+    """Row indices of ``n_views`` independent random views of a length-``n_steps`` sequence.
+
+    Args:
+        n_steps: T, the number of feature rows (>= 1).
+        n_views: K, the number of views (2 with the alignment loss, 1 without).
+        block_len: L, the block length (3 in the paper).
+        rng: the source of randomness; the function draws from it and touches nothing else.
+
+    Returns:
+        (K, T') int64 array, sorted along each row; ``T' = T // L`` when ``T > 2L``, else ``T``.
+
+    Example:
+        >>> view_indices(7, n_views=2, rng=np.random.default_rng(0)).shape
+        (2, 2)
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if n_views < 1:
+        raise ValueError(f"n_views must be >= 1, got {n_views}")
+    if block_len < 1:
+        raise ValueError(f"block_len must be >= 1, got {block_len}")
+    if n_steps <= 2 * block_len:
+        return np.tile(np.arange(n_steps, dtype=np.int64), (n_views, 1))
+    n_blocks = n_steps // block_len
+    offsets = rng.integers(0, block_len, size=(n_views, n_blocks), dtype=np.int64)
+    return np.arange(n_blocks, dtype=np.int64) * block_len + offsets
+
+
+def chunk_start_indices(n_steps: int, *, block_len: int = 3) -> np.ndarray:
+    """The deterministic test-time counterpart: the first row of each block (method.md §6 step 1).
+
+    ``[0, L, 2L, ...]`` for ``T > 2L``; all ``T`` rows otherwise (the authors' code drops the last
+    row there, method.md Q11, which empties a T=1 sequence; vadpipe keeps it).
+    """
+    if n_steps < 1 or block_len < 1:
+        raise ValueError(f"n_steps and block_len must be >= 1, got {n_steps} and {block_len}")
+    if n_steps <= 2 * block_len:
+        return np.arange(n_steps, dtype=np.int64)
+    return np.arange(n_steps // block_len, dtype=np.int64) * block_len

@@ -1,0 +1,199 @@
+"""The CSL-TAL network: masked causal temporal conv, attention head, classifier, T-CAM.
+
+Follows the authors' code (aimagelab/CSL-TAL, model/model.py), see method.md §1: three Linear
+layers in the MLP attention head, a sum (not a mean) over time of attention-weighted *raw*
+features, and a T-CAM that applies the classifier to each raw feature row, ``g(x_t)``.
+
+Batches are right-padded ``(B, T, F)`` tensors with a ``(B, T)`` mask. Internally the valid rows
+are packed into one ``(N, F)`` matrix, so compute scales with the real number of steps, not
+with ``B * max(T)``, and padded steps cannot leak into any sum.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ATTENTION_KINDS", "ModelConfig", "ModelOutput", "MaskedCausalConv1d", "CSLTAL"]
+
+ATTENTION_KINDS = ("mlp", "gated")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Hyper-parameters of the network (the paper's model is the default).
+
+    Args:
+        attention: ``"mlp"`` (the paper's STPN-like head) or ``"gated"`` (Ilse et al., the
+            authors' later default).
+        feature_dim: width F of the input feature rows (1024 for I3D RGB).
+        kernel_size: odd temporal kernel size of the masked conv; taps ``0 .. k//2`` are active,
+            so the conv sees ``x_{t-k//2} .. x_t`` (causal, current step included).
+    """
+
+    attention: str = "mlp"
+    feature_dim: int = 1024
+    kernel_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
+        if not isinstance(self.feature_dim, int) or self.feature_dim < 1:
+            raise ValueError(f"feature_dim must be a positive int, got {self.feature_dim!r}")
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            # An even kernel with the authors' mask would exclude the current step.
+            raise ValueError(f"kernel_size must be a positive odd int, got {self.kernel_size!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        unknown = set(data) - {"attention", "feature_dim", "kernel_size"}
+        if unknown:
+            raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
+        return cls(**data)
+
+
+class ModelOutput(NamedTuple):
+    """Per-step and per-video outputs; padded steps hold 0 in ``attention`` and ``tcam``.
+
+    attention: (B, T) in [0, 1]; video_score: (B,) in (0, 1); tcam: (B, T) ``g(x_t)`` in (0, 1),
+    or None when the forward was asked not to compute it (training).
+    """
+
+    attention: Tensor
+    video_score: Tensor
+    tcam: Tensor | None
+
+    @property
+    def weighted_tcam(self) -> Tensor:
+        """``attention * tcam``: the per-step anomaly score used for localisation (ψ_t)."""
+        if self.tcam is None:
+            raise ValueError("this output was computed with with_tcam=False")
+        return self.attention * self.tcam
+
+
+class MaskedCausalConv1d(nn.Conv1d):
+    """Conv1d over time whose taps after the centre are masked to zero (functionally).
+
+    Equivalent to the authors' ``conv1d(x, weight * mask, bias, padding=k//2)`` with the mask
+    on taps ``0 .. k//2``, but computed only on the active taps and on packed rows: output
+    ``t = bias + sum_j W_j x_{t-k//2+j}`` with zeros before the start of each sequence. The
+    weight keeps the full (F, F, k) shape and PyTorch's default init (fan-in over all k taps,
+    as in the original); the masked taps are zeroed at init and never receive a gradient.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2)
+        self.n_active = kernel_size // 2 + 1
+        tap_mask = torch.zeros(1, 1, kernel_size)
+        tap_mask[..., : self.n_active] = 1.0
+        self.register_buffer("tap_mask", tap_mask, persistent=False)
+        with torch.no_grad():
+            self.weight.mul_(self.tap_mask)
+
+    def forward_packed(self, x: Tensor, positions: Tensor) -> Tensor:
+        """Args: x (N, F) rows of several sequences back to back; positions (N,) step index of
+        each row inside its own sequence. Returns (N, F)."""
+        pad = self.n_active - 1
+        columns = []
+        for lag in range(pad, -1, -1):  # tap j sees lag = pad - j
+            if lag == 0:
+                columns.append(x)
+            else:
+                shifted = torch.cat([x.new_zeros(min(lag, x.shape[0]), x.shape[1]), x[:-lag]])
+                columns.append(shifted * (positions >= lag).unsqueeze(1).to(x.dtype))
+        weight = self.weight[:, :, : self.n_active].permute(0, 2, 1).reshape(self.out_channels, -1)
+        return F.linear(torch.cat(columns, dim=1), weight, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Args: x (B, F, T) as for nn.Conv1d (all steps valid). Returns (B, F, T)."""
+        return F.conv1d(x, self.weight * self.tap_mask, self.bias, padding=self.padding)
+
+
+class _MLPAttention(nn.Sequential):
+    def __init__(self, dim: int) -> None:
+        super().__init__(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 1))
+
+
+class _GatedAttention(nn.Module):
+    def __init__(self, dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.value = nn.Linear(dim, hidden)
+        self.gate = nn.Linear(dim, hidden)
+        self.out = nn.Linear(hidden, 1)
+        for layer in (self.value, self.gate, self.out):  # λ ≈ 0.5 everywhere at the start
+            nn.init.normal_(layer.weight, std=0.001)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.tanh(self.value(x)) * torch.sigmoid(self.gate(x)))
+
+
+class _Classifier(nn.Sequential):
+    def __init__(self, dim: int, hidden: int = 512) -> None:
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        for layer in (self[0], self[2]):
+            nn.init.xavier_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
+class CSLTAL(nn.Module):
+    """Attention-based weakly supervised anomaly model (CSL-TAL / STPN-like).
+
+    Inputs: x (B, T, F) float, right-padded; mask (B, T) bool, True on valid steps (a prefix of
+    each row), None when every step is valid.
+
+    Example:
+        >>> model = CSLTAL(ModelConfig(feature_dim=8))
+        >>> out = model(torch.rand(2, 5, 8), torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]).bool())
+        >>> out.attention.shape, out.video_score.shape, float(out.attention[1, 3])
+        (torch.Size([2, 5]), torch.Size([2]), 0.0)
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        dim = self.config.feature_dim
+        self.conv = MaskedCausalConv1d(dim, self.config.kernel_size)
+        self.attention = _MLPAttention(dim) if self.config.attention == "mlp" else _GatedAttention(dim)
+        self.classifier = _Classifier(dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, *, with_tcam: bool = True) -> ModelOutput:
+        if x.ndim != 3 or x.shape[2] != self.config.feature_dim:
+            raise ValueError(f"x must be (B, T, {self.config.feature_dim}), got {tuple(x.shape)}")
+        batch, steps, _ = x.shape
+        if mask is None:
+            mask = torch.ones(batch, steps, dtype=torch.bool, device=x.device)
+        elif mask.shape != (batch, steps) or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {(batch, steps)}, "
+                             f"got {mask.dtype} {tuple(mask.shape)}")
+        elif steps > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+            raise ValueError("mask must be right-padded: True on a prefix of each row, then False")
+
+        packed = x[mask]  # (N, F), row-major: each sequence's steps back to back
+        positions = torch.arange(steps, device=x.device).expand(batch, steps)[mask]
+        rows = torch.arange(batch, device=x.device).unsqueeze(1).expand(batch, steps)[mask]
+
+        hidden = self.conv.forward_packed(packed, positions)  # no activation after the conv (§1.1)
+        lam = torch.sigmoid(self.attention(hidden)).squeeze(1)  # (N,)
+        # Σ_t λ_t x_t per sequence, as one (B, N) @ (N, F) product (scatter-adds are slow on CPU)
+        columns = torch.arange(packed.shape[0], device=x.device)
+        pooled = x.new_zeros(batch, packed.shape[0]).index_put((rows, columns), lam) @ packed
+        video_score = torch.sigmoid(self.classifier(pooled)).squeeze(1)
+
+        attention = x.new_zeros(batch, steps).masked_scatter(mask, lam)
+        tcam = None
+        if with_tcam:
+            tcam_packed = torch.sigmoid(self.classifier(packed)).squeeze(1)
+            tcam = x.new_zeros(batch, steps).masked_scatter(mask, tcam_packed)
+        return ModelOutput(attention, video_score, tcam)
+
+    def num_parameters(self) -> int:
+        """Trainable parameters, counting the full k-tap conv tensor as the original code prints."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

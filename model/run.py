@@ -1,0 +1,256 @@
+"""Run folders: trained weights, their config, the resume checkpoint and the LATEST pointer.
+
+A run folder holds::
+
+    config.json           model / training / data / extraction settings, vadpipe version
+    weights.safetensors   the final model weights
+    metrics.jsonl         one JSON line per epoch (loss parts, validation metrics)
+    summary.json          last-epoch and best-epoch metrics, labelled
+    curves.png            loss and metric curves
+    checkpoint/           state.json + state-eNNNN.safetensors (model + Adam moments) for resume
+
+Nothing here unpickles: tensors are safetensors, everything else JSON. Every file is written to a
+temp file and renamed into place; ``checkpoint/state.json`` is written last and names the
+tensor file it belongs to, so a kill mid-save leaves the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from vadpipe._version import __version__
+from vadpipe.errors import CheckpointError
+from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
+
+from .net import CSLTAL, ModelConfig
+
+__all__ = [
+    "RUN_SCHEMA_VERSION",
+    "CONFIG_FILE",
+    "WEIGHTS_FILE",
+    "METRICS_FILE",
+    "SUMMARY_FILE",
+    "CURVES_FILE",
+    "CHECKPOINT_DIR",
+    "LATEST_FILE",
+    "Run",
+    "load_run",
+    "read_run_config",
+    "latest_run",
+    "set_latest",
+    "new_run_dir",
+    "save_run",
+    "write_json",
+    "read_json",
+    "save_weights",
+    "save_checkpoint",
+    "load_checkpoint",
+]
+
+RUN_SCHEMA_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.safetensors"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CURVES_FILE = "curves.png"
+CHECKPOINT_DIR = "checkpoint"
+LATEST_FILE = "LATEST"
+_STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A trained run: ``model`` on the CPU in eval mode, ``config`` the parsed config.json."""
+
+    path: Path
+    config: dict
+    model: CSLTAL
+
+
+def write_json(path: Path, data: object) -> None:
+    atomic_write_text(Path(path), json.dumps(data, indent=1) + "\n")
+
+
+def read_json(path: Path, *, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} is missing") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{what} {path} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{what} {path} is not a JSON object")
+    return data
+
+
+def _read_bytes(path: Path, *, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} {path} is missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{what} {path} cannot be read: {exc.strerror or exc}") from exc
+
+
+def _parse_tensors(data: bytes, path: Path, *, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(data)
+    except SafetensorError as exc:
+        raise CheckpointError(f"{what} {path} is not a readable safetensors file: {exc}") from exc
+
+
+def save_weights(model: CSLTAL, path: Path) -> None:
+    """Model weights as safetensors, with the model config in the metadata."""
+    metadata = {"format": "pt", "vadpipe_version": __version__, "model": json.dumps(model.config.to_dict())}
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    atomic_write_bytes(Path(path), save_safetensors(state, metadata=metadata))
+
+
+def save_run(run_dir: Path | str, model: CSLTAL, *, config: dict | None = None) -> Path:
+    """Write a loadable run folder: ``config.json`` and ``weights.safetensors``.
+
+    Args:
+        run_dir: the folder (created if needed).
+        model: the network; its ``ModelConfig`` becomes the config's "model" section.
+        config: other sections ("training", "data", "validation", "extraction", ...); missing
+            ones are null. Train writes them all; a hand-built model may pass none.
+
+    Example:
+        >>> save_run("runs/untrained", CSLTAL(ModelConfig()))  # doctest: +SKIP
+    """
+    run_dir = Path(run_dir)
+    base = dict.fromkeys(("training", "data", "validation", "extraction"))
+    full = {**base, **(config or {}), "schema_version": RUN_SCHEMA_VERSION, "model": model.config.to_dict()}
+    full.setdefault("vadpipe_version", __version__)
+    write_json(run_dir / CONFIG_FILE, full)
+    save_weights(model, run_dir / WEIGHTS_FILE)
+    return run_dir
+
+
+def _load_state(model: CSLTAL, state: dict[str, torch.Tensor], *, source: Path) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise CheckpointError(f"{source} does not fit the model in its config.json: {first}") from exc
+
+
+def read_run_config(run_dir: Path | str) -> dict:
+    """The parsed ``config.json`` of a run folder, checked to be a vadpipe run config."""
+    path = Path(run_dir) / CONFIG_FILE
+    config = read_json(path, what="run config")
+    if config.get("schema_version") != RUN_SCHEMA_VERSION or "model" not in config:
+        raise CheckpointError(f"{path} is not a vadpipe run config (schema_version {RUN_SCHEMA_VERSION})")
+    return config
+
+
+def load_run(run_dir: Path | str) -> Run:
+    """Load a run folder's final weights into a fresh model (CPU, eval mode).
+
+    Raises:
+        CheckpointError: missing or unreadable files, foreign schema, weights not matching the config.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist")
+    config = read_run_config(run_dir)
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: bad model settings: {exc}") from exc
+    model = CSLTAL(model_config)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing: the run did not finish; "
+                              f"resume it with vadpipe train --resume {run_dir}")
+    _load_state(model, _parse_tensors(_read_bytes(weights, what="weights"), weights, what="weights"), source=weights)
+    return Run(path=run_dir, config=config, model=model.eval())
+
+
+def latest_run(runs_dir: Path | str) -> Path:
+    """The run folder named in ``runs_dir/LATEST`` (written after each finished ``vadpipe train``)."""
+    pointer = Path(runs_dir) / LATEST_FILE
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        raise CheckpointError(f"no trained model: {pointer} does not exist; "
+                              "run vadpipe train first, or pass --model RUN_DIR") from None
+    run_dir = Path(runs_dir) / name  # an absolute name stays absolute
+    if not name or not run_dir.is_dir():
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a run folder; pass --model RUN_DIR")
+    return run_dir
+
+
+def set_latest(runs_dir: Path | str, run_dir: Path | str) -> None:
+    """Point ``runs_dir/LATEST`` at ``run_dir`` (by name when it lies in runs_dir, else absolute)."""
+    runs_dir, run_dir = Path(runs_dir), Path(run_dir)
+    inside = run_dir.resolve().parent == runs_dir.resolve()
+    atomic_write_text(runs_dir / LATEST_FILE, (run_dir.name if inside else str(run_dir.resolve())) + "\n")
+
+
+def new_run_dir(runs_dir: Path | str) -> Path:
+    """A fresh, not yet existing ``runs_dir/run-YYYYmmdd-HHMMSS[-n]`` path."""
+    base = "run-" + time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        candidate = Path(runs_dir) / (base if n == 0 else f"{base}-{n}")
+        if not candidate.exists():
+            return candidate
+    raise CheckpointError(f"cannot find a free run folder name in {runs_dir}")
+
+
+def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torch.optim.Adam) -> None:
+    """Model weights and Adam state after ``epoch``, with no pickle: moments as tensors, steps as JSON."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    names = [name for name, _ in model.named_parameters()]
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    steps: dict[str, int] = {}
+    opt_state = optimizer.state_dict()["state"]
+    for index, name in enumerate(names):
+        slot = opt_state.get(index)
+        if slot:
+            tensors[f"adam.{name}.exp_avg"] = slot["exp_avg"].contiguous()
+            tensors[f"adam.{name}.exp_avg_sq"] = slot["exp_avg_sq"].contiguous()
+            steps[name] = int(slot["step"])
+    data = save_safetensors(tensors)
+    tensor_file = f"state-e{epoch:04d}.safetensors"
+    previous = {p.name for p in folder.glob("state-e*.safetensors")} - {tensor_file}
+    atomic_write_bytes(folder / tensor_file, data)
+    write_json(folder / _STATE_FILE, {"schema_version": RUN_SCHEMA_VERSION, "epoch": epoch, "tensors": tensor_file,
+                                      "sha256": sha256_bytes(data), "adam_steps": steps})
+    for name in previous:  # only after state.json names the new file
+        (folder / name).unlink(missing_ok=True)
+
+
+def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam) -> int:
+    """Restore model and Adam state from ``run_dir/checkpoint``; returns the epoch it was saved after."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    state = read_json(folder / _STATE_FILE, what="checkpoint")
+    if state.get("schema_version") != RUN_SCHEMA_VERSION:
+        raise CheckpointError(f"{folder / _STATE_FILE} has an unknown schema_version {state.get('schema_version')!r}")
+    path = folder / str(state.get("tensors"))
+    data = _read_bytes(path, what="checkpoint tensors")
+    if sha256_bytes(data) != state.get("sha256"):
+        raise CheckpointError(f"checkpoint tensors {path} are corrupted (sha256 differs from state.json)")
+    tensors = _parse_tensors(data, path, what="checkpoint tensors")
+    _load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, source=path)
+    opt = optimizer.state_dict()
+    steps = state.get("adam_steps", {})
+    opt["state"] = {}
+    for index, (name, _) in enumerate(model.named_parameters()):
+        if name in steps:
+            try:
+                opt["state"][index] = {"step": torch.tensor(float(steps[name])),
+                                       "exp_avg": tensors[f"adam.{name}.exp_avg"],
+                                       "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"]}
+            except KeyError as exc:
+                raise CheckpointError(f"checkpoint {path} lacks the Adam state {exc.args[0]}") from None
+    optimizer.load_state_dict(opt)
+    return int(state["epoch"])

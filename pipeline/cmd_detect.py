@@ -1,0 +1,96 @@
+"""``vadpipe detect``: anomalous time intervals of new videos, as JSON and plots."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from vadpipe.extract.fileio import atomic_write_text
+from vadpipe.extract.settings import CROP_MODES
+from vadpipe.workspace import features_dir, runs_dir
+
+__all__ = ["detect"]
+
+
+def _unit_interval(ctx, param, value):
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(f"must lie in [0, 1], got {value}")
+    return value
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder from vadpipe train [default: the latest run in the workspace].")
+@click.option("--out", "out", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Write the intervals JSON here ('-' for stdout).")
+@click.option("--threshold", type=float, default=None, callback=_unit_interval,
+              help="Proposal threshold on the weighted T-CAM, in [0, 1] [default: the run's, else 0.35].")
+@click.option("--min-duration", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Drop intervals shorter than this many seconds.")
+@click.option("--merge-gap", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Merge intervals separated by at most this many seconds.")
+@click.option("--plot", "plot", type=click.Path(path_type=Path), default=None,
+              help="PNG file (one video) or folder (one <video>.png each) of score curves and intervals.")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Ground truth to draw on the plots (XD-Violence annotations.txt format, frame intervals).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Feature cache to reuse and fill [default: the workspace's features/].")
+@click.option("--crops", type=click.Choice(CROP_MODES), default=None, help="Must match the model's training features (refused otherwise).")
+@click.option("--clip-len", type=int, default=None, help="Must match the model's training features.")
+@click.option("--fps", type=float, default=None, help="Must match the model's training features.")
+@click.option("--weights", type=click.Path(path_type=Path), default=None, help="I3D weights (see vadpipe extract).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, threshold: float | None,
+           min_duration: float, merge_gap: float, plot: Path | None, annotations: Path | None,
+           cache_dir: Path | None, crops: str | None, clip_len: int | None, fps: float | None,
+           weights: Path | None, device: str, batch_size: int, quiet: bool) -> None:
+    """Find the anomalous time intervals of videos (files or folders) with a trained model."""
+    from vadpipe.detect import detect_videos, plot_video, run_extraction_settings
+    from vadpipe.model.data import parse_annotations
+    from vadpipe.model.run import latest_run, load_run
+    from vadpipe.postprocess.intervals import OperatingPoint, document_to_dict, validate_document
+
+    run = load_run(model_dir or latest_run(runs_dir()))
+    settings = run_extraction_settings(run, crops=crops, clip_len=clip_len, fps=fps)
+    if threshold is None:
+        threshold = float(run.config.get("operating_point", {}).get("threshold", 0.35))
+    op = OperatingPoint(threshold=threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
+    cache_dir = cache_dir or features_dir()
+    result = detect_videos(list(paths), run, cache_dir=cache_dir, settings=settings, operating_point=op,
+                           weights=weights, device=device, batch_size=batch_size, progress=not quiet)
+
+    doc = document_to_dict(result.document)
+    validate_document(doc)
+    doc["model"] = str(run.path)
+    doc["not_scored"] = ([{"source": r.source, "reason": "too short: fewer frames than one clip"}
+                          for r in result.too_short]
+                         + [{"source": r.source, "reason": r.error} for r in result.failed])
+    if out is not None:
+        text = json.dumps(doc, indent=2, allow_nan=False)
+        if str(out) == "-":
+            click.echo(text)
+        else:
+            atomic_write_text(out, text + "\n")
+
+    truth = parse_annotations(annotations) if annotations else {}
+    for video in result.document.videos:
+        spans = ", ".join(f"{i.start_s:.2f}-{i.end_s:.2f}s ({i.score:.2f})" for i in video.intervals) or "none"
+        click.echo(f"{Path(video.source).name}: video score {video.video_score:.3f}; intervals: {spans}", err=True)
+        if plot is not None:
+            record = result.records[video.source]
+            single = plot.suffix.lower() == ".png" and len(result.document.videos) == 1
+            target = plot if single else plot / f"{record['stem']}.png"
+            plot_video(target, video, record, cache_dir, threshold=op.threshold, low=op.low, high=op.high,
+                       ground_truth_frames=truth.get(Path(video.source).stem, []) if annotations else None)
+    for r in result.too_short:
+        click.secho(f"{Path(r.source).name}: too short (fewer frames than one clip), not scored", fg="yellow", err=True)
+    for r in result.failed:
+        click.secho(f"failed: {r.error}", fg="red", err=True)
+    if result.failed and len(result.failed) == len(result.extract_report.results):
+        sys.exit(1)

@@ -1,0 +1,124 @@
+"""``vadpipe evaluate``: a trained run on test features -> the four Table-1 levels x (AUC, AP)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import click
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from vadpipe.extract.fileio import atomic_write_text
+from vadpipe.workspace import runs_dir
+
+__all__ = ["evaluate", "metrics_table", "print_report"]
+
+# vadpipe.postprocess.metrics.PROTOCOLS and LEVELS, spelled out so that `vadpipe --help` does not
+# import scikit-learn and torch (a test checks they agree).
+PROTOCOLS = ("standard", "csl")
+LEVELS = ("video", "segment", "frame", "proposal")
+
+# Table 1 of the paper (AUC / AP, %), with alignment; frame and proposal may be swapped (§6).
+_PAPER_CSL = {"video": (97.79, 98.28), "segment": (85.49, 66.87), "frame": (90.23, 71.68),
+              "proposal": (85.65, 66.05)}
+_SWAPPED = {"frame": "proposal", "proposal": "frame"}
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def metrics_table(report: dict) -> Table:
+    """A rich table of a report from `vadpipe.postprocess.evaluate.evaluate_run` (values in %)."""
+    csl = report["protocol"] == "csl"
+    table = Table(title=f"{report['protocol']} protocol (%)", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False)
+    table.add_column("level", no_wrap=True)
+    for name in ("AUC", "AP", "AP trapz", "pairs") + (("paper", "swapped") if csl else ()):
+        table.add_column(name, justify="right", no_wrap=True)
+    for level in LEVELS:
+        m = report[level]
+        row = [level, _pct(m["auc"]), _pct(m["ap"]), _pct(m["ap_trapezoid"]), f"{m['n']:,}"]
+        if csl:
+            row.append("{:.2f}/{:.2f}".format(*_PAPER_CSL[level]))
+            row.append("{:.2f}/{:.2f}".format(*_PAPER_CSL[_SWAPPED[level]]) if level in _SWAPPED else "")
+        table.add_row(*row)
+    return table
+
+
+def print_report(console: Console, report: dict) -> None:
+    """What was evaluated, the metrics table, and what its columns mean."""
+    counts = report["counts"]
+    console.print(f"{counts['videos']} videos ({counts['anomalous_videos']} anomalous), "
+                  f"{counts['entries']} evaluated entries, proposal threshold {report['threshold']:g}")
+    console.print(metrics_table(report))
+    console.print("AP: sklearn average_precision_score; AP trapz: auc(recall, precision), the "
+                  "trapezoidal PR-AUC most papers report", style="dim")
+    if report["protocol"] == "csl":
+        console.print("paper: Table 1 AUC/AP with alignment; swapped: its other column, in case "
+                      "the paper's frame and proposal columns are swapped (method.md §6)", style="dim")
+
+
+@click.command()
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Run folder from vadpipe train [default: the latest run in the workspace].")
+@click.option("--features", "features_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Test features: a vadpipe cache folder, or XD-Violence <video>__<crop>.npy files "
+                   "(flat or in RGBTest/).")
+@click.option("--annotations", "annotations_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="XD-Violence annotations.txt format: '<video> s1 e1 [s2 e2 ...]' half-open frame "
+                   "intervals; videos absent from it are normal.")
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default="standard", show_default=True,
+              help="standard: every clip, crops averaged, clip scores x16 against frame labels; "
+                   "csl: the authors' per-crop, 1-in-3 subsampled protocol (Table 1).")
+@click.option("--threshold", type=float, default=0.35, show_default=True,
+              help="Proposal threshold on the interpolated weighted T-CAM (proposal level).")
+@click.option("--parity-q11", is_flag=True,
+              help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' "
+                   "code does (method.md Q11).")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+              default=None, help="Write every level x metric as JSON to this file ('-' for stdout).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path, protocol: str,
+             threshold: float, parity_q11: bool, json_out: Path | None, quiet: bool) -> None:
+    """Evaluate a trained model: video, segment, frame and proposal-frame AUC and AP.
+
+    AP is printed both as scikit-learn's average precision and as the trapezoidal PR-AUC.
+    """
+    from vadpipe.model.run import latest_run
+    from vadpipe.postprocess.evaluate import evaluate_run, json_ready
+
+    if model_dir is None:
+        model_dir = latest_run(runs_dir())
+    stderr = Console(stderr=True)
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.description}"), console=stderr, disable=quiet,
+                  transient=True) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, stem: str) -> None:
+            bar.update(task, completed=done, total=total, description=escape(stem[:40]))
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = evaluate_run(model_dir, features_dir, annotations_file, protocol=protocol,
+                                  threshold=threshold, parity_q11=parity_q11, progress=progress)
+    report["warnings"] = [str(w.message) for w in caught]
+    for message in report["warnings"]:
+        click.secho(f"warning: {message}", fg="yellow", err=True)
+    # The table is the result for a person: stdout, unless stdout carries the JSON.
+    print_report(Console(stderr=str(json_out) == "-"), report)
+    if json_out is not None:
+        text = json.dumps(json_ready(report), indent=2, allow_nan=False)
+        if str(json_out) == "-":
+            click.echo(text)
+        else:
+            atomic_write_text(json_out, text + "\n")

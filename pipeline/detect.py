@@ -1,0 +1,153 @@
+"""``detect`` orchestration: videos -> cached I3D features -> trained model -> anomalous intervals.
+
+The only module besides the CLI that knows every stage. Features come from the extractor and
+its cache with exactly the run's extraction settings (a video extracted before with the same
+settings is not decoded again); a request that contradicts those settings is refused, since a
+model only understands features made the way its training features were.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from vadpipe.errors import CheckpointError, ConfigError
+from vadpipe.extract import cache
+from vadpipe.extract.runner import ClipEncoder, ExtractReport, VideoResult, extract_paths, select_device
+from vadpipe.extract.settings import ExtractionSettings
+from vadpipe.extract.weights import load_i3d
+from vadpipe.model.run import Run
+from vadpipe.postprocess.intervals import (
+    IntervalsDocument,
+    OperatingPoint,
+    VideoIntervals,
+    build_video_intervals,
+    frame_span_to_seconds,
+)
+from vadpipe.postprocess.proposals import interpolate_to_frames
+from vadpipe.postprocess.scores import score_sequences
+
+__all__ = ["DetectResult", "run_extraction_settings", "detect_videos", "plot_video"]
+
+
+@dataclass
+class DetectResult:
+    document: IntervalsDocument
+    extract_report: ExtractReport
+    too_short: list[VideoResult] = field(default_factory=list)
+    failed: list[VideoResult] = field(default_factory=list)
+    records: dict[str, dict] = field(default_factory=dict)  # source -> cache record
+
+
+def run_extraction_settings(run: Run, **requested) -> ExtractionSettings:
+    """The extraction settings the run was trained on, checked against any explicitly requested.
+
+    ``requested`` holds settings the user asked for (None = not asked); any that differ from the
+    run's are refused with a message naming both values.
+    """
+    ext = run.config.get("extraction")
+    if ext and ext.get("settings"):
+        settings = ExtractionSettings.from_dict(ext["settings"])
+    else:
+        warnings.warn(
+            f"run {run.path} was trained on feature files without extraction records (e.g. the released "
+            f"XD-Violence features); assuming vadpipe's default extraction settings", stacklevel=2)
+        settings = ExtractionSettings()
+    asked = {k: v for k, v in requested.items() if v is not None}
+    clashes = [f"{k}={v!r} (model: {getattr(settings, k)!r})" for k, v in asked.items() if getattr(settings, k) != v]
+    if clashes:
+        raise ConfigError(
+            f"the model in {run.path} was trained on features extracted with other settings: "
+            f"{', '.join(clashes)}; drop these options or train a model on such features")
+    return settings
+
+
+def _encoder_for(settings: ExtractionSettings, *, weights: Path | None, device: str | None) -> tuple[ClipEncoder, ExtractionSettings]:
+    dev = select_device(device)
+    model, ident = load_i3d(weights, device=dev)
+    if settings.weights_sha256 and settings.weights_sha256 != ident:
+        raise ConfigError(
+            f"the model was trained on features from I3D weights {settings.weights_sha256[:12]}..., but the "
+            f"weights at hand are {ident[:12]}...; pass the training weights with --weights")
+    return ClipEncoder(model, dev, settings.precision), settings.with_weights(ident)
+
+
+def detect_videos(
+    paths: list[Path],
+    run: Run,
+    *,
+    cache_dir: Path,
+    settings: ExtractionSettings,
+    operating_point: OperatingPoint,
+    weights: Path | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+    progress: bool = True,
+    encoder: ClipEncoder | None = None,
+) -> DetectResult:
+    """Extract (or reuse) features of ``paths`` with ``settings`` and cut intervals with the run's model.
+
+    Every crop in the settings is scored with the full-rate protocol (three phase-shifted
+    sub-sequences, one score per clip) and the crops' scores are averaged. A ready ``encoder``
+    (with ``settings.weights_sha256`` set) avoids loading I3D again.
+    """
+    if encoder is None or not settings.weights_sha256:
+        encoder, settings = _encoder_for(settings, weights=weights, device=device)
+    report = extract_paths(paths, out_dir=cache_dir, settings=settings, encoder=encoder,
+                           batch_size=batch_size, progress=progress)
+    result = DetectResult(document=IntervalsDocument(operating_point=operating_point, videos=()),
+                          extract_report=report)
+    videos: list[VideoIntervals] = []
+    block_len = int((run.config.get("training") or {}).get("block_len", 3))
+    for r in report.results:
+        if r.status == "failed":
+            result.failed.append(r)
+            continue
+        record = cache.read_record(cache.record_path(cache_dir, r.stem))
+        if record is None:
+            raise CheckpointError(f"cache record of {r.source} vanished from {cache_dir} during the run")
+        if record["clips"]["count"] == 0:
+            result.too_short.append(r)
+            continue
+        crops = [cache.load_features(cache_dir, record, c) for c in range(len(record["crops"]))]
+        scores = score_sequences(run.model, crops, mode="full", block_len=block_len)
+        attention = np.mean([s.attention for s in scores], axis=0)
+        tcam = np.mean([s.tcam for s in scores], axis=0)
+        times = cache.load_frame_times(cache_dir, record)
+        videos.append(build_video_intervals(
+            source=r.source, attention=attention, tcam=tcam,
+            video_score=float(np.mean([s.video_score for s in scores])),
+            start_frames=np.asarray(record["clips"]["start_frames"]), clip_len=record["clips"]["length"],
+            frame_times_s=times, duration_s=record["video"]["duration_s"], fps=record["video"]["fps"],
+            video_end_s=record["video"]["duration_s"], operating_point=operating_point))
+        result.records[r.source] = record
+    result.document = replace(result.document, videos=tuple(videos))
+    return result
+
+
+def plot_video(path: Path, video: VideoIntervals, record: dict, cache_dir: Path, *, threshold: float,
+               low: float, high: float, ground_truth_frames: list[tuple[int, int]] | None = None) -> Path:
+    """Score curves at frame rate over real time, detected intervals, and ground truth if known."""
+    from vadpipe.postprocess.plot import plot_scores
+
+    clip_len = video.clip_len
+    times = cache.load_frame_times(cache_dir, record)
+    starts = np.asarray(record["clips"]["start_frames"])
+    frame_idx = (starts[:, None] + np.arange(clip_len)[None]).reshape(-1)
+    att = np.array([c.attention for c in video.clips])
+    tcam = np.array([c.tcam for c in video.clips])
+    curves = {
+        "attention": interpolate_to_frames(att, clip_len=clip_len, low=0.0, high=1.0),
+        "tcam": interpolate_to_frames(tcam, clip_len=clip_len, low=0.0, high=1.0),
+        "wtcam": interpolate_to_frames(att * tcam, clip_len=clip_len, low=low, high=high),
+    }
+    gt = None
+    if ground_truth_frames is not None:
+        end = record["video"]["duration_s"]
+        gt = [frame_span_to_seconds(min(s, len(times) - 1), min(e, len(times)), frame_times_s=times,
+                                    video_end_s=end) for s, e in ground_truth_frames if s < len(times)]
+    return plot_scores(path, times_s=times[frame_idx], curves=curves, threshold=threshold,
+                       intervals=list(video.intervals), ground_truth=gt, title=Path(video.source).name)

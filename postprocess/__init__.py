@@ -1,0 +1,47 @@
+"""Post-processing: per-clip scores -> frame curves, proposals, intervals, metrics and plots.
+
+Submodules: ``scores`` (running a model over features; imports torch), ``proposals``
+(interpolation and runs above a threshold), ``metrics`` (Table 1 levels and protocols),
+``intervals`` (the intervals JSON document), ``plot`` (matplotlib Agg), ``evaluate`` (a run
+over a feature folder). The names below are re-exported lazily, so importing the package does
+not pull in torch or matplotlib until one of them is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ClipScores": "scores",
+    "score_sequence": "scores",
+    "score_sequences": "scores",
+    "Proposal": "proposals",
+    "interpolate_to_frames": "proposals",
+    "find_proposals": "proposals",
+    "paint_proposals": "proposals",
+    "auc_ap": "metrics",
+    "pooled_metrics": "metrics",
+    "Interval": "intervals",
+    "IntervalsDocument": "intervals",
+    "OperatingPoint": "intervals",
+    "VideoIntervals": "intervals",
+    "build_video_intervals": "intervals",
+    "validate_document": "intervals",
+    "write_intervals": "intervals",
+    "plot_scores": "plot",
+    "evaluate_run": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

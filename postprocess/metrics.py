@@ -1,0 +1,268 @@
+"""Table 1 metrics: four levels (video, segment, frame, proposal-frame) x (AUC, AP), two protocols.
+
+Pure functions on arrays (method.md §6, §8.5, §8.6):
+
+* ``csl``, the authors' protocol: every crop is a separate entry, scored on the subsampled rows
+  only (`vadpipe.postprocess.scores.csl_rows`); the frame curve is the zoomed weighted T-CAM of
+  those rows, lined up with the labels of their frames; pooled over all entries.
+* ``standard``, the XD-Violence protocol (XDVioDet, RTFM, ...): every clip scored ("full"
+  scoring), crops averaged per video, each clip's score repeated ``clip_len`` times against the
+  frame ground truth of the ``clip_len * T`` horizon.
+
+AP is reported twice, labelled: ``ap`` is scikit-learn's ``average_precision_score`` (step-wise,
+what the CSL-TAL code prints) and ``ap_trapezoid`` is ``auc(recall, precision)`` (what
+XDVioDet and most papers print).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+from vadpipe.errors import ConfigError, DataError
+from vadpipe.postprocess.proposals import find_proposals, interpolate_to_frames, paint_proposals
+
+__all__ = [
+    "LEVELS",
+    "PROTOCOLS",
+    "LEVEL_DEFINITIONS",
+    "ProtocolName",
+    "EntryPairs",
+    "auc_ap",
+    "clip_frame_labels",
+    "csl_entry",
+    "standard_entry",
+    "pooled_metrics",
+]
+
+ProtocolName = Literal["standard", "csl"]
+PROTOCOLS: tuple[str, ...] = ("standard", "csl")
+LEVELS: tuple[str, ...] = ("video", "segment", "frame", "proposal")
+
+LEVEL_DEFINITIONS: dict[str, dict[str, str]] = {
+    "csl": {
+        "video": "classifier probability of each crop's subsampled sequence vs the video label; "
+        "one pair per crop",
+        "segment": "weighted T-CAM at the subsampled clips vs clip labels (any frame anomalous)",
+        "frame": "weighted T-CAM zoomed x clip_len (cubic, clipped 0.05/1) vs the labels of "
+        "the subsampled clips' frames",
+        "proposal": "painted proposals (runs of the frame curve above the threshold, each "
+        "frame scored by its run's mean) vs the same frame labels",
+    },
+    "standard": {
+        "video": "classifier probability averaged over phases and crops vs the video label; "
+        "one pair per video",
+        "segment": "crop-averaged weighted T-CAM of every clip vs clip labels",
+        "frame": "crop-averaged weighted T-CAM of every clip repeated x clip_len vs frame "
+        "labels of the clip_len*T horizon",
+        "proposal": "painted proposals from the zoomed crop-averaged weighted T-CAM vs the "
+        "same frame labels",
+    },
+}
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+
+
+def auc_ap(scores: np.ndarray, labels: np.ndarray, *, level: str = "scores") -> dict[str, float]:
+    """ROC-AUC and the two APs of one pool of (score, label) pairs.
+
+    Single-class (or empty) labels make every metric undefined: a warning naming ``level`` is
+    issued and the metrics are NaN, rather than scikit-learn's mix of errors and zeros.
+
+    Returns:
+        ``{"auc", "ap", "ap_trapezoid", "n", "n_positive"}``.
+
+    Example:
+        >>> auc_ap(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1]))["auc"]
+        0.75
+    """
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel()
+    if s.shape != y.shape:
+        raise DataError(f"{level}: {s.size} scores but {y.size} labels")
+    if not np.all(np.isfinite(s)):
+        raise DataError(f"{level}: scores hold NaN/inf values")
+    classes = np.unique(y)
+    if not np.all(np.isin(classes, (0, 1))):
+        raise DataError(f"{level}: labels must be 0/1, got values {classes[:5].tolist()}")
+    n, n_pos = int(y.size), int(np.sum(y == 1))
+    if classes.size < 2:
+        what = "no pairs" if n == 0 else f"labels contain only one class ({int(classes[0])})"
+        warnings.warn(
+            f"{level}: {what}; AUC and AP are undefined and reported as NaN",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+        nan = float("nan")
+        return {"auc": nan, "ap": nan, "ap_trapezoid": nan, "n": n, "n_positive": n_pos}
+    precision, recall, _ = precision_recall_curve(y, s)
+    return {
+        "auc": float(roc_auc_score(y, s)),
+        "ap": float(average_precision_score(y, s)),
+        "ap_trapezoid": float(auc(recall, precision)),
+        "n": n,
+        "n_positive": n_pos,
+    }
+
+
+def clip_frame_labels(
+    intervals: Sequence[tuple[int, int]], *, start_frames: np.ndarray, clip_len: int
+) -> np.ndarray:
+    """Frame labels of every clip: ``out[k, j] = 1`` if frame ``start_frames[k] + j`` lies in
+    an annotated half-open interval ``[s, e)`` (method.md §8.4).
+
+    For XD-Violence features (``start_frames = 16 k``) ``out.ravel()`` is XDVioDet's ``gt.npy``
+    slice of the video (§8.6: zeros(16 T), ``[s, e)`` set, clipped to the horizon) and
+    ``out.any(1)`` its ``segment_labels.txt`` entry (§8.5).
+
+    Returns:
+        (T, clip_len) uint8.
+    """
+    starts = np.asarray(start_frames, dtype=np.int64).ravel()
+    if starts.size and starts.min() < 0:
+        raise DataError("clip start frames must be >= 0")
+    if clip_len < 1:
+        raise ConfigError(f"clip_len must be >= 1, got {clip_len}")
+    horizon = int(starts.max()) + clip_len if starts.size else 0
+    frame = np.zeros(horizon, dtype=np.uint8)
+    for s, e in intervals:
+        if e < s:
+            raise DataError(f"annotation interval [{s}, {e}) ends before it starts")
+        frame[max(s, 0) : min(e, horizon)] = 1
+    return frame[starts[:, None] + np.arange(clip_len)]
+
+
+@dataclass(frozen=True, eq=False)
+class EntryPairs:
+    """The (score, label) pairs one evaluated entry contributes to each level.
+
+    An entry is one crop of one video (``csl``) or one video with its crops averaged
+    (``standard``). ``frame_scores``, ``proposal_scores`` and ``frame_labels`` line up index
+    by index.
+    """
+
+    video_score: float
+    video_label: int
+    segment_scores: np.ndarray
+    segment_labels: np.ndarray
+    frame_scores: np.ndarray
+    proposal_scores: np.ndarray
+    frame_labels: np.ndarray
+
+
+def _proposal_curve(frame_curve: np.ndarray, threshold: float) -> np.ndarray:
+    return paint_proposals(find_proposals(frame_curve, threshold=threshold), len(frame_curve))
+
+
+def csl_entry(
+    wtcam: np.ndarray,
+    rows: np.ndarray,
+    video_score: float,
+    video_label: int,
+    frame_labels: np.ndarray,
+    *,
+    threshold: float = 0.35,
+    low: float = 0.05,
+    high: float = 1.0,
+) -> EntryPairs:
+    """One crop under the authors' protocol (method.md §6 steps 3-5).
+
+    Args:
+        wtcam: (T',) weighted T-CAM of the subsampled rows (``mode="csl"`` scores).
+        rows: (T',) the feature rows they belong to.
+        video_score: the crop's classifier probability.
+        video_label: 1 if the video is anomalous (listed in the annotations), else 0.
+        frame_labels: (T, clip_len) labels of every clip of the video (`clip_frame_labels`).
+        threshold, low, high: proposal threshold and interpolation clipping.
+    """
+    psi = np.asarray(wtcam)
+    rows = np.asarray(rows, dtype=np.int64)
+    labels = np.asarray(frame_labels)
+    if psi.shape != rows.shape or psi.ndim != 1:
+        raise DataError(f"wtcam {psi.shape} and rows {rows.shape} must be equal 1-D shapes")
+    if rows.size and (rows.min() < 0 or rows.max() >= len(labels)):
+        raise DataError(f"rows reach {int(rows.max())} but the video has {len(labels)} clips")
+    kept = labels[rows]  # (T', clip_len): the frames the compressed curve lines up with
+    frame = interpolate_to_frames(psi, clip_len=labels.shape[1], low=low, high=high)
+    return EntryPairs(
+        video_score=float(video_score),
+        video_label=int(video_label),
+        segment_scores=psi,
+        segment_labels=kept.any(axis=1).astype(np.uint8),
+        frame_scores=frame,
+        proposal_scores=_proposal_curve(frame, threshold),
+        frame_labels=kept.ravel(),
+    )
+
+
+def standard_entry(
+    wtcam_crops: np.ndarray,
+    video_scores: np.ndarray,
+    video_label: int,
+    frame_labels: np.ndarray,
+    *,
+    threshold: float = 0.35,
+    low: float = 0.05,
+    high: float = 1.0,
+) -> EntryPairs:
+    """One video under the standard protocol: crops averaged, every clip, every frame.
+
+    Args:
+        wtcam_crops: (C, T) full-rate weighted T-CAM of each crop (``mode="full"`` scores).
+        video_scores: (C,) classifier probability of each crop.
+        video_label: 1 if the video is anomalous (listed in the annotations), else 0.
+        frame_labels: (T, clip_len) labels of every clip (`clip_frame_labels`).
+        threshold, low, high: proposal threshold and interpolation clipping (proposal level).
+    """
+    psi_crops = np.atleast_2d(np.asarray(wtcam_crops))
+    labels = np.asarray(frame_labels)
+    if psi_crops.shape[1] != len(labels):
+        raise DataError(f"wtcam has {psi_crops.shape[1]} clips but labels have {len(labels)}")
+    psi = psi_crops.mean(axis=0)
+    clip_len = labels.shape[1]
+    return EntryPairs(
+        video_score=float(np.mean(video_scores)),
+        video_label=int(video_label),
+        segment_scores=psi,
+        segment_labels=labels.any(axis=1).astype(np.uint8),
+        frame_scores=np.repeat(psi, clip_len),
+        proposal_scores=_proposal_curve(
+            interpolate_to_frames(psi, clip_len=clip_len, low=low, high=high), threshold
+        ),
+        frame_labels=labels.ravel(),
+    )
+
+
+def pooled_metrics(entries: Sequence[EntryPairs], *, protocol: ProtocolName) -> dict:
+    """Pool every entry's pairs per level and score them.
+
+    Returns:
+        ``{"protocol": ..., "video": {...}, "segment": {...}, "frame": {...},
+        "proposal": {...}}``, each level as returned by `auc_ap`.
+    """
+    _check_protocol(protocol)
+
+    def cat(name: str) -> np.ndarray:
+        parts = [getattr(e, name) for e in entries]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    result: dict = {"protocol": protocol}
+    result["video"] = auc_ap(
+        np.array([e.video_score for e in entries]),
+        np.array([e.video_label for e in entries], dtype=np.int64),
+        level="video",
+    )
+    result["segment"] = auc_ap(cat("segment_scores"), cat("segment_labels"), level="segment")
+    frame_labels = cat("frame_labels")
+    result["frame"] = auc_ap(cat("frame_scores"), frame_labels, level="frame")
+    result["proposal"] = auc_ap(cat("proposal_scores"), frame_labels, level="proposal")
+    return result

@@ -1,0 +1,239 @@
+"""Run a trained model over one video's feature rows and get per-clip scores (method.md §6).
+
+The model was trained on views that keep one row per block of ``block_len`` = 3 rows (§2), and
+its video feature is an un-normalised *sum* over time (Q7), so feeding it a full-rate sequence
+would triple the classifier input. Two ways to score a sequence:
+
+* ``mode="csl"``: the authors' test path (§6 step 1): rows ``0, 3, 6, ...`` only, the
+  ``T mod 3`` tail dropped; about one clip in three gets a score.
+* ``mode="full"``: the three phase-shifted sub-sequences ``X[0::3], X[1::3], X[2::3]`` are
+  scored separately (one padded, masked forward) and interleaved back, so every clip gets
+  exactly one score, each from a sequence shaped like a training view (§6.1, "full").
+
+Sequences with ``T <= 2 * block_len`` rows are scored whole in both modes, as training saw them
+unchanged (§2; fixes Q11 for ``csl``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+import torch
+
+from vadpipe.errors import ConfigError, DataError
+from vadpipe.model.augment import chunk_start_indices
+
+__all__ = [
+    "ModelOutputLike",
+    "SequenceModel",
+    "ClipScores",
+    "ScoringMode",
+    "csl_rows",
+    "phase_rows",
+    "score_sequence",
+    "score_sequences",
+]
+
+ScoringMode = Literal["full", "csl"]
+
+
+class ModelOutputLike(Protocol):
+    """What a forward returns (`vadpipe.model.net.ModelOutput` satisfies it)."""
+
+    @property
+    def attention(self) -> torch.Tensor: ...  # (B, T) in [0, 1], 0 on padded steps
+
+    @property
+    def video_score(self) -> torch.Tensor: ...  # (B,)
+
+    @property
+    def tcam(self) -> torch.Tensor: ...  # (B, T)
+
+
+class SequenceModel(Protocol):
+    """The one model call scoring needs: ``model(x (B, T, F), mask (B, T) bool)``."""
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> ModelOutputLike: ...
+
+
+@dataclass(frozen=True, eq=False)
+class ClipScores:
+    """Per-clip scores of one sequence.
+
+    Attributes:
+        attention: (n,) float32 attention λ in [0, 1].
+        tcam: (n,) float32 T-CAM a = g(x_t).
+        wtcam: (n,) float32 weighted T-CAM ψ = λ·a, the curve proposals are made from.
+        video_score: the classifier's video-level probability (mean over phases in "full").
+        rows: (n,) int64 feature rows the scores belong to: ``arange(T)`` in "full" mode,
+            the subsampled rows in "csl" mode.
+    """
+
+    attention: np.ndarray
+    tcam: np.ndarray
+    wtcam: np.ndarray
+    video_score: float
+    rows: np.ndarray
+
+
+def _check_block_len(block_len: int) -> None:
+    if isinstance(block_len, bool) or not isinstance(block_len, (int, np.integer)) or block_len < 1:
+        raise ConfigError(f"block_len must be an integer >= 1, got {block_len!r}")
+
+
+def csl_rows(n_rows: int, *, block_len: int = 3, parity_q11: bool = False) -> np.ndarray:
+    """Rows the authors' test loader keeps: the first of each full block of ``block_len``
+    (`vadpipe.model.augment.chunk_start_indices`, all rows when ``n_rows <= 2 * block_len``).
+
+    ``parity_q11=True`` reproduces the authors' ``arange(n_rows - 1)`` for short sequences
+    instead (drops the last row; empty when ``n_rows == 1``).
+
+    Example:
+        >>> csl_rows(10).tolist(), csl_rows(5).tolist(), csl_rows(5, parity_q11=True).tolist()
+        ([0, 3, 6], [0, 1, 2, 3, 4], [0, 1, 2, 3])
+    """
+    _check_block_len(block_len)
+    if parity_q11 and n_rows <= 2 * block_len:
+        return np.arange(n_rows - 1, dtype=np.int64)
+    return chunk_start_indices(n_rows, block_len=block_len)
+
+
+def phase_rows(n_rows: int, *, block_len: int = 3) -> list[np.ndarray]:
+    """Row indices of the phase-shifted sub-sequences ``[p::block_len]`` ("full" mode).
+
+    Together they cover every row exactly once. Short sequences (``n_rows <= 2 * block_len``)
+    form a single whole-sequence phase, as in training.
+
+    Example:
+        >>> [r.tolist() for r in phase_rows(8)]
+        [[0, 3, 6], [1, 4, 7], [2, 5]]
+    """
+    _check_block_len(block_len)
+    if n_rows <= 2 * block_len:
+        return [np.arange(n_rows, dtype=np.int64)]
+    return [np.arange(p, n_rows, block_len, dtype=np.int64) for p in range(block_len)]
+
+
+def _as_features(features: np.ndarray, index: int) -> np.ndarray:
+    arr = np.asarray(features)
+    if arr.ndim != 2:
+        raise DataError(f"sequence {index}: features must be (T, F), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise DataError(f"sequence {index}: no feature rows (T = 0), nothing to score")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.all(np.isfinite(arr), axis=1)))
+        raise DataError(f"sequence {index}: {bad} feature rows hold NaN/inf values")
+    return arr
+
+
+def _model_device_dtype(model: SequenceModel) -> tuple[torch.device, torch.dtype]:
+    parameters = getattr(model, "parameters", None)
+    if callable(parameters):
+        for p in parameters():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def score_sequences(
+    model: SequenceModel,
+    sequences: Sequence[np.ndarray],
+    *,
+    mode: ScoringMode = "full",
+    block_len: int = 3,
+    parity_q11: bool = False,
+) -> list[ClipScores]:
+    """Score several sequences (e.g. the crops of one video) through one padded forward.
+
+    Every sub-sequence the mode asks for (three phases per sequence in "full", one in "csl")
+    becomes one row of a right-padded batch with a mask; the model must give padded steps
+    attention 0 and leave them out of its sum (the model contract). The model is used as
+    given: pass it in eval mode (``load_run`` does).
+
+    Args:
+        model: a callable ``model(x (B, T, F), mask (B, T) bool)`` returning attention,
+            video_score and tcam, e.g. `vadpipe.model.net.CSLTAL`.
+        sequences: (T_i, F) feature arrays, T_i >= 1.
+        mode: "full" (one score per row) or "csl" (the authors' subsampled rows).
+        block_len: the training block length L (3 in the paper).
+        parity_q11: "csl" only: reproduce the authors' dropped last row for T <= 2L.
+
+    Returns:
+        One `ClipScores` per sequence, in order.
+    """
+    if mode not in ("full", "csl"):
+        raise ConfigError(f"mode must be 'full' or 'csl', got {mode!r}")
+    if parity_q11 and mode != "csl":
+        raise ConfigError("parity_q11 applies only to mode='csl'")
+    arrays = [_as_features(s, i) for i, s in enumerate(sequences)]
+    if not arrays:
+        return []
+    widths = {a.shape[1] for a in arrays}
+    if len(widths) > 1:
+        raise DataError(f"sequences have different feature widths {sorted(widths)}")
+
+    plans: list[list[np.ndarray]] = []
+    for i, a in enumerate(arrays):
+        if mode == "csl":
+            rows = csl_rows(len(a), block_len=block_len, parity_q11=parity_q11)
+            if rows.size == 0:
+                raise DataError(
+                    f"sequence {i}: T = {len(a)} leaves no rows under parity_q11 "
+                    "(the authors' code crashes here); drop parity_q11 to score it"
+                )
+            plans.append([rows])
+        else:
+            plans.append(phase_rows(len(a), block_len=block_len))
+
+    jobs = [(i, rows) for i, plan in enumerate(plans) for rows in plan]
+    max_len = max(len(rows) for _, rows in jobs)
+    x = np.zeros((len(jobs), max_len, widths.pop()), dtype=np.float32)
+    mask = np.zeros((len(jobs), max_len), dtype=bool)
+    for b, (i, rows) in enumerate(jobs):
+        x[b, : len(rows)] = arrays[i][rows]
+        mask[b, : len(rows)] = True
+
+    device, dtype = _model_device_dtype(model)
+    with torch.inference_mode():
+        out = model(
+            torch.from_numpy(x).to(device=device, dtype=dtype), torch.from_numpy(mask).to(device)
+        )
+        attention = out.attention.float().cpu().numpy().reshape(len(jobs), max_len)
+        tcam = out.tcam.float().cpu().numpy().reshape(len(jobs), max_len)
+        video = out.video_score.float().cpu().numpy().reshape(len(jobs))
+
+    results: list[ClipScores] = []
+    b = 0
+    for plan in plans:
+        rows = np.concatenate(plan)
+        order = np.argsort(rows, kind="stable")
+        att = np.concatenate([attention[b + k, : len(r)] for k, r in enumerate(plan)])[order]
+        tc = np.concatenate([tcam[b + k, : len(r)] for k, r in enumerate(plan)])[order]
+        # Mean over phases: each phase is a full view of the video, none is privileged.
+        score = float(video[b : b + len(plan)].mean())
+        b += len(plan)
+        results.append(ClipScores(att, tc, att * tc, score, rows[order]))
+    return results
+
+
+def score_sequence(
+    model: SequenceModel,
+    features: np.ndarray,
+    *,
+    mode: ScoringMode = "full",
+    block_len: int = 3,
+    parity_q11: bool = False,
+) -> ClipScores:
+    """Score one (T, F) feature sequence; see `score_sequences` for the arguments.
+
+    Example:
+        >>> scores = score_sequence(run.model, np.load("clip__0.npy"))  # doctest: +SKIP
+        >>> scores.wtcam.shape  # one weighted T-CAM value per clip  # doctest: +SKIP
+        (T,)
+    """
+    return score_sequences(
+        model, [features], mode=mode, block_len=block_len, parity_q11=parity_q11
+    )[0]

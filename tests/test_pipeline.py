@@ -1,0 +1,118 @@
+"""End to end through the CLI: generated videos -> extract -> train -> evaluate -> detect."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from vadpipe.cli import main
+from vadpipe.postprocess.intervals import validate_document
+from vadpipe.synth import SplitSize, SynthConfig, make_dataset
+
+from conftest import moving_frames, write_video
+
+
+def _ok(result):
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small synthetic set, extracted with the real I3D and trained through the CLI."""
+    root = tmp_path_factory.mktemp("e2e")
+    ds = make_dataset(root / "videos", splits={"train": SplitSize(6, 6), "test": SplitSize(1, 2)},
+                      config=SynthConfig(n_frames=(80, 96)), seed=3)
+    runner = CliRunner()
+    feats = {s: root / "features" / s for s in ("train", "test")}
+    for split, out in feats.items():
+        _ok(runner.invoke(main, ["extract", str(ds.split_dir(split)), "--out", str(out), "-q"]))
+    run = root / "run"
+    _ok(runner.invoke(main, ["train", "--features", str(feats["train"]), "--out", str(run), "--epochs", "40",
+                             "--seed", "0", "-q"]))
+    return ds, feats, run, root
+
+
+def test_train_then_evaluate_on_extracted_features(trained):
+    ds, feats, run, root = trained
+    config = json.loads((run / "config.json").read_text())
+    assert config["extraction"]["settings"]["crops"] == "center"
+    assert (run / "weights.safetensors").is_file()
+    out = root / "metrics.json"
+    _ok(CliRunner().invoke(main, ["evaluate", "--model", str(run), "--features", str(feats["test"]),
+                                  "--annotations", str(ds.annotations_path), "--json", str(out), "-q"]))
+    metrics = json.loads(out.read_text())
+    assert metrics["protocol"] == "standard"
+    for level in ("video", "segment", "frame", "proposal"):
+        assert set(metrics[level]) >= {"auc", "ap", "ap_trapezoid"}
+    assert metrics["frame"]["auc"] > 0.6  # learnt something real from 12 videos
+
+
+def test_detect_finds_the_planted_anomaly_and_writes_valid_json_and_plots(trained, tmp_path):
+    ds, feats, run, _ = trained
+    out, plots = tmp_path / "intervals.json", tmp_path / "plots"
+    result = _ok(CliRunner().invoke(main, [
+        "detect", str(ds.split_dir("test")), "--model", str(run), "--cache", str(feats["test"]),
+        "--out", str(out), "--plot", str(plots), "--annotations", str(ds.annotations_path), "-q"]))
+    doc = json.loads(out.read_text())
+    validate_document(doc)
+    assert doc["schema_version"] == 1 and len(doc["videos"]) == 3
+    truth = {v.stem: v for v in ds.split("test")}
+    for video in doc["videos"]:
+        stem = video["source"].rsplit("/", 1)[-1][:-4]
+        clips = video["clips"]
+        assert len(clips) == video["n_frames"] // 16
+        t = truth[stem]
+        if t.label == 1:
+            s, e = t.anomaly.start_frame, t.anomaly.end_frame
+            best = max(video["intervals"], key=lambda i: i["score"])
+            assert best["start_frame"] < e and best["end_frame"] > s, (stem, best, (s, e))
+            inside = [c["wtcam"] for k, c in enumerate(clips) if s <= 16 * k + 8 < e]
+            outside = [c["wtcam"] for k, c in enumerate(clips) if not s <= 16 * k + 8 < e]
+            assert np.mean(inside) > np.mean(outside)
+    pngs = sorted(plots.glob("*.png"))
+    assert len(pngs) == 3
+    for png in pngs:
+        data = png.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert 600 <= width <= 3000 and 200 <= height <= 2000
+    assert "video score" in result.stderr
+
+
+def test_detect_maps_variable_frame_rate_times_from_timestamps(trained, tmp_path):
+    _, _, run, _ = trained
+    pts = [int(1000 * t) for t in np.cumsum(np.r_[0, np.where(np.arange(47) % 2, 0.02, 0.1)])]
+    video = write_video(tmp_path / "vfr.mp4", moving_frames(48, 160, 120), pts=pts, time_base=Fraction(1, 1000))
+    result = _ok(CliRunner().invoke(main, ["detect", str(video), "--model", str(run), "--cache",
+                                           str(tmp_path / "c"), "--out", "-", "--threshold", "0.0", "-q"]))
+    doc = json.loads(result.stdout)
+    (entry,) = doc["videos"]
+    times = np.array(pts) / 1000
+    assert [c["start_s"] for c in entry["clips"]] == pytest.approx(times[[0, 16, 32]].tolist())
+    for interval in entry["intervals"]:
+        assert interval["start_s"] == pytest.approx(times[interval["start_frame"]])
+    assert entry["duration_s"] == pytest.approx(times[-1] + (times[-1] - times[-2]))
+
+
+def test_detect_refuses_settings_the_model_was_not_trained_with(trained, make_video, tmp_path):
+    _, _, run, _ = trained
+    video = make_video("x.mp4", n_frames=16)
+    result = CliRunner().invoke(main, ["detect", str(video), "--model", str(run), "--crops", "five",
+                                       "--cache", str(tmp_path / "c"), "-q"])
+    assert result.exit_code == 2
+    assert "crops='five'" in result.stderr and "model: 'center'" in result.stderr
+
+
+def test_detect_reports_too_short_videos_instead_of_failing(trained, make_video, tmp_path):
+    _, _, run, _ = trained
+    video = make_video("short.mp4", n_frames=8)
+    result = _ok(CliRunner().invoke(main, ["detect", str(video), "--model", str(run), "--cache",
+                                           str(tmp_path / "c"), "--out", "-", "-q"]))
+    doc = json.loads(result.stdout)
+    assert doc["videos"] == [] and doc["not_scored"][0]["reason"].startswith("too short")
+    assert "too short" in result.stderr
