@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vadpipe.detect import DetectResult, detect_videos, plot_video
+from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.runner import ClipEncoder, ExtractReport, extract_paths, select_device
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import load_i3d
@@ -80,7 +81,12 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
     set_latest(runs, run_dir)
 
     say("[4/5] evaluating on the held-out videos (standard protocol)")
-    metrics = evaluate_run(run_dir, features["test"], dataset.annotations_path, protocol="standard",
+    test_stems = {v.stem for v in dataset.split("test")}
+    test_annotations = root / "test_annotations.txt"
+    atomic_write_text(test_annotations, "".join(
+        line + "\n" for line in dataset.annotations_path.read_text().splitlines()
+        if line.split(" ", 1)[0] in test_stems))
+    metrics = evaluate_run(run_dir, features["test"], test_annotations, protocol="standard",
                            threshold=config.threshold)
 
     say("[5/5] detecting anomalous intervals in the held-out videos")
@@ -89,7 +95,7 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
     detection = detect_videos([dataset.split_dir("test")], run, cache_dir=features["test"], settings=settings,
                               operating_point=op, encoder=encoder, progress=progress)
     intervals_path = write_intervals(root / "intervals.json", detection.document)
-    truth = parse_annotations(dataset.annotations_path)
+    truth = parse_annotations(test_annotations)
     plots = []
     for video in detection.document.videos:
         record = detection.records[video.source]
