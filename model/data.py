@@ -287,24 +287,37 @@ def scan_features(root: Path | str, *, split: str = "train", crops: Sequence[int
     return _scan_bare(root, split, crops)
 
 
+def _read_text(path: Path, what: str, *, encoding: str) -> str:
+    try:
+        return path.read_text(encoding=encoding)
+    except OSError as exc:
+        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                        "save it as UTF-8") from None
+
+
 def read_labels_csv(path: Path | str) -> dict[str, int]:
     """``video,label`` rows (label 0/1 or normal/anomalous) as {video: 0|1}."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise DataError(f"cannot read labels file {path}: {exc.strerror or exc}") from exc
+    text = _read_text(path, "labels file", encoding="utf-8-sig")
     reader = csv.reader(io.StringIO(text))
-    header = [cell.strip().lower() for cell in next(reader, [])]
+    try:
+        header = [cell.strip().lower() for cell in next(reader, [])]
+        rows = list(reader)
+    except csv.Error as exc:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
     if header[:2] != ["video", "label"]:
-        raise DataError(f"{path}: the first line must be the header 'video,label', got {','.join(header)!r}")
+        raise DataError(f"{path}: the first line must be the header 'video,label', got {','.join(header)[:80]!r}")
     labels: dict[str, int] = {}
-    for lineno, row in enumerate(reader, start=2):
+    for lineno, row in enumerate(rows, start=2):
         if not row or not "".join(row).strip():
             continue
         if len(row) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'video,label', got {','.join(row)!r}")
+            raise DataError(f"{path}:{lineno}: expected 'video,label', got {','.join(row)[:80]!r}")
         video, word = row[0].strip(), row[1].strip().lower()
+        if not video:
+            raise DataError(f"{path}:{lineno}: empty video name")
         if word not in _LABEL_WORDS:
             raise DataError(f"{path}:{lineno}: label must be 0, 1, normal or anomalous, got {row[1].strip()!r}")
         if labels.get(video, _LABEL_WORDS[word]) != _LABEL_WORDS[word]:
@@ -365,6 +378,12 @@ def assign_labels(features: FeatureSet, *, labels_csv: Path | str | None = None)
                 "give --labels FILE.csv (video,label), or keep videos in normal/ and anomalous/ folders, "
                 "or name them with the XD-Violence _label_A (normal) / _label_<code> suffix")
         raise DataError(f"no label for {len(set(missing))} video(s): {_few(missing)}; {hint}")
+    if table is not None:
+        known = {name for item in features.items for name in item.names()}
+        unknown = [name for name in table if name not in known]
+        if unknown:  # harmless (one file may label several sets), but usually a typo or a renamed video
+            warnings.warn(f"{len(unknown)} video(s) in {labels_csv} are not in the features: {_few(unknown)}",
+                          DataWarning, stacklevel=2)
     return replace(features, items=tuple(items))
 
 
@@ -415,10 +434,7 @@ def parse_annotations(path: Path | str) -> dict[str, list[tuple[int, int]]]:
         {video: [(start_frame, end_frame), ...]} in file order.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"cannot read annotations {path}: {exc.strerror or exc}") from exc
+    lines = _read_text(path, "annotations", encoding="utf-8").splitlines()
     result: dict[str, list[tuple[int, int]]] = {}
     for lineno, line in enumerate(lines, start=1):
         tokens = line.split()

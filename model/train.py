@@ -441,7 +441,8 @@ class _Reporter:
         parts = ", ".join(f"{p} {line[f'loss_{p}']:.3g}" for p in _LOSS_PARTS)
         val = "".join(f"  {n} {line[n]:.4f}" for n in _VAL_METRICS if line.get(n) is not None)
         self._progress.console.print(f"epoch {line['epoch']:>3}/{self.epochs}  lr {line['lr']:.0e}  "
-                                     f"loss {line['loss']:.4g} ({parts}){val}  [{line['time_s']:.1f} s]")
+                                     f"loss {line['loss']:.4g} ({parts}){val}  [{line['time_s']:.1f} s]",
+                                     markup=False, highlight=False)
 
 
 def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet, val: _Validation | None, *,

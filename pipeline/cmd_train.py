@@ -85,7 +85,8 @@ def _print_summary(run_dir: Path) -> dict:
 @click.option("--lr-milestone", type=click.IntRange(min=0), default=30, show_default=True,
               help="Epoch after which the lr is multiplied by --lr-decay "
                    "(30: the authors' code; 10: the paper's text).")
-@click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True)
+@click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
+              help="Factor applied to the lr after --lr-milestone.")
 @click.option("--no-align", is_flag=True, help="One view per sample and no alignment loss (Table 1's 'w/o align' row).")
 @click.option("--block-len", type=click.IntRange(min=1), default=3, show_default=True,
               help="Augmentation block length L: each view keeps one random row per L rows.")
