@@ -959,7 +959,7 @@ def _simulate(
     sprint_speed = rng.uniform(3.0, 4.5, n)
     heading = (target - pos) / (np.linalg.norm(target - pos, axis=1, keepdims=True) + 1e-9)
     vel = heading * (walk_speed * heights(pos) / fps * rng.uniform(0.3, 1.0, n))[:, None]
-    pause = np.where(rng.random(n) < 0.25, rng.integers(1, int(2 * fps) + 1, n), 0)
+    pause = _initial_pause(n, fps, rng)
     phase = rng.uniform(0, 2 * np.pi, n)
     facing = np.where(vel[:, 0] >= 0, 1.0, -1.0)
     tilt = np.zeros(n)
@@ -993,6 +993,12 @@ def _simulate(
                 plan = _PLANS[anomaly.kind](pos, s)
             plan.step(t - anomaly.start_frame, anomaly.end_frame - anomaly.start_frame, s)
             tilt_rate = plan.tilt_rate
+            if t == anomaly.end_frame - 1:
+                # Afterwards everyone involved walks on to fresh waypoints, pausing as often as at
+                # the start of a video, so that the aftermath looks normal and not like a stand-still.
+                p = plan.participants
+                target[p] = random_points(len(p))
+                pause[p] = _initial_pause(len(p), fps, rng)
 
         # Move: accelerate towards the wanted velocity (brake harder, so anomalies end crisply).
         braking = np.linalg.norm(s.desired, axis=1) < np.linalg.norm(vel, axis=1)
@@ -1019,10 +1025,16 @@ def _simulate(
     return _Tracks(flail=out_flail, light=light.astype(np.float32), **out)
 
 
+def _initial_pause(n: int, fps: float, rng: np.random.Generator) -> np.ndarray:
+    """Frames each of ``n`` figures still stands before walking: a quarter stand for up to 2 s."""
+    return np.where(rng.random(n) < 0.25, rng.integers(1, int(2 * fps) + 1, n), 0)
+
+
 class _Plan:
     """What one anomaly kind does to the figures, frame by frame inside ``[start, end)``."""
 
     tilt_rate = 0.5  # how fast body tilt follows its target
+    participants: np.ndarray  # indices of the figures the anomaly takes over
 
     def step(self, rel: int, length: int, s: _Step) -> None:
         raise NotImplementedError
@@ -1034,6 +1046,7 @@ class _RunPlan(_Plan):
     def __init__(self, pos: np.ndarray, s: _Step) -> None:
         n = len(pos)
         self.idx = np.sort(s.rng.choice(n, int(s.rng.integers(max(2, math.ceil(n / 2)), n + 1)), replace=False))
+        self.participants = self.idx
         self.goal = np.zeros((len(self.idx), 2))
         self.retarget = np.zeros(len(self.idx), int)
 
@@ -1053,7 +1066,7 @@ class _ScatterPlan(_Plan):
     def __init__(self, pos: np.ndarray, s: _Step) -> None:
         lo, hi = s.stage_lo, s.stage_hi
         self.centre = lo + (hi - lo) * np.array([s.rng.uniform(0.3, 0.7), s.rng.uniform(0.0, 1.0)])
-        self.idx = np.arange(len(pos))
+        self.idx = self.participants = np.arange(len(pos))
         self.goal = np.zeros((len(pos), 2))
         self.retarget = np.zeros(len(pos), int)
 
@@ -1093,6 +1106,7 @@ class _FightPlan(_Plan):
         self.lunge_phase = s.rng.uniform(0, 2 * np.pi, k)
         self.engaged = np.zeros(k, bool)
         self.watchers = np.array([i for i in range(n) if i not in fighters and s.rng.random() < 0.5], int)
+        self.participants = np.concatenate([self.idx, self.watchers])
 
     def step(self, rel: int, length: int, s: _Step) -> None:
         h = s.h_px[self.idx]
@@ -1132,6 +1146,7 @@ class _FallPlan(_Plan):
         d = np.linalg.norm(pos - pos[self.faller], axis=1)
         d[self.faller] = np.inf
         self.helpers = np.argsort(d)[: min(int(s.rng.integers(2, 4)), n - 1)]
+        self.participants = np.concatenate([[self.faller], self.helpers])
         side = np.where(np.arange(len(self.helpers)) % 2 == 0, 1.0, -1.0)
         self.helper_offset = np.stack([side * 0.55, np.linspace(-0.1, 0.1, len(self.helpers))], axis=1)
         # Topple towards the middle of the stage, so the body stays inside the view I3D sees.
