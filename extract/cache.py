@@ -2,12 +2,14 @@
 
 The record is written last, after every feature file is in place, so its presence marks a
 complete entry; it holds the sha256 of each feature file, so a truncated or altered file is
-detected instead of silently used. Stems that clash between folders get a suffix derived
+detected instead of silently used, and the sha256 of its own content (``record_sha256``), so an
+edited or damaged record is recomputed too. Stems that clash between folders get a suffix derived
 from the video's content hash, so the naming does not depend on the order of the inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -24,6 +26,7 @@ from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_
 __all__ = [
     "SCHEMA_VERSION",
     "FAILURES_FILE",
+    "record_checksum",
     "record_path",
     "feature_path",
     "times_path",
@@ -53,6 +56,12 @@ def times_path(out_dir: Path, stem: str) -> Path:
     return Path(out_dir) / f"{stem}.times.npy"
 
 
+def record_checksum(record: dict) -> str:
+    """sha256 of the record's content (canonical JSON, without the ``record_sha256`` key itself)."""
+    body = {k: v for k, v in record.items() if k != "record_sha256"}
+    return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+
+
 def read_record(path: Path) -> dict | None:
     """The record at ``path``, or None when it is missing or not a valid vadpipe record."""
     try:
@@ -76,20 +85,37 @@ def entry_problem(out_dir: Path, record: dict | None, *, source_sha256: str, set
     """Why a cache entry cannot be reused (None when it is complete, intact and current)."""
     if record is None:
         return "no record"
-    if record.get("source", {}).get("sha256") != source_sha256:
-        return "video content changed"
-    if record.get("extractor", {}).get("settings_key") != settings_key:
-        return "extraction settings changed"
-    for feat in record.get("features", []):
-        path = Path(out_dir) / feat["file"]
-        if not path.is_file():
-            return f"{feat['file']} missing"
-        if sha256_file(path) != feat["sha256"]:
-            return f"{feat['file']} corrupted (sha256 mismatch)"
-    times = record.get("frame_times_file")
-    if times and not (Path(out_dir) / times).is_file():
-        return f"{times} missing"
+    if record.get("record_sha256") != record_checksum(record):
+        return "record altered or damaged (its record_sha256 does not match)"
+    try:
+        if record["source"]["sha256"] != source_sha256:
+            return "video content changed"
+        if record["extractor"]["settings_key"] != settings_key:
+            return "extraction settings changed"
+        count, n_frames = record["clips"]["count"], record["video"]["n_frames"]
+        if len(record["features"]) != len(record["crops"]):
+            return "record lists fewer feature files than crops"
+        for feat in record["features"]:
+            path = Path(out_dir) / feat["file"]
+            if not path.is_file():
+                return f"{feat['file']} missing"
+            if feat["shape"][0] != count:
+                return f"{feat['file']} has {feat['shape'][0]} rows for {count} clips"
+            if sha256_file(path) != feat["sha256"]:
+                return f"{feat['file']} corrupted (sha256 mismatch)"
+        times = _load_npy(Path(out_dir) / record["frame_times_file"])
+        if times is None or times.shape != (n_frames,) or not np.isfinite(times).all():
+            return f"{record['frame_times_file']} missing or corrupted"
+    except (KeyError, TypeError, IndexError):
+        return "record incomplete"
     return None
+
+
+def _load_npy(path: Path) -> np.ndarray | None:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -102,19 +128,27 @@ def write_entry(out_dir: Path, record: dict, features: list[np.ndarray], frame_t
     """Atomically write the feature files, frame times and finally the record; returns the record."""
     out_dir = Path(out_dir)
     stem = record["stem"]
+    written: list[Path] = []
     try:
         entries = []
         for crop, feats in enumerate(features):
             data = _npy_bytes(np.ascontiguousarray(feats, dtype=np.float32))
             path = feature_path(out_dir, stem, crop)
             atomic_write_bytes(path, data)
+            written.append(path)
             entries.append({"file": path.name, "crop": crop, "sha256": sha256_bytes(data),
                             "shape": list(feats.shape)})
         tpath = times_path(out_dir, stem)
         atomic_write_bytes(tpath, _npy_bytes(np.asarray(frame_times, dtype=np.float64)))
+        written.append(tpath)
         record = {**record, "features": entries, "frame_times_file": tpath.name}
+        record["record_sha256"] = record_checksum(record)
         atomic_write_text(record_path(out_dir, stem), json.dumps(record, indent=1))
     except OSError as exc:
+        # no half entry: the files already renamed into place are useless without their record
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         raise CacheError(f"cannot write features of {stem} into {out_dir}: {exc.strerror or exc}") from exc
     return record
 

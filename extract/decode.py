@@ -53,6 +53,7 @@ class DecodeLog:
     damaged_packets: int = 0
     messages: list[str] = field(default_factory=list)
     truncated: bool = False
+    truncated_detail: str | None = None
 
     def note(self, message: str) -> None:
         self.damaged_packets += 1
@@ -67,7 +68,7 @@ class DecodeLog:
         if self.damaged_packets:
             parts.append(f"{self.damaged_packets} damaged packet(s) skipped ({self.messages[0]})")
         if self.truncated:
-            parts.append("stream ends early (truncated file)")
+            parts.append(f"stream ends early ({self.truncated_detail or 'truncated file'})")
         return "; ".join(parts)
 
 
@@ -82,6 +83,10 @@ def _check_size(width: int, height: int, path: Path) -> None:
         raise DecodeError(f"{path}: frame size {width}x{height} is too small (both sides must be >= {MIN_SIDE} px)")
 
 
+# FFmpeg's single-image demuxers (the *_pipe ones are matched by suffix): one picture is not a video
+_IMAGE_FORMATS = frozenset({"image2", "image2pipe"})
+
+
 class _PyAVFrames:
     def __init__(self, path: Path, log: DecodeLog) -> None:
         import av
@@ -94,11 +99,20 @@ class _PyAVFrames:
         except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"{path}: not a readable video ({_reason(exc)})") from exc
         if not self.container.streams.video:
+            audio = bool(self.container.streams.audio)
             self.container.close()
-            raise DecodeError(f"{path}: no video stream (audio-only or not a video)")
+            raise DecodeError(f"{path}: no video stream (audio only)" if audio else
+                              f"{path}: no video stream found (a truncated file, or not a video)")
+        fmt = self.container.format.name
+        if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
+            self.container.close()
+            raise DecodeError(f"{path}: a still image ({fmt.removesuffix('_pipe')}), not a video")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"
         cc = self.stream.codec_context
+        if cc is None:  # e.g. an MP4 cut before its index: the data is there, what it holds is not
+            self.container.close()
+            raise DecodeError(f"{path}: the video stream cannot be decoded (unknown codec: a truncated file?)")
+        self.stream.thread_type = "AUTO"
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         fps = float(rate) if rate else 0.0
         duration = None
@@ -115,21 +129,62 @@ class _PyAVFrames:
     def _packets(self) -> Iterator:
         av = self._av
         demux = self.container.demux(self.stream)
+        self.n_packets = 0
+        self.last_packet_end_s: float | None = None
+        self._data_end = self._max_packet = 0
         while True:
             try:
                 packet = next(demux)
             except StopIteration:
+                self._check_complete()
                 return
             except av.error.FFmpegError as exc:
                 self.log.truncated = True
-                self.log.messages.append(_reason(exc))
+                self.log.truncated_detail = _reason(exc)
                 return
+            if packet.size:
+                self.n_packets += 1
+                self._max_packet = max(self._max_packet, packet.size)
+                if packet.pos is not None and packet.pos >= 0:
+                    self._data_end = max(self._data_end, packet.pos + packet.size)
+                if packet.pts is not None and packet.time_base is not None:
+                    end = float((packet.pts + (packet.duration or 0)) * packet.time_base)
+                    self.last_packet_end_s = max(end, self.last_packet_end_s or end)
             try:
                 decoded = packet.decode()
             except av.error.FFmpegError as exc:
                 self.log.note(_reason(exc))
                 continue
             yield from decoded
+
+    def _check_complete(self) -> None:
+        """Flag a file that ends before its own index says it should (cut off mid-stream).
+
+        Such a demuxer just stops at the end of the data, without an error. MP4/MOV declare their
+        packet count, which is compared exactly; other containers declare at most a duration,
+        compared with a tolerance (10%, at least 0.5 s) for streams that end a little early. Either
+        only counts when the packets stop near the end of the file: packets an edit list leaves
+        out of an intact file stop far from it. MPEG-TS declares nothing: a cut TS file is not
+        detected (its frames are all valid anyway).
+        """
+        if self._data_end and self.path.stat().st_size - self._data_end > (1 << 16) + 4 * self._max_packet:
+            return
+        declared = int(self.stream.frames or 0)
+        if declared:
+            if self.n_packets < declared:
+                self.log.truncated = True
+                self.log.truncated_detail = f"{self.n_packets} of the {declared} frames its index lists are in the file"
+            return
+        tb = self.stream.time_base
+        duration = (float(self.stream.duration * tb) if self.stream.duration is not None and tb is not None else
+                    self.container.duration / 1e6 if self.container.duration else None)
+        if duration is None or self.last_packet_end_s is None:
+            return
+        start = float(self.stream.start_time * tb) if self.stream.start_time is not None and tb is not None else 0.0
+        got = self.last_packet_end_s - start
+        if duration - got > max(0.5, 0.1 * duration):
+            self.log.truncated = True
+            self.log.truncated_detail = f"data for {got:.2f} s of the {duration:.2f} s it declares"
 
     def _first_frame(self):
         self._iter = self._packets()
@@ -267,8 +322,8 @@ def resample_fps(frames: Iterator[Frame], fps: float, *, native_fps: float = 0.0
 
     Frames are repeated or dropped as needed; the last source frame is held for its own duration.
     """
-    if not fps > 0:
-        raise ConfigError(f"fps must be > 0, got {fps}")
+    if not 0 < fps < float("inf"):
+        raise ConfigError(f"fps must be a finite number > 0, got {fps}")
     k = 0
     prev: Frame | None = None
     last_step = 1.0 / native_fps if native_fps > 0 else 1.0 / fps

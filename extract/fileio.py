@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import tempfile
@@ -15,6 +16,8 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_text",
     "remove_stale_temps",
+    "check_writable",
+    "check_output_file",
     "sha256_file",
     "sha256_bytes",
 ]
@@ -38,7 +41,10 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the writer's pid is in the name, so a later run can tell a killed writer's leftovers from live ones
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as exc:  # name the file the caller wanted, not the temp file
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
@@ -51,6 +57,30 @@ def atomic_writer(path: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_file(path: Path) -> None:
+    """Raise the OSError writing ``path`` (atomically) would give, creating its folder: check an
+    output file before the work that produces it, not after."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_writable(path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+def check_writable(folder: Path) -> None:
+    """Raise the OSError a write into ``folder`` would give (read-only, permissions, no space)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".write-check.{os.getpid()}.", suffix=".tmp")
+    try:
+        os.write(fd, b"\0")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -12,7 +12,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,11 +22,11 @@ import torch
 from filelock import FileLock, Timeout
 
 from vadpipe._version import __version__
-from vadpipe.errors import ConfigError, VadpipeError
+from vadpipe.errors import CacheError, ConfigError, VadpipeError
 
 from . import cache
 from .decode import VIDEO_EXTENSIONS, open_frames
-from .fileio import remove_stale_temps, sha256_file
+from .fileio import check_writable, remove_stale_temps, sha256_file
 from .i3d import FEATURE_DIM, InceptionI3d
 from .settings import ExtractionSettings
 from .transforms import crop_clip, resize_frame, to_unit_range
@@ -56,11 +56,21 @@ class VideoResult:
 
 @dataclass
 class ExtractReport:
+    """One run's results; the timings tell how well the network was fed (bench/extract.py).
+
+    ``loop_s``: wall time of the compute loop; ``network_s``: time in the network (averaged over
+    the network actors on Ray); ``input_wait_s``: time the network waited for clips (on Ray:
+    its idle time). Summed over devices with ``devices``.
+    """
+
     out_dir: str
     settings_key: str
     results: list[VideoResult] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    network_s: float = 0.0
+    input_wait_s: float = 0.0
+    loop_s: float = 0.0
 
     @property
     def failed(self) -> list[VideoResult]:
@@ -76,10 +86,18 @@ class ExtractReport:
             out[r.status] = out.get(r.status, 0) + 1
         return out
 
+    @property
+    def input_wait_share(self) -> float:
+        """Share of the compute loop the network spent waiting for input (0 when nothing ran)."""
+        return self.input_wait_s / self.loop_s if self.loop_s > 0 else 0.0
+
     def to_dict(self) -> dict:
         return {"out_dir": self.out_dir, "settings_key": self.settings_key, "seconds": round(self.seconds, 3),
                 "interrupted": self.interrupted, "counts": self.counts(),
-                "clips_computed": self.clips_computed, "results": [asdict(r) for r in self.results]}
+                "clips_computed": self.clips_computed,
+                "timing": {"loop_s": round(self.loop_s, 3), "network_s": round(self.network_s, 3),
+                           "input_wait_s": round(self.input_wait_s, 3)},
+                "results": [asdict(r) for r in self.results]}
 
 
 def find_videos(inputs: Sequence[Path]) -> tuple[list[Path], list[VideoResult]]:
@@ -171,13 +189,16 @@ def _lock(out_dir: Path, stem: str) -> FileLock:
 
 
 def _produce(sources: list[Path], out_dir: Path, settings: ExtractionSettings, q: queue.Queue,
-             stop: threading.Event, held: list[FileLock]) -> None:
+             stop: threading.Event, held: list[FileLock], decode=None) -> None:
     """Producer thread: emits ("skip"|"same"|"begin"|"clip"|"end"|"fail", ...) events in video order.
 
     Each video is computed under a per-stem file lock, so two processes sharing a cache never
     compute the same video at the same time: a video locked by another process is deferred to
-    the end of the list, then waited for (and usually found done).
+    the end of the list, then waited for (and usually found done). ``decode(job, settings, put,
+    stop) -> handed over`` replaces ``_decode_video`` (the worker engine hands claimed jobs to
+    its decode processes instead).
     """
+    decode = decode or _decode_video
     assigner = cache.StemAssigner(out_dir)
     key = settings.key()
     computed: dict[str, Path] = {}  # stem -> first source computed in this run
@@ -210,7 +231,7 @@ def _produce(sources: list[Path], out_dir: Path, settings: ExtractionSettings, q
                 return put(("skip", source, stem, rec["clips"]["count"]))
             job = _Job(source=source, stem=stem, sha256=sha, size=source.stat().st_size, lock=lock)
             computed[stem] = source
-            handed_over = _decode_video(job, settings, put, stop)  # the writer releases it after writing
+            handed_over = decode(job, settings, put, stop)  # the writer releases it after writing
             return handed_over
         finally:
             if not handed_over:
@@ -328,6 +349,7 @@ def extract_paths(
     batch_size: int = 8,
     progress: bool = True,
     encoder: ClipEncoder | None = None,
+    on_result: Callable[[VideoResult], None] | None = None,
 ) -> ExtractReport:
     """Extract I3D features of every video under ``inputs`` into the cache folder ``out_dir``.
 
@@ -339,6 +361,7 @@ def extract_paths(
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:N``.
         batch_size: crops per forward pass.
         encoder: a ready ``ClipEncoder`` (reuse one model across calls); overrides weights/device.
+        on_result: called with each video's result as soon as it is known (progress elsewhere).
 
     Returns:
         An ``ExtractReport`` with one ``VideoResult`` per input (failures included, never raised).
@@ -347,24 +370,30 @@ def extract_paths(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    sources, results = find_videos(list(inputs))
+    inputs = list(inputs)
+    sources, results = find_videos(inputs)
     if not sources and not results:
-        raise ConfigError("no video files found in the given paths")
-    if encoder is None:
+        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
+                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
+    if encoder is not None and not settings.weights_sha256:
+        raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
+    _prepare_out_dir(out_dir)  # before loading the network: an unwritable cache fails in a second
+    if encoder is None and sources:  # nothing to compute when every input is missing
         dev = select_device(device)
         model, weights_id = load_i3d(weights, device=dev)
         encoder = ClipEncoder(model, dev, settings.precision)
         settings = settings.with_weights(weights_id)
-    elif not settings.weights_sha256:
-        raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the output folder {out_dir}: {exc.strerror or exc}") from exc
     remove_stale_temps(out_dir)  # leftovers of a killed run
     report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
     for r in results:
         cache.append_failure(out_dir, Path(r.source), r.error or "failed")
+        if on_result:
+            on_result(r)
+
+    def add(result: VideoResult) -> None:
+        report.results.append(result)
+        if on_result:
+            on_result(result)
 
     n_crops = len(settings.crop_names)
     q: queue.Queue = queue.Queue(maxsize=max(2, 2 * -(-batch_size // n_crops)))
@@ -378,7 +407,9 @@ def extract_paths(
     def flush() -> None:
         if not pending:
             return
+        t = time.perf_counter()
         feats = encoder(torch.cat(pending))  # (sum crops, 1024)
+        report.network_s += time.perf_counter() - t
         offset = 0
         for job, clip in zip(pending_jobs, pending):
             job.feats.append(feats[offset:offset + clip.shape[0]])
@@ -393,18 +424,19 @@ def extract_paths(
         producer.start()
         try:
             while True:
+                t = time.perf_counter()
                 event = q.get()
+                report.input_wait_s += time.perf_counter() - t
                 if event is _STOP:
                     break
                 kind = event[0]
                 if kind == "skip":
                     _, source, stem, count = event
-                    report.results.append(VideoResult(str(source), "skipped", stem, count))
+                    add(VideoResult(str(source), "skipped", stem, count))
                     bar.advance(videos_task)
                 elif kind == "same":
                     _, source, stem, first = event
-                    report.results.append(VideoResult(str(source), "skipped", stem,
-                                                      note=f"same content as {first}"))
+                    add(VideoResult(str(source), "skipped", stem, note=f"same content as {first}"))
                     bar.advance(videos_task)
                 elif kind == "begin":
                     job = event[1]
@@ -423,7 +455,7 @@ def extract_paths(
                     _, job, times, damage = event
                     try:
                         flush()
-                        report.results.append(_finish(job, settings, times, damage, out_dir))
+                        add(_finish(job, settings, times, damage, out_dir))
                     finally:
                         _release(job.lock, held)
                     bar.advance(videos_task)
@@ -431,12 +463,13 @@ def extract_paths(
                     _, source, message = event
                     pending.clear()
                     pending_jobs.clear()
-                    report.results.append(VideoResult(str(source), "failed", error=message))
                     cache.append_failure(out_dir, source, message)
+                    add(VideoResult(str(source), "failed", error=message))
                     bar.advance(videos_task)
         except KeyboardInterrupt:
             report.interrupted = True
         finally:
+            report.loop_s = time.perf_counter() - t0
             stop.set()
             producer.join(timeout=10)
             for lock in list(held):
@@ -447,6 +480,8 @@ def extract_paths(
 
 def _finish(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: str | None,
             out_dir: Path) -> VideoResult:
+    """Write one video's cache entry. A write error (disk full, read-only, permissions) is raised:
+    it is not about this video, and every later video would fail the same way after its compute."""
     n_crops = len(settings.crop_names)
     if job.feats:
         stacked = np.stack(job.feats)  # (T, n_crops, 1024)
@@ -455,7 +490,20 @@ def _finish(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: 
     record = _record(job, settings, times, damage)
     try:
         cache.write_entry(out_dir, record, [stacked[:, c] for c in range(n_crops)], times)
-    except VadpipeError as exc:
-        cache.append_failure(out_dir, job.source, str(exc))
-        return VideoResult(str(job.source), "failed", job.stem, error=str(exc))
+    except CacheError as exc:
+        raise CacheError(f"{exc}; stopped (finished videos are kept: run the same command again to resume)") from exc
     return VideoResult(str(job.source), record["status"], job.stem, record["clips"]["count"], damage)
+
+
+def _few_paths(paths: Sequence[Path], limit: int = 3) -> str:
+    names = [str(p) for p in paths[:limit]]
+    return ", ".join(names) + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
+def _prepare_out_dir(out_dir: Path) -> None:
+    """Create the cache folder and prove it is writable (one clear error instead of one per video)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(out_dir)
+    except OSError as exc:
+        raise CacheError(f"cannot write into the output folder {out_dir}: {exc.strerror or exc}") from exc

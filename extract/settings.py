@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 
 from vadpipe.errors import ConfigError
@@ -49,8 +50,8 @@ class ExtractionSettings:
             raise ConfigError(f"clip_len must be >= 1, got {self.clip_len}")
         if self.stride < 1:
             raise ConfigError(f"stride must be >= 1, got {self.stride}")
-        if self.fps is not None and not self.fps > 0:
-            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if self.fps is not None and not 0 < self.fps < math.inf:
+            raise ConfigError(f"fps must be a finite number > 0, got {self.fps}")
         if self.crop_size < 1 or self.resize_short < self.crop_size:
             raise ConfigError(
                 f"need resize_short >= crop_size >= 1, got resize_short={self.resize_short}, crop_size={self.crop_size}"

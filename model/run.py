@@ -53,6 +53,7 @@ __all__ = [
     "save_weights",
     "save_checkpoint",
     "load_checkpoint",
+    "has_checkpoint",
 ]
 
 RUN_SCHEMA_VERSION = 1
@@ -227,6 +228,11 @@ def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torc
                                       "sha256": sha256_bytes(data), "adam_steps": steps})
     for name in previous:  # only after state.json names the new file
         (folder / name).unlink(missing_ok=True)
+
+
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether a checkpoint was completed (a run killed during its first epoch has none)."""
+    return (Path(run_dir) / CHECKPOINT_DIR / _STATE_FILE).is_file()
 
 
 def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam) -> int:

@@ -15,7 +15,7 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from torch import Tensor
 
 from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError, ConfigError
-from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text
+from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temps
 
 from .augment import chunk_start_indices, view_indices
 from .data import (
@@ -46,6 +46,7 @@ from .run import (
     METRICS_FILE,
     RUN_SCHEMA_VERSION,
     SUMMARY_FILE,
+    has_checkpoint,
     load_checkpoint,
     read_run_config,
     save_checkpoint,
@@ -452,7 +453,7 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
         model = CSLTAL(config.model)
     optimizer = make_optimizer(model, config=config)
     start, history = 0, []
-    if resume_run:
+    if resume_run and has_checkpoint(run_dir):  # else killed before its first checkpoint: start over
         start = load_checkpoint(run_dir, model=model, optimizer=optimizer)
         if start > config.epochs:
             raise ConfigError(f"{run_dir} is already trained for {start} epochs; ask for at least that many")
@@ -481,9 +482,25 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
     return run_dir
 
 
+def _restrict(data: FeatureSet, videos: Collection[str]) -> FeatureSet:
+    """Only the samples of ``videos`` (e.g. all but the videos held out for calibration)."""
+    wanted = set(videos)
+    unknown = sorted(wanted - set(data.videos))
+    if unknown:
+        raise ConfigError(f"{len(unknown)} requested training video(s) are not in {data.root}: "
+                          f"{', '.join(unknown[:5])}")
+    data = replace(data, items=tuple(item for item in data.items if item.video in wanted))
+    counts = data.label_counts()
+    if not counts["normal"] or not counts["anomalous"]:
+        raise ConfigError(f"the {len(wanted)} requested training videos are all of one class; "
+                          "weakly supervised training needs both normal and anomalous videos")
+    return data
+
+
 def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = TrainConfig(),
           labels_csv: Path | str | None = None, crops: Sequence[int] | None = None,
-          validation: ValidationSpec | None = None, show_progress: bool = False) -> Path:
+          validation: ValidationSpec | None = None, show_progress: bool = False,
+          videos: Collection[str] | None = None, extra_config: Mapping[str, object] | None = None) -> Path:
     """Train a model on the features under ``features`` and write a run folder.
 
     Args:
@@ -494,6 +511,10 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
         crops: crop indices to train on (None = all present; every crop is its own sample).
         validation: held-out features and annotations to score during training.
         show_progress: draw a progress bar with the loss parts on stderr.
+        videos: train on these videos only (None = all); recorded as ``data.videos`` so
+            that a resumed run uses the same ones.
+        extra_config: more top-level config.json sections (kept on resume), e.g. what a
+            later stage needs to know about the run.
 
     Returns:
         ``out_dir``, holding config.json, weights.safetensors, metrics.jsonl, summary.json,
@@ -507,12 +528,17 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
         raise CheckpointError(f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) "
                               "or choose another --out")
     data = open_training_set(features, labels_csv=labels_csv, crops=crops)
+    if videos is not None:
+        data = _restrict(data, videos)
     val = _prepare_validation(validation, crops=crops) if validation is not None else None
     if val is not None and val.data.feature_dim != data.feature_dim:
         raise ConfigError(f"validation features are {val.data.feature_dim} wide, training features {data.feature_dim}")
     config = replace(config, model=replace(config.model, feature_dim=data.feature_dim))
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_config = _run_config(config, data, labels_csv=labels_csv, crops=crops, validation=validation)
+    run_config = {**_run_config(config, data, labels_csv=labels_csv, crops=crops, validation=validation),
+                  **(extra_config or {})}
+    if videos is not None:
+        run_config["data"]["videos"] = data.videos
     write_json(out_dir / CONFIG_FILE, run_config)  # now, so that an interrupted run can be resumed
     return _fit(out_dir, run_config, config, data, val, resume_run=False, show_progress=show_progress)
 
@@ -529,10 +555,18 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
         config = TrainConfig.from_dict(run_config["training"], model=run_config["model"])
         if epochs is not None:
             config = replace(config, epochs=epochs)
+        recorded = run_config["data"]
+        missing = {"path", "labels_csv", "crops_requested", "n_samples", "feature_dim"} - set(recorded)
+        if missing:
+            raise KeyError(", ".join(sorted(missing)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} has unusable training settings: {exc}") from exc
-    recorded = run_config["data"]
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # temp files of a killed writer
+        if folder.is_dir():
+            remove_stale_temps(folder)
     data = open_training_set(recorded["path"], labels_csv=recorded["labels_csv"], crops=recorded["crops_requested"])
+    if recorded.get("videos") is not None:
+        data = _restrict(data, recorded["videos"])
     if (len(data.items), data.feature_dim) != (recorded["n_samples"], recorded["feature_dim"]):
         raise CheckpointError(f"the features in {recorded['path']} changed since the run started "
                               f"({recorded['n_samples']} samples of width {recorded['feature_dim']} then, "

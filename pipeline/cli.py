@@ -12,8 +12,15 @@ from vadpipe.errors import VadpipeError
 __all__ = ["main"]
 
 
+EXIT_INTERRUPTED = 130  # the shell's convention for SIGINT
+
+
 class _Group(click.Group):
-    """Turns ``VadpipeError`` into one red line and its exit code, unless ``--debug`` is given."""
+    """One red line and a documented exit code instead of a traceback, unless ``--debug`` is given.
+
+    ``VadpipeError``: its own code (2). ``OSError`` that escaped a command (an output file that
+    cannot be written, a folder that vanished): 2, naming the file. Ctrl-C: 130.
+    """
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +30,17 @@ class _Group(click.Group):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
+        except OSError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.secho(f"error: {where}{exc.strerror or exc}", fg="red", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.secho("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

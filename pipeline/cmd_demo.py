@@ -22,7 +22,7 @@ __all__ = ["demo"]
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path | None, epochs: int | None, seed: int, device: str, quiet: bool) -> None:
     """Generate labelled synthetic videos, then extract, train, evaluate and detect on them."""
-    from vadpipe.cmd_evaluate import metrics_table
+    from vadpipe.cmd_evaluate import detection_table, metrics_table
     from vadpipe.demo import DemoConfig, run_demo
 
     config = DemoConfig(seed=seed)
@@ -32,10 +32,15 @@ def demo(out_dir: Path | None, epochs: int | None, seed: int, device: str, quiet
     report = run_demo(out_dir or workspace_dir() / "demo", config=config, device=device,
                       progress=not quiet, say=lambda text: console.print(f"[bold]{text}[/]"))
     Console().print(metrics_table(report.metrics))
+    Console().print(detection_table(report.metrics))
+    op = report.metrics["operating_point"]
+    click.echo(f"operating point ({op['method']}): curve threshold {op['threshold']:.3f}, "
+               f"video threshold {op['video_threshold']:.3f}")
     frame = report.metrics["frame"]
-    click.echo(f"held-out frame-level AUC {frame['auc']:.3f}, AP {frame['ap']:.3f} "
+    click.echo(f"test frame-level AUC {frame['auc']:.3f}, AP {frame['ap']:.3f} "
                f"(chance: AUC 0.5, AP {frame['n_positive'] / max(frame['n'], 1):.3f})")
     for video in report.detection.document.videos:
         spans = ", ".join(f"{i.start_s:.1f}-{i.end_s:.1f}s" for i in video.intervals) or "none"
-        click.echo(f"  {Path(video.source).name}: score {video.video_score:.2f}, intervals {spans}")
+        probability = "" if video.video_probability is None else f" (P(anomalous) {video.video_probability:.2f})"
+        click.echo(f"  {Path(video.source).name}: score {video.video_score:.2f}{probability}, intervals {spans}")
     click.echo(f"intervals: {report.intervals_path}\nplots: {report.root / 'plots'}\nmodel: {report.run_dir}")

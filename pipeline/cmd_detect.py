@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import click
 
-from vadpipe.extract.fileio import atomic_write_text
+from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.settings import CROP_MODES
 from vadpipe.workspace import features_dir, runs_dir
 
@@ -28,7 +29,11 @@ def _unit_interval(ctx, param, value):
 @click.option("--out", "out", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the intervals JSON here ('-' for stdout).")
 @click.option("--threshold", type=float, default=None, callback=_unit_interval,
-              help="Proposal threshold on the weighted T-CAM, in [0, 1] [default: the run's, else 0.35].")
+              help="Curve threshold on the weighted T-CAM, in [0, 1], instead of the run's calibrated operating "
+                   "point; alone it means no video gate (0.35: the paper's rule) [default: the run's, else 0.35].")
+@click.option("--video-threshold", type=float, default=None, callback=_unit_interval,
+              help="Video gate instead of the run's: a video whose video score is below it gets no interval "
+                   "(0: no gate) [default: the run's, else 0].")
 @click.option("--min-duration", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Drop intervals shorter than this many seconds.")
 @click.option("--merge-gap", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -47,20 +52,31 @@ def _unit_interval(ctx, param, value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, threshold: float | None,
-           min_duration: float, merge_gap: float, plot: Path | None, annotations: Path | None,
+           video_threshold: float | None, min_duration: float, merge_gap: float, plot: Path | None,
+           annotations: Path | None,
            cache_dir: Path | None, crops: str | None, clip_len: int | None, fps: float | None,
            weights: Path | None, device: str, batch_size: int, quiet: bool) -> None:
-    """Find the anomalous time intervals of videos (files or folders) with a trained model."""
+    """Find the anomalous time intervals of videos (files or folders) with a trained model.
+
+    Videos too short for one clip are listed as not scored; videos that cannot be decoded are
+    reported (one line each, and in the cache's failures.jsonl) and skipped.
+
+    Exit status: 0 done (some videos may have failed), 1 every video failed, 2 bad options, an
+    unusable model folder or cache, 130 interrupted.
+    """
     from vadpipe.detect import detect_videos, plot_video, run_extraction_settings
     from vadpipe.model.data import parse_annotations
     from vadpipe.model.run import latest_run, load_run
     from vadpipe.postprocess.intervals import OperatingPoint, document_to_dict, validate_document
 
+    truth = parse_annotations(annotations) if annotations else {}  # a bad file fails before any work
+    if out is not None and str(out) != "-":
+        check_output_file(out)  # an unwritable --out fails now, not after the extraction
     run = load_run(model_dir or latest_run(runs_dir()))
     settings = run_extraction_settings(run, crops=crops, clip_len=clip_len, fps=fps)
-    if threshold is None:
-        threshold = float(run.config.get("operating_point", {}).get("threshold", 0.35))
-    op = OperatingPoint(threshold=threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
+    # The run's calibrated operating point (video gate, curve threshold, score calibrations), or --threshold's.
+    op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
+                                video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
     cache_dir = cache_dir or features_dir()
     result = detect_videos(list(paths), run, cache_dir=cache_dir, settings=settings, operating_point=op,
                            weights=weights, device=device, batch_size=batch_size, progress=not quiet)
@@ -71,6 +87,10 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
     doc["not_scored"] = ([{"source": r.source, "reason": "too short: fewer frames than one clip"}
                           for r in result.too_short]
                          + [{"source": r.source, "reason": r.error} for r in result.failed])
+    damaged = [r for r in result.extract_report.results if r.status == "partial"
+               or (r.status == "skipped" and (result.records.get(r.source) or {}).get("status") == "partial")]
+    doc["damaged"] = [{"source": r.source, "damage": r.error or result.records[r.source].get("error")}
+                      for r in damaged]
     if out is not None:
         text = json.dumps(doc, indent=2, allow_nan=False)
         if str(out) == "-":
@@ -78,18 +98,39 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
         else:
             atomic_write_text(out, text + "\n")
 
-    truth = parse_annotations(annotations) if annotations else {}
+    names = Counter(Path(r.source).name for r in result.extract_report.results)
+
+    def shown(source: str) -> str:  # the file name, or the whole path when two folders share it
+        return Path(source).name if names[Path(source).name] == 1 else source
+
+    damage = {entry["source"]: entry["damage"] for entry in doc["damaged"]}
     for video in result.document.videos:
         spans = ", ".join(f"{i.start_s:.2f}-{i.end_s:.2f}s ({i.score:.2f})" for i in video.intervals) or "none"
-        click.echo(f"{Path(video.source).name}: video score {video.video_score:.3f}; intervals: {spans}", err=True)
+        if video.video_probability is not None:
+            spans = f"P(anomalous) {video.video_probability:.2f}; intervals: {spans}"
+        else:
+            spans = f"intervals: {spans}"
+        if video.video_score < op.video_threshold:
+            spans += f" (video score below the video threshold {op.video_threshold:.3f})"
+        note = (f" [damaged file, scored what could be decoded: {damage[video.source]}]"
+                if video.source in damage else "")
+        click.secho(f"{shown(video.source)}: video score {video.video_score:.3f}; {spans}{note}",
+                    fg="yellow" if note else None, err=True)
         if plot is not None:
             record = result.records[video.source]
             single = plot.suffix.lower() == ".png" and len(result.document.videos) == 1
             target = plot if single else plot / f"{record['stem']}.png"
             plot_video(target, video, record, cache_dir, threshold=op.threshold, low=op.low, high=op.high,
                        ground_truth_frames=truth.get(Path(video.source).stem, []) if annotations else None)
+    if annotations:
+        for video in result.document.videos:
+            beyond = [(s, e) for s, e in truth.get(Path(video.source).stem, []) if e > video.n_frames]
+            if beyond:
+                click.secho(f"warning: {annotations}: {Path(video.source).stem} has {len(beyond)} interval(s) "
+                            f"beyond its {video.n_frames} frames, e.g. {list(beyond[0])}; drawn clipped",
+                            fg="yellow", err=True)
     for r in result.too_short:
-        click.secho(f"{Path(r.source).name}: too short (fewer frames than one clip), not scored", fg="yellow", err=True)
+        click.secho(f"{shown(r.source)}: too short (fewer frames than one clip), not scored", fg="yellow", err=True)
     for r in result.failed:
         click.secho(f"failed: {r.error}", fg="red", err=True)
     if result.failed and len(result.failed) == len(result.extract_report.results):

@@ -17,7 +17,7 @@ from rich.table import Table
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.workspace import runs_dir
 
-__all__ = ["evaluate", "metrics_table", "print_report"]
+__all__ = ["evaluate", "metrics_table", "detection_table", "print_report"]
 
 # vadpipe.postprocess.metrics.PROTOCOLS and LEVELS, spelled out so that `vadpipe --help` does not
 # import scikit-learn and torch (a test checks they agree).
@@ -52,12 +52,52 @@ def metrics_table(report: dict) -> Table:
     return table
 
 
+def _share(value: float | None, count: int, total: int) -> str:
+    return f"{_pct(value)} ({count}/{total})"
+
+
+def detection_table(report: dict) -> Table:
+    """The decisions at the operating point: false alarms, interval P/R/F1, frame FPR (%)."""
+    d = report["detection"]
+    unit = "crops" if report["protocol"] == "csl" else "videos"
+    table = Table(title="at the operating point (%)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table.add_column("decision", no_wrap=True)
+    table.add_column("value", justify="right", no_wrap=True)
+    table.add_row(f"false alarms: normal {unit} with an interval",
+                  _share(d["false_alarm_rate"], d["normal_videos_flagged"], d["normal_videos"]))
+    table.add_row(f"detections: anomalous {unit} with an interval",
+                  _share(d["detection_rate"], d["anomalous_videos_flagged"], d["anomalous_videos"]))
+    for m in d["intervals"].values():
+        t = f"IoU {m['iou_threshold']:g}"
+        table.add_row(f"interval precision, {t}", _share(m["precision"], m["true_positives"], m["reported"]))
+        table.add_row(f"interval recall, {t}", _share(m["recall"], m["true_positives"], m["ground_truth"]))
+        table.add_row(f"interval F1, {t}", _pct(m["f1"]))
+    f = d["frame"]
+    table.add_row("frame false-positive rate", _share(f["fpr"], f["false_positive_frames"], f["negative_frames"]))
+    return table
+
+
+def _operating_point_line(report: dict) -> str:
+    op = report.get("operating_point") or {}
+    method = op.get("method", "manual")
+    where = {"fixed": "the paper's fixed threshold, no video gate",
+             "manual": "given on the command line",
+             "false_alarms": f"calibrated on held-out training videos for a false-alarm rate <= "
+                             f"{op.get('target_false_alarm_rate') or 0:g}",
+             "f1": "calibrated on held-out training videos for the best interval F1"}.get(method, method)
+    return (f"operating point: curve threshold {report['threshold']:.4g}, video threshold "
+            f"{report.get('video_threshold', 0.0):.4g} ({where})")
+
+
 def print_report(console: Console, report: dict) -> None:
-    """What was evaluated, the metrics table, and what its columns mean."""
+    """What was evaluated, the metrics tables, and what their columns mean."""
     counts = report["counts"]
     console.print(f"{counts['videos']} videos ({counts['anomalous_videos']} anomalous), "
-                  f"{counts['entries']} evaluated entries, proposal threshold {report['threshold']:g}")
+                  f"{counts['entries']} evaluated entries", highlight=False)
+    console.print(_operating_point_line(report), highlight=False)
     console.print(metrics_table(report))
+    if "detection" in report:
+        console.print(detection_table(report))
     console.print("AP: sklearn average_precision_score; AP trapz: auc(recall, precision), the "
                   "trapezoidal PR-AUC most papers report", style="dim")
     if report["protocol"] == "csl":
@@ -79,8 +119,13 @@ def print_report(console: Console, report: dict) -> None:
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default="standard", show_default=True,
               help="standard: every clip, crops averaged, clip scores x16 against frame labels; "
                    "csl: the authors' per-crop, 1-in-3 subsampled protocol (Table 1).")
-@click.option("--threshold", type=float, default=0.35, show_default=True,
-              help="Proposal threshold on the interpolated weighted T-CAM (proposal level).")
+@click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None,
+              help="Curve threshold on the interpolated weighted T-CAM (proposal level and decisions) "
+                   "instead of the run's calibrated operating point; alone it means no video gate "
+                   "(0.35: the paper's rule and Table 1's proposal level).  [default: the run's]")
+@click.option("--video-threshold", type=click.FloatRange(min=0, max=1), default=None,
+              help="Video gate instead of the run's: videos whose video score is below it get no "
+                   "interval (0: no gate).  [default: the run's]")
 @click.option("--parity-q11", is_flag=True,
               help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' "
                    "code does (method.md Q11).")
@@ -88,8 +133,11 @@ def print_report(console: Console, report: dict) -> None:
               default=None, help="Write every level x metric as JSON to this file ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path, protocol: str,
-             threshold: float, parity_q11: bool, json_out: Path | None, quiet: bool) -> None:
-    """Evaluate a trained model: video, segment, frame and proposal-frame AUC and AP.
+             threshold: float | None, video_threshold: float | None, parity_q11: bool, json_out: Path | None,
+             quiet: bool) -> None:
+    """Evaluate a trained model: video, segment, frame and proposal-frame AUC and AP, and the
+    decisions at its operating point (false alarms on normal videos, interval precision /
+    recall / F1 at IoU 0.3 and 0.5, frame false-positive rate).
 
     AP is printed both as scikit-learn's average precision and as the trapezoidal PR-AUC.
     """
@@ -110,7 +158,8 @@ def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path,
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             report = evaluate_run(model_dir, features_dir, annotations_file, protocol=protocol,
-                                  threshold=threshold, parity_q11=parity_q11, progress=progress)
+                                  threshold=threshold, video_threshold=video_threshold,
+                                  parity_q11=parity_q11, progress=progress)
     report["warnings"] = [str(w.message) for w in caught]
     for message in report["warnings"]:
         click.secho(f"warning: {message}", fg="yellow", err=True)

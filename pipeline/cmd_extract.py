@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from vadpipe.extract.fileio import atomic_write_text, check_output_file
+from vadpipe.extract.engines import ENGINES
 from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, ExtractionSettings
 from vadpipe.workspace import features_dir
 
@@ -30,6 +32,10 @@ def print_report(report) -> None:
             click.secho(f"  too short for one clip: {r.source}", fg="yellow", err=True)
     for r in report.failed:
         click.secho(f"  failed: {r.error}", fg="red", err=True)
+    if report.failed:
+        from vadpipe.extract.cache import FAILURES_FILE
+
+        click.echo(f"  failures are also listed in {Path(report.out_dir) / FAILURES_FILE}", err=True)
     if report.interrupted:
         click.secho("interrupted: finished videos are cached; run the same command again to resume", err=True)
 
@@ -46,6 +52,19 @@ def print_report(report) -> None:
 @click.option("--decoder", type=click.Choice(DECODERS), default="pyav", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--devices", default=None,
+              help="Several devices, one process each on a share of the videos, one cache: 0,1 (CUDA ids), "
+                   "cuda:N, cpu.")
+@click.option("--workers", type=click.IntRange(min=0), default=None,
+              help="Decode+preprocess processes per device feeding the network; 0: a thread in the main "
+                   "process. With --engine ray: video tasks in flight. [default: CPU cores - 1 on CUDA "
+                   "(shared between --devices), 0 on CPU; Ray: the cluster's CPUs]")
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
+              help="local: this machine; ray: a Ray cluster (pip install 'vadpipe[ray]'), the cache on a "
+                   "path every node sees.")
+@click.option("--address", default=None,
+              help="Ray cluster to join with --engine ray: auto (the one `ray start` set up here), host:port "
+                   "or ray://host:port [default: $RAY_ADDRESS, else a local Ray instance].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Network precision (bf16/fp16 through autocast; fp16 needs CUDA).")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
@@ -56,27 +75,35 @@ def print_report(report) -> None:
               help="Write the run report as JSON to this file ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def extract(paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int, stride: int | None,
-            fps: float | None, decoder: str, batch_size: int, device: str, precision: str, weights: Path | None,
-            strict: bool, json_out: Path | None, quiet: bool) -> None:
+            fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None, workers: int | None,
+            engine: str, address: str | None, precision: str, weights: Path | None, strict: bool,
+            json_out: Path | None, quiet: bool) -> None:
     """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
 
     PATHS are video files or folders (searched recursively). Per video the cache gets
     <stem>__<crop>.npy (T, 1024) float32 files and a <stem>.json record. Videos already in the
     cache with the same content and settings are skipped; the trailing partial clip is dropped.
-    """
-    from vadpipe.extract.runner import extract_paths  # torch/torchvision: imported only when running
+    A video that cannot be decoded is reported (one line, and in failures.jsonl) and skipped.
 
+    Exit status: 0 done (some videos may have failed), 1 every video failed (or any, with
+    --strict), 2 bad options or an unusable cache folder or weights, 130 interrupted.
+    """
+    from vadpipe.extract.engines import extract_videos  # torch/torchvision: imported only when running
+
+    if json_out is not None and str(json_out) != "-":
+        check_output_file(json_out)  # an unwritable --json fails now, not after the extraction
     settings = ExtractionSettings(clip_len=clip_len, stride=stride or clip_len, fps=fps, crops=crops,
                                   decoder=decoder, precision=precision)
-    report = extract_paths(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,
-                           device=device, batch_size=batch_size, progress=not quiet)
+    report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,
+                            device=device, batch_size=batch_size, engine=engine, workers=workers, devices=devices,
+                            address=address, progress=not quiet)
     print_report(report)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=1)
         if str(json_out) == "-":
             click.echo(text)
         else:
-            json_out.write_text(text + "\n")
+            atomic_write_text(json_out, text + "\n")
     if report.interrupted:
         sys.exit(130)
     failed = len(report.failed)

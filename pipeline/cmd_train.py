@@ -19,7 +19,10 @@ __all__ = ["train"]
 # Options that define a run; --resume takes them from the run's config.json instead.
 _RUN_OPTIONS = ("features", "labels_csv", "out_dir", "batch_size", "lr", "lr_milestone", "lr_decay", "no_align",
                 "block_len", "attention", "kernel_size", "loss_weights", "w_sparsity", "w_smooth", "w_align",
-                "loss_norm", "crops", "seed", "val_features", "annotations", "val_every")
+                "loss_norm", "crops", "seed", "val_features", "annotations", "val_every", "holdout_fraction",
+                "operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
+# Options that only mean something when videos are held out for calibration.
+_CALIBRATION_OPTIONS = ("operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 _FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
@@ -39,22 +42,51 @@ def _parse_crops(text: str | None) -> tuple[int, ...] | None:
 
 @contextmanager
 def _warnings_to_stderr() -> Iterator[None]:
-    """Show data warnings (skipped files, undefined AUCs) as one yellow line each, every time."""
+    """Show data and calibration warnings (skipped files, undefined AUCs, tiny held-out sets) as one yellow
+    line each, every time."""
     from vadpipe.model.data import DataWarning
+    from vadpipe.postprocess.calibration import CalibrationWarning
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         click.secho(f"warning: {message}", fg="yellow", err=True)
 
     with warnings.catch_warnings():
         warnings.simplefilter("always", DataWarning)
+        warnings.simplefilter("always", CalibrationWarning)
         warnings.showwarning = show
         yield
 
 
+def _print_operating_point(op: dict | None) -> None:
+    if not op:
+        return
+    if op.get("method") == "fixed":
+        click.echo(f"operating point: the paper's fixed threshold {op['threshold']:g}, no video gate "
+                   "(no videos held out)", err=True)
+        return
+    held = op["heldout"]
+    probability = op.get("video_probability_at_video_threshold")
+    gate = (f"video threshold {op['video_threshold']:.4g} (P(anomalous) {probability:.2f})"
+            if probability is not None else "no video gate")
+    goal = (f"false alarms <= {op['target_false_alarm_rate']:g}" if op["method"] == "false_alarms"
+            else "best interval F1 at IoU 0.3")
+    click.echo(f"operating point ({goal}, on {held['normal_videos']} normal + {held['anomalous_videos']} anomalous "
+               f"held-out videos): curve threshold {op['threshold']:.4g}, {gate}", err=True)
+    line = (f"held-out: {held['normal_videos_flagged']}/{held['normal_videos']} normal videos get an interval "
+            f"(95% upper bound on the true rate {100 * held['false_alarm_rate_upper95']:.0f}%), "
+            f"{held['anomalous_videos_flagged']}/{held['anomalous_videos']} anomalous videos do")
+    if held.get("intervals"):
+        line += f"; interval F1 at IoU 0.3 {held['intervals']['iou_0.3']['f1']:.3f}"
+    click.echo(line, err=True)
+    for note in op.get("notes", []):
+        click.secho(f"note: {note}", fg="yellow", err=True)
+
+
 def _print_summary(run_dir: Path) -> dict:
-    from vadpipe.model.run import SUMMARY_FILE
+    from vadpipe.model.run import SUMMARY_FILE, read_run_config
 
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+    summary["operating_point"] = read_run_config(run_dir).get("operating_point")
     last = summary["last_epoch"]
     click.echo(f"last epoch ({last['epoch']}): loss {last['loss']:.4g}", err=True)
     if summary["last_validation"]:
@@ -63,6 +95,7 @@ def _print_summary(run_dir: Path) -> dict:
         click.echo(f"last validation (epoch {val['epoch']}): {scores}", err=True)
         for name, best in summary["best_epoch"].items():
             click.echo(f"best {name}: {best['value']:.4f} at epoch {best['epoch']}", err=True)
+    _print_operating_point(summary["operating_point"])
     return summary
 
 
@@ -112,6 +145,24 @@ def _print_summary(run_dir: Path) -> dict:
 @click.option("--annotations", type=_FILE, default=None,
               help="XD-Violence annotations.txt for --val-features (absent videos are normal).")
 @click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, help="Validate every N epochs.")
+@click.option("--holdout-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.25, show_default=True,
+              help="Share of each class's training videos held out (seeded by --seed) to choose the detection "
+                   "thresholds and calibrate scores; the saved model is the one trained without them. "
+                   "0: train on every video and keep the paper's fixed threshold 0.35.")
+@click.option("--operating-point", type=click.Choice(["false-alarms", "f1"]), default="false-alarms",
+              show_default=True,
+              help="false-alarms: at most --target-false-alarm-rate of held-out normal videos get an interval, "
+                   "as many held-out anomalous videos as possible do; f1: best interval F1 at IoU 0.3 on the "
+                   "held-out videos (needs --train-annotations).")
+@click.option("--target-false-alarm-rate", type=click.FloatRange(min=0, max=1, max_open=True), default=0.05,
+              show_default=True,
+              help="Share of normal videos allowed to get an interval (--operating-point false-alarms).")
+@click.option("--train-annotations", type=_FILE, default=None,
+              help="Frame annotations of the training videos (XD-Violence annotations.txt format): needed for "
+                   "--operating-point f1; with them interval scores are calibrated against real hits.")
+@click.option("--calibration", type=click.Choice(["platt", "isotonic"]), default="platt", show_default=True,
+              help="Score calibration on the held-out videos: platt (logistic on the score's logit; fine with few "
+                   "videos) or isotonic (needs hundreds).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the run summary (last and best epoch) as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -120,19 +171,22 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
           resume_dir: Path | None, epochs: int | None, batch_size: int, lr: float, lr_milestone: int, lr_decay: float,
           no_align: bool, block_len: int, attention: str, kernel_size: int, loss_weights: str,
           w_sparsity: float | None, w_smooth: float | None, w_align: float, loss_norm: str, crops: str | None,
-          seed: int, val_features: Path | None, annotations: Path | None, val_every: int, json_out: Path | None,
-          quiet: bool) -> None:
+          seed: int, val_features: Path | None, annotations: Path | None, val_every: int, holdout_fraction: float,
+          operating_point: str, target_false_alarm_rate: float, train_annotations: Path | None, calibration: str,
+          json_out: Path | None, quiet: bool) -> None:
     """Train the CSL-TAL model and write a run folder (weights, config, metrics, curves).
 
-    Defaults reproduce the paper's configuration (method.md §9). The run becomes the workspace's
-    latest run (used by detect) when it lies in the workspace runs/ folder. Prints the run folder.
+    Defaults reproduce the paper's configuration (method.md §9), except that a quarter of the
+    training videos are held out to choose the operating point detect uses (--holdout-fraction 0
+    trains on all, as the paper). The run becomes the workspace's latest run (used by detect)
+    when it lies in the workspace runs/ folder. Prints the run folder.
     """
+    from vadpipe.calibrated_training import CalibrationSpec, calibrate_run, train_calibrated
     from vadpipe.model.losses import LossConfig
     from vadpipe.model.net import ModelConfig
     from vadpipe.model.run import new_run_dir, set_latest
     from vadpipe.model.train import TrainConfig, ValidationSpec
     from vadpipe.model.train import resume as resume_run
-    from vadpipe.model.train import train as train_run
 
     with _warnings_to_stderr():
         if resume_dir is not None:
@@ -141,7 +195,18 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
                 flags = ", ".join(p.opts[0] for p in ctx.command.params if p.name in given)
                 raise ConfigError(f"--resume continues a run with its own settings; drop {flags}")
             run_dir = resume_run(resume_dir, epochs=epochs, show_progress=not quiet)
+            calibrate_run(run_dir)  # a no-op for runs trained without held-out videos
         else:
+            given = [name for name in _CALIBRATION_OPTIONS
+                     if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+            if holdout_fraction == 0 and given:
+                flags = ", ".join(p.opts[0] for p in ctx.command.params if p.name in given)
+                raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; drop {flags}")
+            if operating_point == "f1" and "target_false_alarm_rate" in given:
+                raise ConfigError("--target-false-alarm-rate applies to --operating-point false-alarms, not f1")
+            spec = None if holdout_fraction == 0 else CalibrationSpec(
+                holdout_fraction=holdout_fraction, operating_point=operating_point.replace("-", "_"),
+                target_false_alarm_rate=target_false_alarm_rate, annotations=train_annotations, method=calibration)
             if (val_features is None) != (annotations is None):
                 raise ConfigError("validation needs both --val-features and --annotations")
             try:
@@ -161,10 +226,10 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
                     raise DataError(f"no feature cache at {features}: "
                                     "run vadpipe extract first, or pass --features DIR")
             validation = None if val_features is None else ValidationSpec(val_features, annotations, val_every)
-            run_dir = train_run(features,
-                                out_dir=out_dir if out_dir is not None else new_run_dir(runs_dir()),
-                                config=config, labels_csv=labels_csv, crops=_parse_crops(crops),
-                                validation=validation, show_progress=not quiet)
+            run_dir = train_calibrated(features,
+                                       out_dir=out_dir if out_dir is not None else new_run_dir(runs_dir()),
+                                       config=config, calibration=spec, labels_csv=labels_csv,
+                                       crops=_parse_crops(crops), validation=validation, show_progress=not quiet)
         if run_dir.resolve().parent == runs_dir().resolve():
             set_latest(runs_dir(), run_dir)
         summary = _print_summary(run_dir)

@@ -16,7 +16,14 @@ import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract import cache
-from vadpipe.extract.runner import ClipEncoder, ExtractReport, VideoResult, extract_paths, select_device
+from vadpipe.extract.runner import (
+    ClipEncoder,
+    ExtractReport,
+    VideoResult,
+    extract_paths,
+    find_videos,
+    select_device,
+)
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import load_i3d
 from vadpipe.model.run import Run
@@ -49,8 +56,14 @@ def run_extraction_settings(run: Run, **requested) -> ExtractionSettings:
     run's are refused with a message naming both values.
     """
     ext = run.config.get("extraction")
+    if ext and not isinstance(ext, dict):
+        raise CheckpointError(f"{run.path}/config.json: 'extraction' must be an object, got {ext!r:.60}")
     if ext and ext.get("settings"):
-        settings = ExtractionSettings.from_dict(ext["settings"])
+        try:
+            settings = ExtractionSettings.from_dict(ext["settings"])
+        except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
+            raise CheckpointError(f"{run.path}/config.json holds unusable extraction settings ({exc}); "
+                                  "is it a vadpipe run of this version?") from None
     else:
         warnings.warn(
             f"run {run.path} was trained on feature files without extraction records (e.g. the released "
@@ -75,6 +88,14 @@ def _encoder_for(settings: ExtractionSettings, *, weights: Path | None, device: 
     return ClipEncoder(model, dev, settings.precision), settings.with_weights(ident)
 
 
+def _block_len(run: Run) -> int:
+    training = run.config.get("training") or {}
+    value = training.get("block_len", 3) if isinstance(training, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CheckpointError(f"{run.path}/config.json: training.block_len must be an int >= 1, got {value!r}")
+    return value
+
+
 def detect_videos(
     paths: list[Path],
     run: Run,
@@ -94,14 +115,18 @@ def detect_videos(
     sub-sequences, one score per clip) and the crops' scores are averaged. A ready ``encoder``
     (with ``settings.weights_sha256`` set) avoids loading I3D again.
     """
-    if encoder is None or not settings.weights_sha256:
+    if not find_videos(paths)[0]:  # nothing to decode (missing or no videos): extract_paths says so
+        encoder = None
+    elif encoder is None or not settings.weights_sha256:
         encoder, settings = _encoder_for(settings, weights=weights, device=device)
     report = extract_paths(paths, out_dir=cache_dir, settings=settings, encoder=encoder,
                            batch_size=batch_size, progress=progress)
+    if report.interrupted:  # Ctrl-C during extraction: the finished videos are cached, score nothing
+        raise KeyboardInterrupt
     result = DetectResult(document=IntervalsDocument(operating_point=operating_point, videos=()),
                           extract_report=report)
     videos: list[VideoIntervals] = []
-    block_len = int((run.config.get("training") or {}).get("block_len", 3))
+    block_len = _block_len(run)
     for r in report.results:
         if r.status == "failed":
             result.failed.append(r)

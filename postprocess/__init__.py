@@ -3,7 +3,8 @@
 Submodules: ``scores`` (running a model over features; imports torch), ``proposals``
 (interpolation and runs above a threshold), ``metrics`` (Table 1 levels and protocols),
 ``intervals`` (the intervals JSON document), ``plot`` (matplotlib Agg), ``evaluate`` (a run
-over a feature folder). The names below are re-exported lazily, so importing the package does
+over a feature folder), ``calibration`` (operating points and score calibration chosen on
+held-out videos). The names below are re-exported lazily, so importing the package does
 not pull in torch or matplotlib until one of them is used.
 """
 
@@ -22,6 +23,11 @@ _EXPORTS = {
     "paint_proposals": "proposals",
     "auc_ap": "metrics",
     "pooled_metrics": "metrics",
+    "detection_metrics": "metrics",
+    "match_intervals": "metrics",
+    "ScoreCalibrator": "calibration",
+    "fit_calibrator": "calibration",
+    "choose_operating_point": "calibration",
     "Interval": "intervals",
     "IntervalsDocument": "intervals",
     "OperatingPoint": "intervals",

@@ -5,6 +5,11 @@ Feature folders are read by `vadpipe.model.data.scan_features` (test split): a v
 ``RGBTest/`` or flat (16-frame clips from frame 0). Annotations are ``{video: [(s, e), ...]}``
 half-open source-frame intervals (XD-Violence ``annotations.txt``); a video absent from them
 is normal.
+
+Besides the ranking metrics of Table 1, the report scores the decisions at the operating point
+(``report["detection"]``, see `vadpipe.postprocess.metrics.detection_metrics`): by default the
+run's calibrated one (video gate + curve threshold, chosen on held-out training videos by
+``vadpipe train``), else the paper's fixed threshold 0.35.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.model.data import FeatureItem, FeatureSet, load_item, parse_annotations, scan_features
 from vadpipe.model.run import load_run
+from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import (
     LEVEL_DEFINITIONS,
     EntryPairs,
@@ -117,13 +123,16 @@ def _warn_label_conflicts(labels: Mapping[str, int]) -> None:
             warnings.warn(f"{len(names)} videos {what}, e.g. {names[0]}", stacklevel=3)
 
 
-def _check_options(*, protocol: str, threshold: float, parity_q11: bool) -> None:
+def _check_options(*, protocol: str, threshold: float | None, parity_q11: bool,
+                   video_threshold: float | None = 0.0) -> None:
     if protocol not in LEVEL_DEFINITIONS:
         raise ConfigError(f"protocol must be 'standard' or 'csl', got {protocol!r}")
     if parity_q11 and protocol != "csl":
         raise ConfigError("parity_q11 applies only to the csl protocol")
-    if not math.isfinite(threshold):
+    if threshold is not None and not math.isfinite(threshold):
         raise ConfigError(f"threshold must be a finite number, got {threshold!r}")
+    if video_threshold is not None and not 0.0 <= video_threshold <= 1.0:
+        raise ConfigError(f"video_threshold must lie in [0, 1], got {video_threshold!r}")
 
 
 def evaluate_model(
@@ -133,11 +142,13 @@ def evaluate_model(
     *,
     protocol: ProtocolName = "standard",
     threshold: float = 0.35,
+    video_threshold: float = 0.0,
     block_len: int = 3,
     parity_q11: bool = False,
     progress: _ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Score every video and compute the four Table-1 levels under ``protocol``.
+    """Score every video and compute the four Table-1 levels under ``protocol``, and the
+    decisions at the operating point (``threshold``, ``video_threshold``).
 
     Args:
         model: the trained network in eval mode (see `score_sequences`).
@@ -145,16 +156,19 @@ def evaluate_model(
         annotations: ``{name: [(s, e), ...]}`` anomalous half-open source-frame intervals;
             videos absent from it are normal.
         protocol: "standard" (all clips, crops averaged) or "csl" (the authors' protocol).
-        threshold: proposal threshold of the proposal-frame level.
+        threshold: curve threshold of the proposals (proposal-frame level and decisions).
+        video_threshold: video gate: entries whose video score is below it report no
+            interval (their proposal-frame scores are 0).
         block_len: the training block length L (the "full" phases, the "csl" subsampling).
         parity_q11: "csl" only: the authors' handling of sequences with T <= 2L.
         progress: called as ``progress(done, total, name)`` after each video.
 
     Returns:
-        `pooled_metrics`' dict plus ``threshold``, ``block_len``, ``counts`` and
-        ``definitions`` (what each level and AP pairs).
+        `pooled_metrics`' dict (with ``detection``) plus ``threshold``, ``video_threshold``,
+        ``block_len``, ``counts`` and ``definitions`` (what each level and AP pairs).
     """
-    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11)
+    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11,
+                   video_threshold=video_threshold)
     mode = "csl" if protocol == "csl" else "full"
     videos = group_videos(features)
     entries: list[EntryPairs] = []
@@ -170,9 +184,11 @@ def evaluate_model(
         )
         crops = [load_item(item, feature_dim=features.feature_dim) for item in video.crops]
         scores = score_sequences(model, crops, mode=mode, block_len=block_len, parity_q11=parity_q11)
+        decisions = {"threshold": threshold, "video_threshold": video_threshold,
+                     "start_frames": video.start_frames, "truth": annotations.get(key, ())}
         if protocol == "csl":
             entries.extend(
-                csl_entry(s.wtcam, s.rows, s.video_score, label, frame_labels, threshold=threshold)
+                csl_entry(s.wtcam, s.rows, s.video_score, label, frame_labels, **decisions)
                 for s in scores
             )
         else:
@@ -182,7 +198,7 @@ def evaluate_model(
                     np.array([s.video_score for s in scores]),
                     label,
                     frame_labels,
-                    threshold=threshold,
+                    **decisions,
                 )
             )
         if progress is not None:
@@ -197,6 +213,7 @@ def evaluate_model(
         )
     report = pooled_metrics(entries, protocol=protocol)
     report["threshold"] = threshold
+    report["video_threshold"] = video_threshold
     report["block_len"] = block_len
     report["counts"] = {
         "videos": len(videos),
@@ -237,17 +254,24 @@ def evaluate_run(
     annotations_file: str | Path,
     *,
     protocol: ProtocolName = "standard",
-    threshold: float = 0.35,
+    threshold: float | None = None,
+    video_threshold: float | None = None,
     parity_q11: bool = False,
     progress: _ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Load a run folder and evaluate it on a feature folder; see `evaluate_model`.
 
-    The block length is the run's training one. The report also names the run, the feature
-    folder and the annotations file.
+    The block length is the run's training one. Without ``threshold`` and ``video_threshold``
+    the run's saved operating point is used (`OperatingPoint.for_run`: the calibrated one, or
+    the paper's 0.35 without a gate); giving either makes a manual one (``threshold`` alone:
+    no gate, the paper's rule). The report also names the run, the feature folder, the
+    annotations file and the operating point.
     """
-    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11)  # before loading
+    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11,
+                   video_threshold=video_threshold)  # before loading
     run = load_run(run_dir)
+    op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
+                                video_threshold=video_threshold)
     annotations = parse_annotations(annotations_file)
     features = scan_features(features_dir, split="test")
     check_features_match_run(run.config, features)
@@ -257,11 +281,14 @@ def evaluate_run(
         features,
         annotations,
         protocol=protocol,
-        threshold=threshold,
+        threshold=op.threshold,
+        video_threshold=op.video_threshold,
         block_len=block_len,
         parity_q11=parity_q11,
         progress=progress,
     )
+    report["operating_point"] = {k: v for k, v in op.to_dict().items()
+                                 if k not in ("video_calibration", "interval_calibration")}
     report["parity_q11"] = parity_q11
     report["model"] = str(run.path)
     report["features"] = str(features.root)

@@ -7,14 +7,20 @@ Document (``schema_version`` 1)::
 
     {"schema_version": 1,
      "operating_point": {"threshold": 0.35, "low": 0.05, "high": 1.0,
-                         "min_duration_s": 0.0, "merge_gap_s": 0.0},
+                         "min_duration_s": 0.0, "merge_gap_s": 0.0,
+                         "video_threshold": 0.0, "method": "fixed",
+                         "target_false_alarm_rate": null,
+                         "video_calibration": null, "interval_calibration": null},
      "videos": [{"source": str, "duration_s": float, "fps": float, "n_frames": int,
-                 "clip_len": int, "video_score": float,
+                 "clip_len": int, "video_score": float, "video_probability": float | null,
                  "clips": [{"start_s", "attention", "tcam", "wtcam"}, ...],
                  "intervals": [{"start_frame", "end_frame" (exclusive), "start_s", "end_s",
-                                "score"}, ...]}, ...]}
+                                "score", "calibrated_score": float | null}, ...]}, ...]}
 
-Intervals are sorted by time and disjoint; every score lies in [0, 1].
+Intervals are sorted by time and disjoint; every score lies in [0, 1]. The operating point's
+keys from ``video_threshold`` on, ``video_probability`` and ``calibrated_score`` were added
+after the first release of schema 1 and are optional when reading: a document without them is
+one written at the paper's fixed threshold without calibration.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vadpipe.errors import ConfigError, DataError
+from vadpipe.errors import CheckpointError, ConfigError, DataError
 from vadpipe.extract.fileio import atomic_write_text
+from vadpipe.postprocess.calibration import ScoreCalibrator
 from vadpipe.postprocess.proposals import (
     Proposal,
     find_proposals,
@@ -39,6 +46,7 @@ from vadpipe.postprocess.proposals import (
 
 __all__ = [
     "SCHEMA_VERSION",
+    "OPERATING_POINT_SOURCES",
     "ClipRecord",
     "Interval",
     "OperatingPoint",
@@ -69,24 +77,121 @@ class ClipRecord:
 
 @dataclass(frozen=True)
 class Interval:
-    """An anomalous interval: source frames ``[start_frame, end_frame)`` and their times."""
+    """An anomalous interval: source frames ``[start_frame, end_frame)`` and their times.
+
+    ``score`` is the mean weighted T-CAM over the interval; ``calibrated_score`` the
+    probability the operating point's interval calibration gives it (None without one).
+    """
 
     start_frame: int
     end_frame: int
     start_s: float
     end_s: float
     score: float
+    calibrated_score: float | None = None
+
+
+OPERATING_POINT_SOURCES = ("fixed", "manual", "false_alarms", "f1")
 
 
 @dataclass(frozen=True)
 class OperatingPoint:
-    """How intervals were cut from the scores (recorded so a document can be reproduced)."""
+    """How intervals were cut from the scores (recorded so a document can be reproduced).
+
+    Attributes:
+        threshold: curve threshold: intervals are the runs of the frame-rate weighted T-CAM
+            strictly above it.
+        low, high: clipping of the frame curve (method.md §6 step 3).
+        min_duration_s, merge_gap_s: interval post-filters in seconds.
+        video_threshold: video gate: a video whose video score is below it gets no interval.
+        method: where the thresholds come from: ``"fixed"`` (the paper's 0.35, no gate),
+            ``"manual"`` (given by the user), ``"false_alarms"`` or ``"f1"`` (calibrated on
+            held-out training videos, see `vadpipe.postprocess.calibration`).
+        target_false_alarm_rate: the target the thresholds were chosen for, if any.
+        video_calibration: video score -> probability the video is anomalous.
+        interval_calibration: interval score -> probability the interval is a real detection.
+    """
 
     threshold: float = 0.35
     low: float = 0.05
     high: float = 1.0
     min_duration_s: float = 0.0
     merge_gap_s: float = 0.0
+    video_threshold: float = 0.0
+    method: str = "fixed"
+    target_false_alarm_rate: float | None = None
+    video_calibration: ScoreCalibrator | None = None
+    interval_calibration: ScoreCalibrator | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("video_calibration", "interval_calibration"):
+            value = getattr(self, key)
+            data[key] = value.to_dict() if value is not None else None
+        return data
+
+    @classmethod
+    def for_run(
+        cls,
+        config: dict[str, Any],
+        *,
+        where: str,
+        threshold: float | None = None,
+        video_threshold: float | None = None,
+        min_duration_s: float = 0.0,
+        merge_gap_s: float = 0.0,
+    ) -> "OperatingPoint":
+        """The operating point to detect with: the run's calibrated one, or the user's.
+
+        ``threshold`` or ``video_threshold`` given: a manual operating point (the other one
+        from the run when only the gate is given; no gate when only the threshold is given,
+        the paper's rule). The video calibration is kept (it does not depend on thresholds);
+        the interval calibration, fitted on the intervals of the run's thresholds, is dropped.
+        A run without a saved operating point gets the paper's fixed 0.35 and no gate.
+
+        Args:
+            config: the run's parsed config.json.
+            where: names the config in error messages.
+
+        Raises:
+            CheckpointError: the saved operating point is malformed.
+        """
+        saved = config.get("operating_point")
+        if saved is not None and not isinstance(saved, dict):
+            raise CheckpointError(f"{where}: operating_point must be an object, got {saved!r:.60}")
+        saved = saved or {}
+
+        def unit(key: str, default: float) -> float:
+            value = saved.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise CheckpointError(f"{where}: operating_point.{key} must lie in [0, 1], got {value!r}; "
+                                      f"pass --{key.replace('_', '-')}")
+            return float(value)
+
+        def calibrator(key: str) -> ScoreCalibrator | None:
+            if saved.get(key) is None:
+                return None
+            try:
+                return ScoreCalibrator.from_dict(saved[key])
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{where}: operating_point.{key} is unusable: {exc}") from None
+
+        video_cal = calibrator("video_calibration")
+        common = {"min_duration_s": min_duration_s, "merge_gap_s": merge_gap_s, "video_calibration": video_cal}
+        if threshold is not None or video_threshold is not None:
+            curve = threshold if threshold is not None else unit("threshold", 0.35)
+            return cls(threshold=float(curve), video_threshold=float(video_threshold or 0.0), method="manual",
+                       **common)
+        method = saved.get("method", "fixed")
+        if method not in OPERATING_POINT_SOURCES:
+            raise CheckpointError(f"{where}: operating_point.method must be one of "
+                                  f"{', '.join(OPERATING_POINT_SOURCES)}, got {method!r}")
+        target = saved.get("target_false_alarm_rate")
+        if target is not None:
+            target = unit("target_false_alarm_rate", 0.0)
+        return cls(threshold=unit("threshold", 0.35), video_threshold=unit("video_threshold", 0.0),
+                   method=method, target_false_alarm_rate=target,
+                   interval_calibration=calibrator("interval_calibration"), **common)
 
 
 @dataclass(frozen=True)
@@ -101,6 +206,7 @@ class VideoIntervals:
     video_score: float
     clips: tuple[ClipRecord, ...]
     intervals: tuple[Interval, ...]
+    video_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +373,13 @@ def build_video_intervals(
         min_duration_s=op.min_duration_s,
         merge_gap_s=op.merge_gap_s,
     )
+    if video_score < op.video_threshold:
+        intervals = []
+    if op.interval_calibration is not None and intervals:
+        calibrated = op.interval_calibration(np.array([i.score for i in intervals]))
+        intervals = [replace(i, calibrated_score=float(c)) for i, c in zip(intervals, calibrated)]
+    probability = (float(op.video_calibration(np.array([video_score]))[0])
+                   if op.video_calibration is not None else None)
     clips = tuple(
         ClipRecord(float(times[s]), float(a), float(t), float(w))
         for s, a, t, w in zip(starts, att, tc, wtcam)
@@ -280,22 +393,21 @@ def build_video_intervals(
         video_score=float(video_score),
         clips=clips,
         intervals=tuple(intervals),
+        video_probability=probability,
     )
 
 
 def document_to_dict(doc: IntervalsDocument) -> dict[str, Any]:
     """The JSON-ready dict of a document, keys in schema order."""
+    videos = []
+    for v in doc.videos:
+        entry = {k: val for k, val in asdict(v).items() if k not in ("clips", "intervals", "video_probability")}
+        videos.append({**entry, "video_probability": v.video_probability,
+                       "clips": [asdict(c) for c in v.clips], "intervals": [asdict(i) for i in v.intervals]})
     return {
         "schema_version": doc.schema_version,
-        "operating_point": asdict(doc.operating_point),
-        "videos": [
-            {
-                **asdict(v),
-                "clips": [asdict(c) for c in v.clips],
-                "intervals": [asdict(i) for i in v.intervals],
-            }
-            for v in doc.videos
-        ],
+        "operating_point": doc.operating_point.to_dict(),
+        "videos": videos,
     }
 
 
@@ -324,18 +436,38 @@ def _unit(obj: dict, key: str, where: str) -> float:
     return value
 
 
+def _optional_unit(obj: dict, key: str, where: str) -> None:
+    """A key added later in schema 1: absent or null is fine, else a number in [0, 1]."""
+    if obj.get(key) is not None:
+        _unit(obj, key, where)
+
+
+def _validate_operating_point(op: dict) -> None:
+    for key in ("threshold", "low", "high"):
+        _get(op, key, float, "operating_point")
+    for key in ("min_duration_s", "merge_gap_s"):
+        if _get(op, key, float, "operating_point") < 0:
+            raise DataError(f"operating_point.{key} must be >= 0")
+    for key in ("video_threshold", "target_false_alarm_rate"):
+        _optional_unit(op, key, "operating_point")
+    if "method" in op and op["method"] not in OPERATING_POINT_SOURCES:
+        raise DataError(f"operating_point.method must be one of {', '.join(OPERATING_POINT_SOURCES)}, "
+                        f"got {op['method']!r}")
+    for key in ("video_calibration", "interval_calibration"):
+        if op.get(key) is not None:
+            try:
+                ScoreCalibrator.from_dict(op[key])
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"operating_point.{key} is not a calibrator: {exc}") from None
+
+
 def validate_document(doc: dict[str, Any]) -> None:
     """Check a loaded intervals document against schema version 1; raise DataError on the first
     problem, naming where it is (e.g. ``videos[0].intervals[2].end_frame``)."""
     version = _get(doc, "schema_version", int, "document")
     if version != SCHEMA_VERSION:
         raise DataError(f"document.schema_version is {version}, this vadpipe reads {SCHEMA_VERSION}")
-    op = _get(doc, "operating_point", dict, "document")
-    for key in ("threshold", "low", "high"):
-        _get(op, key, float, "operating_point")
-    for key in ("min_duration_s", "merge_gap_s"):
-        if _get(op, key, float, "operating_point") < 0:
-            raise DataError(f"operating_point.{key} must be >= 0")
+    _validate_operating_point(_get(doc, "operating_point", dict, "document"))
     videos = _get(doc, "videos", list, "document")
     for v_i, video in enumerate(videos):
         where = f"videos[{v_i}]"
@@ -349,6 +481,7 @@ def validate_document(doc: dict[str, Any]) -> None:
         if duration < 0 or n_frames < 0:
             raise DataError(f"{where}: duration_s and n_frames must be >= 0")
         _unit(video, "video_score", where)
+        _optional_unit(video, "video_probability", where)
         previous = -math.inf
         for c_i, clip in enumerate(_get(video, "clips", list, where)):
             cw = f"{where}.clips[{c_i}]"
@@ -373,6 +506,7 @@ def validate_document(doc: dict[str, Any]) -> None:
             if s_s > e_s:  # equal only with duplicated timestamps in the source
                 raise DataError(f"{iw}: start_s {s_s} is after end_s {e_s}")
             _unit(interval, "score", iw)
+            _optional_unit(interval, "calibrated_score", iw)
 
 
 def write_intervals(path: str | os.PathLike, doc: IntervalsDocument | dict[str, Any]) -> Path:

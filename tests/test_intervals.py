@@ -126,7 +126,7 @@ def test_built_document_is_valid_and_round_trips(tmp_path) -> None:
     assert loaded["schema_version"] == SCHEMA_VERSION
     assert loaded["operating_point"]["threshold"] == 0.35
     assert list(loaded["videos"][0]["intervals"][0]) == [
-        "start_frame", "end_frame", "start_s", "end_s", "score"]
+        "start_frame", "end_frame", "start_s", "end_s", "score", "calibrated_score"]
     assert [p.name for p in path.parent.iterdir()] == ["intervals.json"]  # no temp files left
 
 
@@ -159,6 +159,12 @@ def _mutations():
         (lambda d: d["videos"][0]["intervals"].append(dict(d["videos"][0]["intervals"][0])),
          r"intervals\[1\] starts at frame \d+, before the previous interval ends"),
         (lambda d: d.pop("videos"), "document.videos is missing"),
+        (set_(["operating_point", "video_threshold"], 2.0), r"operating_point.video_threshold must lie in \[0, 1\]"),
+        (set_(["operating_point", "method"], "magic"), "operating_point.method must be one of"),
+        (set_(["operating_point", "video_calibration"], {"method": "platt", "slope": "x"}),
+         "operating_point.video_calibration is not a calibrator"),
+        (set_(["videos", 0, "video_probability"], -0.1), r"video_probability must lie in \[0, 1\]"),
+        (set_([*iv, "calibrated_score"], 1.2), r"calibrated_score must lie in \[0, 1\]"),
     ]
 
 

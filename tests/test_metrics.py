@@ -10,11 +10,15 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.postprocess.metrics import (
     LEVELS,
+    VideoDetections,
     auc_ap,
     clip_frame_labels,
     csl_entry,
+    detection_metrics,
+    match_intervals,
     pooled_metrics,
     standard_entry,
+    temporal_iou,
 )
 from vadpipe.postprocess.scores import csl_rows
 
@@ -145,7 +149,7 @@ def test_csl_protocol_hand_computed() -> None:
     # proposal: 0.3 and 0.2 are below the 0.35 threshold and paint 0, so crop A1's positives
     # now tie with 6 negatives: 0.9 -> 10 wins + 2 ties = 11 each; 0 -> 6 ties = 3 each.
     assert got["proposal"]["auc"] == pytest.approx((2 * 11 + 2 * 3) / 48)
-    assert set(got) == {"protocol", *LEVELS}
+    assert set(got) == {"protocol", *LEVELS, "detection"}
 
 
 # --- standard protocol ----------------------------------------------------------------------
@@ -211,8 +215,11 @@ def test_all_normal_set_warns_per_level() -> None:
     entry = standard_entry(_f32(0.5, 0.5)[None], np.array([0.5]), 0, np.zeros((2, 16), np.uint8))
     with pytest.warns(UndefinedMetricWarning, match="only one class") as record:
         got = pooled_metrics([entry], protocol="standard")
-    assert {str(w.message).split(":")[0] for w in record} == set(LEVELS)
+    levels = {str(w.message).split(":")[0] for w in record if "only one class" in str(w.message)}
+    assert levels == set(LEVELS)
     assert all(np.isnan(got[level]["auc"]) for level in LEVELS)
+    # the decisions of an all-normal set: no anomalous video, no ground truth to recall
+    assert got["detection"]["false_alarm_rate"] == 1.0 and np.isnan(got["detection"]["detection_rate"])
 
 
 def test_entry_shape_errors_and_protocol_name() -> None:
@@ -223,3 +230,94 @@ def test_entry_shape_errors_and_protocol_name() -> None:
         standard_entry(_f32(0.1, 0.2, 0.3)[None], np.array([0.5]), 0, labels)
     with pytest.raises(ConfigError, match="protocol must be one of standard, csl"):
         pooled_metrics([], protocol="paper")
+
+
+# --- decisions at an operating point --------------------------------------------------------
+
+
+def test_temporal_iou_hand_computed_and_edge_cases() -> None:
+    iou = temporal_iou([(0, 10)], [(5, 15), (0, 10), (10, 20), (2, 4), (0, 30)])
+    # overlap 5 of 15 frames; identical; touching [0, 10) and [10, 20) share no frame;
+    # [2, 4) inside: 2 / 10; [0, 10) inside [0, 30): 10 / 30
+    np.testing.assert_allclose(iou, [[1 / 3, 1.0, 0.0, 0.2, 1 / 3]])
+    assert temporal_iou([], [(0, 1)]).shape == (0, 1)
+    with pytest.raises(DataError, match=r"needs s < e, got \[5, 5\]"):
+        temporal_iou([(5, 5)], [(0, 1)])
+
+
+def test_match_intervals_is_greedy_by_score_and_one_to_one() -> None:
+    # Two predictions on one event: the higher-scored one matches, the other is a false positive.
+    assert match_intervals([(0, 10), (1, 10)], [0.5, 0.9], [(0, 10)], iou_threshold=0.5) == [(1, 0)]
+    # Greedy, not optimal: A (0.9) overlaps T1 and T2 equally (1/3 each) and takes the earlier
+    # T1; B (0.8) fits T1 exactly but it is taken, and B does not overlap T2: 1 match, not 2.
+    pairs = match_intervals([(5, 15), (0, 10)], [0.9, 0.8], [(0, 10), (10, 20)], iou_threshold=0.3)
+    assert pairs == [(0, 0)]
+    # IoU exactly at the threshold matches; just below does not.
+    assert match_intervals([(0, 10)], [1.0], [(0, 20)], iou_threshold=0.5) == [(0, 0)]
+    assert match_intervals([(0, 10)], [1.0], [(0, 21)], iou_threshold=0.5) == []
+    assert match_intervals([], [], [(0, 5)], iou_threshold=0.3) == []
+    assert match_intervals([(0, 5)], [0.4], [], iou_threshold=0.3) == []
+    with pytest.raises(ConfigError, match=r"iou_threshold must lie in \(0, 1\]"):
+        match_intervals([(0, 5)], [0.4], [(0, 5)], iou_threshold=0.0)
+
+
+def _hand_set() -> list[VideoDetections]:
+    def frames(flags, labels):
+        return {"frame_flags": np.array(flags, bool), "frame_labels": np.array(labels, np.uint8)}
+
+    return [
+        VideoDetections(0, ((0, 10),), (0.6,), (), **frames([1, 1, 0, 0], [0, 0, 0, 0])),  # a false alarm
+        VideoDetections(0, (), (), (), **frames([0, 0, 0, 0], [0, 0, 0, 0])),
+        # IoU with [0, 20): 16 / 20 = 0.8, a hit at 0.3 and 0.5; [50, 100) vs [40, 60): 10 / 60, a miss
+        VideoDetections(1, ((0, 16), (50, 100)), (0.8, 0.7), ((0, 20), (40, 60)),
+                        **frames([1, 1, 0, 1], [1, 1, 1, 0])),
+        VideoDetections(1, (), (), ((10, 30),), **frames([0, 0, 0, 0], [0, 1, 1, 0])),  # missed
+    ]
+
+
+def test_detection_metrics_hand_computed() -> None:
+    got = detection_metrics(_hand_set())
+    assert (got["false_alarm_rate"], got["normal_videos"], got["normal_videos_flagged"]) == (0.5, 2, 1)
+    assert (got["detection_rate"], got["anomalous_videos"], got["anomalous_videos_flagged"]) == (0.5, 2, 1)
+    for key in ("iou_0.3", "iou_0.5"):
+        m = got["intervals"][key]
+        assert (m["true_positives"], m["reported"], m["ground_truth"]) == (1, 3, 3)
+        assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(1 / 3)
+        assert m["f1"] == pytest.approx(2 * 1 / (3 + 3))
+    # frames: 11 negatives, 3 of them flagged (2 in the false alarm, 1 in the anomalous video);
+    # 5 positives, 2 flagged
+    assert got["frame"]["fpr"] == pytest.approx(3 / 11) and got["frame"]["tpr"] == pytest.approx(2 / 5)
+    assert (got["frame"]["false_positive_frames"], got["frame"]["negative_frames"]) == (3, 11)
+
+
+def test_detection_metrics_without_any_interval() -> None:
+    quiet = [VideoDetections(v.label, (), (), v.truth, np.zeros_like(v.frame_flags), v.frame_labels)
+             for v in _hand_set()]
+    with pytest.warns(UndefinedMetricWarning, match="interval precision at IoU 0.3: no reported intervals"):
+        got = detection_metrics(quiet)
+    m = got["intervals"]["iou_0.3"]
+    assert np.isnan(m["precision"]) and m["recall"] == 0.0 and m["f1"] == 0.0  # 2 TP / (0 + 3)
+    assert got["false_alarm_rate"] == 0.0 and got["detection_rate"] == 0.0 and got["frame"]["fpr"] == 0.0
+    with pytest.warns(UndefinedMetricWarning, match="false_alarm_rate: no normal videos"):
+        assert np.isnan(detection_metrics([quiet[2]])["false_alarm_rate"])
+
+
+def test_entries_gate_videos_and_clip_the_truth_to_the_scored_frames() -> None:
+    labels = clip_frame_labels([(20, 200)], start_frames=16 * np.arange(4), clip_len=16)
+    psi = _f32(0.1, 0.9, 0.9, 0.9)[None]
+    entry = standard_entry(psi, np.array([0.7]), 1, labels, truth=[(20, 200), (300, 400)])
+    d = entry.detections
+    assert d.truth == ((20, 64),)  # clipped to the 4 x 16 frames, the one beyond them dropped
+    (interval,) = d.intervals
+    assert 8 <= interval[0] <= 16 and interval[1] == 64
+    assert d.frame_flags.sum() == 64 - interval[0] and entry.proposal_scores.max() > 0.8
+    gated = standard_entry(psi, np.array([0.7]), 1, labels, video_threshold=0.75)
+    assert gated.detections.intervals == () and not gated.proposal_scores.any()
+    assert gated.detections.truth == ((20, 64),)  # from the labels: the run of annotated frames
+    # csl: rows [0, 3, 6] are scored; a run of the compressed curve maps back through them, so
+    # the peak on row 3 (frames 48-63) gives an interval around those frames
+    crop = csl_entry(_f32(0.1, 0.9, 0.1), csl_rows(9), 0.9, 1,
+                     clip_frame_labels([(48, 64)], start_frames=16 * np.arange(9), clip_len=16))
+    ((start, end),) = crop.detections.intervals
+    assert 0 < start < 48 and 64 < end < 112
+    assert crop.detections.truth == ((48, 64),)

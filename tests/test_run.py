@@ -180,7 +180,9 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
     assert run_dir.parent == workspace / "runs" and latest_run(workspace / "runs") == run_dir
     run = load_run(run_dir)
     assert run.config["extraction"] == {"settings": {"clip_len": 16}, "settings_key": "abc123"}
-    assert run.config["training"]["epochs"] == 50 and run.config["data"]["label_sources"] == {"folder": 4}
+    assert run.config["training"]["epochs"] == 50 and run.config["data"]["label_sources"] == {"folder": 2}
+    # the other 2 of the 4 videos (one per class) were held out to choose the operating point
+    assert len(run.config["operating_point"]["heldout"]["videos"]) == 2
     assert "last epoch (50): loss" in result.stderr
 
 

@@ -1,0 +1,549 @@
+"""Decode worker processes feeding one network: ``vadpipe extract --workers N``.
+
+On a GPU the network outruns one decoding thread by far, so N processes (started from a fork
+server, see ``process_context``) decode, resize and crop whole videos, one video per process at
+a time, each writing its clips into slots of one shared-memory array and sending only the slot
+number. The main process gathers each video's clips into one of two batch buffers (pinned on
+CUDA, so the copy to the device is asynchronous DMA) while a network thread runs the batch in
+the other one, so the network waits only when no clips are ready. Batches are cut
+exactly as the single-process engine cuts them (per video, ``batch_size`` crops), and the same
+claim thread decides what to compute (content hash, stem, per-stem lock, skip check), so the
+cache, the naming, the skipping and the failure records are the single-process engine's, byte
+for byte on CPU.
+
+A video that fails to decode is reported as in the single-process engine; a worker process that
+dies (segfault in a decoder, OOM killer) fails only the video it held and is replaced. Each
+worker holds ``ceil(batch_size / n_crops) + 2`` clip slots, so the shared memory is about
+``workers * (batch_size + 2 * n_crops) * 3 * clip_len * crop_size**2`` bytes (2.4 MB per
+centre-crop clip): give containers enough ``/dev/shm`` (``docker run --ipc=host`` or
+``--shm-size``).
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+import torch
+
+from vadpipe.errors import ConfigError
+
+from . import cache
+from .runner import (
+    _STOP,
+    ClipEncoder,
+    ExtractReport,
+    VideoResult,
+    _decode_video,
+    _few_paths,
+    _finish,
+    _guarded,
+    _Job,
+    _prepare_out_dir,
+    _produce,
+    _progress,
+    _release,
+    find_videos,
+    select_device,
+)
+from .decode import VIDEO_EXTENSIONS
+from .fileio import remove_stale_temps
+from .settings import ExtractionSettings
+from .weights import load_i3d
+
+__all__ = ["default_workers", "usable_cpus", "process_context", "extract_with_workers"]
+
+_EXTRA_SLOTS = 2  # clips a worker may decode ahead of the network beyond one batch
+
+
+def usable_cpus() -> int:
+    """CPU cores this process may run on (affinity, not the machine's total)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def process_context() -> mp.context.BaseContext:
+    """How vadpipe starts processes: ``forkserver`` where the platform has it, else ``spawn``.
+
+    Both start from a clean interpreter (no copy of this process's threads, network or CUDA
+    state), so everything handed over is pickled. The fork server imports torch, torchvision and
+    PyAV once; each worker is then a fork of it, ready in milliseconds instead of seconds
+    (replacing a dead worker included).
+    """
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["vadpipe.extract.workers"])  # no effect once the server runs
+        return ctx
+    return mp.get_context("spawn")
+
+
+def default_workers(device: torch.device, *, n_devices: int = 1) -> int:
+    """Decode processes per device: on CUDA every core but one (the network's feeder), shared
+    between devices; on CPU none (0 = one decode thread in the main process), because there the
+    network needs the cores and is far slower than decoding."""
+    if device.type != "cuda":
+        return 0
+    return max(1, usable_cpus() // max(1, n_devices) - 1)
+
+
+# --------------------------------------------------------------------------------------------
+# worker process
+
+
+def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots: int,
+                 settings_dict: dict) -> None:
+    """Worker process: decode the videos the parent sends, one at a time, into its own clip slots."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
+    torch.set_num_threads(1)  # one process per core; PyAV still decodes with its own threads
+    settings = ExtractionSettings.from_dict(settings_dict)
+    free = set(range(first_slot, first_slot + n_slots))
+    stop = threading.Event()
+
+    def take_slot() -> int | None:
+        while not free:
+            msg = conn.recv()
+            if msg[0] == "free":
+                free.update(msg[1])
+            elif msg[0] == "stop":
+                stop.set()
+                return None
+        return min(free)
+
+    try:
+        while not stop.is_set():
+            msg = conn.recv()
+            if msg[0] == "free":
+                free.update(msg[1])
+                continue
+            if msg[0] == "stop":
+                return
+            _, job_id, source = msg
+            job = _Job(source=Path(source), stem="", sha256="", size=0)
+
+            def put(event, job_id=job_id) -> bool:
+                kind = event[0]
+                if kind == "clip":
+                    slot = take_slot()
+                    if slot is None:
+                        return False
+                    free.discard(slot)
+                    slots[slot].copy_(event[3])
+                    conn.send(("clip", job_id, event[2], slot))
+                elif kind == "begin":
+                    conn.send(("begin", job_id, event[1].info))
+                elif kind == "end":
+                    conn.send(("end", job_id, event[2], event[3]))
+                elif kind == "fail":
+                    conn.send(("fail", job_id, event[2]))
+                return True
+
+            _guarded(lambda src, wait, job=job, put=put: _decode_video(job, settings, put, stop),
+                     job.source, put, wait=False)
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        return  # the parent is gone
+
+
+@dataclass
+class _Worker:
+    index: int
+    first_slot: int
+    proc: mp.process.BaseProcess | None = None
+    conn: Connection | None = None
+    job_id: int | None = None
+
+
+@dataclass
+class _Active:
+    job: _Job
+    seq: int
+    worker: _Worker
+    slots: list[int] = field(default_factory=list)
+    outstanding: int = 0  # batches queued at the network thread
+
+
+class _Doorbell(queue.Queue):
+    """The claim thread's queue, plus a pipe that becomes readable on every put, so the main
+    loop can wait for claims and worker messages in one ``wait`` call."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.fd_read, self._fd_write = os.pipe()
+        os.set_blocking(self.fd_read, False)
+        os.set_blocking(self._fd_write, False)
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            os.write(self._fd_write, b"\0")
+        except BlockingIOError:  # already ringing
+            pass
+
+    def take(self):
+        """One item or None; clears the bell when empty."""
+        try:
+            return self.get_nowait()
+        except queue.Empty:
+            try:
+                while os.read(self.fd_read, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            try:  # a put between the get and the read: do not lose its ring
+                return self.get_nowait()
+            except queue.Empty:
+                return None
+
+    def close(self) -> None:
+        os.close(self.fd_read)
+        os.close(self._fd_write)
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "unknown cause"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _Pool:
+    """The worker processes, their pipes and their shared clip slots."""
+
+    def __init__(self, n: int, settings: ExtractionSettings, clips_per_batch: int) -> None:
+        self.ctx = process_context()  # not fork: that would copy the network and any CUDA state
+        self.settings_dict = settings.to_dict()
+        self.per_worker = clips_per_batch + _EXTRA_SLOTS
+        S, L = settings.crop_size, settings.clip_len
+        shape = (n * self.per_worker, len(settings.crop_names), 3, L, S, S)
+        self.slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        self.workers = [_Worker(i, i * self.per_worker) for i in range(n)]
+        for w in self.workers:
+            self.start(w)
+
+    def start(self, w: _Worker) -> None:
+        parent, child = self.ctx.Pipe(duplex=True)
+        w.proc = self.ctx.Process(target=_worker_main, name=f"vadpipe-decode-{w.index}", daemon=True,
+                                  args=(child, self.slots, w.first_slot, self.per_worker, self.settings_dict))
+        w.proc.start()
+        child.close()  # only the worker holds its end: its death shows as EOF here
+        w.conn = parent
+        w.job_id = None
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Ask every worker to stop and close the pipes: a worker in the middle of a video stops
+        at its next clip (its send fails), an idle one at once."""
+        running = [w for w in self.workers if w.proc is not None]
+        for w in running:
+            try:
+                w.conn.send(("stop",))
+            except OSError:
+                pass
+            w.conn.close()
+        deadline = time.monotonic() + timeout_s
+        for w in running:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+            if w.proc.is_alive():
+                w.proc.kill()
+                w.proc.join(1.0)
+
+
+class _Network(threading.Thread):
+    """The network on a thread of its own, fed batches in order through two batch buffers.
+
+    While it runs one batch (on CUDA: the asynchronous copy from pinned memory, then the
+    kernels), the main thread gathers the next one into the other buffer, so the network waits
+    only when no clips are ready. Batches are run in the order they are queued.
+    """
+
+    def __init__(self, encoder: ClipEncoder, buffers: list[torch.Tensor], n_crops: int) -> None:
+        super().__init__(name="vadpipe-network", daemon=True)
+        self.encoder = encoder
+        self.n_crops = n_crops
+        self.todo: queue.Queue = queue.Queue()
+        self.free: queue.Queue = queue.Queue()
+        for buf in buffers:
+            self.free.put(buf)
+        self.done = threading.Condition()
+        self.error: BaseException | None = None
+        self.network_s = self.wait_s = 0.0
+
+    def submit(self, a: "_Active", buf: torch.Tensor, n_clips: int) -> None:
+        with self.done:
+            a.outstanding += 1
+        self.todo.put((a, buf, n_clips))
+
+    def wait_for(self, a: "_Active") -> None:
+        """Until every batch of ``a`` has run; re-raises the network's error (e.g. out of memory)."""
+        with self.done:
+            while a.outstanding and self.error is None:
+                self.done.wait()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        n = self.n_crops
+        while True:
+            t = time.perf_counter()
+            item = self.todo.get()
+            self.wait_s += time.perf_counter() - t
+            if item is None:
+                return
+            a, buf, n_clips = item
+            try:
+                if self.error is None:
+                    t = time.perf_counter()
+                    feats = self.encoder(buf[:n_clips * n])
+                    self.network_s += time.perf_counter() - t
+                    a.job.feats.extend(feats[i * n:(i + 1) * n] for i in range(n_clips))
+            except BaseException as exc:  # handed to the main thread, which stops the run
+                self.error = exc
+            finally:
+                self.free.put(buf)
+                with self.done:
+                    a.outstanding -= 1
+                    self.done.notify_all()
+
+
+def extract_with_workers(
+    inputs: Iterable[Path],
+    *,
+    out_dir: Path,
+    settings: ExtractionSettings = ExtractionSettings(),
+    weights: Path | None = None,
+    device: str | None = None,
+    batch_size: int = 8,
+    workers: int | None = None,
+    progress: bool = True,
+    encoder: ClipEncoder | None = None,
+    on_result: Callable[[VideoResult], None] | None = None,
+) -> ExtractReport:
+    """Like ``extract_paths``, with decoding and preprocessing in ``workers`` processes.
+
+    Args:
+        inputs, out_dir, settings, weights, device, batch_size, progress, encoder: as ``extract_paths``.
+        workers: decode processes (>= 1); None: ``default_workers`` for the device (at least 1).
+        on_result: called with each video's result as soon as it is known (progress reporting).
+
+    Returns:
+        An ``ExtractReport`` equal to the single-process engine's (same results, same order),
+        with ``network_s``/``input_wait_s``/``loop_s`` telling how busy the network was.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"workers must be >= 1 for the worker engine, got {workers}")
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    inputs = list(inputs)
+    sources, results = find_videos(inputs)
+    if not sources and not results:
+        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
+                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
+    if encoder is not None and not settings.weights_sha256:
+        raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
+    _prepare_out_dir(out_dir)
+    if encoder is None and sources:
+        dev = select_device(device)
+        model, weights_id = load_i3d(weights, device=dev)
+        encoder = ClipEncoder(model, dev, settings.precision)
+        settings = settings.with_weights(weights_id)
+    remove_stale_temps(out_dir)
+    report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
+    for r in results:
+        cache.append_failure(out_dir, Path(r.source), r.error or "failed")
+        if on_result:
+            on_result(r)
+    if not sources:
+        report.seconds = time.perf_counter() - started
+        return report
+    n_workers = workers if workers is not None else max(1, default_workers(encoder.device))
+    n_workers = min(n_workers, len(sources))  # one video per worker at a time
+    n_crops = len(settings.crop_names)
+    clips_per_batch = math.ceil(batch_size / n_crops)
+    pin = encoder.device.type == "cuda"
+    S, L = settings.crop_size, settings.clip_len
+    buffers = [torch.empty((clips_per_batch * n_crops, 3, L, S, S), dtype=torch.uint8, pin_memory=pin)
+               for _ in range(2)]  # one being run, one being filled
+    network = _Network(encoder, buffers, n_crops)
+
+    claims = _Doorbell(maxsize=n_workers + 2)
+    stop = threading.Event()
+    held: list = []
+
+    def hand_over(job: _Job, _settings, put, _stop) -> bool:
+        return put(("job", job))  # the main loop sends it to a worker; the lock stays held
+
+    claimer = threading.Thread(target=_produce, args=(sources, out_dir, settings, claims, stop, held),
+                               kwargs={"decode": hand_over}, name="vadpipe-claim", daemon=True)
+    done: dict[int, VideoResult] = {}
+    active: dict[int, _Active] = {}
+    ready: deque[tuple[int, _Job]] = deque()
+    seq = 0
+    claims_done = False
+    pool: _Pool | None = None
+
+    with _progress(progress) as bar:
+        videos_task = bar.add_task("videos", total=len(sources), rate="")
+        clips_task = bar.add_task("clips", total=None, rate="")
+        clip_count = 0
+
+        def finished(s: int, result: VideoResult) -> None:
+            done[s] = result
+            if result.status == "failed":
+                cache.append_failure(out_dir, Path(result.source), result.error or "failed")
+            if on_result:
+                on_result(result)
+            bar.advance(videos_task)
+
+        def flush(a: _Active) -> None:
+            """Gather ``a``'s pending clips into a free buffer and queue it for the network."""
+            if not a.slots:
+                return
+            buf = network.free.get()  # waits while the network still holds both buffers
+            if network.error is not None:
+                raise network.error
+            torch.cat([pool.slots[s] for s in a.slots], out=buf[:len(a.slots) * n_crops])
+            a.worker.conn.send(("free", a.slots))
+            network.submit(a, buf, len(a.slots))
+            a.slots = []
+
+        def drop(job_id: int, message: str) -> None:
+            a = active.pop(job_id)
+            a.worker.job_id = None
+            if a.slots:
+                try:
+                    a.worker.conn.send(("free", a.slots))
+                except OSError:
+                    pass
+            _release(a.job.lock, held)
+            finished(a.seq, VideoResult(str(a.job.source), "failed", error=message))
+
+        def handle(w: _Worker, msg) -> None:
+            nonlocal clip_count
+            kind, job_id = msg[0], msg[1]
+            a = active[job_id]
+            if kind == "begin":
+                a.job.info = msg[2]
+                bar.update(videos_task, description=f"videos [dim]{a.job.source.name[:40]}[/]")
+            elif kind == "clip":
+                a.job.clip_starts.append(msg[2])
+                a.slots.append(msg[3])
+                if len(a.slots) * n_crops >= batch_size:
+                    flush(a)
+                clip_count += 1
+                rate = clip_count / max(time.perf_counter() - t0, 1e-9)
+                bar.update(clips_task, advance=1, rate=f"{rate:.2f} clips/s")
+            elif kind == "end":
+                try:
+                    flush(a)
+                    network.wait_for(a)
+                    result = _finish(a.job, settings, msg[2], msg[3], out_dir)
+                finally:
+                    _release(a.job.lock, held)
+                del active[job_id]
+                w.job_id = None
+                finished(a.seq, result)
+            elif kind == "fail":
+                drop(job_id, msg[2])
+
+        def worker_died(w: _Worker) -> None:
+            try:  # messages it sent before dying still count (e.g. its last video's "end")
+                while w.conn.poll():
+                    handle(w, w.conn.recv())
+            except (EOFError, OSError):
+                pass
+            w.proc.join(1.0)
+            reason = _exit_reason(w.proc.exitcode)
+            w.conn.close()
+            w.proc = w.conn = None  # restarted when there is work for it
+            if w.job_id is not None:
+                a = active[w.job_id]
+                a.slots = []  # the slots die with the worker's free list; the new worker starts fresh
+                drop(w.job_id, f"{a.job.source}: the decoding process died ({reason})")
+
+        loop_started = t0 = time.perf_counter()
+        try:
+            network.start()
+            claimer.start()
+            while True:
+                # take claims while some worker could use one
+                while not claims_done and len(ready) < n_workers:
+                    event = claims.take()
+                    if event is None:
+                        break
+                    if event is _STOP:
+                        claims_done = True
+                        break
+                    kind = event[0]
+                    if kind == "job":
+                        ready.append((seq, event[1]))
+                    elif kind == "skip":
+                        _, source, stem, count = event
+                        finished(seq, VideoResult(str(source), "skipped", stem, count))
+                    elif kind == "same":
+                        _, source, stem, first = event
+                        finished(seq, VideoResult(str(source), "skipped", stem, note=f"same content as {first}"))
+                    elif kind == "fail":
+                        _, source, message = event
+                        finished(seq, VideoResult(str(source), "failed", error=message))
+                    seq += 1
+                if ready and pool is None:  # not before: a run that only skips starts no process
+                    pool = _Pool(n_workers, settings, clips_per_batch)
+                for w in pool.workers if pool else ():
+                    if w.job_id is None and ready:
+                        if w.proc is None:
+                            pool.start(w)
+                        s, job = ready.popleft()
+                        active[s] = _Active(job=job, seq=s, worker=w)
+                        w.job_id = s
+                        w.conn.send(("job", s, str(job.source)))
+                if claims_done and not ready and not active:
+                    break
+                workers_now = [w for w in pool.workers if w.proc is not None] if pool else []
+                watch: list = [w.conn for w in workers_now] + [w.proc.sentinel for w in workers_now]
+                if not claims_done and len(ready) < n_workers:
+                    watch.append(claims.fd_read)
+                ready_objs = wait(watch)
+                for w in workers_now:
+                    if w.conn in ready_objs:
+                        try:
+                            msg = w.conn.recv()
+                        except (EOFError, OSError):
+                            worker_died(w)
+                            continue
+                        handle(w, msg)
+                    elif w.proc.sentinel in ready_objs:
+                        worker_died(w)
+        except KeyboardInterrupt:
+            report.interrupted = True
+        finally:
+            loop_s = time.perf_counter() - loop_started
+            stop.set()
+            network.todo.put(None)
+            network.join(timeout=60)
+            if pool is not None:
+                pool.stop()
+            claimer.join(timeout=10)
+            for lock in list(held):
+                _release(lock, held)
+            if not claimer.is_alive():  # one still waiting for a lock may yet ring: keep its pipe
+                claims.close()
+    report.results.extend(done[s] for s in sorted(done))
+    report.network_s, report.input_wait_s, report.loop_s = network.network_s, network.wait_s, loop_s
+    report.seconds = time.perf_counter() - started
+    return report
