@@ -24,9 +24,7 @@ from vadpipe import errors
 from vadpipe.errors import ConfigError, VadpipeError
 
 from . import cache
-from .decode import VIDEO_EXTENSIONS
-from .fileio import remove_stale_temps
-from .runner import ExtractReport, VideoResult, _few_paths, _prepare_out_dir, _progress, find_videos
+from .runner import ExtractReport, VideoResult, _progress, discover_inputs, open_report
 from .settings import ExtractionSettings
 from .weights import resolve_weights
 
@@ -160,20 +158,10 @@ def extract_on_devices(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
-    inputs = list(inputs)
-    sources, results = find_videos(inputs)
-    if not sources and not results:
-        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
-                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
-    _prepare_out_dir(out_dir)
+    sources, results = discover_inputs(inputs, out_dir)
     weights_path, weights_id = resolve_weights(weights)  # fetched once here, not once per device
     settings = settings.with_weights(weights_id)
-    remove_stale_temps(out_dir)
-    report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
-    for r in results:
-        cache.append_failure(out_dir, Path(r.source), r.error or "failed")
-        if on_result:
-            on_result(r)
+    report = open_report(out_dir, settings, results, on_result=on_result)
     by_source: dict[str, VideoResult] = {}
     from .workers import process_context
 

@@ -35,21 +35,19 @@ import torch
 from vadpipe.errors import CacheError, ConfigError, VadpipeError, WeightsError
 
 from . import cache
-from .decode import VIDEO_EXTENSIONS
-from .fileio import remove_stale_temps, sha256_file
+from .fileio import sha256_file
 from .runner import (
     ClipEncoder,
     ExtractReport,
     VideoResult,
     _decode_video,
-    _few_paths,
     _finish,
     _guarded,
     _Job,
     _lock,
-    _prepare_out_dir,
     _progress,
-    find_videos,
+    discover_inputs,
+    open_report,
     select_device,
 )
 from .settings import ExtractionSettings
@@ -230,21 +228,11 @@ def extract_with_ray(
     ray = import_ray()
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()  # tasks run in other working directories
-    inputs = list(inputs)
-    sources, results = find_videos(inputs)
-    if not sources and not results:
-        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
-                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
-    _prepare_out_dir(out_dir)
+    sources, results = discover_inputs(inputs, out_dir)
     # the weights' identity is part of the settings key: resolve it here (fails fast, offline hint)
     _, weights_id = resolve_weights(weights)
     settings = settings.with_weights(weights_id)
-    remove_stale_temps(out_dir)
-    report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
-    for r in results:
-        cache.append_failure(out_dir, Path(r.source), r.error or "failed")
-        if on_result:
-            on_result(r)
+    report = open_report(out_dir, settings, results, on_result=on_result)
     if not sources:
         report.seconds = time.perf_counter() - started
         return report

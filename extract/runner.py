@@ -37,6 +37,8 @@ __all__ = [
     "ExtractReport",
     "ClipEncoder",
     "find_videos",
+    "discover_inputs",
+    "open_report",
     "select_device",
     "extract_paths",
 ]
@@ -370,25 +372,15 @@ def extract_paths(
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    inputs = list(inputs)
-    sources, results = find_videos(inputs)
-    if not sources and not results:
-        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
-                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
     if encoder is not None and not settings.weights_sha256:
         raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
-    _prepare_out_dir(out_dir)  # before loading the network: an unwritable cache fails in a second
+    sources, results = discover_inputs(inputs, out_dir)
     if encoder is None and sources:  # nothing to compute when every input is missing
         dev = select_device(device)
         model, weights_id = load_i3d(weights, device=dev)
         encoder = ClipEncoder(model, dev, settings.precision)
         settings = settings.with_weights(weights_id)
-    remove_stale_temps(out_dir)  # leftovers of a killed run
-    report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
-    for r in results:
-        cache.append_failure(out_dir, Path(r.source), r.error or "failed")
-        if on_result:
-            on_result(r)
+    report = open_report(out_dir, settings, results, on_result=on_result)
 
     def add(result: VideoResult) -> None:
         report.results.append(result)
@@ -493,6 +485,33 @@ def _finish(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: 
     except CacheError as exc:
         raise CacheError(f"{exc}; stopped (finished videos are kept: run the same command again to resume)") from exc
     return VideoResult(str(job.source), record["status"], job.stem, record["clips"]["count"], damage)
+
+
+def discover_inputs(inputs: Iterable[Path], out_dir: Path) -> tuple[list[Path], list[VideoResult]]:
+    """Every engine's first step: the videos to do, the missing inputs, and a writable cache.
+
+    The cache folder is checked before any network is loaded, so an unwritable one fails at once.
+    """
+    inputs = list(inputs)
+    sources, missing = find_videos(inputs)
+    if not sources and not missing:
+        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
+                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
+    _prepare_out_dir(Path(out_dir))
+    return sources, missing
+
+
+def open_report(out_dir: Path, settings: ExtractionSettings, missing: list[VideoResult], *,
+                on_result: Callable[[VideoResult], None] | None = None) -> ExtractReport:
+    """Every engine's second step, once the weights are known: clean up after killed runs and
+    start the report with the missing inputs (also logged to failures.jsonl)."""
+    remove_stale_temps(out_dir)
+    report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=list(missing))
+    for r in missing:
+        cache.append_failure(out_dir, Path(r.source), r.error or "failed")
+        if on_result:
+            on_result(r)
+    return report
 
 
 def _few_paths(paths: Sequence[Path], limit: int = 3) -> str:

@@ -45,19 +45,16 @@ from .runner import (
     ExtractReport,
     VideoResult,
     _decode_video,
-    _few_paths,
     _finish,
     _guarded,
     _Job,
-    _prepare_out_dir,
     _produce,
     _progress,
     _release,
-    find_videos,
+    discover_inputs,
+    open_report,
     select_device,
 )
-from .decode import VIDEO_EXTENSIONS
-from .fileio import remove_stale_temps
 from .settings import ExtractionSettings
 from .weights import load_i3d
 
@@ -349,25 +346,15 @@ def extract_with_workers(
         raise ConfigError(f"workers must be >= 1 for the worker engine, got {workers}")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    inputs = list(inputs)
-    sources, results = find_videos(inputs)
-    if not sources and not results:
-        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
-                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
     if encoder is not None and not settings.weights_sha256:
         raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
-    _prepare_out_dir(out_dir)
+    sources, results = discover_inputs(inputs, out_dir)
     if encoder is None and sources:
         dev = select_device(device)
         model, weights_id = load_i3d(weights, device=dev)
         encoder = ClipEncoder(model, dev, settings.precision)
         settings = settings.with_weights(weights_id)
-    remove_stale_temps(out_dir)
-    report = ExtractReport(out_dir=str(out_dir), settings_key=settings.key(), results=results)
-    for r in results:
-        cache.append_failure(out_dir, Path(r.source), r.error or "failed")
-        if on_result:
-            on_result(r)
+    report = open_report(out_dir, settings, results, on_result=on_result)
     if not sources:
         report.seconds = time.perf_counter() - started
         return report
