@@ -38,6 +38,7 @@ __all__ = [
     "ClipEncoder",
     "find_videos",
     "discover_inputs",
+    "load_encoder",
     "open_report",
     "select_device",
     "extract_paths",
@@ -376,10 +377,7 @@ def extract_paths(
         raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
     sources, results = discover_inputs(inputs, out_dir)
     if encoder is None and sources:  # nothing to compute when every input is missing
-        dev = select_device(device)
-        model, weights_id = load_i3d(weights, device=dev)
-        encoder = ClipEncoder(model, dev, settings.precision)
-        settings = settings.with_weights(weights_id)
+        encoder, settings = load_encoder(settings, weights=weights, device=device)
     report = open_report(out_dir, settings, results, on_result=on_result)
 
     def add(result: VideoResult) -> None:
@@ -485,6 +483,14 @@ def _finish(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: 
     except CacheError as exc:
         raise CacheError(f"{exc}; stopped (finished videos are kept: run the same command again to resume)") from exc
     return VideoResult(str(job.source), record["status"], job.stem, record["clips"]["count"], damage)
+
+
+def load_encoder(settings: ExtractionSettings, *, weights: Path | None = None,
+                 device: str | None = None) -> tuple[ClipEncoder, ExtractionSettings]:
+    """I3D on the chosen device, and ``settings`` stamped with the identity of the weights loaded."""
+    dev = select_device(device)
+    model, weights_id = load_i3d(weights, device=dev)
+    return ClipEncoder(model, dev, settings.precision), settings.with_weights(weights_id)
 
 
 def discover_inputs(inputs: Iterable[Path], out_dir: Path) -> tuple[list[Path], list[VideoResult]]:

@@ -52,11 +52,10 @@ from .runner import (
     _progress,
     _release,
     discover_inputs,
+    load_encoder,
     open_report,
-    select_device,
 )
 from .settings import ExtractionSettings
-from .weights import load_i3d
 
 __all__ = ["default_workers", "usable_cpus", "process_context", "extract_with_workers"]
 
@@ -350,10 +349,7 @@ def extract_with_workers(
         raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
     sources, results = discover_inputs(inputs, out_dir)
     if encoder is None and sources:
-        dev = select_device(device)
-        model, weights_id = load_i3d(weights, device=dev)
-        encoder = ClipEncoder(model, dev, settings.precision)
-        settings = settings.with_weights(weights_id)
+        encoder, settings = load_encoder(settings, weights=weights, device=device)
     report = open_report(out_dir, settings, results, on_result=on_result)
     if not sources:
         report.seconds = time.perf_counter() - started

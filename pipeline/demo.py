@@ -18,9 +18,8 @@ from pathlib import Path
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.detect import DetectResult, detect_videos, plot_video
 from vadpipe.extract.fileio import atomic_write_text
-from vadpipe.extract.runner import ClipEncoder, ExtractReport, extract_paths, select_device
+from vadpipe.extract.runner import ExtractReport, extract_paths, load_encoder
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.extract.weights import load_i3d
 from vadpipe.model.data import parse_annotations
 from vadpipe.model.run import load_run, set_latest
 from vadpipe.model.train import TrainConfig
@@ -70,10 +69,7 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
     dataset = make_dataset(root / "videos", splits=config.splits, config=config.synth, seed=config.seed)
 
     say("[2/5] extracting I3D features (Kinetics-400 weights, centre crop, 16-frame clips)")
-    dev = select_device(device)
-    model, ident = load_i3d(device=dev)
-    settings = ExtractionSettings().with_weights(ident)
-    encoder = ClipEncoder(model, dev, settings.precision)
+    encoder, settings = load_encoder(ExtractionSettings(), device=device)
     features = {name: root / "features" / name for name in config.splits}
     reports = {name: extract_paths([dataset.split_dir(name)], out_dir=features[name], settings=settings,
                                    encoder=encoder, progress=progress)

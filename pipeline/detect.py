@@ -22,10 +22,9 @@ from vadpipe.extract.runner import (
     VideoResult,
     extract_paths,
     find_videos,
-    select_device,
+    load_encoder,
 )
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.extract.weights import load_i3d
 from vadpipe.model.run import Run
 from vadpipe.postprocess.intervals import (
     IntervalsDocument,
@@ -79,13 +78,12 @@ def run_extraction_settings(run: Run, **requested) -> ExtractionSettings:
 
 
 def _encoder_for(settings: ExtractionSettings, *, weights: Path | None, device: str | None) -> tuple[ClipEncoder, ExtractionSettings]:
-    dev = select_device(device)
-    model, ident = load_i3d(weights, device=dev)
-    if settings.weights_sha256 and settings.weights_sha256 != ident:
+    encoder, loaded = load_encoder(settings, weights=weights, device=device)
+    if settings.weights_sha256 and settings.weights_sha256 != loaded.weights_sha256:
         raise ConfigError(
             f"the model was trained on features from I3D weights {settings.weights_sha256[:12]}..., but the "
-            f"weights at hand are {ident[:12]}...; pass the training weights with --weights")
-    return ClipEncoder(model, dev, settings.precision), settings.with_weights(ident)
+            f"weights at hand are {loaded.weights_sha256[:12]}...; pass the training weights with --weights")
+    return encoder, loaded
 
 
 def _block_len(run: Run) -> int:
