@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench lint
+.PHONY: setup demo test bench bench-long lint
 
 setup: $(VENV)/.installed
 
@@ -27,3 +27,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/extract.py
+
+# weak supervision on few, long videos: paper vs default recipe (~25 min on 2 CPU cores the first time)
+bench-long: setup
+	$(PY) bench/long_videos.py --dir bench-long-videos

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["view_indices", "chunk_start_indices"]
+__all__ = ["VIEW_MODES", "view_indices", "chunk_start_indices"]
+
+VIEW_MODES = ("random", "phase")
 
 
-def view_indices(n_steps: int, *, n_views: int, block_len: int = 3, rng: np.random.Generator) -> np.ndarray:
-    """Row indices of ``n_views`` independent random views of a length-``n_steps`` sequence.
+def view_indices(n_steps: int, *, n_views: int, block_len: int = 3, rng: np.random.Generator,
+                 mode: str = "random") -> np.ndarray:
+    """Row indices of ``n_views`` random views of a length-``n_steps`` sequence.
+
+    ``mode="random"`` (the authors'): an independent row per block and per view.
+    ``mode="phase"``: each view is one phase-shifted subsequence ``[φ, φ+L, φ+2L, ...]``, the
+    views on different phases (when ``n_views <= L``): exactly the sub-sequences full-rate
+    scoring interleaves, so the alignment loss makes the phases agree where detection needs it.
 
     Args:
         n_steps: T, the number of feature rows (>= 1).
@@ -35,10 +43,17 @@ def view_indices(n_steps: int, *, n_views: int, block_len: int = 3, rng: np.rand
         raise ValueError(f"n_views must be >= 1, got {n_views}")
     if block_len < 1:
         raise ValueError(f"block_len must be >= 1, got {block_len}")
+    if mode not in VIEW_MODES:
+        raise ValueError(f"mode must be one of {VIEW_MODES}, got {mode!r}")
     if n_steps <= 2 * block_len:
         return np.tile(np.arange(n_steps, dtype=np.int64), (n_views, 1))
     n_blocks = n_steps // block_len
-    offsets = rng.integers(0, block_len, size=(n_views, n_blocks), dtype=np.int64)
+    if mode == "phase":
+        phases = (rng.permutation(block_len)[:n_views] if n_views <= block_len
+                  else rng.integers(0, block_len, size=n_views))
+        offsets = np.repeat(phases.astype(np.int64)[:, None], n_blocks, axis=1)
+    else:
+        offsets = rng.integers(0, block_len, size=(n_views, n_blocks), dtype=np.int64)
     return np.arange(n_blocks, dtype=np.int64) * block_len + offsets
 
 

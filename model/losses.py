@@ -6,11 +6,17 @@ For B samples with K views each (view (b, k) of length T'_b, attention λ, video
 * ``sparsity``   Σ over views of Σ_t |λ_t|
 * ``smoothness`` Σ over views of Σ_t (λ_t - λ_{t+1})², within each view
 * ``alignment``  (K = 2 only) Σ_b mean_t (λ^{b,1}_t - λ^{b,2}_t)²: a mean over t, then a sum
+* ``mil``        (vadpipe's addition, off in the paper recipe) a top-k multiple-instance term:
+  mean over the B·K views of BCE(mean of the k largest ψ_t, y_b), ψ = λ·g(x_t) the weighted
+  T-CAM, k = max(1, ⌊mil_top_fraction·T'_b⌋). It trains the per-clip curve that detection
+  thresholds, at the per-clip input scale it is used at (the BCE only sees g(Σ λ_t x_t)).
 
-``total = (bce + w_smooth·smoothness + w_sparsity·sparsity + w_align·alignment) / N`` with
+``total = (bce + w_smooth·smoothness + w_sparsity·sparsity + w_align·alignment + w_mil·mil) / N`` with
 ``N = Σ_b K·T'_b``, every term divided (normalize="steps", the code). With normalize="video"
-each sample's share of that sum is divided by ``B·K·T'_b`` instead of N, so long and short
-videos weigh the same; both agree when all lengths in the batch are equal.
+each sample's share of that sum is divided by its own ``B·K·T'_b`` instead of N: a long video in
+the batch no longer shrinks the shares of the short ones (its per-step terms weigh as much as
+theirs; its BCE and MIL terms, like every video's, are divided by its own length). Both agree
+when all lengths in the batch are equal.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NORMALIZATIONS", "WEIGHT_ASSIGNMENTS", "LossConfig", "LossTerms", "csl_loss"]
+__all__ = ["NORMALIZATIONS", "WEIGHT_ASSIGNMENTS", "LossConfig", "LossTerms", "csl_loss", "top_k_mean"]
 
 NORMALIZATIONS = ("steps", "video")
 
@@ -42,12 +48,16 @@ class LossConfig:
     w_smooth: float = 2e-8
     w_align: float = 0.5
     normalize: str = "steps"
+    w_mil: float = 0.0
+    mil_top_fraction: float = 1 / 16
 
     def __post_init__(self) -> None:
-        for name in ("w_sparsity", "w_smooth", "w_align"):
+        for name in ("w_sparsity", "w_smooth", "w_align", "w_mil"):
             value = getattr(self, name)
             if not value >= 0:  # also rejects NaN
                 raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 < self.mil_top_fraction <= 1:
+            raise ValueError(f"mil_top_fraction must be in (0, 1], got {self.mil_top_fraction}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
 
@@ -70,14 +80,31 @@ class LossTerms(NamedTuple):
     sparsity: Tensor
     smoothness: Tensor
     alignment: Tensor
+    mil: Tensor
     n_steps: int
 
     def as_floats(self) -> dict[str, float]:
-        names = ("total", "bce", "sparsity", "smoothness", "alignment")
+        names = ("total", "bce", "sparsity", "smoothness", "alignment", "mil")
         return {name: float(getattr(self, name).detach()) for name in names}
 
 
-def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tensor, *, config: LossConfig) -> LossTerms:
+def top_k_mean(scores: Tensor, mask: Tensor, *, fraction: float) -> Tensor:
+    """Mean of the k largest valid scores of each row, k = max(1, ⌊fraction·T'⌋) per row.
+
+    Args:
+        scores: (R, T) right-padded scores; mask: (R, T) bool, True on valid steps.
+    Returns:
+        (R,) the top-k means.
+    """
+    lengths = mask.sum(1)
+    k = torch.clamp((lengths.to(torch.float64) * fraction).floor().to(torch.long), min=1)
+    ranked = scores.masked_fill(~mask, float("-inf")).sort(dim=1, descending=True).values
+    take = torch.arange(scores.shape[1], device=scores.device).unsqueeze(0) < k.unsqueeze(1)
+    return (ranked.masked_fill(~take, 0.0)).sum(1) / k.to(scores.dtype)
+
+
+def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tensor, *, config: LossConfig,
+             wtcam: Tensor | None = None) -> LossTerms:
     """The batch loss of CSL-TAL.
 
     Args:
@@ -86,9 +113,10 @@ def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tenso
         labels: (B,) video labels, 1 = anomalous.
         mask: (B, T) bool, True on the T'_b valid steps of sample b (shared by its K views).
         config: the term weights and the normalisation.
+        wtcam: (B, K, T) weighted T-CAM ψ of every view; needed when ``config.w_mil > 0``.
 
     Returns:
-        LossTerms with the total and its four weighted, normalised parts.
+        LossTerms with the total and its five weighted, normalised parts.
     """
     if attention.ndim != 3:
         raise ValueError(f"attention must be (B, K, T), got {tuple(attention.shape)}")
@@ -118,17 +146,27 @@ def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tenso
     else:
         alignment = torch.zeros_like(lengths)
 
+    if config.w_mil > 0:
+        if wtcam is None or wtcam.shape != attention.shape:
+            raise ValueError(f"the MIL term needs the weighted T-CAM shaped like the attention {tuple(attention.shape)}")
+        view_mask = mask.unsqueeze(1).expand(batch, n_views, steps).reshape(batch * n_views, steps)
+        top = top_k_mean(wtcam.reshape(batch * n_views, steps), view_mask, fraction=config.mil_top_fraction)
+        mil = F.binary_cross_entropy(top.view(batch, n_views), targets, reduction="none").sum(1) / (batch * n_views)
+    else:
+        mil = torch.zeros_like(lengths)
+
     n_steps = int(lengths.sum().item()) * n_views
     weighted = {
         "bce": bce,
         "sparsity": config.w_sparsity * sparsity,
         "smoothness": config.w_smooth * smoothness,
         "alignment": config.w_align * alignment,
+        "mil": config.w_mil * mil,
     }
     if config.normalize == "steps":
         parts = {name: term.sum() / n_steps for name, term in weighted.items()}
     else:
         per_sample = batch * n_views * lengths
         parts = {name: (term / per_sample).sum() for name, term in weighted.items()}
-    total = parts["bce"] + parts["sparsity"] + parts["smoothness"] + parts["alignment"]
+    total = parts["bce"] + parts["sparsity"] + parts["smoothness"] + parts["alignment"] + parts["mil"]
     return LossTerms(total=total, n_steps=n_steps, **parts)

@@ -53,6 +53,7 @@ __all__ = [
     "save_weights",
     "save_checkpoint",
     "load_checkpoint",
+    "load_best",
     "has_checkpoint",
 ]
 
@@ -207,11 +208,17 @@ def new_run_dir(runs_dir: Path | str) -> Path:
     raise CheckpointError(f"cannot find a free run folder name in {runs_dir}")
 
 
-def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torch.optim.Adam) -> None:
-    """Model weights and Adam state after ``epoch``, with no pickle: moments as tensors, steps as JSON."""
+def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torch.optim.Adam,
+                    best: tuple[int, dict[str, torch.Tensor]] | None = None) -> None:
+    """Model weights and Adam state after ``epoch``, with no pickle: moments as tensors, steps as JSON.
+
+    ``best`` (epoch, state dict): the weights early stopping has kept so far, stored alongside.
+    """
     folder = Path(run_dir) / CHECKPOINT_DIR
     names = [name for name, _ in model.named_parameters()]
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    if best is not None:
+        tensors.update({f"best.{k}": v.detach().contiguous() for k, v in best[1].items()})
     steps: dict[str, int] = {}
     opt_state = optimizer.state_dict()["state"]
     for index, name in enumerate(names):
@@ -225,7 +232,8 @@ def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torc
     previous = {p.name for p in folder.glob("state-e*.safetensors")} - {tensor_file}
     atomic_write_bytes(folder / tensor_file, data)
     write_json(folder / _STATE_FILE, {"schema_version": RUN_SCHEMA_VERSION, "epoch": epoch, "tensors": tensor_file,
-                                      "sha256": sha256_bytes(data), "adam_steps": steps})
+                                      "sha256": sha256_bytes(data), "adam_steps": steps,
+                                      "best_epoch": None if best is None else best[0]})
     for name in previous:  # only after state.json names the new file
         (folder / name).unlink(missing_ok=True)
 
@@ -235,8 +243,7 @@ def has_checkpoint(run_dir: Path) -> bool:
     return (Path(run_dir) / CHECKPOINT_DIR / _STATE_FILE).is_file()
 
 
-def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam) -> int:
-    """Restore model and Adam state from ``run_dir/checkpoint``; returns the epoch it was saved after."""
+def _read_checkpoint(run_dir: Path) -> tuple[dict, dict[str, torch.Tensor], Path]:
     folder = Path(run_dir) / CHECKPOINT_DIR
     state = read_json(folder / _STATE_FILE, what="checkpoint")
     if state.get("schema_version") != RUN_SCHEMA_VERSION:
@@ -245,7 +252,23 @@ def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam
     data = _read_bytes(path, what="checkpoint tensors")
     if sha256_bytes(data) != state.get("sha256"):
         raise CheckpointError(f"checkpoint tensors {path} are corrupted (sha256 differs from state.json)")
-    tensors = _parse_tensors(data, path, what="checkpoint tensors")
+    return state, _parse_tensors(data, path, what="checkpoint tensors"), path
+
+
+def load_best(run_dir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """The early-stopping weights stored with the checkpoint: (epoch, state dict), or None."""
+    state, tensors, path = _read_checkpoint(run_dir)
+    if state.get("best_epoch") is None:
+        return None
+    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    if not best:
+        raise CheckpointError(f"checkpoint {path} names best epoch {state['best_epoch']} but lacks its weights")
+    return int(state["best_epoch"]), best
+
+
+def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam) -> int:
+    """Restore model and Adam state from ``run_dir/checkpoint``; returns the epoch it was saved after."""
+    state, tensors, path = _read_checkpoint(run_dir)
     _load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, source=path)
     opt = optimizer.state_dict()
     steps = state.get("adam_steps", {})

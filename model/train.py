@@ -27,7 +27,7 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temps
 
-from .augment import chunk_start_indices, view_indices
+from .augment import VIEW_MODES, chunk_start_indices, view_indices
 from .data import (
     DataWarning,
     FeatureSet,
@@ -37,7 +37,7 @@ from .data import (
     parse_annotations,
     scan_features,
 )
-from .losses import LossConfig, LossTerms, csl_loss
+from .losses import LossConfig, LossTerms, csl_loss, top_k_mean
 from .net import CSLTAL, ModelConfig
 from .run import (
     CHECKPOINT_DIR,
@@ -47,6 +47,7 @@ from .run import (
     RUN_SCHEMA_VERSION,
     SUMMARY_FILE,
     has_checkpoint,
+    load_best,
     load_checkpoint,
     read_run_config,
     save_checkpoint,
@@ -60,16 +61,26 @@ __all__ = [
     "Batch",
     "make_batch",
     "iterate_batches",
+    "epoch_batches",
+    "batches_per_epoch",
+    "planned_epochs",
     "batch_loss",
     "make_optimizer",
     "train_epoch",
     "lr_at_epoch",
+    "lr_at_step",
     "train",
     "resume",
 ]
 
-_LOSS_PARTS = ("bce", "sparsity", "smoothness", "alignment")
+_LOSS_PARTS = ("bce", "sparsity", "smoothness", "alignment", "mil")
+SCHEDULES = ("multistep", "cosine")
+# Checkpoint after an epoch only once this many optimizer steps passed since the last one (and after
+# the last epoch): on a few dozen videos an epoch is a handful of steps, and writing the 85 MB of
+# weights and Adam moments after each would take longer than the training.
+_CHECKPOINT_STEPS = 50
 _VAL_METRICS = ("val_video_auc", "val_frame_auc")
+_HELDOUT_LOSS = "heldout_loss"
 _XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame clip (§8.1)
 _VAL_BATCH = 32
 
@@ -91,6 +102,21 @@ class TrainConfig:
             "w/o align" row).
         block_len: L, the augmentation block length.
         seed: seeds weight init, sample order and view picks.
+        schedule: ``"multistep"`` (the lr drops by ``lr_decay`` after ``lr_milestone_epoch``,
+            the authors' code) or ``"cosine"`` (linear warm-up over ``warmup_steps`` optimizer
+            steps, then a cosine decay to ``lr * lr_decay`` at the last step).
+        warmup_steps: optimizer steps of linear warm-up (``"cosine"`` only).
+        min_steps: train for at least this many optimizer steps: the epochs are raised to
+            reach it, so that a few dozen videos get as many updates as they need while a
+            large set keeps its epochs.
+        balanced: every batch holds half normal and half anomalous samples; an epoch covers
+            the larger class once and cycles through reshuffles of the smaller one.
+        early_stopping: keep the weights of the evaluation with the lowest held-out loss
+            (when held-out videos are given to :func:`train`), instead of the last ones.
+        select_every_steps: evaluate on the held-out videos after each epoch that passes a
+            multiple of this many optimizer steps, and after the last.
+        views: ``"random"`` (an independent row per block and view, the authors') or
+            ``"phase"`` (each view one phase-shifted subsequence, see :func:`view_indices`).
     """
 
     model: ModelConfig = ModelConfig()
@@ -103,9 +129,23 @@ class TrainConfig:
     align: bool = True
     block_len: int = 3
     seed: int = 1
+    schedule: str = "multistep"
+    warmup_steps: int = 0
+    min_steps: int = 0
+    balanced: bool = False
+    early_stopping: bool = False
+    select_every_steps: int = 50
+    views: str = "random"
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "block_len"):
+        if self.views not in VIEW_MODES:
+            raise ValueError(f"views must be one of {VIEW_MODES}, got {self.views!r}")
+        for name in ("warmup_steps", "min_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        for name in ("epochs", "batch_size", "block_len", "select_every_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
         if not isinstance(self.lr_milestone_epoch, int) or self.lr_milestone_epoch < 0:
@@ -183,23 +223,76 @@ def make_batch(arrays: Sequence[np.ndarray], views: Sequence[np.ndarray], labels
     return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.tensor(labels, dtype=torch.float32))
 
 
+def _class_counts(labels: np.ndarray) -> tuple[int, int]:
+    return int((labels == 0).sum()), int((labels == 1).sum())
+
+
+def batches_per_epoch(labels: Sequence[int], *, batch_size: int, balanced: bool) -> int:
+    """Optimizer steps in one epoch over samples with these labels."""
+    labels = np.asarray(labels)
+    n_normal, n_anomalous = _class_counts(labels)
+    if balanced and n_normal and n_anomalous:
+        return math.ceil(2 * max(n_normal, n_anomalous) / batch_size)
+    return math.ceil(len(labels) / batch_size)
+
+
+def epoch_batches(labels: Sequence[int], *, batch_size: int, balanced: bool,
+                  rng: np.random.Generator) -> list[np.ndarray]:
+    """Sample indices of each batch of one epoch.
+
+    Unbalanced (the authors' sampler): one shuffle, consecutive slices, the last batch smaller.
+    Balanced: every batch holds ``batch_size // 2`` samples of each class (an odd size gives the
+    extra slot to the anomalous class in even batches and the normal class in odd ones). Each
+    class is drawn from back-to-back reshuffles of itself, so the larger class is seen once per
+    epoch and the smaller one cycles, no sample more than once more often than another. When a
+    class has fewer samples than its slots in a batch (or at the seam between two reshuffles),
+    a sample can appear twice in one batch, with different random views.
+    Weak labels are most informative in contrast: a batch of only normal videos teaches the
+    attention nothing about what to pick.
+    """
+    labels = np.asarray(labels)
+    n_normal, n_anomalous = _class_counts(labels)
+    if not (balanced and n_normal and n_anomalous):
+        order = rng.permutation(len(labels))
+        return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    n_batches = batches_per_epoch(labels, batch_size=batch_size, balanced=True)
+    slots = [(batch_size // 2 + (batch_size % 2 if i % 2 == 0 else 0)) for i in range(n_batches)]  # anomalous
+    streams = {}
+    for label, needed in ((1, sum(slots)), (0, n_batches * batch_size - sum(slots))):
+        members = np.flatnonzero(labels == label)
+        repeats = math.ceil(needed / len(members))
+        streams[label] = np.concatenate([rng.permutation(members) for _ in range(repeats)])[:needed]
+    batches, taken = [], {0: 0, 1: 0}
+    for anomalous in slots:
+        counts = {1: anomalous, 0: batch_size - anomalous}
+        batch = []
+        for label in (1, 0):
+            batch.append(streams[label][taken[label] : taken[label] + counts[label]])
+            taken[label] += counts[label]
+        batches.append(np.concatenate(batch))
+    return batches
+
+
 def iterate_batches(data: FeatureSet, *, config: TrainConfig, epoch: int) -> Iterator[Batch]:
-    """The batches of one epoch: shuffled samples, fresh random views, the last batch smaller."""
+    """The batches of one epoch (see :func:`epoch_batches`), with fresh random views."""
     rng = np.random.default_rng([config.seed, epoch])
-    order = rng.permutation(len(data.items))
-    for start in range(0, len(order), config.batch_size):
-        items = [data.items[i] for i in order[start : start + config.batch_size]]
+    labels = [item.label for item in data.items]
+    for indices in epoch_batches(labels, batch_size=config.batch_size, balanced=config.balanced, rng=rng):
+        items = [data.items[i] for i in indices]
         arrays = [load_item(item, feature_dim=data.feature_dim) for item in items]
-        views = [view_indices(a.shape[0], n_views=config.n_views, block_len=config.block_len, rng=rng) for a in arrays]
+        views = [view_indices(a.shape[0], n_views=config.n_views, block_len=config.block_len, rng=rng,
+                              mode=config.views) for a in arrays]
         yield make_batch(arrays, views, [item.label for item in items])
 
 
 def batch_loss(model: CSLTAL, batch: Batch, *, loss_config: LossConfig) -> LossTerms:
     """One forward pass over every view of the batch, then the CSL-TAL loss."""
     n_samples, n_views = batch.labels.shape[0], batch.n_views
-    out = model(batch.x, batch.mask.repeat_interleave(n_views, dim=0), with_tcam=False)
+    with_mil = loss_config.w_mil > 0
+    out = model(batch.x, batch.mask.repeat_interleave(n_views, dim=0), with_tcam=with_mil)
+    wtcam = out.weighted_tcam.view(n_samples, n_views, -1) if with_mil else None
     return csl_loss(out.attention.view(n_samples, n_views, -1), out.video_score.view(n_samples, n_views),
-                    batch.labels, batch.mask, config=loss_config)
+                    batch.labels, batch.mask, config=loss_config, wtcam=wtcam)
 
 
 def make_optimizer(model: CSLTAL, *, config: TrainConfig) -> torch.optim.Adam:
@@ -219,18 +312,40 @@ def lr_at_epoch(epoch: int, *, config: TrainConfig) -> float:
     return config.lr * (config.lr_decay if epoch > config.lr_milestone_epoch else 1.0)
 
 
+def lr_at_step(step: int, *, epoch: int, total_steps: int, config: TrainConfig) -> float:
+    """The learning rate of 1-based optimizer ``step`` (in 1-based ``epoch``) of a ``total_steps`` run."""
+    if config.schedule == "multistep":
+        return lr_at_epoch(epoch, config=config)
+    if step <= config.warmup_steps:
+        return config.lr * step / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps))
+    floor = config.lr * config.lr_decay
+    return floor + (config.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def planned_epochs(config: TrainConfig, n_batches: int) -> int:
+    """``config.epochs``, raised so that the run makes at least ``config.min_steps`` optimizer steps."""
+    return max(config.epochs, math.ceil(config.min_steps / n_batches))
+
+
 def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSet, *, config: TrainConfig, epoch: int,
-                on_step: Callable[[dict[str, float]], None] | None = None) -> dict[str, float]:
-    """One pass over ``data`` (1-based ``epoch``); returns the mean of each loss part over its batches.
+                on_step: Callable[[dict[str, float]], None] | None = None, total_epochs: int | None = None
+                ) -> dict[str, float]:
+    """One pass over ``data`` (1-based ``epoch`` of ``total_epochs``, default :func:`planned_epochs`);
+    returns the mean of each loss part over its batches and the epoch's last ``lr``.
 
     ``on_step`` receives each batch's loss parts (``LossTerms.as_floats``), e.g. for a progress bar.
     """
     model.train()
-    for group in optimizer.param_groups:
-        group["lr"] = lr_at_epoch(epoch, config=config)
+    per_epoch = batches_per_epoch([item.label for item in data.items], batch_size=config.batch_size,
+                                  balanced=config.balanced)
+    total_steps = per_epoch * (total_epochs if total_epochs is not None else planned_epochs(config, per_epoch))
     sums = dict.fromkeys(("total", *_LOSS_PARTS), 0.0)
-    n_batches = 0
+    lr, n_batches = lr_at_epoch(epoch, config=config), 0
     for batch in iterate_batches(data, config=config, epoch=epoch):
+        lr = lr_at_step((epoch - 1) * per_epoch + n_batches + 1, epoch=epoch, total_steps=total_steps, config=config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
         terms = batch_loss(model, batch, loss_config=config.loss)
         terms.total.backward()
@@ -241,7 +356,8 @@ def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSe
             sums[name] += value
         if on_step is not None:
             on_step(values)
-    return {("loss" if name == "total" else f"loss_{name}"): value / n_batches for name, value in sums.items()}
+    losses = {("loss" if name == "total" else f"loss_{name}"): value / n_batches for name, value in sums.items()}
+    return {**losses, "lr": lr}
 
 
 # --------------------------------------------------------------------------- validation
@@ -316,6 +432,78 @@ def _validate(model: CSLTAL, val: _Validation, *, block_len: int) -> dict[str, f
     }
 
 
+# --------------------------------------------------------------------------- early stopping
+
+
+def _phases(n_steps: int, block_len: int) -> list[np.ndarray]:
+    """The rows of each phase-shifted subsequence (all rows at once for short sequences)."""
+    if n_steps <= 2 * block_len:
+        return [np.arange(n_steps, dtype=np.int64)]
+    return [np.arange(phase, n_steps, block_len, dtype=np.int64) for phase in range(block_len)]
+
+
+def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+@torch.no_grad()
+def heldout_scores(model: CSLTAL, data: FeatureSet, *, block_len: int, top_fraction: float) -> dict[str, float | None]:
+    """What early stopping watches, from video labels only (held-out training videos have no frame labels).
+
+    Every crop is scored at full rate (its phase-shifted subsequences, as detect does). Per video:
+    the *peak*, the mean of the top ``top_fraction`` of the weighted T-CAM over all rows, and the
+    classifier's video score, each averaged over crops. ``heldout_loss`` is the class-balanced
+    mean of BCE(peak, y) and BCE(video score, y): low when the curve rises in anomalous videos
+    and stays low in normal ones, i.e. what detect's intervals and false alarms depend on.
+    ``heldout_peak_auc`` is the AUC of the peaks (None with one class).
+    """
+    model.eval()
+    peaks: dict[str, list[float]] = {}
+    video_scores: dict[str, list[float]] = {}
+    labels: dict[str, int] = {}
+    items = data.items
+    for start in range(0, len(items), _VAL_BATCH):
+        chunk = items[start : start + _VAL_BATCH]
+        arrays, views, owners = [], [], []
+        for index, item in enumerate(chunk):
+            array = load_item(item, feature_dim=data.feature_dim)
+            for rows in _phases(array.shape[0], block_len):
+                arrays.append(array)
+                views.append(rows[None, :])
+                owners.append(index)
+        batch = make_batch(arrays, views, [0] * len(arrays))
+        out = model(batch.x, batch.mask)
+        psi, scores, lengths = out.weighted_tcam, out.video_score.numpy(), batch.mask.sum(1).tolist()
+        for index, item in enumerate(chunk):
+            rows = [r for r, owner in enumerate(owners) if owner == index]
+            values = torch.cat([psi[r, : lengths[r]] for r in rows]).unsqueeze(0)
+            peak = float(top_k_mean(values, torch.ones_like(values, dtype=torch.bool), fraction=top_fraction)[0])
+            peaks.setdefault(item.video, []).append(peak)
+            video_scores.setdefault(item.video, []).append(float(np.mean(scores[rows])))
+            labels[item.video] = int(item.label)
+    model.train()
+    names = sorted(labels)
+    y = np.array([labels[n] for n in names], dtype=np.float64)
+    peak = np.array([np.mean(peaks[n]) for n in names])
+    score = np.array([np.mean(video_scores[n]) for n in names])
+    per_video = 0.5 * (_bce(peak, y) + _bce(score, y))
+    loss = float(np.mean([per_video[y == c].mean() for c in (0, 1) if (y == c).any()]))
+    auc = None
+    if 0 < y.sum() < len(y):
+        from sklearn.metrics import roc_auc_score
+
+        auc = float(roc_auc_score(y, peak))
+    return {_HELDOUT_LOSS: loss, "heldout_peak_auc": auc}
+
+
+def _crossed(epoch: int, n_batches: int, every_steps: int) -> bool:
+    """Whether epoch ``epoch`` (1-based) passed a multiple of ``every_steps`` optimizer steps; a
+    function of the epoch alone, so a resumed run checkpoints and evaluates where an
+    uninterrupted one does."""
+    return (epoch * n_batches) // every_steps > ((epoch - 1) * n_batches) // every_steps
+
+
 # --------------------------------------------------------------------------- run folder outputs
 
 
@@ -331,8 +519,9 @@ def _read_metrics(run_dir: Path, *, up_to_epoch: int) -> list[dict]:
     return [line for line in lines if line["epoch"] <= up_to_epoch]
 
 
-def _summary(history: list[dict]) -> dict:
-    """Last-epoch and best-epoch metrics, labelled (the best epoch per validation metric)."""
+def _summary(history: list[dict], *, selected_epoch: int | None = None) -> dict:
+    """Last-epoch and best-epoch metrics, labelled (the best epoch per validation metric), and the
+    epoch whose weights early stopping kept (None: the last epoch's)."""
     best = {}
     for name in _VAL_METRICS:
         scored = [(line[name], line["epoch"]) for line in history if line.get(name) is not None]
@@ -344,7 +533,10 @@ def _summary(history: list[dict]) -> dict:
         "last_epoch": history[-1],
         "last_validation": last_val,
         "best_epoch": best,
-        "note": "best_epoch picks, per validation metric, the epoch where it was highest (on the validation set)",
+        "selected_epoch": selected_epoch,
+        "note": "best_epoch picks, per validation metric, the epoch where it was highest (on the validation set); "
+                "selected_epoch is the epoch whose weights were saved (early stopping on held-out training "
+                "videos; null: the last epoch)",
     }
 
 
@@ -356,7 +548,7 @@ def _plot_curves(history: list[dict], path: Path) -> None:
     fig = Figure(figsize=(10 if has_val else 6, 4), layout="constrained")
     axes = fig.subplots(1, 2 if has_val else 1, squeeze=False)[0]
     for name in ("loss", *(f"loss_{p}" for p in _LOSS_PARTS)):
-        values = [line[name] if line[name] > 0 else np.nan for line in history]
+        values = [line[name] if line.get(name, 0) > 0 else np.nan for line in history]
         if not all(np.isnan(values)):
             axes[0].plot(epochs, values, label=name, lw=2 if name == "loss" else 1)
     axes[0].set(yscale="log", xlabel="epoch", ylabel="loss (weighted, normalised)", title="training loss")
@@ -440,44 +632,67 @@ class _Reporter:
         if self._progress is None:
             return
         parts = ", ".join(f"{p} {line[f'loss_{p}']:.3g}" for p in _LOSS_PARTS)
-        val = "".join(f"  {n} {line[n]:.4f}" for n in _VAL_METRICS if line.get(n) is not None)
+        val = "".join(f"  {n} {line[n]:.4f}" for n in (*_VAL_METRICS, _HELDOUT_LOSS) if line.get(n) is not None)
         self._progress.console.print(f"epoch {line['epoch']:>3}/{self.epochs}  lr {line['lr']:.0e}  "
                                      f"loss {line['loss']:.4g} ({parts}){val}  [{line['time_s']:.1f} s]",
                                      markup=False, highlight=False)
 
 
 def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet, val: _Validation | None, *,
-         resume_run: bool, show_progress: bool) -> Path:
+         resume_run: bool, show_progress: bool, selection: FeatureSet | None = None) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
         model = CSLTAL(config.model)
     optimizer = make_optimizer(model, config=config)
-    start, history = 0, []
+    n_batches = batches_per_epoch([item.label for item in data.items], batch_size=config.batch_size,
+                                  balanced=config.balanced)
+    total_epochs = planned_epochs(config, n_batches)
+    select = selection is not None and config.early_stopping
+    start, history, best = 0, [], None  # best: (epoch, held-out loss, state dict)
     if resume_run and has_checkpoint(run_dir):  # else killed before its first checkpoint: start over
         start = load_checkpoint(run_dir, model=model, optimizer=optimizer)
-        if start > config.epochs:
+        if start > total_epochs:
             raise ConfigError(f"{run_dir} is already trained for {start} epochs; ask for at least that many")
         history = _read_metrics(run_dir, up_to_epoch=start)
-    n_batches = math.ceil(len(data.items) / config.batch_size)
-    with _Reporter(show_progress, n_batches, config.epochs) as reporter:
-        for epoch in range(start + 1, config.epochs + 1):
+        stored = load_best(run_dir) if select else None
+        if stored is not None:
+            loss = next((line.get(_HELDOUT_LOSS) for line in history if line["epoch"] == stored[0]), None)
+            if loss is None:
+                raise CheckpointError(f"{run_dir}: the checkpoint keeps the weights of epoch {stored[0]} but "
+                                      f"{METRICS_FILE} has no held-out loss for that epoch")
+            best = (stored[0], loss, stored[1])
+    with _Reporter(show_progress, n_batches, total_epochs) as reporter:
+        for epoch in range(start + 1, total_epochs + 1):
             began = time.perf_counter()
+            last = epoch == total_epochs
             on_step = reporter.start_epoch(epoch)
-            losses = train_epoch(model, optimizer, data, config=config, epoch=epoch, on_step=on_step)
-            line = {"epoch": epoch, "lr": lr_at_epoch(epoch, config=config), **losses}
-            if val is not None and (epoch % val.every_epochs == 0 or epoch == config.epochs):
+            line = {"epoch": epoch, **train_epoch(model, optimizer, data, config=config, epoch=epoch, on_step=on_step,
+                                                   total_epochs=total_epochs)}
+            if val is not None and (epoch % val.every_epochs == 0 or last):
                 line.update(_validate(model, val, block_len=config.block_len))
+            if select and (_crossed(epoch, n_batches, config.select_every_steps) or last):
+                line.update(heldout_scores(model, selection, block_len=config.block_len,
+                                           top_fraction=config.loss.mil_top_fraction))
+                if best is None or line[_HELDOUT_LOSS] < best[1]:
+                    best = (epoch, line[_HELDOUT_LOSS], {k: v.detach().clone() for k, v in model.state_dict().items()})
             line["time_s"] = round(time.perf_counter() - began, 3)
-            if not math.isfinite(line["loss"]):
-                raise ConfigError(f"the loss became {line['loss']} in epoch {epoch}; lower --lr or check the features")
             history.append(line)
-            _write_metrics(run_dir, history)
-            save_checkpoint(run_dir, epoch=epoch, model=model, optimizer=optimizer)
-            reporter.end_epoch(line)
+            if not math.isfinite(line["loss"]):
+                _write_metrics(run_dir, history)
+                raise ConfigError(f"the loss became {line['loss']} in epoch {epoch}; lower --lr or check the features")
+            # metrics, checkpoint and the progress line every _CHECKPOINT_STEPS steps: a small set makes
+            # hundreds of few-step epochs
+            if _crossed(epoch, n_batches, _CHECKPOINT_STEPS) or last:
+                _write_metrics(run_dir, history)
+                save_checkpoint(run_dir, epoch=epoch, model=model, optimizer=optimizer,
+                                best=None if best is None else best[::2])
+                reporter.end_epoch(line)
     if not history:
         raise CheckpointError(f"{run_dir} has no finished epoch to report")
+    if best is not None:
+        model.load_state_dict(best[2])
     save_run(run_dir, model, config=run_config)
-    write_json(run_dir / SUMMARY_FILE, _summary(history))
+    write_json(run_dir / SUMMARY_FILE, _summary(history, selected_epoch=None if best is None else best[0]))
     _plot_curves(history, run_dir / CURVES_FILE)
     return run_dir
 
@@ -497,10 +712,23 @@ def _restrict(data: FeatureSet, videos: Collection[str]) -> FeatureSet:
     return data
 
 
+def _selection_set(data: FeatureSet, videos: Collection[str], *, trained: FeatureSet) -> FeatureSet:
+    """The held-out videos early stopping watches: in the feature set, not trained on."""
+    wanted = set(videos)
+    unknown = sorted(wanted - set(data.videos))
+    if unknown:
+        raise ConfigError(f"{len(unknown)} held-out video(s) are not in {data.root}: {', '.join(unknown[:5])}")
+    overlap = sorted(wanted & set(trained.videos))
+    if overlap:
+        raise ConfigError(f"{len(overlap)} held-out video(s) are also trained on, e.g. {overlap[0]}")
+    return replace(data, items=tuple(item for item in data.items if item.video in wanted))
+
+
 def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = TrainConfig(),
           labels_csv: Path | str | None = None, crops: Sequence[int] | None = None,
           validation: ValidationSpec | None = None, show_progress: bool = False,
-          videos: Collection[str] | None = None, extra_config: Mapping[str, object] | None = None) -> Path:
+          videos: Collection[str] | None = None, heldout: Collection[str] | None = None,
+          extra_config: Mapping[str, object] | None = None) -> Path:
     """Train a model on the features under ``features`` and write a run folder.
 
     Args:
@@ -513,6 +741,8 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
         show_progress: draw a progress bar with the loss parts on stderr.
         videos: train on these videos only (None = all); recorded as ``data.videos`` so
             that a resumed run uses the same ones.
+        heldout: videos of ``features`` (not trained on) that early stopping watches when
+            ``config.early_stopping`` (video labels only; see :func:`heldout_scores`).
         extra_config: more top-level config.json sections (kept on resume), e.g. what a
             later stage needs to know about the run.
 
@@ -527,9 +757,14 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
     if (out_dir / CONFIG_FILE).exists() or (out_dir / CHECKPOINT_DIR).exists():
         raise CheckpointError(f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) "
                               "or choose another --out")
-    data = open_training_set(features, labels_csv=labels_csv, crops=crops)
+    everything = data = open_training_set(features, labels_csv=labels_csv, crops=crops)
     if videos is not None:
         data = _restrict(data, videos)
+    selection = _selection_set(everything, heldout, trained=data) if heldout and config.early_stopping else None
+    if config.early_stopping and selection is None:
+        warnings.warn("early stopping needs held-out videos and none were given: the last epoch's weights are "
+                      "kept", DataWarning, stacklevel=2)
+        config = replace(config, early_stopping=False)  # what the run really does, in its config.json
     val = _prepare_validation(validation, crops=crops) if validation is not None else None
     if val is not None and val.data.feature_dim != data.feature_dim:
         raise ConfigError(f"validation features are {val.data.feature_dim} wide, training features {data.feature_dim}")
@@ -539,12 +774,16 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
                   **(extra_config or {})}
     if videos is not None:
         run_config["data"]["videos"] = data.videos
+    run_config["selection"] = None if selection is None else {
+        "videos": selection.videos, "metric": _HELDOUT_LOSS, "every_steps": config.select_every_steps}
     write_json(out_dir / CONFIG_FILE, run_config)  # now, so that an interrupted run can be resumed
-    return _fit(out_dir, run_config, config, data, val, resume_run=False, show_progress=show_progress)
+    return _fit(out_dir, run_config, config, data, val, resume_run=False, show_progress=show_progress,
+                selection=selection)
 
 
 def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:
-    """Continue a run from its last checkpoint, with its own settings and data (``epochs`` may grow).
+    """Continue a run from its last checkpoint, with its own settings and data (``epochs`` may grow,
+    with the multistep schedule only; with early stopping the old last epoch keeps its evaluation).
 
     Raises:
         CheckpointError: no checkpoint, or the training features changed since the run started.
@@ -553,20 +792,27 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
     run_config = read_run_config(run_dir)
     try:
         config = TrainConfig.from_dict(run_config["training"], model=run_config["model"])
-        if epochs is not None:
-            config = replace(config, epochs=epochs)
         recorded = run_config["data"]
         missing = {"path", "labels_csv", "crops_requested", "n_samples", "feature_dim"} - set(recorded)
         if missing:
             raise KeyError(", ".join(sorted(missing)))
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{run_dir / CONFIG_FILE} has unusable training settings: {exc}") from exc
+    if epochs is not None and epochs != config.epochs:
+        if config.schedule == "cosine":
+            raise ConfigError(f"{run_dir} uses a cosine schedule, which ends where the run ends: more epochs would "
+                              "restart its decay; train a new run with more --epochs or --min-steps")
+        config = replace(config, epochs=epochs)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # temp files of a killed writer
         if folder.is_dir():
             remove_stale_temps(folder)
-    data = open_training_set(recorded["path"], labels_csv=recorded["labels_csv"], crops=recorded["crops_requested"])
+    everything = data = open_training_set(recorded["path"], labels_csv=recorded["labels_csv"],
+                                          crops=recorded["crops_requested"])
     if recorded.get("videos") is not None:
         data = _restrict(data, recorded["videos"])
+    selection = None
+    if (run_config.get("selection") or {}).get("videos"):
+        selection = _selection_set(everything, run_config["selection"]["videos"], trained=data)
     if (len(data.items), data.feature_dim) != (recorded["n_samples"], recorded["feature_dim"]):
         raise CheckpointError(f"the features in {recorded['path']} changed since the run started "
                               f"({recorded['n_samples']} samples of width {recorded['feature_dim']} then, "
@@ -578,4 +824,5 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
         val = _prepare_validation(spec, crops=recorded["crops_requested"])
     run_config["training"] = config.to_dict()
     write_json(run_dir / CONFIG_FILE, run_config)
-    return _fit(run_dir, run_config, config, data, val, resume_run=True, show_progress=show_progress)
+    return _fit(run_dir, run_config, config, data, val, resume_run=True, show_progress=show_progress,
+                selection=selection)

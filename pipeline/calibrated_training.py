@@ -144,7 +144,8 @@ def train_calibrated(
     train_videos, heldout = stratified_holdout(labels, fraction=calibration.holdout_fraction, seed=config.seed)
     request = {"calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
     run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
-                    validation=validation, show_progress=show_progress, videos=train_videos, extra_config=request)
+                    validation=validation, show_progress=show_progress, videos=train_videos, heldout=heldout,
+                    extra_config=request)
     calibrate_run(run_dir, data=data)
     return run_dir
 

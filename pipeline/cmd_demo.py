@@ -16,18 +16,21 @@ __all__ = ["demo"]
 @click.command()
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Demo folder, replaced on each run [default: <workspace>/demo].")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs [default: the recipe's].")
+@click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+              help="Training recipe (see vadpipe train --help): vadpipe's default, or the authors' 'paper' recipe "
+                   "(then every training video is trained on and the fixed threshold 0.35 is used).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated videos.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def demo(out_dir: Path | None, epochs: int | None, seed: int, device: str, quiet: bool) -> None:
+def demo(out_dir: Path | None, recipe: str, seed: int, device: str, quiet: bool) -> None:
     """Generate labelled synthetic videos, then extract, train, evaluate and detect on them."""
     from vadpipe.cmd_evaluate import detection_table, metrics_table
     from vadpipe.demo import DemoConfig, run_demo
+    from vadpipe.model.recipes import recipe_config
 
     config = DemoConfig(seed=seed)
-    if epochs is not None:
-        config = replace(config, training=replace(config.training, epochs=epochs))
+    if recipe == "paper":
+        config = replace(config, training=recipe_config("paper"), calibration=None)
     console = Console(stderr=True)
     report = run_demo(out_dir or workspace_dir() / "demo", config=config, device=device,
                       progress=not quiet, say=lambda text: console.print(f"[bold]{text}[/]"))

@@ -17,12 +17,17 @@ from vadpipe.workspace import features_dir, runs_dir
 __all__ = ["train"]
 
 # Options that define a run; --resume takes them from the run's config.json instead.
-_RUN_OPTIONS = ("features", "labels_csv", "out_dir", "batch_size", "lr", "lr_milestone", "lr_decay", "no_align",
+_RUN_OPTIONS = ("features", "labels_csv", "out_dir", "recipe", "batch_size", "lr", "lr_milestone", "lr_decay",
+                "schedule", "warmup_steps", "min_steps", "balanced", "w_mil", "early_stopping", "views", "align",
                 "block_len", "attention", "kernel_size", "loss_weights", "w_sparsity", "w_smooth", "w_align",
                 "loss_norm", "crops", "seed", "val_features", "annotations", "val_every", "holdout_fraction",
                 "operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
 # Options that only mean something when videos are held out for calibration.
 _CALIBRATION_OPTIONS = ("operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
+
+# The share of training videos held out per recipe: the paper trains on every video (fixed threshold
+# 0.35); vadpipe's default holds out a quarter for early stopping and the operating point.
+_HOLDOUT = {"default": 0.25, "paper": 0.0}
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 _FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
@@ -89,6 +94,9 @@ def _print_summary(run_dir: Path) -> dict:
     summary["operating_point"] = read_run_config(run_dir).get("operating_point")
     last = summary["last_epoch"]
     click.echo(f"last epoch ({last['epoch']}): loss {last['loss']:.4g}", err=True)
+    if summary.get("selected_epoch") is not None:
+        click.echo(f"early stopping kept the weights of epoch {summary['selected_epoch']} "
+                   "(lowest loss on the held-out videos)", err=True)
     if summary["last_validation"]:
         val = summary["last_validation"]
         scores = ", ".join(f"{k} {v:.4f}" for k, v in val.items() if k.startswith("val_") and v is not None)
@@ -97,6 +105,46 @@ def _print_summary(run_dir: Path) -> dict:
             click.echo(f"best {name}: {best['value']:.4f} at epoch {best['epoch']}", err=True)
     _print_operating_point(summary["operating_point"])
     return summary
+
+
+def _recipe_config(recipe: str, *, epochs: int | None, min_steps: int | None, batch_size: int | None,
+                   balanced: bool | None, lr: float | None, schedule: str | None, lr_milestone: int | None,
+                   lr_decay: float | None, warmup_steps: int | None, views: str | None, align: bool | None,
+                   block_len: int, attention: str,
+                   kernel_size: int, loss_weights: str | None, w_sparsity: float | None, w_smooth: float | None,
+                   w_align: float | None, w_mil: float | None, loss_norm: str | None, early_stopping: bool | None,
+                   seed: int):
+    """The recipe's TrainConfig with the options the user gave (None: the recipe's value) applied."""
+    from dataclasses import replace
+
+    from vadpipe.model.losses import WEIGHT_ASSIGNMENTS
+    from vadpipe.model.net import ModelConfig
+    from vadpipe.model.recipes import recipe_config
+
+    base = recipe_config(recipe)
+    if w_align is not None and not (base.align if align is None else align):
+        raise ConfigError("--w-align weighs the alignment loss, which needs --align (two views per sample)")
+    schedule = schedule or base.schedule
+    if schedule == "cosine" and lr_milestone is not None:
+        raise ConfigError("--lr-milestone applies to --schedule multistep; cosine decays every step")
+    if schedule == "multistep" and warmup_steps is not None:
+        raise ConfigError("--warmup-steps applies to --schedule cosine")
+
+    def given(**values):
+        return {k: v for k, v in values.items() if v is not None}
+
+    loss = replace(base.loss, **(WEIGHT_ASSIGNMENTS[loss_weights] if loss_weights else {}))
+    try:
+        loss = replace(loss, **given(w_sparsity=w_sparsity, w_smooth=w_smooth, w_align=w_align, w_mil=w_mil,
+                                     normalize=loss_norm))
+        return replace(base, model=ModelConfig(attention=attention, kernel_size=kernel_size), loss=loss,
+                       schedule=schedule, block_len=block_len, seed=seed,
+                       **given(align=align, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+                               balanced=balanced, lr=lr,
+                               lr_milestone_epoch=lr_milestone, lr_decay=lr_decay, warmup_steps=warmup_steps,
+                               early_stopping=early_stopping, views=views))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 @click.command("train")
@@ -110,33 +158,64 @@ def _print_summary(run_dir: Path) -> dict:
               help="Run folder to create.  [default: a new timestamped folder in the workspace runs/]")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
               help="Continue this run from its last checkpoint, with its own settings (only --epochs may change).")
+@click.option("--recipe", type=click.Choice(["default", "paper"]), default="default", show_default=True,
+              help="default: vadpipe's recipe for few, long videos (per-video loss, class-balanced batches, a top-k "
+                   "MIL term, one phase-shifted view and no alignment, at least 1,500 optimizer steps with warm-up "
+                   "and cosine decay, early stopping on the held-out videos). paper: the authors' exact recipe (50 epochs, lr 1e-4 then 1e-5 after epoch "
+                   "30, loss divided by the batch's steps), trained on every video with the fixed threshold 0.35. "
+                   "The options below override single settings of the recipe.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs.  [default: 50]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Samples (crop files) per step.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-4, show_default=True,
-              help="Adam learning rate.")
-@click.option("--lr-milestone", type=click.IntRange(min=0), default=30, show_default=True,
-              help="Epoch after which the lr is multiplied by --lr-decay "
-                   "(30: the authors' code; 10: the paper's text).")
-@click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=0.1, show_default=True,
-              help="Factor applied to the lr after --lr-milestone.")
-@click.option("--no-align", is_flag=True, help="One view per sample and no alignment loss (Table 1's 'w/o align' row).")
+@click.option("--min-steps", type=click.IntRange(min=0), default=None,
+              help="Train for at least this many optimizer steps (raises the epochs on small sets).  "
+                   "[default: 1500 (default recipe), 0 (paper)]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples (crop files) per step.  [default: 8]")
+@click.option("--balanced/--no-balanced", default=None,
+              help="Class-balanced batches (half normal, half anomalous).  [default: on (default recipe), off (paper)]")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Adam learning rate (the peak, with --schedule cosine).  [default: 1e-4]")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None,
+              help="multistep: lr x --lr-decay after --lr-milestone epochs (the authors' code); cosine: linear warm-up "
+                   "over --warmup-steps optimizer steps, then a cosine decay to lr x --lr-decay.  "
+                   "[default: cosine (default recipe), multistep (paper)]")
+@click.option("--lr-milestone", type=click.IntRange(min=0), default=None,
+              help="--schedule multistep: epoch after which the lr is multiplied by --lr-decay "
+                   "(30: the authors' code; 10: the paper's text).  [default: 30]")
+@click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="Factor applied to the lr after --lr-milestone, or the cosine schedule's final share of the lr.  "
+                   "[default: 0.01 (default recipe), 0.1 (paper)]")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
+              help="--schedule cosine: optimizer steps of linear lr warm-up.  [default: 100]")
+@click.option("--views", type=click.Choice(["random", "phase"]), default=None,
+              help="The two augmented views: random (one random row per block of --block-len, the authors') or "
+                   "phase (two different phase-shifted sub-sequences, the ones full-rate scoring interleaves).  "
+                   "[default: phase (default recipe), random (paper)]")
+@click.option("--align/--no-align", default=None,
+              help="Two views per sample and the alignment loss, or one view and none (Table 1's 'w/o align' row).  "
+                   "[default: off (default recipe), on (paper)]")
 @click.option("--block-len", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Augmentation block length L: each view keeps one random row per L rows.")
+              help="Augmentation block length L: each view keeps one row per L rows (see --views).")
 @click.option("--attention", type=click.Choice(["mlp", "gated"]), default="mlp", show_default=True,
               help="Attention head: mlp (the paper's) or gated.")
 @click.option("--kernel-size", type=click.IntRange(min=1), default=5, show_default=True,
               help="Odd kernel size of the masked causal conv (active taps: the centre and before).")
-@click.option("--loss-weights", type=click.Choice(["code", "paper"]), default="code", show_default=True,
-              help="Default sparsity/smoothness weights: 'code' = 2e-3/2e-8 (the authors' code), "
-                   "'paper' = 2e-8/2e-3 (the paper's eq. 6, read literally).")
+@click.option("--loss-weights", type=click.Choice(["code", "paper"]), default=None,
+              help="Sparsity/smoothness weights: 'code' = 2e-3/2e-8 (the authors' code, both recipes), "
+                   "'paper' = 2e-8/2e-3 (the paper's eq. 6, read literally).  [default: code]")
 @click.option("--w-sparsity", type=click.FloatRange(min=0), default=None,
               help="Sparsity weight (overrides --loss-weights).")
 @click.option("--w-smooth", type=click.FloatRange(min=0), default=None,
               help="Smoothness weight (overrides --loss-weights).")
-@click.option("--w-align", type=click.FloatRange(min=0), default=0.5, show_default=True, help="Alignment weight.")
-@click.option("--loss-norm", type=click.Choice(["steps", "video"]), default="steps", show_default=True,
-              help="Divide the batch loss by its total step count (the authors' code) or per video.")
+@click.option("--w-align", type=click.FloatRange(min=0), default=None,
+              help="Alignment weight (with --align).  [default: 0.05 (default recipe), 0.5 (paper)]")
+@click.option("--w-mil", type=click.FloatRange(min=0), default=None,
+              help="Weight of the top-k MIL term on the weighted T-CAM.  [default: 1 (default recipe), 0 (paper)]")
+@click.option("--loss-norm", type=click.Choice(["steps", "video"]), default=None,
+              help="Divide the batch loss by its total step count (the authors' code) or per video.  "
+                   "[default: video (default recipe), steps (paper)]")
+@click.option("--early-stopping/--no-early-stopping", default=None,
+              help="Keep the weights with the lowest loss on the held-out training videos (video labels only) "
+                   "instead of the last ones; needs --holdout-fraction > 0.  "
+                   "[default: on (default recipe), off (paper)]")
 @click.option("--crops", default=None,
               help="Comma-separated crop indices to use, e.g. 0.  [default: every crop present]")
 @click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Seeds init, order and views.")
@@ -145,10 +224,11 @@ def _print_summary(run_dir: Path) -> dict:
 @click.option("--annotations", type=_FILE, default=None,
               help="XD-Violence annotations.txt for --val-features (absent videos are normal).")
 @click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, help="Validate every N epochs.")
-@click.option("--holdout-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=0.25, show_default=True,
-              help="Share of each class's training videos held out (seeded by --seed) to choose the detection "
-                   "thresholds and calibrate scores; the saved model is the one trained without them. "
-                   "0: train on every video and keep the paper's fixed threshold 0.35.")
+@click.option("--holdout-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              help="Share of each class's training videos held out (seeded by --seed) for early stopping, to choose "
+                   "the detection thresholds and to calibrate scores; the saved model is the one trained without "
+                   "them. 0: train on every video and keep the paper's fixed threshold 0.35.  "
+                   "[default: 0.25 (default recipe), 0 (paper)]")
 @click.option("--operating-point", type=click.Choice(["false-alarms", "f1"]), default="false-alarms",
               show_default=True,
               help="false-alarms: at most --target-false-alarm-rate of held-out normal videos get an interval, "
@@ -168,39 +248,44 @@ def _print_summary(run_dir: Path) -> dict:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None, out_dir: Path | None,
-          resume_dir: Path | None, epochs: int | None, batch_size: int, lr: float, lr_milestone: int, lr_decay: float,
-          no_align: bool, block_len: int, attention: str, kernel_size: int, loss_weights: str,
-          w_sparsity: float | None, w_smooth: float | None, w_align: float, loss_norm: str, crops: str | None,
-          seed: int, val_features: Path | None, annotations: Path | None, val_every: int, holdout_fraction: float,
+          resume_dir: Path | None, recipe: str, epochs: int | None, min_steps: int | None, batch_size: int | None,
+          balanced: bool | None, lr: float | None, schedule: str | None, lr_milestone: int | None,
+          lr_decay: float | None, warmup_steps: int | None, views: str | None, align: bool | None, block_len: int,
+          attention: str, kernel_size: int, loss_weights: str | None, w_sparsity: float | None, w_smooth: float | None,
+          w_align: float | None, w_mil: float | None, loss_norm: str | None, early_stopping: bool | None,
+          crops: str | None, seed: int, val_features: Path | None, annotations: Path | None, val_every: int,
+          holdout_fraction: float | None,
           operating_point: str, target_false_alarm_rate: float, train_annotations: Path | None, calibration: str,
           json_out: Path | None, quiet: bool) -> None:
     """Train the CSL-TAL model and write a run folder (weights, config, metrics, curves).
 
-    Defaults reproduce the paper's configuration (method.md §9), except that a quarter of the
-    training videos are held out to choose the operating point detect uses (--holdout-fraction 0
-    trains on all, as the paper). The run becomes the workspace's latest run (used by detect)
+    --recipe default (vadpipe's) holds out a quarter of the training videos for early stopping and
+    to choose the operating point detect uses; --recipe paper reproduces the authors' training
+    (method.md §9) on every video. The run becomes the workspace's latest run (used by detect)
     when it lies in the workspace runs/ folder. Prints the run folder.
     """
+    from dataclasses import replace
+
     from vadpipe.calibrated_training import CalibrationSpec, calibrate_run, train_calibrated
-    from vadpipe.model.losses import LossConfig
-    from vadpipe.model.net import ModelConfig
     from vadpipe.model.run import new_run_dir, set_latest
-    from vadpipe.model.train import TrainConfig, ValidationSpec
+    from vadpipe.model.train import ValidationSpec
     from vadpipe.model.train import resume as resume_run
 
     with _warnings_to_stderr():
         if resume_dir is not None:
             given = [name for name in _RUN_OPTIONS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if given:
-                flags = ", ".join(p.opts[0] for p in ctx.command.params if p.name in given)
+                flags = ", ".join("/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name in given)
                 raise ConfigError(f"--resume continues a run with its own settings; drop {flags}")
             run_dir = resume_run(resume_dir, epochs=epochs, show_progress=not quiet)
             calibrate_run(run_dir)  # a no-op for runs trained without held-out videos
         else:
             given = [name for name in _CALIBRATION_OPTIONS
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+            if holdout_fraction is None:
+                holdout_fraction = _HOLDOUT[recipe]
             if holdout_fraction == 0 and given:
-                flags = ", ".join(p.opts[0] for p in ctx.command.params if p.name in given)
+                flags = ", ".join("/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name in given)
                 raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; drop {flags}")
             if operating_point == "f1" and "target_false_alarm_rate" in given:
                 raise ConfigError("--target-false-alarm-rate applies to --operating-point false-alarms, not f1")
@@ -209,17 +294,19 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
                 target_false_alarm_rate=target_false_alarm_rate, annotations=train_annotations, method=calibration)
             if (val_features is None) != (annotations is None):
                 raise ConfigError("validation needs both --val-features and --annotations")
-            try:
-                overrides = {k: v for k, v in (("w_sparsity", w_sparsity), ("w_smooth", w_smooth)) if v is not None}
-                config = TrainConfig(
-                    model=ModelConfig(attention=attention, kernel_size=kernel_size),
-                    loss=LossConfig.from_assignment(loss_weights, w_align=w_align, normalize=loss_norm, **overrides),
-                    epochs=epochs if epochs is not None else TrainConfig().epochs, batch_size=batch_size, lr=lr,
-                    lr_milestone_epoch=lr_milestone, lr_decay=lr_decay, align=not no_align, block_len=block_len,
-                    seed=seed,
-                )
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from exc
+            config = _recipe_config(recipe, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
+                                    balanced=balanced, lr=lr, schedule=schedule, lr_milestone=lr_milestone,
+                                    lr_decay=lr_decay, warmup_steps=warmup_steps, views=views, align=align,
+                                    block_len=block_len, attention=attention, kernel_size=kernel_size,
+                                    loss_weights=loss_weights, w_sparsity=w_sparsity, w_smooth=w_smooth,
+                                    w_align=w_align, w_mil=w_mil, loss_norm=loss_norm,
+                                    early_stopping=early_stopping, seed=seed)
+            if config.early_stopping and spec is None:
+                if early_stopping:
+                    raise ConfigError("--early-stopping watches held-out videos; --holdout-fraction 0 holds out none")
+                click.secho("note: no videos held out (--holdout-fraction 0): no early stopping, the last "
+                            "epoch's weights are kept", fg="yellow", err=True)
+                config = replace(config, early_stopping=False)
             if features is None:
                 features = features_dir()
                 if not features.is_dir():

@@ -21,6 +21,7 @@ from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.runner import ExtractReport, extract_paths, load_encoder
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import parse_annotations
+from vadpipe.model.recipes import recipe_config
 from vadpipe.model.run import load_run, set_latest
 from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.evaluate import evaluate_run
@@ -37,7 +38,7 @@ class DemoConfig:
     seed: int = 0
     splits: dict[str, SplitSize] = field(default_factory=lambda: dict(DEMO_SPLITS))
     synth: SynthConfig = SynthConfig()
-    training: TrainConfig = TrainConfig()
+    training: TrainConfig = field(default_factory=lambda: recipe_config("default"))
     calibration: CalibrationSpec | None = CalibrationSpec()  # None: train on all, the paper's 0.35
     threshold: float | None = None  # None: the run's operating point; a number: that curve threshold, no gate
 
@@ -77,7 +78,10 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
 
     held = (f", {config.calibration.holdout_fraction:.0%} of the videos held out to choose the operating point"
             if config.calibration is not None else "")
-    say(f"[3/5] training ({config.training.epochs} epochs{held})")
+    length = f"{config.training.epochs} epochs"
+    if config.training.min_steps:
+        length += f" or {config.training.min_steps} optimizer steps, whichever is more"
+    say(f"[3/5] training ({length}{held})")
     runs = root / "runs"
     run_dir = train_calibrated(features["train"], out_dir=runs / "demo", config=config.training,
                                calibration=config.calibration, show_progress=progress)

@@ -89,3 +89,15 @@ def i3d_cpu():
 
     model, ident = load_i3d(device="cpu")
     return ClipEncoder(model, torch.device("cpu"), "fp32"), ident
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models train faster on one thread (extra threads only add synchronisation, and noise on a
+    busy CI box); modules opt in with ``pytestmark = pytest.mark.usefixtures("torch_one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -64,3 +64,18 @@ def test_bad_arguments() -> None:
         view_indices(5, n_views=0, rng=rng)
     with pytest.raises(ValueError, match="block_len must be >= 1"):
         view_indices(5, n_views=1, block_len=0, rng=rng)
+
+
+def test_phase_views_are_distinct_phase_shifted_subsequences() -> None:
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        views = view_indices(11, n_views=2, block_len=3, rng=rng, mode="phase")  # 3 blocks, tail of 2 dropped
+        phases = views[:, 0]
+        assert phases[0] != phases[1]
+        assert np.array_equal(views, phases[:, None] + np.array([0, 3, 6])[None, :])
+        seen.add(tuple(phases))
+    assert len(seen) == 6  # every ordered pair of distinct phases occurs
+    assert view_indices(5, n_views=2, rng=rng, mode="phase").tolist() == [[0, 1, 2, 3, 4]] * 2  # T <= 2L: whole
+    with pytest.raises(ValueError, match="mode must be one of"):
+        view_indices(9, n_views=2, rng=rng, mode="blocks")

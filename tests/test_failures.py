@@ -404,7 +404,7 @@ def test_train_resume_refuses_a_damaged_checkpoint(tmp_path):
     feats = _bare_features(tmp_path / "feats", n_videos=6, n_clips=12)
     run = tmp_path / "run"
     runner = CliRunner()
-    assert runner.invoke(main, ["train", "--features", str(feats), "--out", str(run), "--epochs", "1",
+    assert runner.invoke(main, ["train", "--features", str(feats), "--out", str(run), "--recipe", "paper", "--epochs", "1",
                                 "--seed", "3", "-q"]).exit_code == 0
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     tensors = run / "checkpoint" / state["tensors"]
@@ -599,7 +599,7 @@ def test_train_labels_and_annotations_errors(tmp_path):
 
     def train(*args: str, out: str = "run"):
         return runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / out),
-                                    "--epochs", "1", "-q", *args])
+                                    "--recipe", "paper", "--epochs", "1", "-q", *args])
 
     labels = tmp_path / "labels.csv"
     for text, message in [("video,label\n" + "".join(f"{n},0\n" for n in names) + f"{names[0]},1\n",
@@ -644,7 +644,9 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
 # --- 2. training survives a kill ---------------------------------------------------------------------
 
 
-_TRAIN_ARGS = ["--epochs", "60", "--batch-size", "4", "--seed", "7", "--holdout-fraction", "0", "-q"]
+# the default recipe: 2 balanced steps per epoch on the 6 trained videos, 750 epochs to reach 1,500 steps, and
+# early stopping on the 2 held-out ones, so resume must restore the kept best weights too
+_TRAIN_ARGS = ["--batch-size", "4", "--seed", "7", "-q"]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -691,13 +693,14 @@ def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     _same_run(killed_dir, tmp_path / "ref")
+    assert json.loads((killed_dir / "summary.json").read_text())["selected_epoch"] is not None
     assert not list(killed_dir.rglob(".*.tmp"))
 
 
 def test_train_killed_before_its_first_checkpoint_resumes_from_scratch(tmp_path):
     feats = _bare_features(tmp_path / "feats", n_videos=6, n_clips=12)
     runner = CliRunner()
-    args = ["--epochs", "2", "--batch-size", "4", "--seed", "2", "--holdout-fraction", "0", "-q"]
+    args = ["--recipe", "paper", "--epochs", "2", "--batch-size", "4", "--seed", "2", "-q"]
     reference = runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"), *args])
     assert reference.exit_code == 0, reference.output
     # what a kill during epoch 1 leaves: the run's config.json (written first), nothing else

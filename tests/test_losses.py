@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vadpipe.model.losses import LossConfig, csl_loss
+from vadpipe.model.losses import LossConfig, csl_loss, top_k_mean
 
 # B = 2 samples, K = 2 views. Sample 0 (anomalous) has T' = 3, sample 1 (normal) T' = 2 plus one
 # padded step whose (garbage) attention must be ignored everywhere.
@@ -96,3 +96,42 @@ def test_bad_shapes_and_weights() -> None:
         LossConfig(normalize="mean")
     with pytest.raises(ValueError, match="assignment must be one of"):
         LossConfig.from_assignment("both")
+
+
+# --- the top-k MIL term (vadpipe's default recipe) ---------------------------------------------
+
+WTCAM = torch.tensor([
+    [[0.9, 0.1, 0.2], [0.3, 0.6, 0.4]],
+    [[0.2, 0.1, 0.95], [0.05, 0.3, 0.7]],  # the 0.95 / 0.7 sit on the padded step: ignored
+])
+
+
+def test_top_k_mean_by_hand() -> None:
+    scores = torch.tensor([[0.9, 0.1, 0.2, 0.8], [0.5, 0.7, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, True], [True, True, False, False]])
+    assert top_k_mean(scores, mask, fraction=0.5).tolist() == pytest.approx([(0.9 + 0.8) / 2, 0.7])
+    assert top_k_mean(scores, mask, fraction=0.01).tolist() == pytest.approx([0.9, 0.7])  # k >= 1
+    assert top_k_mean(scores, mask, fraction=1.0).tolist() == pytest.approx([0.5, 0.6])  # padding never counts
+
+
+def test_mil_term_by_hand() -> None:
+    config = LossConfig(w_sparsity=0.0, w_smooth=0.0, w_align=0.0, w_mil=2.0, mil_top_fraction=0.5)
+    terms = csl_loss(ATTENTION, SCORES, LABELS, MASK, config=config, wtcam=WTCAM).as_floats()
+    # k = floor(0.5 T') = 1 for both samples: the max of each view, BCE with the video label
+    mil = (-math.log(0.9) - math.log(0.6) - math.log(1 - 0.2) - math.log(1 - 0.3)) / 4
+    assert terms["mil"] == pytest.approx(2.0 * mil / N, rel=1e-6)
+    assert terms["total"] == pytest.approx((BCE + 2.0 * mil) / N, rel=1e-6)
+    assert _loss()["mil"] == 0.0  # off in the paper's configuration
+    with pytest.raises(ValueError, match="needs the weighted T-CAM"):
+        csl_loss(ATTENTION, SCORES, LABELS, MASK, config=config)
+    with pytest.raises(ValueError, match="mil_top_fraction"):
+        LossConfig(mil_top_fraction=0.0)
+
+
+def test_mil_gradient_reaches_only_the_top_steps() -> None:
+    wtcam = WTCAM.clone().requires_grad_()
+    config = LossConfig(w_sparsity=0.0, w_smooth=0.0, w_align=0.0, w_mil=1.0, mil_top_fraction=0.5)
+    csl_loss(ATTENTION, SCORES, LABELS, MASK, config=config, wtcam=wtcam).total.backward()
+    nonzero = (wtcam.grad != 0).nonzero().tolist()
+    assert nonzero == [[0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 1, 1]]
+    assert wtcam.grad[0, 0, 0] < 0 < wtcam.grad[1, 0, 0]  # raise the anomalous peak, lower the normal one

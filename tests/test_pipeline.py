@@ -32,7 +32,8 @@ def trained(tmp_path_factory):
     for split, out in feats.items():
         _ok(runner.invoke(main, ["extract", str(ds.split_dir(split)), "--out", str(out), "-q"]))
     run = root / "run"
-    _ok(runner.invoke(main, ["train", "--features", str(feats["train"]), "--out", str(run), "--epochs", "40",
+    _ok(runner.invoke(main, ["train", "--features", str(feats["train"]), "--out", str(run), "--recipe", "paper",
+                             "--holdout-fraction", "0.25", "--epochs", "40",
                              "--seed", "0", "-q"]))
     return ds, feats, run, root
 

@@ -27,12 +27,7 @@ from vadpipe.model.run import (
 DIM = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _bare_features(folder: Path, n_videos: int = 8, *, only_normal: bool = False) -> Path:
@@ -136,7 +131,8 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     feats = _bare_features(tmp_path / "feats")
     out = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(out), "--epochs", "2", "--no-align",
+    result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(out), "--recipe", "paper",
+                                  "--epochs", "2", "--no-align",
                                   "--loss-weights", "paper", "--w-smooth", "0.5", "--lr-milestone", "1",
                                   "--attention", "gated", "--json", str(tmp_path / "summary.json"), "-q"])
     assert result.exit_code == 0, result.output
@@ -144,7 +140,9 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     config = load_run(out).config
     assert config["model"]["attention"] == "gated"
     assert config["training"]["n_views"] == 1 and config["training"]["lr_milestone_epoch"] == 1
-    assert config["training"]["loss"] == {"w_sparsity": 2e-8, "w_smooth": 0.5, "w_align": 0.5, "normalize": "steps"}
+    assert config["training"]["loss"] == {"w_sparsity": 2e-8, "w_smooth": 0.5, "w_align": 0.5, "normalize": "steps",
+                                          "w_mil": 0.0, "mil_top_fraction": 1 / 16}
+    assert config["operating_point"]["method"] == "fixed"  # the paper's recipe trains on every video
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["lr"] for x in lines] == [1e-4, pytest.approx(1e-5)]
     assert json.loads((tmp_path / "summary.json").read_text())["run"] == str(out)
@@ -154,7 +152,7 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
     result = runner.invoke(main, ["train", "--resume", str(out), "--lr", "1", "--no-align"])
-    assert result.exit_code == 2 and "drop --lr, --no-align" in result.output
+    assert result.exit_code == 2 and "drop --lr, --align/--no-align" in result.output
 
 
 def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,16 +172,20 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
                   "extractor": {"settings": {"clip_len": 16}, "settings_key": "abc123"}}
         features = [rng.random((n_clips, DIM), dtype=np.float32)]
         write_entry(workspace / "features", record, features, np.arange(16 * n_clips) / 25)
-    result = runner.invoke(main, ["train"])  # 50 epochs, the paper's settings, on 4 tiny videos
+    result = runner.invoke(main, ["train"])  # the default recipe on 4 tiny videos
     assert result.exit_code == 0, result.output
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert run_dir.parent == workspace / "runs" and latest_run(workspace / "runs") == run_dir
     run = load_run(run_dir)
     assert run.config["extraction"] == {"settings": {"clip_len": 16}, "settings_key": "abc123"}
-    assert run.config["training"]["epochs"] == 50 and run.config["data"]["label_sources"] == {"folder": 2}
-    # the other 2 of the 4 videos (one per class) were held out to choose the operating point
+    assert run.config["data"]["label_sources"] == {"folder": 2}
+    training = run.config["training"]
+    assert (training["schedule"], training["balanced"], training["early_stopping"], training["loss"]["normalize"],
+            training["loss"]["w_mil"], training["min_steps"]) == ("cosine", True, True, "video", 1.0, 1500)
+    # the other 2 of the 4 videos (one per class) were held out for early stopping and the operating point
     assert len(run.config["operating_point"]["heldout"]["videos"]) == 2
-    assert "last epoch (50): loss" in result.stderr
+    assert run.config["selection"]["videos"] == run.config["operating_point"]["heldout"]["videos"]
+    assert "last epoch (1500): loss" in result.stderr  # 1 balanced batch per epoch, 1,500 steps
 
 
 def test_train_cli_errors(tmp_path: Path) -> None:
@@ -194,6 +196,11 @@ def test_train_cli_errors(tmp_path: Path) -> None:
     feats = _bare_features(tmp_path / "feats")
     for args, message in [(["--val-features", str(feats)], "needs both --val-features and --annotations"),
                           (["--crops", "0,x"], "--crops must be comma-separated"),
-                          (["--kernel-size", "4"], "kernel_size must be a positive odd int")]:
+                          (["--kernel-size", "4"], "kernel_size must be a positive odd int"),
+                          (["--lr-milestone", "10"], "--lr-milestone applies to --schedule multistep"),
+                          (["--recipe", "paper", "--warmup-steps", "5"], "--warmup-steps applies to --schedule cosine"),
+                          (["--early-stopping", "--holdout-fraction", "0"], "--holdout-fraction 0 holds out none"),
+                          (["--recipe", "fast"], "Invalid value for '--recipe'"),
+                          (["--w-align", "0.1"], "--w-align weighs the alignment loss, which needs --align")]:
         result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r2"), *args])
         assert result.exit_code == 2 and message in result.output, result.output

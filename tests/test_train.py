@@ -23,13 +23,7 @@ DIM = 32
 SHIFTED_DIMS = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: extra threads only add synchronisation (and noise on a busy CI box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _planted(folder: Path, n_videos: int, *, seed: int) -> dict[str, np.ndarray]:
@@ -72,7 +66,7 @@ def _frame_auc(model: CSLTAL, folder: Path, truth: dict[str, np.ndarray]) -> flo
 
 def _looped_loss(model: CSLTAL, views: list[list[torch.Tensor]], labels: list[float], w: LossConfig) -> torch.Tensor:
     """The authors' loop, written out from method.md §3: each view alone through the model."""
-    bce = sparsity = smoothness = alignment = 0.0
+    bce = sparsity = smoothness = alignment = mil = 0.0
     n_steps = sum(len(v) for sample in views for v in sample)
     n_views = sum(len(sample) for sample in views)
     for sample, label in zip(views, labels):
@@ -83,10 +77,14 @@ def _looped_loss(model: CSLTAL, views: list[list[torch.Tensor]], labels: list[fl
             bce = bce + F.binary_cross_entropy(out.video_score[0], torch.tensor(label))
             sparsity = sparsity + lam.abs().sum()
             smoothness = smoothness + (lam[1:] - lam[:-1]).square().sum()
+            k = max(1, int(len(lam) * w.mil_top_fraction))
+            top = out.weighted_tcam[0].topk(k).values.mean()
+            mil = mil + F.binary_cross_entropy(top, torch.tensor(label))
             lams.append(lam)
         if len(lams) == 2:
             alignment = alignment + (lams[0] - lams[1]).square().mean()
-    return (bce / n_views + w.w_smooth * smoothness + w.w_sparsity * sparsity + w.w_align * alignment) / n_steps
+    return (bce / n_views + w.w_smooth * smoothness + w.w_sparsity * sparsity + w.w_align * alignment
+            + w.w_mil * mil / n_views) / n_steps
 
 
 @pytest.mark.parametrize(("attention", "n_views", "weights"), [
@@ -94,6 +92,7 @@ def _looped_loss(model: CSLTAL, views: list[list[torch.Tensor]], labels: list[fl
     ("mlp", 2, LossConfig(w_sparsity=1.0, w_smooth=1.0, w_align=1.0)),
     ("gated", 2, LossConfig(w_sparsity=1.0, w_smooth=1.0, w_align=1.0)),
     ("mlp", 1, LossConfig(w_sparsity=0.5, w_smooth=0.5)),
+    ("mlp", 2, LossConfig(w_mil=1.0, mil_top_fraction=0.25)),  # the default recipe's MIL term
 ])
 def test_batched_loss_and_gradients_equal_the_sequence_loop(attention: str, n_views: int, weights: LossConfig) -> None:
     torch.manual_seed(0)
@@ -149,6 +148,7 @@ def test_training_finds_the_planted_segments(tmp_path: Path) -> None:
     assert [line["epoch"] for line in lines if "val_frame_auc" in line] == [10, 20, 30]
     assert lines[-1]["val_frame_auc"] > 0.9 and lines[-1]["val_video_auc"] > 0.9
     assert lines[0]["loss"] > lines[-1]["loss"]
+    assert lines[-1]["loss_mil"] == 0  # the paper's loss has no MIL term
     parts = sum(lines[-1][f"loss_{p}"] for p in ("bce", "sparsity", "smoothness", "alignment"))
     assert parts == pytest.approx(lines[-1]["loss"], rel=1e-6)
     summary = json.loads((run / "summary.json").read_text())
@@ -160,7 +160,7 @@ def test_training_finds_the_planted_segments(tmp_path: Path) -> None:
     assert config["schema_version"] == 1 and config["extraction"] is None
     assert config["model"] == {"attention": "mlp", "feature_dim": DIM, "kernel_size": 5}
     assert config["training"]["loss"] == {"w_sparsity": 2e-3, "w_smooth": 2e-8, "w_align": 0.5,
-                                                                        "normalize": "steps"}
+                                          "normalize": "steps", "w_mil": 0.0, "mil_top_fraction": 1 / 16}
     assert (config["training"]["seed"], config["training"]["n_views"], config["training"]["batch_size"]) == (1, 2, 8)
     assert config["data"]["videos_per_class"] == {"normal": 16, "anomalous": 16}
     assert config["validation"]["every_epochs"] == 10 and config["vadpipe_version"]
