@@ -88,6 +88,7 @@ _VAL_BATCH = 32
 @dataclass(frozen=True)
 class TrainConfig:
     """Every training hyper-parameter; the defaults are the paper's configuration (method.md §9).
+    vadpipe's default recipe is :func:`vadpipe.model.recipes.recipe_config` ``("default")``.
 
     Args:
         model: network settings (``feature_dim`` is taken from the data when training).
