@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["VIEW_MODES", "view_indices", "chunk_start_indices"]
+__all__ = ["VIEW_MODES", "view_indices", "chunk_start_indices", "phase_indices"]
 
 VIEW_MODES = ("random", "phase")
 
@@ -68,3 +68,16 @@ def chunk_start_indices(n_steps: int, *, block_len: int = 3) -> np.ndarray:
     if n_steps <= 2 * block_len:
         return np.arange(n_steps, dtype=np.int64)
     return np.arange(n_steps // block_len, dtype=np.int64) * block_len
+
+
+def phase_indices(n_steps: int, *, block_len: int = 3) -> list[np.ndarray]:
+    """The rows of each phase-shifted sub-sequence ``[p::L]``, together every row once ("full"
+    rate scoring and early stopping); sequences with ``T <= 2L`` form one whole phase, as in training.
+
+    Example:
+        >>> [r.tolist() for r in phase_indices(8)]
+        [[0, 3, 6], [1, 4, 7], [2, 5]]
+    """
+    if n_steps <= 2 * block_len:
+        return [np.arange(n_steps, dtype=np.int64)]
+    return [np.arange(phase, n_steps, block_len, dtype=np.int64) for phase in range(block_len)]

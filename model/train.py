@@ -27,7 +27,7 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temps
 
-from .augment import VIEW_MODES, chunk_start_indices, view_indices
+from .augment import VIEW_MODES, chunk_start_indices, phase_indices, view_indices
 from .data import (
     DataWarning,
     FeatureSet,
@@ -436,13 +436,6 @@ def _validate(model: CSLTAL, val: _Validation, *, block_len: int) -> dict[str, f
 # --------------------------------------------------------------------------- early stopping
 
 
-def _phases(n_steps: int, block_len: int) -> list[np.ndarray]:
-    """The rows of each phase-shifted subsequence (all rows at once for short sequences)."""
-    if n_steps <= 2 * block_len:
-        return [np.arange(n_steps, dtype=np.int64)]
-    return [np.arange(phase, n_steps, block_len, dtype=np.int64) for phase in range(block_len)]
-
-
 def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     p = np.clip(p, 1e-7, 1 - 1e-7)
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
@@ -469,7 +462,7 @@ def heldout_scores(model: CSLTAL, data: FeatureSet, *, block_len: int, top_fract
         arrays, views, owners = [], [], []
         for index, item in enumerate(chunk):
             array = load_item(item, feature_dim=data.feature_dim)
-            for rows in _phases(array.shape[0], block_len):
+            for rows in phase_indices(array.shape[0], block_len=block_len):
                 arrays.append(array)
                 views.append(rows[None, :])
                 owners.append(index)
@@ -698,31 +691,32 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
     return run_dir
 
 
-def _restrict(data: FeatureSet, videos: Collection[str]) -> FeatureSet:
-    """Only the samples of ``videos`` (e.g. all but the videos held out for calibration)."""
+def _subset(data: FeatureSet, videos: Collection[str], *, what: str) -> FeatureSet:
+    """Only the samples of ``videos``, which must all be in ``data`` (``what`` names them in the error)."""
     wanted = set(videos)
     unknown = sorted(wanted - set(data.videos))
     if unknown:
-        raise ConfigError(f"{len(unknown)} requested training video(s) are not in {data.root}: "
-                          f"{', '.join(unknown[:5])}")
-    data = replace(data, items=tuple(item for item in data.items if item.video in wanted))
+        raise ConfigError(f"{len(unknown)} {what} video(s) are not in {data.root}: {', '.join(unknown[:5])}")
+    return replace(data, items=tuple(item for item in data.items if item.video in wanted))
+
+
+def _restrict(data: FeatureSet, videos: Collection[str]) -> FeatureSet:
+    """Only the samples of ``videos`` (e.g. all but the videos held out for calibration)."""
+    data = _subset(data, videos, what="requested training")
     counts = data.label_counts()
     if not counts["normal"] or not counts["anomalous"]:
-        raise ConfigError(f"the {len(wanted)} requested training videos are all of one class; "
+        raise ConfigError(f"the {len(set(videos))} requested training videos are all of one class; "
                           "weakly supervised training needs both normal and anomalous videos")
     return data
 
 
 def _selection_set(data: FeatureSet, videos: Collection[str], *, trained: FeatureSet) -> FeatureSet:
     """The held-out videos early stopping watches: in the feature set, not trained on."""
-    wanted = set(videos)
-    unknown = sorted(wanted - set(data.videos))
-    if unknown:
-        raise ConfigError(f"{len(unknown)} held-out video(s) are not in {data.root}: {', '.join(unknown[:5])}")
-    overlap = sorted(wanted & set(trained.videos))
+    subset = _subset(data, videos, what="held-out")
+    overlap = sorted(set(videos) & set(trained.videos))
     if overlap:
         raise ConfigError(f"{len(overlap)} held-out video(s) are also trained on, e.g. {overlap[0]}")
-    return replace(data, items=tuple(item for item in data.items if item.video in wanted))
+    return subset
 
 
 def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = TrainConfig(),

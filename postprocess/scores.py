@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.model.augment import chunk_start_indices
+from vadpipe.model.augment import chunk_start_indices, phase_indices
 
 __all__ = [
     "ModelOutputLike",
@@ -112,9 +112,7 @@ def phase_rows(n_rows: int, *, block_len: int = 3) -> list[np.ndarray]:
         [[0, 3, 6], [1, 4, 7], [2, 5]]
     """
     _check_block_len(block_len)
-    if n_rows <= 2 * block_len:
-        return [np.arange(n_rows, dtype=np.int64)]
-    return [np.arange(p, n_rows, block_len, dtype=np.int64) for p in range(block_len)]
+    return phase_indices(n_rows, block_len=block_len)
 
 
 def _as_features(features: np.ndarray, index: int) -> np.ndarray:
