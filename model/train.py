@@ -459,18 +459,17 @@ def heldout_scores(model: CSLTAL, data: FeatureSet, *, block_len: int, top_fract
     items = data.items
     for start in range(0, len(items), _VAL_BATCH):
         chunk = items[start : start + _VAL_BATCH]
-        arrays, views, owners = [], [], []
-        for index, item in enumerate(chunk):
+        arrays, views, spans = [], [], []  # spans: each item's batch rows (one per phase)
+        for item in chunk:
             array = load_item(item, feature_dim=data.feature_dim)
-            for rows in phase_indices(array.shape[0], block_len=block_len):
-                arrays.append(array)
-                views.append(rows[None, :])
-                owners.append(index)
+            phases = phase_indices(array.shape[0], block_len=block_len)
+            spans.append(range(len(arrays), len(arrays) + len(phases)))
+            arrays.extend([array] * len(phases))
+            views.extend(rows[None, :] for rows in phases)
         batch = make_batch(arrays, views, [0] * len(arrays))
         out = model(batch.x, batch.mask)
         psi, scores, lengths = out.weighted_tcam, out.video_score.numpy(), batch.mask.sum(1).tolist()
-        for index, item in enumerate(chunk):
-            rows = [r for r, owner in enumerate(owners) if owner == index]
+        for item, rows in zip(chunk, spans):
             values = torch.cat([psi[r, : lengths[r]] for r in rows]).unsqueeze(0)
             peak = float(top_k_mean(values, torch.ones_like(values, dtype=torch.bool), fraction=top_fraction)[0])
             peaks.setdefault(item.video, []).append(peak)
