@@ -107,6 +107,11 @@ def _print_summary(run_dir: Path) -> dict:
     return summary
 
 
+def _flags(ctx: click.Context, names: list[str]) -> str:
+    """The options ``names`` as the user would type them (``--align/--no-align`` for a flag pair)."""
+    return ", ".join("/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name in names)
+
+
 def _recipe_config(recipe: str, *, epochs: int | None, min_steps: int | None, batch_size: int | None,
                    balanced: bool | None, lr: float | None, schedule: str | None, lr_milestone: int | None,
                    lr_decay: float | None, warmup_steps: int | None, views: str | None, align: bool | None,
@@ -275,8 +280,7 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
         if resume_dir is not None:
             given = [name for name in _RUN_OPTIONS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if given:
-                flags = ", ".join("/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name in given)
-                raise ConfigError(f"--resume continues a run with its own settings; drop {flags}")
+                raise ConfigError(f"--resume continues a run with its own settings; drop {_flags(ctx, given)}")
             run_dir = resume_run(resume_dir, epochs=epochs, show_progress=not quiet)
             calibrate_run(run_dir)  # a no-op for runs trained without held-out videos
         else:
@@ -285,8 +289,8 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
             if holdout_fraction is None:
                 holdout_fraction = _HOLDOUT[recipe]
             if holdout_fraction == 0 and given:
-                flags = ", ".join("/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name in given)
-                raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; drop {flags}")
+                raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; "
+                                  f"drop {_flags(ctx, given)}")
             if operating_point == "f1" and "target_false_alarm_rate" in given:
                 raise ConfigError("--target-false-alarm-rate applies to --operating-point false-alarms, not f1")
             spec = None if holdout_fraction == 0 else CalibrationSpec(
