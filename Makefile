@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench bench-long lint
+.PHONY: setup demo test test-fast bench bench-long lint
 
 setup: $(VENV)/.installed
 
@@ -22,8 +22,14 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
+# the tier to run on every change (~1 min): everything but the real-I3D and train-to-convergence tests
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# hadolint lints docker/; the import contract ([tool.importlinter]) keeps stages from importing later ones
 lint: setup
 	$(VENV)/bin/hadolint docker/Dockerfile
+	$(PY) .ci/lint_imports.py
 
 bench: setup
 	$(PY) bench/extract.py

@@ -1,0 +1,88 @@
+"""Check the import contract in pyproject.toml ([tool.importlinter]) on the installed layout.
+
+Why not plain `lint-imports`: setuptools maps `vadpipe` -> pipeline/ and each stage to its own
+folder (`vadpipe.extract` -> extract/, ...). grimp finds a package's modules by walking the
+folder of its top-level package, so on the source tree or an editable install it sees pipeline/
+only and would pass while checking none of the stages. This script copies the sources into the
+layout a wheel installs (read from [tool.setuptools] package-dir and packages) in a temporary
+folder and runs import-linter there. It also refuses a source package that `packages` does not
+list: a wheel would ship without it, and the contract would not see it.
+
+Usage: python .ci/lint_imports.py   (exit status 0 when every contract is kept)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the import-linter releases for it depend on tomli
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def package_sources(pyproject: Path) -> dict[str, Path]:
+    """Map each package the wheel installs to its source folder, as setuptools resolves it."""
+    setup = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
+    package_dir: dict[str, str] = setup.get("package-dir", {})
+    sources: dict[str, Path] = {}
+    for package in setup["packages"]:
+        parts = package.split(".")
+        for cut in range(len(parts), 0, -1):  # the longest mapped prefix wins
+            prefix = ".".join(parts[:cut])
+            if prefix in package_dir:
+                sources[package] = ROOT / package_dir[prefix] / Path(*parts[cut:])
+                break
+        else:
+            sources[package] = ROOT / Path(*parts)
+    return sources
+
+
+def unlisted_packages(sources: dict[str, Path]) -> list[Path]:
+    """Folders with an __init__.py under a listed package that are not listed themselves."""
+    listed = {path.resolve() for path in sources.values()}
+    return sorted(
+        init.parent
+        for path in sources.values()
+        for init in path.rglob("__init__.py")
+        if init.parent.resolve() not in listed and "__pycache__" not in init.parts
+    )
+
+
+def mirror(sources: dict[str, Path], target: Path) -> None:
+    """Copy each package's own .py files to where the wheel would put them."""
+    for package, source in sources.items():
+        dest = target / Path(*package.split("."))
+        dest.mkdir(parents=True, exist_ok=True)
+        for module in source.glob("*.py"):
+            shutil.copy2(module, dest / module.name)
+
+
+def main() -> int:
+    pyproject = ROOT / "pyproject.toml"
+    sources = package_sources(pyproject)
+    missing = [f"{package} -> {path}" for package, path in sources.items() if not path.is_dir()]
+    if missing:
+        print(f"pyproject.toml lists packages without a folder: {', '.join(missing)}")
+        return 1
+    unlisted = unlisted_packages(sources)
+    if unlisted:
+        names = ", ".join(str(path.relative_to(ROOT)) for path in unlisted)
+        print(f"not in [tool.setuptools] packages (a wheel would not ship them): {names}")
+        return 1
+    from importlinter.cli import lint_imports
+
+    with tempfile.TemporaryDirectory(prefix="vadpipe-imports-") as tmp:
+        mirror(sources, Path(tmp))
+        os.chdir(tmp)  # lint_imports puts the working folder first on sys.path
+        return lint_imports(config_filename=str(pyproject), no_cache=True, no_logo=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
