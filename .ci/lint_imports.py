@@ -76,7 +76,11 @@ def main() -> int:
         names = ", ".join(str(path.relative_to(ROOT)) for path in unlisted)
         print(f"not in [tool.setuptools] packages (a wheel would not ship them): {names}")
         return 1
-    from importlinter.cli import lint_imports
+    try:
+        from importlinter.cli import lint_imports
+    except ModuleNotFoundError:
+        print("import-linter is not installed: pip install -e '.[test]' (or make setup)")
+        return 2
 
     with tempfile.TemporaryDirectory(prefix="vadpipe-imports-") as tmp:
         mirror(sources, Path(tmp))
