@@ -222,6 +222,7 @@ def calibrated_run(tmp_path_factory):
     return root, run_dir, test_annotations
 
 
+@pytest.mark.slow
 def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(calibrated_run) -> None:
     from vadpipe.model.data import scan_features
     from vadpipe.model.run import load_run
@@ -256,6 +257,7 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
     assert calibrated["intervals"]["iou_0.3"]["recall"] >= 0.8
 
 
+@pytest.mark.slow
 def test_detect_document_carries_the_operating_point_and_calibrated_scores(calibrated_run) -> None:
     from vadpipe.model.run import load_run
     from vadpipe.postprocess.intervals import build_video_intervals, document_to_dict, IntervalsDocument
@@ -283,6 +285,7 @@ def test_detect_document_carries_the_operating_point_and_calibrated_scores(calib
     assert anomalous["intervals"] and all(0 <= i["calibrated_score"] <= 1 for i in anomalous["intervals"])
 
 
+@pytest.mark.slow
 def test_train_cli_options_and_evaluate_report(calibrated_run, tmp_path) -> None:
     from vadpipe.cli import main
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
+import pytest
+
 from vadpipe.demo import DemoConfig, run_demo
 from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.synth import SplitSize, SynthConfig
+
+pytestmark = pytest.mark.slow  # the whole demo: real I3D and training
 
 
 def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):

@@ -16,6 +16,8 @@ from vadpipe.extract import cache
 from vadpipe.extract.runner import extract_paths
 from vadpipe.extract.settings import ExtractionSettings
 
+pytestmark = pytest.mark.slow  # the real I3D on real videos
+
 
 def _run(inputs, out, i3d_cpu, **settings):
     encoder, ident = i3d_cpu

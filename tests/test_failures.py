@@ -215,6 +215,7 @@ def run_dir(i3d_cpu, tmp_path_factory):
 # --- 1. bad video files through extract and detect -----------------------------------------------
 
 
+@pytest.mark.slow
 def test_extract_reports_every_bad_file_in_one_line_and_extracts_the_rest(bad):
     videos, _, out, result, by_name, failures = bad
     assert result.exit_code == 0, result.output  # some failed, not all, no --strict
@@ -241,6 +242,7 @@ def test_extract_reports_every_bad_file_in_one_line_and_extracts_the_rest(bad):
     assert not list(out.glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_records_of_odd_inputs(bad):
     videos, _, out, _, by_name, _ = bad
     rec = {name: json.loads((out / f"{by_name[name]['stem']}.json").read_text()) for name in by_name
@@ -262,6 +264,7 @@ def test_records_of_odd_inputs(bad):
     assert a["source"]["path"] == str(videos / "a" / CLASH)
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Glyph .* missing from font")  # the CJK file name in a plot title
 def test_detect_scores_what_it_can_and_lists_the_rest(bad, run_dir, tmp_path):
     videos, before, out, _, by_name, _ = bad
@@ -293,6 +296,7 @@ def test_detect_scores_what_it_can_and_lists_the_rest(bad, run_dir, tmp_path):
     assert len([line for line in allbad.stderr.splitlines() if line.startswith("failed: ")]) == len(only_bad)
 
 
+@pytest.mark.slow
 def test_4k_frames_are_resized_as_they_are_decoded(i3d_cpu, tmp_path):
     """20 decoded 3840x2160 RGB frames would take 500 MB: they must be resized one by one."""
     if not Path("/proc/self/statm").is_file():
@@ -328,6 +332,7 @@ def test_4k_frames_are_resized_as_they_are_decoded(i3d_cpu, tmp_path):
 # --- 3. corrupted state ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_damaged_records_and_frame_times_are_recomputed(bad, i3d_cpu, tmp_path):
     videos, _, out, _, by_name, _ = bad
     encoder, ident = i3d_cpu
@@ -496,6 +501,7 @@ def test_read_only_output_folder_is_one_clear_error(make_video, run_dir, tmp_pat
     assert _hashes(video.parent) == before
 
 
+@pytest.mark.slow
 def test_disk_full_while_writing_leaves_no_partial_entry(make_video, tmp_path, i3d_cpu, monkeypatch, mounts):
     video = make_video("in/v.mp4", n_frames=16)
     before = _hashes(video.parent)
@@ -669,6 +675,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
     feats = _bare_features(tmp_path / "feats", n_videos=8, n_clips=32, dim=64)
     killed_dir = tmp_path / "killed"

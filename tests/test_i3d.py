@@ -19,6 +19,7 @@ def test_same_padding_matches_tf_rule():
     assert _same_pads((5,), (3,), (2,)) == [(1, 1)]  # odd size: out 3, total 2
 
 
+@pytest.mark.slow
 def test_endpoint_shapes_for_a_16_frame_clip():
     net = InceptionI3d().eval()
     with torch.inference_mode():
@@ -41,6 +42,7 @@ def reference_run(shared_dir, i3d_cpu):
     return ref, eps, logits
 
 
+@pytest.mark.slow
 def test_port_reproduces_reference_feature_and_logits(reference_run):
     ref, eps, logits = reference_run
     feat = eps["Mixed_5c"].mean(dim=(2, 3, 4))[0].numpy()
@@ -48,6 +50,7 @@ def test_port_reproduces_reference_feature_and_logits(reference_run):
     assert np.abs(logits[0].numpy() - np.load(ref / "clip_logits.npy")).max() < 1e-3
 
 
+@pytest.mark.slow
 def test_port_reproduces_every_endpoint_channel_mean(reference_run):
     ref, eps, _ = reference_run
     means = np.load(ref / "clip_endpoint_chanmeans.npz")
@@ -60,6 +63,7 @@ def test_port_reproduces_every_endpoint_channel_mean(reference_run):
     assert checked == len(ENDPOINTS)
 
 
+@pytest.mark.slow
 def test_top5_classes_match_reference(reference_run):
     import json
 
@@ -71,6 +75,7 @@ def test_top5_classes_match_reference(reference_run):
     assert labels[ours[0]] == top5["top5"]["clip"][0]["label"]
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_port_on_cuda_matches_reference_with_tf32_off(shared_dir):

@@ -15,6 +15,8 @@ from vadpipe.synth import SplitSize, SynthConfig, make_dataset
 
 from conftest import moving_frames, write_video
 
+pytestmark = pytest.mark.slow  # extract (real I3D), train and detect end to end
+
 
 def _ok(result):
     assert result.exit_code == 0, (result.output, result.exception)

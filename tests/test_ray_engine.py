@@ -17,6 +17,8 @@ from vadpipe.extract.ray_engine import I3DBatchEncoder, extract_with_ray  # noqa
 from vadpipe.extract.runner import extract_paths  # noqa: E402
 from vadpipe.extract.settings import ExtractionSettings  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a Ray instance and the real I3D
+
 
 @pytest.fixture(scope="module")
 def local_ray():

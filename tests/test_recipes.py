@@ -134,6 +134,7 @@ def test_paper_recipe_is_the_authors_configuration() -> None:
         recipe_config("fast")
 
 
+@pytest.mark.slow
 def test_default_recipe_learns_the_planted_segments(tmp_path: Path) -> None:
     _planted(tmp_path / "train", 24, seed=0)
     truth = _planted(tmp_path / "heldout", 12, seed=100)

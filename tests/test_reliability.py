@@ -13,6 +13,8 @@ import pytest
 
 from conftest import moving_frames, write_video
 
+pytestmark = pytest.mark.slow  # vadpipe extract subprocesses with the real I3D
+
 
 def _videos(folder: Path, n: int = 4, frames: int = 32) -> Path:
     for i in range(n):

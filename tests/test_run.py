@@ -155,6 +155,7 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "drop --lr, --align/--no-align" in result.output
 
 
+@pytest.mark.slow
 def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace = tmp_path / "ws"
     monkeypatch.setenv("VADPIPE_HOME", str(workspace))

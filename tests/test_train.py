@@ -127,6 +127,7 @@ def test_lr_schedule_is_one_multistep_milestone() -> None:
 # --- learning, validation and the run folder ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_finds_the_planted_segments(tmp_path: Path) -> None:
     _planted(tmp_path / "train", 32, seed=0)
     truth = _planted(tmp_path / "heldout", 20, seed=100)

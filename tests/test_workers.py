@@ -77,6 +77,7 @@ def reference(videos, settings, i3d_cpu, tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow
 def test_workers_write_the_single_process_cache_byte_for_byte(videos, settings, reference, i3d_cpu, tmp_path):
     ref_out, ref_report = reference
     out = tmp_path / "cache"
@@ -102,6 +103,7 @@ def _open_by(pid: int, name: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3d_cpu, tmp_path):
     src = tmp_path / "in"
     write_video(src / "big.mp4", moving_frames(64, 96, 64, seed=5))  # 4 clips: its worker waits for free slots
@@ -137,6 +139,7 @@ def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3
         ("big.mp4", "ok", 4), ("s1.mp4", "skipped", 1), ("s2.mp4", "skipped", 1)]
 
 
+@pytest.mark.slow
 def test_devices_cpu_cpu_shard_the_videos_into_the_same_cache(videos, reference, i3d_cpu, tmp_path):
     ref_out, ref_report = reference
     out = tmp_path / "cache"
@@ -214,6 +217,7 @@ def test_cli_has_the_engine_options_and_passes_them_on(tmp_path):
     assert bad.exit_code == 2 and "--workers" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_workers_on_cuda_feed_pinned_batches_and_match_the_cpu_features(videos, reference, tmp_path):
