@@ -9,12 +9,32 @@ from dataclasses import asdict, dataclass, replace
 
 from vadpipe.errors import ConfigError
 
-__all__ = ["ExtractionSettings", "CROP_MODES", "DECODERS", "PRECISIONS", "crop_names"]
+from .backbones import BACKBONES, DEFAULT_BACKBONE, IMAGENET
+
+__all__ = ["ExtractionSettings", "CROP_MODES", "DECODERS", "PRECISIONS", "PROFILES", "crop_names",
+           "backbone_of_weights"]
 
 CROP_MODES = ("center", "five", "ten")
 DECODERS = ("pyav", "decord")
 PRECISIONS = ("fp32", "bf16", "fp16")
 _FIVE = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
+
+# Fields added after the first caches were written: at these values they stay out of the key, so
+# those caches keep their key (they were all made with the scratch network, no frame dropped).
+_LATER_FIELDS = {"backbone": DEFAULT_BACKBONE, "drop_last_frame": False}
+
+# Named settings. xd-violence: what is known of the released XD-Violence I3D features (README,
+# "Weights"): the ImageNet-inflated network, five crops with the centre first, 16-frame
+# non-overlapping clips at the native frame rate, the video's last frame dropped.
+PROFILES: dict[str, dict] = {
+    "xd-violence": {"backbone": IMAGENET.id, "crops": "five", "clip_len": 16, "stride": 16, "fps": None,
+                    "drop_last_frame": True},
+}
+
+
+def backbone_of_weights(weights_sha256: str) -> str | None:
+    """The backbone whose weights id this is (None for an id vadpipe does not know)."""
+    return next((b.id for b in BACKBONES.values() if b.weights_id == weights_sha256), None)
 
 
 def crop_names(mode: str) -> list[str]:
@@ -31,8 +51,9 @@ class ExtractionSettings:
     """Everything that changes the numbers of a feature file.
 
     ``fps=None`` keeps the native frame rate (as the published feature sets do). The trailing
-    frames that do not fill a whole clip are dropped. ``weights_sha256`` identifies the I3D
-    weights (sha256 of DeepMind's original pickle for the default weights).
+    frames that do not fill a whole clip are dropped; ``drop_last_frame`` also ignores the
+    video's very last frame (the XD-Violence release does). ``backbone`` names the I3D network
+    and ``weights_sha256`` its verified weights (``Backbone.weights_id``).
     """
 
     clip_len: int = 16
@@ -44,8 +65,12 @@ class ExtractionSettings:
     decoder: str = "pyav"
     precision: str = "fp32"
     weights_sha256: str = ""
+    backbone: str = DEFAULT_BACKBONE
+    drop_last_frame: bool = False
 
     def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
         if self.clip_len < 1:
             raise ConfigError(f"clip_len must be >= 1, got {self.clip_len}")
         if self.stride < 1:
@@ -68,7 +93,23 @@ class ExtractionSettings:
     def crop_names(self) -> list[str]:
         return crop_names(self.crops)
 
+    @classmethod
+    def profile(cls, name: str, **values) -> "ExtractionSettings":
+        """The named profile's settings; ``values`` may set the fields the profile leaves open."""
+        if name not in PROFILES:
+            raise ConfigError(f"unknown profile {name!r}: choose {', '.join(PROFILES)}")
+        fixed = PROFILES[name]
+        clashes = [f"{k}={v!r} (profile: {fixed[k]!r})" for k, v in values.items() if k in fixed and fixed[k] != v]
+        if clashes:
+            raise ConfigError(f"the {name} profile fixes {', '.join(clashes)}; drop these options or the profile")
+        return cls(**{**values, **fixed})
+
     def with_weights(self, weights_sha256: str) -> "ExtractionSettings":
+        """These settings with the weights at hand, which must be the settings' backbone."""
+        found = backbone_of_weights(weights_sha256)
+        if found is not None and found != self.backbone:
+            raise ConfigError(f"the settings ask for the {self.backbone} I3D network, but the weights at hand are "
+                              f"{found}: pass {self.backbone} weights with --weights")
         return replace(self, weights_sha256=weights_sha256)
 
     def to_dict(self) -> dict:
@@ -80,5 +121,6 @@ class ExtractionSettings:
 
     def key(self) -> str:
         """16 hex digits of the sha256 of the canonical JSON: equal keys mean equal features."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        data = {k: v for k, v in self.to_dict().items() if k not in _LATER_FIELDS or _LATER_FIELDS[k] != v}
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]

