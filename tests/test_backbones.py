@@ -90,6 +90,7 @@ def test_cached_weights_match_deepmind_s_rgb_scratch_index(scratch_state):
     assert B.identify(scratch_state, where="cache") is B.SCRATCH
 
 
+@pytest.mark.slow  # runs the I3D network on two clips
 def test_deepmind_folder_and_piergiaj_pt_load_verify_and_identify_as_scratch(
         tmp_path, scratch_state, isolated_cache, i3d_cpu):
     folder = _deepmind_folder(tmp_path / "rgb_scratch", scratch_state)
