@@ -28,6 +28,7 @@ from . import cache
 from .decode import VIDEO_EXTENSIONS, open_frames
 from .fileio import check_writable, remove_stale_temps, sha256_file
 from .i3d import FEATURE_DIM, InceptionI3d
+from .inference import AUTOCAST_DTYPES, inference_network
 from .settings import ExtractionSettings
 from .transforms import crop_clip, resize_frame, to_unit_range
 from .weights import load_i3d
@@ -133,38 +134,26 @@ def select_device(name: str | None = None) -> torch.device:
     return device
 
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 class ClipEncoder:
     """I3D on one device: uint8 crops (N, 3, T, S, S) -> (N, 1024) float32 features.
 
-    fp32 means true fp32 (TF32 off on CUDA, so results match the CPU reference); bf16/fp16 use
-    autocast. On CUDA the uint8 batch goes through pinned memory with a non-blocking copy and is
-    scaled on the device (4x less to transfer than float32). Channels-last 3D memory format is
-    used on every device: it is ~1.3-1.8x faster for these convolutions on CPU too.
+    What each precision means on each device, BatchNorm folding and the memory format are decided
+    in ``inference.inference_network``. On CUDA the uint8 batch goes through pinned memory with a
+    non-blocking copy and is scaled on the device (4x less to transfer than float32).
     """
 
     def __init__(self, model: InceptionI3d, device: torch.device, precision: str = "fp32") -> None:
-        if precision == "fp16" and device.type != "cuda":
-            raise ConfigError("fp16 needs a CUDA device; use fp32 or bf16 on CPU")
         self.device = device
         self.precision = precision
-        self.model = model.to(device).eval()
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            if precision == "fp32":
-                torch.backends.cudnn.allow_tf32 = False
-                torch.backends.cuda.matmul.allow_tf32 = False
-        self.model = self.model.to(memory_format=torch.channels_last_3d)
+        self.model, self._input_dtype = inference_network(model, device, precision)
+        self._autocast = AUTOCAST_DTYPES.get(precision) if device.type == "cuda" else None
 
     @torch.inference_mode()
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
         if self.device.type == "cuda":
             clips = clips.pin_memory().to(self.device, non_blocking=True)
-        x = to_unit_range(clips).contiguous(memory_format=torch.channels_last_3d)
-        ctx = (torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
-               if self.precision != "fp32" else nullcontext())
+        x = to_unit_range(clips).to(self._input_dtype).contiguous(memory_format=torch.channels_last_3d)
+        ctx = torch.autocast("cuda", dtype=self._autocast) if self._autocast else nullcontext()
         with ctx:
             feats = self.model.forward_features(x)
         return feats.float().cpu().numpy()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vadpipe.extract.i3d import ENDPOINTS, InceptionI3d, _same_pads
+from vadpipe.extract.i3d import ENDPOINTS, InceptionI3d, _same_pads, fold_batch_norm
 from vadpipe.extract.transforms import to_unit_range
 
 
@@ -38,7 +38,7 @@ def reference_run(shared_dir, i3d_cpu):
     model = i3d_cpu[0].model
     with torch.inference_mode():
         eps = model.forward_endpoints(x.contiguous(memory_format=torch.channels_last_3d))
-        logits = model.forward_head(eps["Mixed_5c"])
+        logits = model.forward_head(eps["Mixed_5c"].mean(dim=(2, 3, 4)))
     return ref, eps, logits
 
 
@@ -76,6 +76,48 @@ def test_top5_classes_match_reference(reference_run):
 
 
 @pytest.mark.slow
+def test_forward_is_head_of_features_and_matches_reference_logits(shared_dir, i3d_cpu):
+    ref = shared_dir / "reference" / "i3d"
+    x = to_unit_range(torch.from_numpy(np.load(ref / "clip_uint8.npy")).permute(3, 0, 1, 2)[None])
+    model = i3d_cpu[0].model
+    with torch.inference_mode():
+        logits = model.forward_head(model.forward_features(x))
+        assert torch.equal(logits, model(x))
+    assert np.abs(logits[0].numpy() - np.load(ref / "clip_logits.npy")).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_folded_network_matches_reference_and_leaves_the_original_alone(shared_dir):
+    from vadpipe.extract.weights import load_i3d
+
+    ref = shared_dir / "reference" / "i3d"
+    x = to_unit_range(torch.from_numpy(np.load(ref / "clip_uint8.npy")).permute(3, 0, 1, 2)[None])
+    model, _ = load_i3d()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules())
+    with torch.inference_mode():
+        feat = folded.forward_features(x)[0].numpy()
+        unfolded = model.forward_features(x)[0].numpy()
+        logits = folded(x)[0].numpy()
+    assert np.abs(feat - np.load(ref / "clip_feat1024.npy")).max() < 1e-4
+    assert np.abs(feat - unfolded).max() < 1e-4
+    assert np.abs(logits - np.load(ref / "clip_logits.npy")).max() < 1e-3
+
+
+def test_fold_handles_a_conv_bias():
+    torch.manual_seed(0)
+    net = InceptionI3d(num_classes=5).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            m.bias.data.uniform_(-1, 1)
+    x = torch.rand(1, 3, 8, 64, 64) * 2 - 1
+    with torch.inference_mode():
+        assert torch.allclose(fold_batch_norm(net)(x), net(x), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_port_on_cuda_matches_reference_with_tf32_off(shared_dir):
