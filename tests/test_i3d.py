@@ -105,7 +105,7 @@ def test_folded_network_matches_reference_and_leaves_the_original_alone(shared_d
     assert np.abs(logits - np.load(ref / "clip_logits.npy")).max() < 1e-3
 
 
-def test_fold_handles_a_conv_bias():
+def test_fold_matches_the_unfolded_network_with_nontrivial_statistics():
     torch.manual_seed(0)
     net = InceptionI3d(num_classes=5).eval()
     for m in net.modules():
@@ -118,6 +118,7 @@ def test_fold_handles_a_conv_bias():
         assert torch.allclose(fold_batch_norm(net)(x), net(x), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_port_on_cuda_matches_reference_with_tf32_off(shared_dir):
