@@ -159,7 +159,7 @@ def extract_on_devices(
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     sources, results = discover_inputs(inputs, out_dir)
-    weights_path, weights_id = resolve_weights(weights)  # fetched once here, not once per device
+    weights_path, weights_id = resolve_weights(weights, backbone=settings.backbone)  # once here, not per device
     settings = settings.with_weights(weights_id)
     report = open_report(out_dir, settings, results, on_result=on_result)
     by_source: dict[str, VideoResult] = {}

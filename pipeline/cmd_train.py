@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 
 from vadpipe.errors import ConfigError, DataError
+from vadpipe.extract.backbones import BACKBONES
 from vadpipe.workspace import features_dir, runs_dir
 
 __all__ = ["train"]
@@ -21,7 +22,8 @@ _RUN_OPTIONS = ("features", "labels_csv", "out_dir", "recipe", "batch_size", "lr
                 "schedule", "warmup_steps", "min_steps", "balanced", "w_mil", "early_stopping", "views", "align",
                 "block_len", "attention", "kernel_size", "loss_weights", "w_sparsity", "w_smooth", "w_align",
                 "loss_norm", "crops", "seed", "val_features", "annotations", "val_every", "holdout_fraction",
-                "operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
+                "operating_point", "target_false_alarm_rate", "train_annotations", "calibration",
+                "features_backbone")
 # Options that only mean something when videos are held out for calibration.
 _CALIBRATION_OPTIONS = ("operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
 
@@ -91,7 +93,13 @@ def _print_summary(run_dir: Path) -> dict:
     from vadpipe.model.run import SUMMARY_FILE, read_run_config
 
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
-    summary["operating_point"] = read_run_config(run_dir).get("operating_point")
+    config = read_run_config(run_dir)
+    summary["operating_point"] = config.get("operating_point")
+    backbone = config.get("backbone") or {}
+    if backbone:
+        click.echo(f"features' I3D network: {backbone.get('id') or 'unknown'} "
+                   f"({'from the cache records' if backbone.get('source') == 'records' else backbone.get('source')})",
+                   err=True)
     last = summary["last_epoch"]
     click.echo(f"last epoch ({last['epoch']}): loss {last['loss']:.4g}", err=True)
     if summary.get("selected_epoch") is not None:
@@ -248,6 +256,10 @@ def _recipe_config(recipe: str, *, epochs: int | None, min_steps: int | None, ba
 @click.option("--calibration", type=click.Choice(["platt", "isotonic"]), default="platt", show_default=True,
               help="Score calibration on the held-out videos: platt (logistic on the score's logit; fine with few "
                    "videos) or isotonic (needs hundreds).")
+@click.option("--features-backbone", type=click.Choice(list(BACKBONES)), default=None,
+              help="The I3D network that made feature files without vadpipe records (the released XD-Violence and "
+                   "UCF-Crime I3D features: kinetics400-imagenet); recorded in the run so detect extracts with it. "
+                   "[default: the cache records' backbone; unknown for bare features]")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Also write the run summary (last and best epoch) as JSON to this file.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -261,7 +273,7 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
           crops: str | None, seed: int, val_features: Path | None, annotations: Path | None, val_every: int,
           holdout_fraction: float | None,
           operating_point: str, target_false_alarm_rate: float, train_annotations: Path | None, calibration: str,
-          json_out: Path | None, quiet: bool) -> None:
+          features_backbone: str | None, json_out: Path | None, quiet: bool) -> None:
     """Train the CSL-TAL model and write a run folder (weights, config, metrics, curves).
 
     --recipe default (vadpipe's) holds out a quarter of the training videos for early stopping and
@@ -320,7 +332,8 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
             run_dir = train_calibrated(features,
                                        out_dir=out_dir if out_dir is not None else new_run_dir(runs_dir()),
                                        config=config, calibration=spec, labels_csv=labels_csv,
-                                       crops=_parse_crops(crops), validation=validation, show_progress=not quiet)
+                                       crops=_parse_crops(crops), validation=validation, show_progress=not quiet,
+                                       features_backbone=features_backbone)
         if run_dir.resolve().parent == runs_dir().resolve():
             set_latest(runs_dir(), run_dir)
         summary = _print_summary(run_dir)

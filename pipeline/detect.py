@@ -16,6 +16,7 @@ import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract import cache
+from vadpipe.extract.backbones import BACKBONES, IMAGENET, get_backbone
 from vadpipe.extract.runner import (
     ClipEncoder,
     ExtractReport,
@@ -25,6 +26,7 @@ from vadpipe.extract.runner import (
     load_encoder,
 )
 from vadpipe.extract.settings import ExtractionSettings
+from vadpipe.extract.weights import resolve_backbone
 from vadpipe.model.run import Run
 from vadpipe.postprocess.intervals import (
     IntervalsDocument,
@@ -35,6 +37,7 @@ from vadpipe.postprocess.intervals import (
 )
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_sequences
+from vadpipe.provenance import run_backbone
 
 __all__ = ["DetectResult", "run_extraction_settings", "detect_videos", "plot_video"]
 
@@ -48,15 +51,26 @@ class DetectResult:
     records: dict[str, dict] = field(default_factory=dict)  # source -> cache record
 
 
-def run_extraction_settings(run: Run, **requested) -> ExtractionSettings:
+def run_extraction_settings(run: Run, *, backbone: str | None = None, **requested) -> ExtractionSettings:
     """The extraction settings the run was trained on, checked against any explicitly requested.
 
     ``requested`` holds settings the user asked for (None = not asked); any that differ from the
-    run's are refused with a message naming both values.
+    run's are refused with a message naming both values. ``backbone`` (detect --backbone) names
+    the I3D network for a run that does not know its features' network; vadpipe never guesses it.
     """
     ext = run.config.get("extraction")
     if ext and not isinstance(ext, dict):
         raise CheckpointError(f"{run.path}/config.json: 'extraction' must be an object, got {ext!r:.60}")
+    known = run_backbone(run.config)
+    if backbone is not None and known is not None and backbone != known:
+        raise ConfigError(f"the model in {run.path} was trained on {known} features; --backbone {backbone} would "
+                          f"extract with another network (drop it, or train a model on {backbone} features)")
+    if known is None and backbone is None:
+        raise ConfigError(
+            f"the model in {run.path} was trained on features of unknown origin (no vadpipe records and no "
+            f"--features-backbone), so vadpipe will not guess which I3D network to extract with: pass --backbone "
+            f"{IMAGENET.id} if they were the released XD-Violence or UCF-Crime I3D features, else the network "
+            f"that made them ({', '.join(BACKBONES)})")
     if ext and ext.get("settings"):
         try:
             settings = ExtractionSettings.from_dict(ext["settings"])
@@ -64,10 +78,13 @@ def run_extraction_settings(run: Run, **requested) -> ExtractionSettings:
             raise CheckpointError(f"{run.path}/config.json holds unusable extraction settings ({exc}); "
                                   "is it a vadpipe run of this version?") from None
     else:
+        chosen = known or backbone
+        profile = "the xd-violence profile" if chosen == IMAGENET.id else "vadpipe's default extraction settings"
         warnings.warn(
             f"run {run.path} was trained on feature files without extraction records (e.g. the released "
-            f"XD-Violence features); assuming vadpipe's default extraction settings", stacklevel=2)
-        settings = ExtractionSettings()
+            f"XD-Violence features); extracting with {chosen} and assuming {profile}", stacklevel=2)
+        settings = (ExtractionSettings.profile("xd-violence") if chosen == IMAGENET.id
+                    else ExtractionSettings(backbone=chosen))
     asked = {k: v for k, v in requested.items() if v is not None}
     clashes = [f"{k}={v!r} (model: {getattr(settings, k)!r})" for k, v in asked.items() if getattr(settings, k) != v]
     if clashes:
@@ -78,7 +95,12 @@ def run_extraction_settings(run: Run, **requested) -> ExtractionSettings:
 
 
 def _encoder_for(settings: ExtractionSettings, *, weights: Path | None, device: str | None) -> tuple[ClipEncoder, ExtractionSettings]:
-    encoder, loaded = load_encoder(settings, weights=weights, device=device)
+    found = resolve_backbone(weights) if weights is not None else resolve_backbone(backbone=settings.backbone)
+    if found.backbone.id != settings.backbone:
+        raise ConfigError(f"the model was trained on {settings.backbone} features, but --weights {weights} is "
+                          f"{found.backbone.id}: detect extracts only with the model's network; pass "
+                          f"{settings.backbone} weights ({get_backbone(settings.backbone).checkpoint})")
+    encoder, loaded = load_encoder(settings, weights=found.path, device=device)
     if settings.weights_sha256 and settings.weights_sha256 != loaded.weights_sha256:
         raise ConfigError(
             f"the model was trained on features from I3D weights {settings.weights_sha256[:12]}..., but the "

