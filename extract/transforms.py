@@ -1,14 +1,19 @@
 """Frame preprocessing: shorter side to 256 (antialiased bilinear), 224 crops, scaling to [-1, 1].
 
 Matches the reference pipeline (Pillow BILINEAR resize, long side truncated, floor crop offsets)
-to within 1-2 grey levels, using torchvision's v2 functional transforms.
+to within 1-2 grey levels.
+
+The resize is ``torch.nn.functional.interpolate`` on uint8 (bilinear, antialiased): the very
+kernel torchvision's v2 ``resize`` calls for uint8 tensors on CPU, byte for byte (a test checks
+against torchvision), without importing torchvision, which costs every command about 2 CPU
+seconds of start-up (``bench/startup.py``). Crops and flips are views and ``flip``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms.v2 import functional as TF
+import torch.nn.functional as F
 
 __all__ = ["resized_size", "resize_frame", "crop_boxes", "crop_clip", "to_unit_range"]
 
@@ -26,7 +31,7 @@ def resize_frame(rgb: np.ndarray, short: int = 256) -> torch.Tensor:
     oh, ow = resized_size(frame.shape[1], frame.shape[2], short)
     if (oh, ow) == tuple(frame.shape[1:]):
         return frame.contiguous()
-    return TF.resize(frame, [oh, ow], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    return F.interpolate(frame[None], size=(oh, ow), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
 def crop_boxes(height: int, width: int, size: int, mode: str) -> list[tuple[int, int, bool]]:
@@ -46,8 +51,8 @@ def crop_clip(clip: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     boxes = crop_boxes(clip.shape[2], clip.shape[3], size, mode)
     crops = []
     for top, left, flip in boxes:
-        c = TF.crop(clip, top, left, size, size)
-        crops.append(TF.horizontal_flip(c) if flip else c)
+        c = clip[..., top:top + size, left:left + size]
+        crops.append(c.flip(-1) if flip else c)
     return torch.stack(crops).permute(0, 2, 1, 3, 4)
 
 

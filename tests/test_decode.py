@@ -117,6 +117,28 @@ def test_resize_matches_pillow_bilinear_within_two_levels():
     assert np.abs(ours - pil).max() <= 2
 
 
+@pytest.mark.parametrize("height,width", [(272, 640), (576, 768), (64, 96), (1080, 1920), (300, 257)])
+def test_resize_is_byte_identical_to_torchvision_v2(height, width):
+    """The resize uses torch's uint8 kernel directly; it must stay torchvision v2's resize exactly."""
+    from torchvision.transforms.v2 import functional as TF
+
+    img = np.random.default_rng(height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    ours = resize_frame(img)
+    frame = torch.from_numpy(img).permute(2, 0, 1)
+    theirs = TF.resize(frame, list(resized_size(height, width)), interpolation=TF.InterpolationMode.BILINEAR,
+                       antialias=True)
+    assert ours.dtype == torch.uint8 and torch.equal(ours, theirs)
+
+
+def test_extraction_does_not_import_torchvision():
+    import subprocess
+    import sys
+
+    code = ("import sys; import vadpipe.extract.runner, vadpipe.extract.transforms; "
+            "sys.exit(1 if 'torchvision' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "start-up would pay for torchvision"
+
+
 def test_crops_centre_first_then_corners_then_flips():
     clip = torch.arange(2 * 3 * 256 * 300, dtype=torch.int32).reshape(2, 3, 256, 300).to(torch.uint8)
     boxes = crop_boxes(256, 300, 224, "ten")
