@@ -13,6 +13,7 @@ when ``../shared/reference/i3d/bikes_feats.npy`` is there, against the original 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--video", type=Path, default=REPO.parent / "shared" / "media" / "bikes.mp4")
+    ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     device = select_device(args.device)
     model, _ = load_i3d(device="cpu")
@@ -90,12 +92,20 @@ def main() -> None:
     print(f"{'variant':15s} {'wall s/clip':>11s} {'cpu s/clip':>10s} {'wall vs fp32':>12s} {'cpu vs fp32':>11s} "
           f"{'cos vs fp32':>11s} {'cos vs original':>15s}")
     base_w, base_c = min(wall["fp32"]), min(cpu["fp32"])
+    rows = []
     for name in variants:
         feats = out[name][:len(clips)]
-        c_fp32 = cosines(feats, out["fp32"][:len(clips)]).min()
-        c_ref = f"{cosines(feats, reference).min():15.6f}" if reference is not None else f"{'-':>15s}"
-        print(f"{name:15s} {min(wall[name]):11.3f} {min(cpu[name]):10.3f} {min(wall[name]) / base_w:12.2f} "
-              f"{min(cpu[name]) / base_c:11.2f} {c_fp32:11.6f} {c_ref}")
+        row = {"variant": name, "wall_s_per_clip": min(wall[name]), "cpu_s_per_clip": min(cpu[name]),
+               "wall_vs_fp32": min(wall[name]) / base_w, "cpu_vs_fp32": min(cpu[name]) / base_c,
+               "cos_vs_fp32": float(cosines(feats, out["fp32"][:len(clips)]).min()),
+               "cos_vs_original": float(cosines(feats, reference).min()) if reference is not None else None}
+        rows.append(row)
+        c_ref = f"{row['cos_vs_original']:15.6f}" if reference is not None else f"{'-':>15s}"
+        print(f"{name:15s} {row['wall_s_per_clip']:11.3f} {row['cpu_s_per_clip']:10.3f} {row['wall_vs_fp32']:12.2f} "
+              f"{row['cpu_vs_fp32']:11.2f} {row['cos_vs_fp32']:11.6f} {c_ref}")
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device), "batch_size": args.batch_size, "load_1min": load,
+                                         "variants": rows}, indent=1))
 
 
 if __name__ == "__main__":
