@@ -27,7 +27,7 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, remove_stale_temps
 
-from .augment import VIEW_MODES, chunk_start_indices, phase_indices, view_indices
+from .augment import VIEW_MODES, chunk_start_indices, view_indices
 from .data import (
     DataWarning,
     FeatureSet,
@@ -37,8 +37,9 @@ from .data import (
     parse_annotations,
     scan_features,
 )
-from .losses import LossConfig, LossTerms, csl_loss, top_k_mean
+from .losses import LossConfig, LossTerms, csl_loss
 from .net import CSLTAL, ModelConfig
+from .selection import HELDOUT_LOSS, VideoScorer, heldout_scores
 from .run import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -80,7 +81,6 @@ SCHEDULES = ("multistep", "cosine")
 # weights and Adam moments after each would take longer than the training.
 _CHECKPOINT_STEPS = 50
 _VAL_METRICS = ("val_video_auc", "val_frame_auc")
-_HELDOUT_LOSS = "heldout_loss"
 _XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame clip (§8.1)
 _VAL_BATCH = 32
 
@@ -171,7 +171,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, training: dict, *, model: dict) -> "TrainConfig":
         values = {k: v for k, v in training.items() if k != "n_views"}
-        return cls(model=ModelConfig.from_dict(model), loss=LossConfig(**values.pop("loss")), **values)
+        return cls(model=ModelConfig.from_dict(model), loss=LossConfig(**values.pop("loss", {})), **values)
 
 
 @dataclass(frozen=True)
@@ -433,63 +433,6 @@ def _validate(model: CSLTAL, val: _Validation, *, block_len: int) -> dict[str, f
     }
 
 
-# --------------------------------------------------------------------------- early stopping
-
-
-def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
-
-
-@torch.no_grad()
-def heldout_scores(model: CSLTAL, data: FeatureSet, *, block_len: int, top_fraction: float) -> dict[str, float | None]:
-    """What early stopping watches, from video labels only (held-out training videos have no frame labels).
-
-    Every crop is scored at full rate (its phase-shifted subsequences, as detect does). Per video:
-    the *peak*, the mean of the top ``top_fraction`` of the weighted T-CAM over all rows, and the
-    classifier's video score, each averaged over crops. ``heldout_loss`` is the class-balanced
-    mean of BCE(peak, y) and BCE(video score, y): low when the curve rises in anomalous videos
-    and stays low in normal ones, i.e. what detect's intervals and false alarms depend on.
-    ``heldout_peak_auc`` is the AUC of the peaks (None with one class).
-    """
-    model.eval()
-    peaks: dict[str, list[float]] = {}
-    video_scores: dict[str, list[float]] = {}
-    labels: dict[str, int] = {}
-    items = data.items
-    for start in range(0, len(items), _VAL_BATCH):
-        chunk = items[start : start + _VAL_BATCH]
-        arrays, views, spans = [], [], []  # spans: each item's batch rows (one per phase)
-        for item in chunk:
-            array = load_item(item, feature_dim=data.feature_dim)
-            phases = phase_indices(array.shape[0], block_len=block_len)
-            spans.append(range(len(arrays), len(arrays) + len(phases)))
-            arrays.extend([array] * len(phases))
-            views.extend(rows[None, :] for rows in phases)
-        batch = make_batch(arrays, views, [0] * len(arrays))
-        out = model(batch.x, batch.mask)
-        psi, scores, lengths = out.weighted_tcam, out.video_score.numpy(), batch.mask.sum(1).tolist()
-        for item, rows in zip(chunk, spans):
-            values = torch.cat([psi[r, : lengths[r]] for r in rows]).unsqueeze(0)
-            peak = float(top_k_mean(values, torch.ones_like(values, dtype=torch.bool), fraction=top_fraction)[0])
-            peaks.setdefault(item.video, []).append(peak)
-            video_scores.setdefault(item.video, []).append(float(np.mean(scores[rows])))
-            labels[item.video] = int(item.label)
-    model.train()
-    names = sorted(labels)
-    y = np.array([labels[n] for n in names], dtype=np.float64)
-    peak = np.array([np.mean(peaks[n]) for n in names])
-    score = np.array([np.mean(video_scores[n]) for n in names])
-    per_video = 0.5 * (_bce(peak, y) + _bce(score, y))
-    loss = float(np.mean([per_video[y == c].mean() for c in (0, 1) if (y == c).any()]))
-    auc = None
-    if 0 < y.sum() < len(y):
-        from sklearn.metrics import roc_auc_score
-
-        auc = float(roc_auc_score(y, peak))
-    return {_HELDOUT_LOSS: loss, "heldout_peak_auc": auc}
-
-
 def _crossed(epoch: int, n_batches: int, every_steps: int) -> bool:
     """Whether epoch ``epoch`` (1-based) passed a multiple of ``every_steps`` optimizer steps; a
     function of the epoch alone, so a resumed run checkpoints and evaluates where an
@@ -625,14 +568,15 @@ class _Reporter:
         if self._progress is None:
             return
         parts = ", ".join(f"{p} {line[f'loss_{p}']:.3g}" for p in _LOSS_PARTS)
-        val = "".join(f"  {n} {line[n]:.4f}" for n in (*_VAL_METRICS, _HELDOUT_LOSS) if line.get(n) is not None)
+        val = "".join(f"  {n} {line[n]:.4f}" for n in (*_VAL_METRICS, HELDOUT_LOSS) if line.get(n) is not None)
         self._progress.console.print(f"epoch {line['epoch']:>3}/{self.epochs}  lr {line['lr']:.0e}  "
                                      f"loss {line['loss']:.4g} ({parts}){val}  [{line['time_s']:.1f} s]",
                                      markup=False, highlight=False)
 
 
 def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet, val: _Validation | None, *,
-         resume_run: bool, show_progress: bool, selection: FeatureSet | None = None) -> Path:
+         resume_run: bool, show_progress: bool, selection: FeatureSet | None = None,
+         scorer: VideoScorer | None = None) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
         model = CSLTAL(config.model)
@@ -649,7 +593,7 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
         history = _read_metrics(run_dir, up_to_epoch=start)
         stored = load_best(run_dir) if select else None
         if stored is not None:
-            loss = next((line.get(_HELDOUT_LOSS) for line in history if line["epoch"] == stored[0]), None)
+            loss = next((line.get(HELDOUT_LOSS) for line in history if line["epoch"] == stored[0]), None)
             if loss is None:
                 raise CheckpointError(f"{run_dir}: the checkpoint keeps the weights of epoch {stored[0]} but "
                                       f"{METRICS_FILE} has no held-out loss for that epoch")
@@ -664,10 +608,10 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
             if val is not None and (epoch % val.every_epochs == 0 or last):
                 line.update(_validate(model, val, block_len=config.block_len))
             if select and (_crossed(epoch, n_batches, config.select_every_steps) or last):
-                line.update(heldout_scores(model, selection, block_len=config.block_len,
+                line.update(heldout_scores(model, selection, scorer=scorer, block_len=config.block_len,
                                            top_fraction=config.loss.mil_top_fraction))
-                if best is None or line[_HELDOUT_LOSS] < best[1]:
-                    best = (epoch, line[_HELDOUT_LOSS], {k: v.detach().clone() for k, v in model.state_dict().items()})
+                if best is None or line[HELDOUT_LOSS] < best[1]:
+                    best = (epoch, line[HELDOUT_LOSS], {k: v.detach().clone() for k, v in model.state_dict().items()})
             line["time_s"] = round(time.perf_counter() - began, 3)
             history.append(line)
             if not math.isfinite(line["loss"]):
@@ -718,11 +662,17 @@ def _selection_set(data: FeatureSet, videos: Collection[str], *, trained: Featur
     return subset
 
 
+def _need_scorer(selection: FeatureSet | None, scorer: VideoScorer | None) -> None:
+    if selection is not None and scorer is None:
+        raise ConfigError("early stopping scores the held-out videos and needs a video scorer "
+                          "(vadpipe.postprocess.scores.score_video, which vadpipe.calibrated_training passes)")
+
+
 def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = TrainConfig(),
           labels_csv: Path | str | None = None, crops: Sequence[int] | None = None,
           validation: ValidationSpec | None = None, show_progress: bool = False,
           videos: Collection[str] | None = None, heldout: Collection[str] | None = None,
-          extra_config: Mapping[str, object] | None = None) -> Path:
+          extra_config: Mapping[str, object] | None = None, scorer: VideoScorer | None = None) -> Path:
     """Train a model on the features under ``features`` and write a run folder.
 
     Args:
@@ -736,9 +686,11 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
         videos: train on these videos only (None = all); recorded as ``data.videos`` so
             that a resumed run uses the same ones.
         heldout: videos of ``features`` (not trained on) that early stopping watches when
-            ``config.early_stopping`` (video labels only; see :func:`heldout_scores`).
+            ``config.early_stopping`` (video labels only; see `vadpipe.model.selection`).
         extra_config: more top-level config.json sections (kept on resume), e.g. what a
             later stage needs to know about the run.
+        scorer: the video scorer early stopping reads the held-out curves with (needed with
+            ``heldout`` and ``config.early_stopping``; see `vadpipe.model.selection`).
 
     Returns:
         ``out_dir``, holding config.json, weights.safetensors, metrics.jsonl, summary.json,
@@ -759,6 +711,7 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
         warnings.warn("early stopping needs held-out videos and none were given: the last epoch's weights are "
                       "kept", DataWarning, stacklevel=2)
         config = replace(config, early_stopping=False)  # what the run really does, in its config.json
+    _need_scorer(selection, scorer)
     val = _prepare_validation(validation, crops=crops) if validation is not None else None
     if val is not None and val.data.feature_dim != data.feature_dim:
         raise ConfigError(f"validation features are {val.data.feature_dim} wide, training features {data.feature_dim}")
@@ -769,13 +722,14 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
     if videos is not None:
         run_config["data"]["videos"] = data.videos
     run_config["selection"] = None if selection is None else {
-        "videos": selection.videos, "metric": _HELDOUT_LOSS, "every_steps": config.select_every_steps}
+        "videos": selection.videos, "metric": HELDOUT_LOSS, "every_steps": config.select_every_steps}
     write_json(out_dir / CONFIG_FILE, run_config)  # now, so that an interrupted run can be resumed
     return _fit(out_dir, run_config, config, data, val, resume_run=False, show_progress=show_progress,
-                selection=selection)
+                selection=selection, scorer=scorer)
 
 
-def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:
+def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False,
+           scorer: VideoScorer | None = None) -> Path:
     """Continue a run from its last checkpoint, with its own settings and data (``epochs`` may grow,
     with the multistep schedule only; with early stopping the old last epoch keeps its evaluation).
 
@@ -807,6 +761,7 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
     selection = None
     if (run_config.get("selection") or {}).get("videos"):
         selection = _selection_set(everything, run_config["selection"]["videos"], trained=data)
+    _need_scorer(selection, scorer)
     if (len(data.items), data.feature_dim) != (recorded["n_samples"], recorded["feature_dim"]):
         raise CheckpointError(f"the features in {recorded['path']} changed since the run started "
                               f"({recorded['n_samples']} samples of width {recorded['feature_dim']} then, "
@@ -819,4 +774,4 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
     run_config["training"] = config.to_dict()
     write_json(run_dir / CONFIG_FILE, run_config)
     return _fit(run_dir, run_config, config, data, val, resume_run=True, show_progress=show_progress,
-                selection=selection)
+                selection=selection, scorer=scorer)

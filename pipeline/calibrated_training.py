@@ -25,7 +25,7 @@ import numpy as np
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.model.data import DataWarning, FeatureSet, load_item, open_training_set, parse_annotations
 from vadpipe.model.run import Run, load_run, read_run_config, write_json
-from vadpipe.model.train import TrainConfig, ValidationSpec, train
+from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
 from vadpipe.postprocess.calibration import (
     CALIBRATION_METHODS,
     F1_IOU_THRESHOLD,
@@ -44,10 +44,11 @@ from vadpipe.postprocess.evaluate import group_videos
 from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import VideoDetections, match_intervals
 from vadpipe.postprocess.proposals import interpolate_to_frames
-from vadpipe.postprocess.scores import score_sequences
+from vadpipe.postprocess.scores import score_video
 from vadpipe.provenance import SECTION, training_backbone
 
-__all__ = ["RELIABILITY_FILE", "CalibrationSpec", "train_calibrated", "calibrate_run", "fixed_operating_point"]
+__all__ = ["RELIABILITY_FILE", "CalibrationSpec", "train_calibrated", "resume_calibrated", "calibrate_run",
+           "heldout_videos", "fixed_operating_point"]
 
 RELIABILITY_FILE = "reliability.png"
 _MODEL_NOTE = ("the run's weights were trained without the held-out videos; the thresholds and calibrations "
@@ -144,7 +145,8 @@ def train_calibrated(
         warnings.warn(backbone["note"], DataWarning, stacklevel=2)
     if calibration is None:
         run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
-                        validation=validation, show_progress=show_progress, extra_config={SECTION: backbone})
+                        validation=validation, show_progress=show_progress, extra_config={SECTION: backbone},
+                        scorer=score_video)
         _store_operating_point(run_dir, fixed_operating_point())
         return run_dir
     labels = {item.video: int(item.label) for item in data.items}
@@ -153,8 +155,16 @@ def train_calibrated(
                "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
     run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
                     validation=validation, show_progress=show_progress, videos=train_videos, heldout=heldout,
-                    extra_config=request)
+                    extra_config=request, scorer=score_video)
     calibrate_run(run_dir, data=data)
+    return run_dir
+
+
+def resume_calibrated(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:
+    """Continue a run from its last checkpoint (`vadpipe.model.train.resume`, early stopping with
+    `score_video`), then choose its operating point again (a no-op without held-out videos)."""
+    run_dir = resume(run_dir, epochs=epochs, show_progress=show_progress, scorer=score_video)
+    calibrate_run(run_dir)
     return run_dir
 
 
@@ -166,26 +176,23 @@ def _heldout_set(data: FeatureSet, videos: Collection[str], where: Path) -> Feat
     return replace(data, items=tuple(item for item in data.items if item.video in wanted))
 
 
-def _score_heldout(run: Run, data: FeatureSet, annotations: Mapping[str, list] | None) -> list[HeldoutVideo]:
-    """Score every held-out video exactly as `vadpipe detect` does: full-rate phases, crops
-    averaged (attention and T-CAM separately), their product zoomed to frame rate."""
+def heldout_videos(run: Run, data: FeatureSet, annotations: Mapping[str, list] | None) -> list[HeldoutVideo]:
+    """Score every held-out video exactly as `vadpipe detect` does (`score_video` at full rate),
+    its curve zoomed to frame rate."""
     block_len = int((run.config.get("training") or {}).get("block_len", 3))
     labels = {item.video: int(item.label) for item in data.items}
     videos = []
     for video in group_videos(data):
         arrays = [load_item(item, feature_dim=data.feature_dim) for item in video.crops]
-        scores = score_sequences(run.model, arrays, mode="full", block_len=block_len)
-        attention = np.mean([s.attention for s in scores], axis=0)
-        tcam = np.mean([s.tcam for s in scores], axis=0)
-        curve = interpolate_to_frames((attention * tcam).astype(np.float32), clip_len=video.clip_len)
+        scores = score_video(run.model, arrays, mode="full", block_len=block_len)
+        curve = interpolate_to_frames(scores.wtcam, clip_len=video.clip_len)
         frames = (video.start_frames[:, None] + np.arange(video.clip_len)[None, :]).ravel()
         truth = None
         if annotations is not None:
             key = next((n for n in video.names if n in annotations), None)
             if key is not None or not labels[video.name]:
                 truth = tuple(annotations.get(key, ()))
-        videos.append(HeldoutVideo(video.name, labels[video.name], float(np.mean([s.video_score for s in scores])),
-                                   curve, frames, truth))
+        videos.append(HeldoutVideo(video.name, labels[video.name], scores.video_score, curve, frames, truth))
     return videos
 
 
@@ -236,7 +243,7 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
         data = open_training_set(recorded["path"], labels_csv=recorded.get("labels_csv"),
                                  crops=recorded.get("crops_requested"))
     annotations = parse_annotations(spec.annotations) if spec.annotations else None
-    videos = _score_heldout(run, _heldout_set(data, heldout_names, where), annotations)
+    videos = heldout_videos(run, _heldout_set(data, heldout_names, where), annotations)
     choice = choose_operating_point(videos, method=spec.operating_point,
                                     target_false_alarm_rate=spec.target_false_alarm_rate)
     detections = heldout_detections(videos, choice)

@@ -283,18 +283,16 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
     """
     from dataclasses import replace
 
-    from vadpipe.calibrated_training import CalibrationSpec, calibrate_run, train_calibrated
+    from vadpipe.calibrated_training import CalibrationSpec, resume_calibrated, train_calibrated
     from vadpipe.model.run import new_run_dir, set_latest
     from vadpipe.model.train import ValidationSpec
-    from vadpipe.model.train import resume as resume_run
 
     with _warnings_to_stderr():
         if resume_dir is not None:
             given = [name for name in _RUN_OPTIONS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if given:
                 raise ConfigError(f"--resume continues a run with its own settings; drop {_flags(ctx, given)}")
-            run_dir = resume_run(resume_dir, epochs=epochs, show_progress=not quiet)
-            calibrate_run(run_dir)  # a no-op for runs trained without held-out videos
+            run_dir = resume_calibrated(resume_dir, epochs=epochs, show_progress=not quiet)
         else:
             given = [name for name in _CALIBRATION_OPTIONS
                      if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]

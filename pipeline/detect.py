@@ -9,6 +9,7 @@ model only understands features made the way its training features were.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -36,10 +37,10 @@ from vadpipe.postprocess.intervals import (
     frame_span_to_seconds,
 )
 from vadpipe.postprocess.proposals import interpolate_to_frames
-from vadpipe.postprocess.scores import score_sequences
+from vadpipe.postprocess.scores import SequenceModel, score_video
 from vadpipe.provenance import run_backbone
 
-__all__ = ["DetectResult", "run_extraction_settings", "detect_videos", "plot_video"]
+__all__ = ["DetectResult", "run_extraction_settings", "score_intervals", "detect_videos", "plot_video"]
 
 
 @dataclass
@@ -116,6 +117,19 @@ def _block_len(run: Run) -> int:
     return value
 
 
+def score_intervals(model: SequenceModel, crops: Sequence[np.ndarray], *, source: str, block_len: int,
+                    start_frames: np.ndarray, clip_len: int, frame_times_s: np.ndarray, duration_s: float,
+                    fps: float, operating_point: OperatingPoint) -> VideoIntervals:
+    """One video's document entry from its crops' features: `score_video` at full rate (every clip
+    one score, the crops' weighted T-CAMs averaged), cut into intervals at ``operating_point``."""
+    scores = score_video(model, crops, mode="full", block_len=block_len)
+    return build_video_intervals(
+        source=source, attention=scores.attention, tcam=scores.tcam, wtcam=scores.wtcam,
+        video_score=scores.video_score, start_frames=start_frames, clip_len=clip_len,
+        frame_times_s=frame_times_s, duration_s=duration_s, fps=fps, video_end_s=duration_s,
+        operating_point=operating_point)
+
+
 def detect_videos(
     paths: list[Path],
     run: Run,
@@ -131,8 +145,8 @@ def detect_videos(
 ) -> DetectResult:
     """Extract (or reuse) features of ``paths`` with ``settings`` and cut intervals with the run's model.
 
-    Every crop in the settings is scored with the full-rate protocol (three phase-shifted
-    sub-sequences, one score per clip) and the crops' scores are averaged. A ready ``encoder``
+    Every video is scored by `score_intervals` (full rate, the crops' weighted T-CAMs
+    averaged). A ready ``encoder``
     (with ``settings.weights_sha256`` set) avoids loading I3D again.
     """
     if not find_videos(paths)[0]:  # nothing to decode (missing or no videos): extract_paths says so
@@ -158,16 +172,11 @@ def detect_videos(
             result.too_short.append(r)
             continue
         crops = [cache.load_features(cache_dir, record, c) for c in range(len(record["crops"]))]
-        scores = score_sequences(run.model, crops, mode="full", block_len=block_len)
-        attention = np.mean([s.attention for s in scores], axis=0)
-        tcam = np.mean([s.tcam for s in scores], axis=0)
-        times = cache.load_frame_times(cache_dir, record)
-        videos.append(build_video_intervals(
-            source=r.source, attention=attention, tcam=tcam,
-            video_score=float(np.mean([s.video_score for s in scores])),
+        videos.append(score_intervals(
+            run.model, crops, source=r.source, block_len=block_len,
             start_frames=np.asarray(record["clips"]["start_frames"]), clip_len=record["clips"]["length"],
-            frame_times_s=times, duration_s=record["video"]["duration_s"], fps=record["video"]["fps"],
-            video_end_s=record["video"]["duration_s"], operating_point=operating_point))
+            frame_times_s=cache.load_frame_times(cache_dir, record), duration_s=record["video"]["duration_s"],
+            fps=record["video"]["fps"], operating_point=operating_point))
         result.records[r.source] = record
     result.document = replace(result.document, videos=tuple(videos))
     return result
@@ -182,13 +191,12 @@ def plot_video(path: Path, video: VideoIntervals, record: dict, cache_dir: Path,
     times = cache.load_frame_times(cache_dir, record)
     starts = np.asarray(record["clips"]["start_frames"])
     frame_idx = (starts[:, None] + np.arange(clip_len)[None]).reshape(-1)
-    att = np.array([c.attention for c in video.clips])
-    tcam = np.array([c.tcam for c in video.clips])
-    curves = {
-        "attention": interpolate_to_frames(att, clip_len=clip_len, low=0.0, high=1.0),
-        "tcam": interpolate_to_frames(tcam, clip_len=clip_len, low=0.0, high=1.0),
-        "wtcam": interpolate_to_frames(att * tcam, clip_len=clip_len, low=low, high=high),
-    }
+    def curve(name: str, low: float, high: float) -> np.ndarray:
+        values = np.array([getattr(c, name) for c in video.clips], dtype=np.float32)
+        return interpolate_to_frames(values, clip_len=clip_len, low=low, high=high)
+
+    curves = {"attention": curve("attention", 0.0, 1.0), "tcam": curve("tcam", 0.0, 1.0),
+              "wtcam": curve("wtcam", low, high)}
     gt = None
     if ground_truth_frames is not None:
         end = record["video"]["duration_s"]

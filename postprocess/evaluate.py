@@ -38,7 +38,7 @@ from vadpipe.postprocess.metrics import (
     pooled_metrics,
     standard_entry,
 )
-from vadpipe.postprocess.scores import SequenceModel, score_sequences
+from vadpipe.postprocess.scores import SequenceModel, score_video
 
 __all__ = [
     "XD_CLIP_LEN",
@@ -46,6 +46,7 @@ __all__ = [
     "FeatureVideo",
     "group_videos",
     "check_features_match_run",
+    "video_entries",
     "evaluate_model",
     "evaluate_run",
     "json_ready",
@@ -135,6 +136,32 @@ def _check_options(*, protocol: str, threshold: float | None, parity_q11: bool,
         raise ConfigError(f"video_threshold must lie in [0, 1], got {video_threshold!r}")
 
 
+def video_entries(
+    model: SequenceModel,
+    features: FeatureSet,
+    video: FeatureVideo,
+    truth: Sequence[tuple[int, int]] | None,
+    *,
+    protocol: ProtocolName,
+    threshold: float,
+    video_threshold: float,
+    block_len: int,
+    parity_q11: bool = False,
+) -> list[EntryPairs]:
+    """One video's entries: the video under "standard" (its `score_video` curve), each crop
+    under "csl" (the authors' protocol). ``truth``: its annotated intervals (None: normal)."""
+    label = int(truth is not None)
+    frame_labels = clip_frame_labels(truth or (), start_frames=video.start_frames, clip_len=video.clip_len)
+    crops = [load_item(item, feature_dim=features.feature_dim) for item in video.crops]
+    mode = "csl" if protocol == "csl" else "full"
+    scores = score_video(model, crops, mode=mode, block_len=block_len, parity_q11=parity_q11)
+    decisions = {"threshold": threshold, "video_threshold": video_threshold,
+                 "start_frames": video.start_frames, "truth": truth or ()}
+    if protocol == "csl":
+        return [csl_entry(s.wtcam, s.rows, s.video_score, label, frame_labels, **decisions) for s in scores.crops]
+    return [standard_entry(scores.wtcam, scores.video_score, label, frame_labels, **decisions)]
+
+
 def evaluate_model(
     model: SequenceModel,
     features: FeatureSet,
@@ -155,7 +182,8 @@ def evaluate_model(
         features: from `vadpipe.model.data.scan_features` (``split="test"``).
         annotations: ``{name: [(s, e), ...]}`` anomalous half-open source-frame intervals;
             videos absent from it are normal.
-        protocol: "standard" (all clips, crops averaged) or "csl" (the authors' protocol).
+        protocol: "standard" (all clips, crops averaged by `score_video`) or "csl" (the
+            authors' protocol, every crop its own entry).
         threshold: curve threshold of the proposals (proposal-frame level and decisions).
         video_threshold: video gate: entries whose video score is below it report no
             interval (their proposal-frame scores are 0).
@@ -169,38 +197,18 @@ def evaluate_model(
     """
     _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11,
                    video_threshold=video_threshold)
-    mode = "csl" if protocol == "csl" else "full"
     videos = group_videos(features)
     entries: list[EntryPairs] = []
     labels: dict[str, int] = {}
     used_keys: set[str] = set()
     for done, video in enumerate(videos, start=1):
         key = _annotation_key(video, annotations)
-        label = labels[video.name] = int(key is not None)
+        labels[video.name] = int(key is not None)
         if key is not None:
             used_keys.add(key)
-        frame_labels = clip_frame_labels(
-            annotations.get(key, ()), start_frames=video.start_frames, clip_len=video.clip_len
-        )
-        crops = [load_item(item, feature_dim=features.feature_dim) for item in video.crops]
-        scores = score_sequences(model, crops, mode=mode, block_len=block_len, parity_q11=parity_q11)
-        decisions = {"threshold": threshold, "video_threshold": video_threshold,
-                     "start_frames": video.start_frames, "truth": annotations.get(key, ())}
-        if protocol == "csl":
-            entries.extend(
-                csl_entry(s.wtcam, s.rows, s.video_score, label, frame_labels, **decisions)
-                for s in scores
-            )
-        else:
-            entries.append(
-                standard_entry(
-                    np.stack([s.wtcam for s in scores]),
-                    np.array([s.video_score for s in scores]),
-                    label,
-                    frame_labels,
-                    **decisions,
-                )
-            )
+        entries.extend(video_entries(model, features, video, annotations.get(key), protocol=protocol,
+                                     threshold=threshold, video_threshold=video_threshold,
+                                     block_len=block_len, parity_q11=parity_q11))
         if progress is not None:
             progress(done, len(videos), video.name)
 

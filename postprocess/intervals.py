@@ -337,6 +337,7 @@ def build_video_intervals(
     source: str,
     attention: np.ndarray,
     tcam: np.ndarray,
+    wtcam: np.ndarray,
     video_score: float,
     start_frames: np.ndarray,
     clip_len: int,
@@ -346,21 +347,23 @@ def build_video_intervals(
     video_end_s: float | None = None,
     operating_point: OperatingPoint = OperatingPoint(),
 ) -> VideoIntervals:
-    """One video's document entry from its full-rate per-clip scores.
+    """One video's document entry from its full-rate per-clip scores (`score_video`'s).
 
-    The weighted T-CAM ``attention * tcam`` is zoomed to frame rate, clipped and cut into
-    intervals with ``operating_point``. ``duration_s`` and ``fps`` are recorded as given;
+    The curve ``wtcam`` is zoomed to frame rate, clipped and cut into intervals with
+    ``operating_point``; ``attention`` and ``tcam`` are recorded beside it (with several crops
+    ``wtcam`` is the mean of the crops' products, not the product of these means). ``duration_s`` and ``fps`` are recorded as given;
     ``video_end_s`` is when the last frame ends (default `end_time_s`).
     """
     att = np.asarray(attention, dtype=np.float32)
     tc = np.asarray(tcam, dtype=np.float32)
+    wtcam = np.asarray(wtcam, dtype=np.float32)
     starts = np.asarray(start_frames, dtype=np.int64)
     times = np.asarray(frame_times_s, dtype=np.float64)
-    if not att.shape == tc.shape == starts.shape:
+    if not att.shape == tc.shape == wtcam.shape == starts.shape:
         raise DataError(
-            f"attention {att.shape}, tcam {tc.shape} and start_frames {starts.shape} differ"
+            f"attention {att.shape}, tcam {tc.shape}, wtcam {wtcam.shape} and start_frames "
+            f"{starts.shape} differ"
         )
-    wtcam = att * tc
     op = operating_point
     curve = interpolate_to_frames(wtcam, clip_len=clip_len, low=op.low, high=op.high)
     intervals = intervals_from_curve(

@@ -6,7 +6,7 @@ Pure functions on arrays (method.md §6, §8.5, §8.6):
   only (`vadpipe.postprocess.scores.csl_rows`); the frame curve is the zoomed weighted T-CAM of
   those rows, lined up with the labels of their frames; pooled over all entries.
 * ``standard``, the XD-Violence protocol (XDVioDet, RTFM, ...): every clip scored ("full"
-  scoring), crops averaged per video, each clip's score repeated ``clip_len`` times against the
+  scoring), the crops' weighted T-CAMs averaged per video (`score_video`), each clip's score repeated ``clip_len`` times against the
   frame ground truth of the ``clip_len * T`` horizon.
 
 AP is reported twice, labelled: ``ap`` is scikit-learn's ``average_precision_score`` (step-wise,
@@ -479,8 +479,8 @@ def csl_entry(
 
 
 def standard_entry(
-    wtcam_crops: np.ndarray,
-    video_scores: np.ndarray,
+    wtcam: np.ndarray,
+    video_score: float,
     video_label: int,
     frame_labels: np.ndarray,
     *,
@@ -491,28 +491,27 @@ def standard_entry(
     truth: Sequence[tuple[int, int]] | None = None,
     video_threshold: float = 0.0,
 ) -> EntryPairs:
-    """One video under the standard protocol: crops averaged, every clip, every frame.
+    """One video under the standard protocol: every clip, every frame.
 
     Args:
-        wtcam_crops: (C, T) full-rate weighted T-CAM of each crop (``mode="full"`` scores).
-        video_scores: (C,) classifier probability of each crop.
+        wtcam: (T,) the video's full-rate curve, crops averaged (`score_video`'s ``wtcam``).
+        video_score: the video's score (`score_video`'s, crops averaged).
         video_label: 1 if the video is anomalous (listed in the annotations), else 0.
         frame_labels: (T, clip_len) labels of every clip (`clip_frame_labels`).
         threshold, low, high: proposal threshold and interpolation clipping (proposal level).
         start_frames: (T,) source frame of each clip (default: contiguous clips from frame 0).
         truth: annotated ``[s, e)`` source-frame intervals (default: the runs of labelled frames).
-        video_threshold: videos whose crop-mean ``video_scores`` is below it report no interval.
+        video_threshold: videos whose ``video_score`` is below it report no interval.
     """
-    psi_crops = np.atleast_2d(np.asarray(wtcam_crops))
+    psi = np.asarray(wtcam)
     labels = np.asarray(frame_labels)
-    if psi_crops.shape[1] != len(labels):
-        raise DataError(f"wtcam has {psi_crops.shape[1]} clips but labels have {len(labels)}")
-    psi = psi_crops.mean(axis=0)
+    if psi.ndim != 1 or psi.shape[0] != len(labels):
+        raise DataError(f"wtcam must be (T,) with T = {len(labels)} clips like the labels, got {psi.shape}")
     clip_len = labels.shape[1]
     starts = clip_len * np.arange(len(labels)) if start_frames is None else np.asarray(start_frames)
     if starts.shape != (len(labels),):
         raise DataError(f"{starts.size} clip start frames for {len(labels)} clips")
-    score = float(np.mean(video_scores))
+    score = float(video_score)
     painted, detections = _decisions(
         interpolate_to_frames(psi, clip_len=clip_len, low=low, high=high),
         source_frames=_source_frames(starts, clip_len), threshold=threshold, video_score=score,

@@ -12,6 +12,9 @@ would triple the classifier input. Two ways to score a sequence:
 
 Sequences with ``T <= 2 * block_len`` rows are scored whole in both modes, as training saw them
 unchanged (§2; fixes Q11 for ``csl``).
+
+A *video* is scored by `score_video`, the one definition detect, evaluate, calibration, early
+stopping and live scoring share: each crop's weighted T-CAM, then the mean over crops.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ __all__ = [
     "ModelOutputLike",
     "SequenceModel",
     "ClipScores",
+    "VideoScores",
     "ScoringMode",
     "csl_rows",
     "phase_rows",
     "score_sequence",
     "score_sequences",
+    "score_video",
 ]
 
 ScoringMode = Literal["full", "csl"]
@@ -235,3 +240,64 @@ def score_sequence(
     return score_sequences(
         model, [features], mode=mode, block_len=block_len, parity_q11=parity_q11
     )[0]
+
+
+@dataclass(frozen=True, eq=False)
+class VideoScores:
+    """Per-clip scores of one video, its crops averaged.
+
+    Attributes:
+        wtcam: (n,) float32 the video's curve: the mean over crops of each crop's weighted
+            T-CAM λ·a. Intervals, thresholds, metrics and early stopping all read this one.
+        attention: (n,) float32 mean over crops of λ (shown beside the curve, not multiplied).
+        tcam: (n,) float32 mean over crops of a (likewise).
+        video_score: mean over crops of each crop's video probability.
+        rows: (n,) int64 the feature rows the scores belong to (equal for every crop).
+        crops: each crop's own scores, in order (the authors' protocol scores them apart).
+    """
+
+    wtcam: np.ndarray
+    attention: np.ndarray
+    tcam: np.ndarray
+    video_score: float
+    rows: np.ndarray
+    crops: tuple[ClipScores, ...]
+
+
+def score_video(
+    model: SequenceModel,
+    crops: Sequence[np.ndarray],
+    *,
+    mode: ScoringMode = "full",
+    block_len: int = 3,
+    parity_q11: bool = False,
+) -> VideoScores:
+    """Score one video given the (T, F) features of each of its crops (one array for a centre crop).
+
+    The crops' *scores* are averaged: each crop's weighted T-CAM ψ_c = λ_c·a_c, then
+    ψ = mean_c ψ_c, and the video score is the mean of the crops' video scores. That is the
+    XD-Violence convention (XDVioDet, RTFM: the five crops' per-clip scores are averaged, and the
+    standard protocol of method.md §6.1 averages over crops the curve it thresholds). It is
+    also the only choice under which a crop is an independent view of the video: the product
+    of crop-averaged λ and a, mean(λ)·mean(a), pairs one crop's attention with another's T-CAM
+    and differs from mean(λ·a) as soon as the crops disagree. With one crop both are the same.
+
+    Args: see `score_sequences`; every crop must have the same number of rows.
+
+    Raises:
+        DataError: no crops, or crops of different lengths.
+    """
+    if not crops:
+        raise DataError("a video needs at least one crop of features to score")
+    scores = score_sequences(model, crops, mode=mode, block_len=block_len, parity_q11=parity_q11)
+    rows = scores[0].rows
+    if any(not np.array_equal(s.rows, rows) for s in scores[1:]):
+        lengths = sorted({len(np.asarray(c)) for c in crops})
+        raise DataError(f"the crops of one video must have equal lengths, got {lengths} rows")
+
+    def mean(name: str) -> np.ndarray:
+        return np.mean([getattr(s, name) for s in scores], axis=0).astype(np.float32, copy=False)
+
+    return VideoScores(wtcam=mean("wtcam"), attention=mean("attention"), tcam=mean("tcam"),
+                       video_score=float(np.mean([s.video_score for s in scores])), rows=rows,
+                       crops=tuple(scores))

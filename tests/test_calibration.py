@@ -271,7 +271,7 @@ def test_detect_document_carries_the_operating_point_and_calibrated_scores(calib
     for name in ("s2_000_label_A", "s2_025_label_B1"):
         s = score_sequence(run.model, np.load(root / "test" / f"{name}__0.npy"))
         times = np.arange(16 * _T) / 25.0
-        videos.append(build_video_intervals(source=name, attention=s.attention, tcam=s.tcam,
+        videos.append(build_video_intervals(source=name, attention=s.attention, tcam=s.tcam, wtcam=s.wtcam,
                                             video_score=s.video_score, start_frames=16 * np.arange(_T),
                                             clip_len=16, frame_times_s=times, duration_s=len(times) / 25,
                                             fps=25.0, operating_point=op))
@@ -344,3 +344,76 @@ def test_resuming_a_calibrated_run_keeps_its_split_and_recalibrates(tmp_path) ->
     plain = train_calibrated(features, out_dir=tmp_path / "plain", config=TrainConfig(epochs=1), calibration=None)
     op = json.loads((plain / "config.json").read_text())["operating_point"]
     assert (op["method"], op["threshold"], op["video_threshold"]) == ("fixed", 0.35, 0.0)
+
+
+# --- one scoring definition for every stage (issue 12) ----------------------------------------
+
+
+def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration_and_early_stopping(
+        tmp_path) -> None:
+    """detect's intervals, evaluate's entries, the held-out curves the thresholds are chosen on
+    and early stopping all read `score_video`'s curve: the crops' weighted T-CAMs averaged."""
+    from vadpipe.calibrated_training import CalibrationSpec, heldout_videos, train_calibrated
+    from vadpipe.detect import score_intervals
+    from vadpipe.model.data import open_training_set
+    from vadpipe.model.run import load_run
+    from vadpipe.model.selection import heldout_scores
+    from vadpipe.model.train import TrainConfig
+    from vadpipe.postprocess.evaluate import group_videos, video_entries
+    from vadpipe.postprocess.proposals import interpolate_to_frames
+    from vadpipe.postprocess.scores import score_video
+
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for i in range(16):  # five crops per video that see the planted anomaly at different strengths
+        anomalous = i % 2 == 1
+        base = rng.normal(size=(_T, _F)).astype(np.float32)
+        start = int(rng.integers(2, _T - 12))
+        for crop in range(5):
+            x = base + 0.5 * rng.normal(size=(_T, _F)).astype(np.float32)
+            if anomalous:
+                x[start:start + 8] += (1.0 + crop) * _DIRECTION.astype(np.float32)
+            np.save(folder / f"v{i:02d}_label_{'B1' if anomalous else 'A'}__{crop}.npy", x)
+    config = TrainConfig(epochs=6, batch_size=8, lr=1e-3, seed=0, early_stopping=True, select_every_steps=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        run_dir = train_calibrated(folder, out_dir=tmp_path / "run", config=config,
+                                   calibration=CalibrationSpec(holdout_fraction=0.25))
+    run = load_run(run_dir)
+    data = open_training_set(folder)
+    heldout = run.config["operating_point"]["heldout"]["videos"]
+    held = data.__class__(**{**data.__dict__, "items": tuple(i for i in data.items if i.video in heldout)})
+    op = OperatingPoint.for_run(run.config, where="config.json")
+
+    calibration = {v.name: v for v in heldout_videos(run, held, None)}
+    assert sorted(calibration) == sorted(heldout) and len(heldout) == 4
+    for video in group_videos(held):
+        assert len(video.crops) == 5
+        crops = [np.load(item.path) for item in video.crops]
+        expected = score_video(run.model, crops, block_len=3)
+        # the bug this fixes: the product of crop-averaged attention and T-CAM is another curve
+        assert np.abs(expected.attention * expected.tcam - expected.wtcam).max() > 1e-4
+
+        times = np.arange(16 * _T) / 25.0
+        detected = score_intervals(run.model, crops, source=video.name, block_len=3,
+                                   start_frames=video.start_frames, clip_len=16, frame_times_s=times,
+                                   duration_s=len(times) / 25.0, fps=25.0, operating_point=op)
+        np.testing.assert_array_equal(np.array([c.wtcam for c in detected.clips], dtype=np.float32), expected.wtcam)
+        assert detected.video_score == expected.video_score
+
+        (entry,) = video_entries(run.model, held, video, None, protocol="standard", threshold=op.threshold,
+                                 video_threshold=op.video_threshold, block_len=3)
+        np.testing.assert_array_equal(entry.segment_scores, expected.wtcam)
+        assert entry.video_score == expected.video_score
+
+        chosen_on = calibration[video.name]
+        np.testing.assert_array_equal(chosen_on.curve, interpolate_to_frames(expected.wtcam, clip_len=16))
+        assert chosen_on.video_score == expected.video_score
+
+    # early stopping kept the epoch whose held-out loss, measured on the same curves, was lowest
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    selected = json.loads((run_dir / "summary.json").read_text())["selected_epoch"]
+    kept = next(x["heldout_loss"] for x in lines if x["epoch"] == selected)
+    again = heldout_scores(run.model, held, scorer=score_video, block_len=3, top_fraction=1 / 16)
+    assert again["heldout_loss"] == pytest.approx(kept, rel=1e-6)

@@ -175,7 +175,8 @@ def test_intervals_are_sorted_disjoint_inside_the_video_and_above_threshold(vide
                                                                              merge_gap_s) -> None:
     attention, tcam, clip_len, starts, times, video_end_s = video
     op = OperatingPoint(threshold=threshold, min_duration_s=min_duration_s, merge_gap_s=merge_gap_s)
-    entry = build_video_intervals(source="v.mp4", attention=attention, tcam=tcam, video_score=0.5,
+    entry = build_video_intervals(source="v.mp4", attention=attention, tcam=tcam,
+                                  wtcam=attention * tcam, video_score=0.5,
                                   start_frames=starts, clip_len=clip_len, frame_times_s=times,
                                   duration_s=video_end_s - times[0], fps=25.0, video_end_s=video_end_s,
                                   operating_point=op)

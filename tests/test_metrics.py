@@ -161,13 +161,10 @@ def test_standard_protocol_hand_computed() -> None:
     a_labels = clip_frame_labels([(2, 4)], start_frames=starts, clip_len=clip_len)  # [0,0,1,1,0,0]
     c_labels = clip_frame_labels([(0, 1)], start_frames=starts, clip_len=clip_len)  # [1,0,0,0,0,0]
     entries = [
-        # video A: crops average to 0.3; video B: one crop at 0.32; video C: average 0.8.
-        standard_entry(np.stack([_f32(0.2, 0.2, 0.2), _f32(0.4, 0.4, 0.4)]), np.array([0.9, 0.5]),
-                       1, a_labels),
-        standard_entry(_f32(0.32, 0.32, 0.32)[None], np.array([0.6]), 0,
-                       np.zeros((3, 2), np.uint8)),
-        standard_entry(np.stack([_f32(0.9, 0.9, 0.9), _f32(0.7, 0.7, 0.7)]), np.array([0.2, 0.4]),
-                       1, c_labels),
+        # video A: curve 0.3; video B: 0.32; video C: 0.8 (crops already averaged by score_video).
+        standard_entry(_f32(0.3, 0.3, 0.3), 0.7, 1, a_labels),
+        standard_entry(_f32(0.32, 0.32, 0.32), 0.6, 0, np.zeros((3, 2), np.uint8)),
+        standard_entry(_f32(0.8, 0.8, 0.8), 0.3, 1, c_labels),
     ]
     a = entries[0]
     np.testing.assert_allclose(a.segment_scores, [0.3, 0.3, 0.3], rtol=1e-6)
@@ -176,7 +173,7 @@ def test_standard_protocol_hand_computed() -> None:
     np.testing.assert_array_equal(a.proposal_scores, np.zeros(6))  # 0.3 <= 0.35: no proposal
     np.testing.assert_allclose(entries[2].proposal_scores, np.full(6, 0.8), rtol=1e-6)
     got = pooled_metrics(entries, protocol="standard")
-    # video: one pair per video, crops averaged: A 0.7 (+), B 0.6 (-), C 0.3 (+) -> 1 of 2.
+    # video: one pair per video: A 0.7 (+), B 0.6 (-), C 0.3 (+) -> 1 of 2.
     assert got["video"]["auc"] == pytest.approx(0.5) and got["video"]["n"] == 3
     # segment: positives {0.3 (A), 0.8 (C)}; negatives {0.3 x2, 0.32 x3, 0.8 x2}:
     # 0.3 -> 2 ties = 1; 0.8 -> 5 wins + 2 ties = 6; 7 / 14.
@@ -195,14 +192,14 @@ def test_standard_frame_level_equals_sklearn_on_concatenated_gt() -> None:
     rng = np.random.default_rng(7)
     entries, gt, pred = [], [], []
     for n_clips, intervals in ((12, [(3, 40), (100, 180)]), (9, []), (20, [(0, 16)])):
-        psi = rng.uniform(size=(2, n_clips)).astype(np.float32)
+        psi = rng.uniform(size=n_clips).astype(np.float32)
         labels = clip_frame_labels(intervals, start_frames=16 * np.arange(n_clips), clip_len=16)
-        entries.append(standard_entry(psi, rng.uniform(size=2), int(bool(intervals)), labels))
+        entries.append(standard_entry(psi, rng.uniform(), int(bool(intervals)), labels))
         g = np.zeros(16 * n_clips)
         for s, e in intervals:
             g[s:e] = 1
         gt.append(g)
-        pred.append(np.repeat(psi.mean(0), 16))
+        pred.append(np.repeat(psi, 16))
     got = pooled_metrics(entries, protocol="standard")
     gt, pred = np.concatenate(gt), np.concatenate(pred)
     precision, recall, _ = precision_recall_curve(gt, pred)
@@ -212,7 +209,7 @@ def test_standard_frame_level_equals_sklearn_on_concatenated_gt() -> None:
 
 
 def test_all_normal_set_warns_per_level() -> None:
-    entry = standard_entry(_f32(0.5, 0.5)[None], np.array([0.5]), 0, np.zeros((2, 16), np.uint8))
+    entry = standard_entry(_f32(0.5, 0.5), 0.5, 0, np.zeros((2, 16), np.uint8))
     with pytest.warns(UndefinedMetricWarning, match="only one class") as record:
         got = pooled_metrics([entry], protocol="standard")
     levels = {str(w.message).split(":")[0] for w in record if "only one class" in str(w.message)}
@@ -226,8 +223,8 @@ def test_entry_shape_errors_and_protocol_name() -> None:
     labels = np.zeros((4, 2), np.uint8)
     with pytest.raises(DataError, match="rows reach 5 but the video has 4 clips"):
         csl_entry(_f32(0.1, 0.2), np.array([0, 5]), 0.5, 0, labels)
-    with pytest.raises(DataError, match="wtcam has 3 clips but labels have 4"):
-        standard_entry(_f32(0.1, 0.2, 0.3)[None], np.array([0.5]), 0, labels)
+    with pytest.raises(DataError, match=r"wtcam must be \(T,\) with T = 4 clips like the labels, got \(3,\)"):
+        standard_entry(_f32(0.1, 0.2, 0.3), 0.5, 0, labels)
     with pytest.raises(ConfigError, match="protocol must be one of standard, csl"):
         pooled_metrics([], protocol="paper")
 
@@ -304,14 +301,14 @@ def test_detection_metrics_without_any_interval() -> None:
 
 def test_entries_gate_videos_and_clip_the_truth_to_the_scored_frames() -> None:
     labels = clip_frame_labels([(20, 200)], start_frames=16 * np.arange(4), clip_len=16)
-    psi = _f32(0.1, 0.9, 0.9, 0.9)[None]
-    entry = standard_entry(psi, np.array([0.7]), 1, labels, truth=[(20, 200), (300, 400)])
+    psi = _f32(0.1, 0.9, 0.9, 0.9)
+    entry = standard_entry(psi, 0.7, 1, labels, truth=[(20, 200), (300, 400)])
     d = entry.detections
     assert d.truth == ((20, 64),)  # clipped to the 4 x 16 frames, the one beyond them dropped
     (interval,) = d.intervals
     assert 8 <= interval[0] <= 16 and interval[1] == 64
     assert d.frame_flags.sum() == 64 - interval[0] and entry.proposal_scores.max() > 0.8
-    gated = standard_entry(psi, np.array([0.7]), 1, labels, video_threshold=0.75)
+    gated = standard_entry(psi, 0.7, 1, labels, video_threshold=0.75)
     assert gated.detections.intervals == () and not gated.proposal_scores.any()
     assert gated.detections.truth == ((20, 64),)  # from the labels: the run of annotated frames
     # csl: rows [0, 3, 6] are scored; a run of the compressed curve maps back through them, so

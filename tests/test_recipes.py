@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 from vadpipe.model.data import open_training_set
 from vadpipe.model.recipes import recipe_config
 from vadpipe.model.run import load_run
-from vadpipe.model.train import (TrainConfig, batches_per_epoch, epoch_batches, heldout_scores, lr_at_step,
-                                 planned_epochs, resume, train)
+from vadpipe.model.selection import heldout_scores
+from vadpipe.model.train import TrainConfig, batches_per_epoch, epoch_batches, lr_at_step, planned_epochs, resume, train
+from vadpipe.postprocess.scores import score_video
 
 from test_train import _frame_auc, _planted
 
@@ -82,25 +83,30 @@ def test_min_steps_raise_the_epochs_of_a_small_set(tmp_path: Path) -> None:
 
 
 def test_early_stopping_keeps_the_weights_with_the_lowest_heldout_loss_and_resumes(tmp_path: Path) -> None:
+    from vadpipe.errors import ConfigError
+
     _planted(tmp_path / "feats", 16, seed=2)
     data = open_training_set(tmp_path / "feats")
     heldout = [v for v in data.videos if v.startswith(("vid000", "vid001", "vid002", "vid003"))]
     trained = [v for v in data.videos if v not in heldout]
     config = TrainConfig(epochs=8, batch_size=4, lr=1e-3, early_stopping=True, select_every_steps=5, seed=4)
-    run = train(tmp_path / "feats", out_dir=tmp_path / "run", config=config, videos=trained, heldout=heldout)
+    run = train(tmp_path / "feats", out_dir=tmp_path / "run", config=config, videos=trained, heldout=heldout,
+                scorer=score_video)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     scored = {x["epoch"]: x["heldout_loss"] for x in lines if "heldout_loss" in x}
     assert sorted(scored) == [2, 4, 5, 7, 8]  # 3 steps per epoch: each epoch passing a multiple of 5 steps, the last
     selected = json.loads((run / "summary.json").read_text())["selected_epoch"]
     assert scored[selected] == min(scored.values())
     held = data.__class__(**{**data.__dict__, "items": tuple(i for i in data.items if i.video in heldout)})
-    again = heldout_scores(load_run(run).model, held, block_len=3, top_fraction=1 / 16)
+    again = heldout_scores(load_run(run).model, held, scorer=score_video, block_len=3, top_fraction=1 / 16)
     assert again["heldout_loss"] == pytest.approx(scored[selected], rel=1e-5)  # the saved weights are those
     assert json.loads((run / "config.json").read_text())["selection"]["videos"] == sorted(heldout)
 
     half = train(tmp_path / "feats", out_dir=tmp_path / "half", config=TrainConfig(**{**config.__dict__, "epochs": 5}),
-                 videos=trained, heldout=heldout)
-    resume(half, epochs=8)
+                 videos=trained, heldout=heldout, scorer=score_video)
+    with pytest.raises(ConfigError, match="needs a video scorer"):
+        resume(half, epochs=8)
+    resume(half, epochs=8, scorer=score_video)
     a, b = load_file(run / "weights.safetensors"), load_file(half / "weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((half / "summary.json").read_text())["selected_epoch"] == selected
@@ -142,7 +148,7 @@ def test_default_recipe_learns_the_planted_segments(tmp_path: Path) -> None:
     heldout = data.videos[:6]
     config = TrainConfig(**{**recipe_config("default").__dict__, "min_steps": 150, "warmup_steps": 20})
     run = train(tmp_path / "train", out_dir=tmp_path / "run", config=config,
-                videos=[v for v in data.videos if v not in heldout], heldout=heldout)
+                videos=[v for v in data.videos if v not in heldout], heldout=heldout, scorer=score_video)
     assert _frame_auc(load_run(run).model, tmp_path / "heldout", truth) > 0.9
 
 

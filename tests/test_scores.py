@@ -8,7 +8,7 @@ import torch
 
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.model.net import CSLTAL, ModelConfig
-from vadpipe.postprocess.scores import csl_rows, phase_rows, score_sequence, score_sequences
+from vadpipe.postprocess.scores import csl_rows, phase_rows, score_sequence, score_sequences, score_video
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +126,22 @@ def test_scoring_rejects_bad_input(model_and_dim) -> None:
     with pytest.raises(ConfigError, match="parity_q11 applies only to mode='csl'"):
         score_sequence(model, _features(4, dim), parity_q11=True)
     assert score_sequences(model, []) == []
+
+
+def test_a_video_averages_its_crops_weighted_tcams(model_and_dim) -> None:
+    model, dim = model_and_dim
+    crops = [_features(14, dim, seed=40 + c) for c in range(5)]
+    video = score_video(model, crops)
+    each = score_sequences(model, crops)
+    np.testing.assert_array_equal(video.wtcam, np.mean([s.wtcam for s in each], axis=0))
+    assert video.video_score == pytest.approx(np.mean([s.video_score for s in each]))
+    # not the product of the averages: that pairs one crop's attention with another's T-CAM
+    assert not np.allclose(video.wtcam, video.attention * video.tcam, rtol=1e-4)
+    one = score_video(model, crops[:1])
+    np.testing.assert_array_equal(one.wtcam, score_sequence(model, crops[0]).wtcam)  # one crop: its own curve
+    csl = score_video(model, crops, mode="csl")
+    assert len(csl.crops) == 5 and csl.rows.tolist() == [0, 3, 6, 9]
+    with pytest.raises(DataError, match=r"equal lengths, got \[13, 14\] rows"):
+        score_video(model, [crops[0], crops[1][:13]])
+    with pytest.raises(DataError, match="at least one crop"):
+        score_video(model, [])

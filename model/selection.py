@@ -1,0 +1,80 @@
+"""Early stopping on held-out training videos: what it watches, from video labels only.
+
+The curve it reads comes from a *video scorer* the caller passes in: the product's one scoring
+function, `vadpipe.postprocess.scores.score_video`, handed over by `vadpipe.calibrated_training`
+so that this stage never imports a later one and the weights are chosen on exactly the curve
+``detect`` thresholds.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .data import FeatureItem, FeatureSet, load_item
+from .losses import top_k_mean
+from .net import CSLTAL
+
+__all__ = ["HELDOUT_LOSS", "ScoredVideo", "VideoScorer", "heldout_scores"]
+
+HELDOUT_LOSS = "heldout_loss"
+
+
+class ScoredVideo(Protocol):
+    """What a video scorer returns (`vadpipe.postprocess.scores.VideoScores` satisfies it)."""
+
+    @property
+    def wtcam(self) -> np.ndarray: ...  # (T,) the video's per-clip curve, crops combined
+
+    @property
+    def video_score(self) -> float: ...
+
+
+class VideoScorer(Protocol):
+    """``scorer(model, crops, block_len=L)``: one video's curve from its crops' (T, F) features."""
+
+    def __call__(self, model: CSLTAL, crops: Sequence[np.ndarray], *, block_len: int) -> ScoredVideo: ...
+
+
+def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+
+
+def heldout_scores(model: CSLTAL, data: FeatureSet, *, scorer: VideoScorer, block_len: int,
+                   top_fraction: float) -> dict[str, float | None]:
+    """What early stopping watches (held-out training videos have no frame labels).
+
+    Every video is scored by ``scorer`` (full rate, as detect does). Per video: the *peak*, the
+    mean of the top ``top_fraction`` of its curve, and its video score. ``heldout_loss`` is the
+    class-balanced mean of BCE(peak, y) and BCE(video score, y): low when the curve rises in
+    anomalous videos and stays low in normal ones, i.e. what detect's intervals and false alarms
+    depend on. ``heldout_peak_auc`` is the AUC of the peaks (None with one class).
+    """
+    by_video: dict[str, list[FeatureItem]] = defaultdict(list)
+    for item in data.items:
+        by_video[item.video].append(item)
+    names = sorted(by_video)
+    model.eval()
+    peaks, scores = [], []
+    for name in names:
+        scored = scorer(model, [load_item(item, feature_dim=data.feature_dim) for item in by_video[name]],
+                        block_len=block_len)
+        curve = torch.from_numpy(np.ascontiguousarray(scored.wtcam, dtype=np.float32))[None]
+        peaks.append(float(top_k_mean(curve, torch.ones_like(curve, dtype=torch.bool), fraction=top_fraction)[0]))
+        scores.append(float(scored.video_score))
+    model.train()
+    y = np.array([int(by_video[n][0].label) for n in names], dtype=np.float64)
+    peak, score = np.array(peaks), np.array(scores)
+    per_video = 0.5 * (_bce(peak, y) + _bce(score, y))
+    loss = float(np.mean([per_video[y == c].mean() for c in (0, 1) if (y == c).any()]))
+    auc = None
+    if 0 < y.sum() < len(y):
+        from sklearn.metrics import roc_auc_score
+
+        auc = float(roc_auc_score(y, peak))
+    return {HELDOUT_LOSS: loss, "heldout_peak_auc": auc}
