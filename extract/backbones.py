@@ -212,10 +212,13 @@ def identify(state: Mapping[str, np.ndarray], *, claimed: str | None = None, whe
     matches = [BACKBONES[i] for i, d in diffs.items() if not d]
     if claimed is not None:
         target = get_backbone(claimed)
+        if diffs[target.id] and matches:
+            raise WeightsError(f"{where} is {matches[0].id}, not {target.id}: every tensor matches DeepMind's "
+                               f"{matches[0].checkpoint} index, and against the {target.checkpoint} index "
+                               f"{_listing(diffs[target.id], len(index_entries(target.id)))}")
         if diffs[target.id]:
-            instead = f"; it is {matches[0].id} ({matches[0].checkpoint})" if matches else ""
             raise WeightsError(f"{where} is not {target.id}: checked against DeepMind's {target.checkpoint} index, "
-                               f"{_listing(diffs[target.id], len(index_entries(target.id)))}{instead}")
+                               f"{_listing(diffs[target.id], len(index_entries(target.id)))}")
         return target
     if matches:
         return matches[0]
