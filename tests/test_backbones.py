@@ -211,3 +211,12 @@ def test_xd_violence_profile():
     assert ExtractionSettings.profile("xd-violence", decoder="pyav", precision="bf16").precision == "bf16"
     with pytest.raises(ConfigError, match="fixes crops='ten'"):
         ExtractionSettings.profile("xd-violence", crops="ten")
+
+
+def test_legacy_pytorch_format_loads_with_weights_only(tmp_path, scratch_state, isolated_cache):
+    # piergiaj's rgb_imagenet.pt dates from PyTorch 0.3: the pre-zip serialization, no num_batches_tracked
+    pt = tmp_path / "legacy.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in scratch_state.items() if not k.endswith("num_batches_tracked")},
+               pt, _use_new_zipfile_serialization=False)
+    assert pt.read_bytes()[:4] != b"PK\x03\x04"
+    assert W.resolve_backbone(pt).backbone is B.SCRATCH
