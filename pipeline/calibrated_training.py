@@ -24,6 +24,7 @@ import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.model.data import DataWarning, FeatureSet, load_item, open_training_set, parse_annotations
+from vadpipe.model.provenance import SECTION, training_backbone
 from vadpipe.model.run import Run, load_run, read_run_config, write_json
 from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
 from vadpipe.postprocess.calibration import (
@@ -45,7 +46,6 @@ from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import VideoDetections, match_intervals
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_video
-from vadpipe.provenance import SECTION, training_backbone
 
 __all__ = ["RELIABILITY_FILE", "CalibrationSpec", "train_calibrated", "resume_calibrated", "calibrate_run",
            "heldout_videos", "fixed_operating_point"]
@@ -131,7 +131,7 @@ def train_calibrated(
     ``config.seed``), the model is trained on the larger part, and `calibrate_run` chooses
     the operating point on the held-out part (written also as ``reliability.png``). Without
     it, every video is trained on and the run keeps the paper's fixed threshold. The run
-    records its features' I3D backbone (``vadpipe.provenance``): from the cache records, else
+    records its features' I3D backbone (``vadpipe.model.provenance``): from the cache records, else
     ``features_backbone`` (the user's word), else unknown, with a warning.
 
     Returns:

@@ -28,6 +28,7 @@ from vadpipe.extract.runner import (
 )
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import resolve_backbone
+from vadpipe.model.provenance import run_backbone
 from vadpipe.model.run import Run
 from vadpipe.postprocess.intervals import (
     IntervalsDocument,
@@ -38,7 +39,6 @@ from vadpipe.postprocess.intervals import (
 )
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import SequenceModel, score_video
-from vadpipe.provenance import run_backbone
 
 __all__ = ["DetectResult", "run_extraction_settings", "score_intervals", "detect_videos", "plot_video"]
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.model.data import FeatureItem, FeatureSet, load_item, parse_annotations, scan_features
+from vadpipe.model.provenance import features_backbone, run_backbone
 from vadpipe.model.run import load_run
 from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import (
@@ -247,6 +248,12 @@ def check_features_match_run(config: Mapping[str, Any], features: FeatureSet) ->
             f"the model was trained on features with extraction settings {run_key}, but "
             f"{features.root} holds features extracted with {key}; extract the test videos "
             "with the run's settings"
+        )
+    trained, given = run_backbone(config), features_backbone(features.extraction)
+    if trained is not None and given is not None and trained != given:
+        raise ConfigError(
+            f"the model was trained on {trained} features, but {features.root} holds {given} features (another "
+            f"I3D network: every feature differs); extract the test videos with --backbone {trained}"
         )
     if ((features.extraction or {}).get("settings") or {}).get("fps") is not None:
         warnings.warn(

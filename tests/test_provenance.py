@@ -56,7 +56,7 @@ def test_train_records_the_backbone_of_bare_features_only_when_told(tmp_path):
 def test_features_backbone_must_agree_with_cache_records(tmp_path):
     features = _bare_features(tmp_path / "cache")
     settings = ExtractionSettings().with_weights(SCRATCH.weights_id)
-    from vadpipe.provenance import training_backbone
+    from vadpipe.model.provenance import training_backbone
 
     extraction = {"settings": settings.to_dict(), "settings_key": settings.key()}
     assert training_backbone(extraction, stated=None, features=features) == {"id": SCRATCH.id, "source": "records"}
@@ -105,3 +105,19 @@ def test_detect_will_not_guess_the_backbone_of_a_run_that_does_not_know_it(tmp_p
     result = _detect(tmp_path, unknown, video, "--backbone", IMAGENET.id)
     assert result.exit_code == 2, result.output
     assert "data/checkpoints/rgb_imagenet" in result.stderr and "rgb_imagenet.pt" in result.stderr
+
+
+def test_evaluate_refuses_a_cache_of_another_backbone_than_the_model_s(tmp_path):
+    from dataclasses import replace
+
+    from vadpipe.errors import ConfigError
+    from vadpipe.model.data import scan_features
+    from vadpipe.postprocess.evaluate import check_features_match_run
+
+    scratch = ExtractionSettings().with_weights(SCRATCH.weights_id)
+    cache = replace(scan_features(_bare_features(tmp_path / "c")),
+                    extraction={"settings": scratch.to_dict(), "settings_key": scratch.key()})
+    imagenet_run = {"model": {"feature_dim": 1024}, "backbone": {"id": IMAGENET.id, "source": "stated"}}
+    with pytest.raises(ConfigError, match="trained on kinetics400-imagenet features, but .* holds kinetics400-scratch"):
+        check_features_match_run(imagenet_run, cache)
+    check_features_match_run({"model": {"feature_dim": 1024}, "backbone": {"id": SCRATCH.id}}, cache)

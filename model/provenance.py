@@ -3,7 +3,8 @@
 The two Kinetics-400 I3D networks (``vadpipe.extract.backbones``) give different features; a
 model trained on one and run on the other sees inputs from another network and degrades
 silently. So every run folder records its features' backbone (config section ``backbone``), and
-detect extracts only with that network and refuses to guess when it is unknown.
+detect extracts only with that network and refuses to guess when it is unknown, and evaluate
+refuses a vadpipe cache made with the other network.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from pathlib import Path
 from vadpipe.errors import ConfigError
 from vadpipe.extract.backbones import BACKBONES, DEFAULT_BACKBONE, IMAGENET
 
-__all__ = ["SECTION", "training_backbone", "run_backbone"]
+__all__ = ["SECTION", "features_backbone", "training_backbone", "run_backbone"]
 
 SECTION = "backbone"
 
 
-def _recorded(extraction: object) -> str | None:
+def features_backbone(extraction: object) -> str | None:
     """The backbone in a run's or cache's extraction settings (records written before backbones
     existed name none: they were all made with kinetics400-scratch, the only network then)."""
     if isinstance(extraction, Mapping) and isinstance(extraction.get("settings"), Mapping):
@@ -35,7 +36,7 @@ def training_backbone(extraction: Mapping | None, *, stated: str | None, feature
     """
     if stated is not None and stated not in BACKBONES:
         raise ConfigError(f"--features-backbone must be one of {', '.join(BACKBONES)}, got {stated!r}")
-    recorded = _recorded(extraction)
+    recorded = features_backbone(extraction)
     if recorded is not None:
         if stated is not None and stated != recorded:
             raise ConfigError(f"--features-backbone {stated}: the cache records of {features} say its features "
@@ -53,7 +54,7 @@ def training_backbone(extraction: Mapping | None, *, stated: str | None, feature
 
 def run_backbone(config: Mapping) -> str | None:
     """The backbone of a run's training features, or None when the run does not know it."""
-    recorded = _recorded(config.get("extraction"))
+    recorded = features_backbone(config.get("extraction"))
     if recorded is not None:
         return recorded
     section = config.get(SECTION)
