@@ -10,12 +10,18 @@ from the video's content hash, so the naming does not depend on the order of the
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
 import json
+import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +32,13 @@ from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_
 __all__ = [
     "SCHEMA_VERSION",
     "FAILURES_FILE",
+    "CacheRecord",
+    "SourceInfo",
+    "VideoMeta",
+    "ClipGeometry",
+    "ExtractorInfo",
+    "FeatureFile",
+    "RECORD_STATUSES",
     "record_checksum",
     "record_path",
     "feature_path",
@@ -33,6 +46,7 @@ __all__ = [
     "read_record",
     "iter_records",
     "entry_problem",
+    "reusable_record",
     "write_entry",
     "load_features",
     "load_frame_times",
@@ -56,58 +70,257 @@ def times_path(out_dir: Path, stem: str) -> Path:
     return Path(out_dir) / f"{stem}.times.npy"
 
 
-def record_checksum(record: dict) -> str:
+def record_checksum(record: Mapping[str, Any]) -> str:
     """sha256 of the record's content (canonical JSON, without the ``record_sha256`` key itself)."""
     body = {k: v for k, v in record.items() if k != "record_sha256"}
     return sha256_bytes(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8"))
 
 
-def read_record(path: Path) -> dict | None:
-    """The record at ``path``, or None when it is missing or not a valid vadpipe record."""
+# --------------------------------------------------------------------------- the record
+#
+# Field order below is the key order on disk: ``to_dict`` walks the fields in order, so a record
+# read and written again is the same bytes (and keeps its ``record_sha256``).
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class VideoMeta:
+    """The decoded stream: ``fps`` is the rate the clips were cut at (``native_fps`` the file's)."""
+
+    fps: float
+    native_fps: float | None = field(default=None, kw_only=True)
+    n_frames: int
+    duration_s: float
+    width: int
+    height: int
+    rotation: int
+    codec: str | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """Where each feature row's clip lies: start frame, start and end time (s), per row."""
+
+    length: int
+    stride: int
+    count: int
+    start_frames: tuple[int, ...]
+    start_s: tuple[float, ...]
+    end_s: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class ExtractorInfo:
+    """What computed the features; ``settings_key`` decides whether an entry is current."""
+
+    settings: Mapping[str, Any]
+    settings_key: str
+    weights_sha256: str
+    vadpipe_version: str
+
+
+@dataclass(frozen=True)
+class FeatureFile:
+    file: str
+    crop: int
+    sha256: str
+    shape: tuple[int, ...]
+
+
+RECORD_STATUSES = ("ok", "partial", "zero_clips")
+
+
+@dataclass(frozen=True)
+class CacheRecord:
+    """The JSON record of one video in the cache, the file the extract stage hands to the model.
+
+    ``features``, ``frame_times_file`` and ``record_sha256`` are filled in by ``write_entry``; a
+    record built before writing leaves them empty. ``error`` names the damage of a ``partial``
+    video.
+    """
+
+    schema_version: int
+    stem: str
+    source: SourceInfo
+    video: VideoMeta
+    clips: ClipGeometry
+    crops: tuple[str, ...]
+    extractor: ExtractorInfo
+    status: str
+    error: str | None
+    features: tuple[FeatureFile, ...] = ()
+    frame_times_file: str = ""
+    record_sha256: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Any, *, where: str = "cache record") -> CacheRecord:
+        """Check every field (CacheError naming the first bad one, e.g. ``clips.count``).
+
+        ``features``, ``frame_times_file`` and ``record_sha256`` may be absent (a record not yet
+        written), and so may ``video.native_fps`` and ``video.codec``; values are kept as given, so
+        ``to_dict`` reproduces a written record exactly.
+        """
+        rec = _fields(cls, data, "", where)
+        if rec.schema_version != SCHEMA_VERSION:
+            raise CacheError(f"{where}: field 'schema_version' must be {SCHEMA_VERSION}, got {rec.schema_version!r}")
+        if rec.status not in RECORD_STATUSES:
+            raise CacheError(f"{where}: field 'status' must be one of {', '.join(RECORD_STATUSES)}, "
+                             f"got {rec.status!r}")
+        clips = rec.clips
+        for name in ("start_frames", "start_s", "end_s"):
+            if len(getattr(clips, name)) != clips.count:
+                raise CacheError(f"{where}: field 'clips.{name}' lists {len(getattr(clips, name))} values "
+                                 f"for clips.count = {clips.count}")
+        return rec
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON types, keys in on-disk order."""
+        return _plain(self)
+
+    def checksum(self) -> str:
+        return record_checksum(self.to_dict())
+
+    @property
+    def intact(self) -> bool:
+        """Whether ``record_sha256`` matches the content (False for an edited or damaged record)."""
+        return self.record_sha256 == self.checksum()
+
+    @property
+    def clip_frames(self) -> np.ndarray:
+        """(count, length) int64: the frame indices of every clip."""
+        starts = np.asarray(self.clips.start_frames, dtype=np.int64).reshape(-1, 1)
+        return starts + np.arange(self.clips.length, dtype=np.int64)[None, :]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+_NUMBER = (int, float)
+
+
+def _check(value: Any, annotation: str, path: str, where: str) -> Any:
+    """``value`` converted to the field's frozen type, or CacheError naming ``path``."""
+    optional = annotation.endswith(" | None")
+    base = annotation.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    nested = _NESTED.get(base)
+    if nested is not None:
+        return _fields(nested, value, path + ".", where)
+    if base.startswith("tuple["):
+        item = base[len("tuple["):-len(", ...]")]
+        if not isinstance(value, list):
+            raise CacheError(f"{where}: field {path!r} must be a list, got {_short(value)}")
+        return tuple(_check(v, item, f"{path}[{i}]", where) for i, v in enumerate(value))
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v),
+          "str": lambda v: isinstance(v, str),
+          "Mapping[str, Any]": lambda v: isinstance(v, dict)}[base](value)
+    if not ok:
+        what = {"Mapping[str, Any]": "an object", "float": "a finite number", "int": "an integer",
+                "str": "a string"}[base]
+        raise CacheError(f"{where}: field {path!r} must be {what}{' or null' if optional else ''}, "
+                         f"got {_short(value)}")
+    return MappingProxyType(copy.deepcopy(value)) if isinstance(value, dict) else value
+
+
+def _fields(cls: type, data: Any, prefix: str, where: str) -> Any:
+    """An instance of the record dataclass ``cls`` from ``data``; fields with a default may be absent."""
+    label = prefix.rstrip(".") or "the record"
+    if not isinstance(data, dict):
+        raise CacheError(f"{where}: {label!r} must be an object, got {_short(data)}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise CacheError(f"{where}: unknown field {prefix + unknown[0]!r}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise CacheError(f"{where}: field {prefix + f.name!r} is missing")
+        values[f.name] = _check(data[f.name], f.type, prefix + f.name, where)
+    return cls(**values)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_NESTED = {"SourceInfo": SourceInfo, "VideoMeta": VideoMeta, "ClipGeometry": ClipGeometry,
+           "ExtractorInfo": ExtractorInfo, "FeatureFile": FeatureFile}
+
+
+def read_record(path: Path) -> CacheRecord | None:
+    """The record at ``path``; None when it is missing or not a vadpipe record at all (unreadable,
+    not JSON, no ``schema_version``/``stem``), CacheError naming the field when it is a damaged one."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION or "stem" not in data:
         return None
-    return data
+    return CacheRecord.from_dict(data, where=str(path))
 
 
-def iter_records(out_dir: Path) -> Iterator[dict]:
-    """Every valid record in the cache folder, sorted by stem."""
+def iter_records(out_dir: Path) -> Iterator[CacheRecord]:
+    """Every record in the cache folder, sorted by stem (CacheError for a damaged one)."""
     for path in sorted(Path(out_dir).glob("*.json")):
         rec = read_record(path)
-        if rec is not None and path.stem == rec["stem"]:
+        if rec is not None and path.stem == rec.stem:
             yield rec
 
 
-def entry_problem(out_dir: Path, record: dict | None, *, source_sha256: str, settings_key: str) -> str | None:
+def entry_problem(out_dir: Path, record: CacheRecord | None, *, source_sha256: str, settings_key: str) -> str | None:
     """Why a cache entry cannot be reused (None when it is complete, intact and current)."""
     if record is None:
         return "no record"
-    if record.get("record_sha256") != record_checksum(record):
+    if not record.intact:
         return "record altered or damaged (its record_sha256 does not match)"
+    if record.source.sha256 != source_sha256:
+        return "video content changed"
+    if record.extractor.settings_key != settings_key:
+        return "extraction settings changed"
+    count, n_frames = record.clips.count, record.video.n_frames
+    if len(record.features) != len(record.crops):
+        return "record lists fewer feature files than crops"
+    for feat in record.features:
+        path = Path(out_dir) / feat.file
+        if not path.is_file():
+            return f"{feat.file} missing"
+        if not feat.shape or feat.shape[0] != count:
+            return f"{feat.file} has {feat.shape[:1]} rows for {count} clips"
+        if sha256_file(path) != feat.sha256:
+            return f"{feat.file} corrupted (sha256 mismatch)"
+    times = _load_npy(Path(out_dir) / record.frame_times_file) if record.frame_times_file else None
+    if times is None or times.shape != (n_frames,) or not np.isfinite(times).all():
+        return f"{record.frame_times_file or 'frame times file'} missing or corrupted"
+    return None
+
+
+def reusable_record(out_dir: Path, stem: str, *, source_sha256: str, settings_key: str) -> CacheRecord | None:
+    """The entry's record when it is complete, intact and current; None when it must be computed
+    (missing, damaged, stale): the one skip check of every engine."""
     try:
-        if record["source"]["sha256"] != source_sha256:
-            return "video content changed"
-        if record["extractor"]["settings_key"] != settings_key:
-            return "extraction settings changed"
-        count, n_frames = record["clips"]["count"], record["video"]["n_frames"]
-        if len(record["features"]) != len(record["crops"]):
-            return "record lists fewer feature files than crops"
-        for feat in record["features"]:
-            path = Path(out_dir) / feat["file"]
-            if not path.is_file():
-                return f"{feat['file']} missing"
-            if feat["shape"][0] != count:
-                return f"{feat['file']} has {feat['shape'][0]} rows for {count} clips"
-            if sha256_file(path) != feat["sha256"]:
-                return f"{feat['file']} corrupted (sha256 mismatch)"
-        times = _load_npy(Path(out_dir) / record["frame_times_file"])
-        if times is None or times.shape != (n_frames,) or not np.isfinite(times).all():
-            return f"{record['frame_times_file']} missing or corrupted"
-    except (KeyError, TypeError, IndexError):
-        return "record incomplete"
+        record = read_record(record_path(out_dir, stem))
+    except CacheError:
+        return None
+    if entry_problem(out_dir, record, source_sha256=source_sha256, settings_key=settings_key) is None:
+        return record
     return None
 
 
@@ -124,10 +337,12 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_entry(out_dir: Path, record: dict, features: list[np.ndarray], frame_times: np.ndarray) -> dict:
-    """Atomically write the feature files, frame times and finally the record; returns the record."""
+def write_entry(out_dir: Path, record: CacheRecord, features: Sequence[np.ndarray],
+                frame_times: np.ndarray) -> CacheRecord:
+    """Atomically write the feature files, frame times and finally the record; returns the record
+    as written (its ``features``, ``frame_times_file`` and ``record_sha256`` filled in)."""
     out_dir = Path(out_dir)
-    stem = record["stem"]
+    stem = record.stem
     written: list[Path] = []
     try:
         entries = []
@@ -136,14 +351,15 @@ def write_entry(out_dir: Path, record: dict, features: list[np.ndarray], frame_t
             path = feature_path(out_dir, stem, crop)
             atomic_write_bytes(path, data)
             written.append(path)
-            entries.append({"file": path.name, "crop": crop, "sha256": sha256_bytes(data),
-                            "shape": list(feats.shape)})
+            entries.append(FeatureFile(file=path.name, crop=crop, sha256=sha256_bytes(data),
+                                       shape=tuple(int(n) for n in feats.shape)))
         tpath = times_path(out_dir, stem)
         atomic_write_bytes(tpath, _npy_bytes(np.asarray(frame_times, dtype=np.float64)))
         written.append(tpath)
-        record = {**record, "features": entries, "frame_times_file": tpath.name}
-        record["record_sha256"] = record_checksum(record)
-        atomic_write_text(record_path(out_dir, stem), json.dumps(record, indent=1))
+        record = dataclasses.replace(record, features=tuple(entries), frame_times_file=tpath.name,
+                                     record_sha256="")
+        record = dataclasses.replace(record, record_sha256=record.checksum())
+        atomic_write_text(record_path(out_dir, stem), json.dumps(record.to_dict(), indent=1))
     except OSError as exc:
         # no half entry: the files already renamed into place are useless without their record
         for path in written:
@@ -153,21 +369,21 @@ def write_entry(out_dir: Path, record: dict, features: list[np.ndarray], frame_t
     return record
 
 
-def load_features(out_dir: Path, record: dict, crop: int = 0, *, verify: bool = True) -> np.ndarray:
+def load_features(out_dir: Path, record: CacheRecord, crop: int = 0, *, verify: bool = True) -> np.ndarray:
     """The (T, 1024) float32 features of one crop; checks the file against the record's sha256."""
     try:
-        feat = next(f for f in record["features"] if f["crop"] == crop)
+        feat = next(f for f in record.features if f.crop == crop)
     except StopIteration:
-        raise CacheError(f"{record['stem']}: no crop {crop} in the cache (crops: {record.get('crops')})") from None
-    path = Path(out_dir) / feat["file"]
-    if verify and (not path.is_file() or sha256_file(path) != feat["sha256"]):
+        raise CacheError(f"{record.stem}: no crop {crop} in the cache (crops: {list(record.crops)})") from None
+    path = Path(out_dir) / feat.file
+    if verify and (not path.is_file() or sha256_file(path) != feat.sha256):
         raise CacheError(f"{path} is missing or corrupted (sha256 differs from its record); re-run vadpipe extract")
     return np.load(path, allow_pickle=False)
 
 
-def load_frame_times(out_dir: Path, record: dict) -> np.ndarray:
+def load_frame_times(out_dir: Path, record: CacheRecord) -> np.ndarray:
     """Presentation time (s) of every frame the clips index into, float64 (n_frames,)."""
-    return np.load(Path(out_dir) / record["frame_times_file"], allow_pickle=False)
+    return np.load(Path(out_dir) / record.frame_times_file, allow_pickle=False)
 
 
 class StemAssigner:
@@ -186,8 +402,11 @@ class StemAssigner:
         for candidate in (stem, f"{stem}-{content_sha256[:8]}"):
             owner = self._claimed.get(candidate)
             if owner is None:
-                rec = read_record(record_path(self.out_dir, candidate))
-                owner = rec["source"]["sha256"] if rec else None
+                try:
+                    rec = read_record(record_path(self.out_dir, candidate))
+                except CacheError:
+                    rec = None  # a damaged record holds no entry: whoever claims the stem rewrites it
+                owner = rec.source.sha256 if rec else None
             if owner in (None, content_sha256):
                 self._claimed[candidate] = content_sha256
                 return candidate

@@ -126,9 +126,9 @@ def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, set
     n_crops = len(settings.crop_names)
     # blocking: another process computing this video finishes it first, and then it is skipped
     with _lock(out, stem):
-        rec = cache.read_record(cache.record_path(out, stem))
-        if cache.entry_problem(out, rec, source_sha256=sha256, settings_key=settings.key()) is None:
-            return asdict(VideoResult(source, "skipped", stem, rec["clips"]["count"]))
+        rec = cache.reusable_record(out, stem, source_sha256=sha256, settings_key=settings.key())
+        if rec is not None:
+            return asdict(VideoResult(source, "skipped", stem, rec.clips.count))
         job = _Job(source=src, stem=stem, sha256=sha256, size=size)
         pending: list[np.ndarray] = []
         batches: list[tuple[Any, int]] = []  # (ObjectRef of the features, clips in the batch)
@@ -328,9 +328,9 @@ def _run(ray, sources: list[Path], out_dir: Path, settings: ExtractionSettings, 
                 continue
             # complete and current entries are skipped here, without a task (the task checks again
             # under the lock): a rerun over a finished cache starts no actor and takes no GPU
-            rec = cache.read_record(cache.record_path(out_dir, stem))
-            if cache.entry_problem(out_dir, rec, source_sha256=sha, settings_key=key) is None:
-                finished(i, VideoResult(str(source), "skipped", stem, rec["clips"]["count"]))
+            rec = cache.reusable_record(out_dir, stem, source_sha256=sha, settings_key=key)
+            if rec is not None:
+                finished(i, VideoResult(str(source), "skipped", stem, rec.clips.count))
                 continue
             computed[stem] = source
             jobs.append((i, source, stem, sha, size))

@@ -218,9 +218,9 @@ def _produce(sources: list[Path], out_dir: Path, settings: ExtractionSettings, q
         held.append(lock)
         handed_over = False
         try:
-            rec = cache.read_record(cache.record_path(out_dir, stem))
-            if cache.entry_problem(out_dir, rec, source_sha256=sha, settings_key=key) is None:
-                return put(("skip", source, stem, rec["clips"]["count"]))
+            rec = cache.reusable_record(out_dir, stem, source_sha256=sha, settings_key=key)
+            if rec is not None:
+                return put(("skip", source, stem, rec.clips.count))
             job = _Job(source=source, stem=stem, sha256=sha, size=source.stat().st_size, lock=lock)
             computed[stem] = source
             handed_over = decode(job, settings, put, stop)  # the writer releases it after writing
@@ -300,32 +300,32 @@ def _damage(summary: str | None) -> str:
     return f" ({summary})" if summary else ""
 
 
-def _record(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: str | None) -> dict:
+def _record(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: str | None) -> cache.CacheRecord:
     n = len(times)
     info = job.info
     step = float(times[-1] - times[-2]) if n > 1 else (1.0 / settings.fps if settings.fps else
                                                       (1.0 / info.fps if info.fps else 0.0))
     duration = float(times[-1] + step)
     L = settings.clip_len
-    starts = job.clip_starts
+    starts = tuple(job.clip_starts)
     count = len(starts)
     status = "zero_clips" if count == 0 else ("partial" if damage else "ok")
-    return {
-        "schema_version": cache.SCHEMA_VERSION,
-        "stem": job.stem,
-        "source": {"path": str(job.source), "size": job.size, "sha256": job.sha256},
-        "video": {"fps": float(settings.fps or info.fps), "native_fps": info.fps, "n_frames": n,
-                  "duration_s": duration, "width": info.width, "height": info.height,
-                  "rotation": info.rotation, "codec": info.codec},
-        "clips": {"length": L, "stride": settings.stride, "count": count, "start_frames": starts,
-                  "start_s": [float(times[s]) for s in starts],
-                  "end_s": [float(times[s + L]) if s + L < n else duration for s in starts]},
-        "crops": settings.crop_names,
-        "extractor": {"settings": settings.to_dict(), "settings_key": settings.key(),
-                      "weights_sha256": settings.weights_sha256, "vadpipe_version": __version__},
-        "status": status,
-        "error": damage,
-    }
+    return cache.CacheRecord(
+        schema_version=cache.SCHEMA_VERSION,
+        stem=job.stem,
+        source=cache.SourceInfo(path=str(job.source), size=job.size, sha256=job.sha256),
+        video=cache.VideoMeta(fps=float(settings.fps or info.fps), native_fps=info.fps, n_frames=n,
+                              duration_s=duration, width=info.width, height=info.height,
+                              rotation=info.rotation, codec=info.codec),
+        clips=cache.ClipGeometry(length=L, stride=settings.stride, count=count, start_frames=starts,
+                                 start_s=tuple(float(times[s]) for s in starts),
+                                 end_s=tuple(float(times[s + L]) if s + L < n else duration for s in starts)),
+        crops=tuple(settings.crop_names),
+        extractor=cache.ExtractorInfo(settings=settings.to_dict(), settings_key=settings.key(),
+                                      weights_sha256=settings.weights_sha256, vadpipe_version=__version__),
+        status=status,
+        error=damage,
+    )
 
 
 def _progress(enabled: bool):
@@ -479,7 +479,7 @@ def _finish(job: _Job, settings: ExtractionSettings, times: np.ndarray, damage: 
         cache.write_entry(out_dir, record, [stacked[:, c] for c in range(n_crops)], times)
     except CacheError as exc:
         raise CacheError(f"{exc}; stopped (finished videos are kept: run the same command again to resume)") from exc
-    return VideoResult(str(job.source), record["status"], job.stem, record["clips"]["count"], damage)
+    return VideoResult(str(job.source), record.status, job.stem, record.clips.count, damage)
 
 
 def load_encoder(settings: ExtractionSettings, *, weights: Path | None = None,

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vadpipe.errors import CacheError, DataError
-from vadpipe.extract.cache import iter_records
+from vadpipe.extract.cache import CacheRecord, iter_records
 from vadpipe.extract.fileio import sha256_bytes
 
 __all__ = [
@@ -177,36 +177,34 @@ def _warn_empty(empty: list[str], root: Path) -> None:
                       stacklevel=3)
 
 
-def _scan_cache(root: Path, records: list[dict], crops: Sequence[int] | None) -> FeatureSet:
+def _scan_cache(root: Path, records: list[CacheRecord], crops: Sequence[int] | None) -> FeatureSet:
     items: list[FeatureItem] = []
     widths: dict[Path, int] = {}
     empty: list[str] = []
     partial: list[str] = []
     settings: dict[str, dict] = {}
     for rec in records:
-        stem = rec["stem"]
-        if rec.get("status") == "zero_clips" or not rec.get("features"):
+        stem = rec.stem
+        if rec.status == "zero_clips" or not rec.features:
             empty.append(stem)
             continue
-        if rec.get("status") == "partial":
+        if rec.status == "partial":
             partial.append(stem)
-        available = {int(f["crop"]): f for f in rec["features"]}
+        available = {f.crop: f for f in rec.features}
         wanted = sorted(available) if crops is None else list(crops)
         missing = [c for c in wanted if c not in available]
         if missing:
             raise DataError(f"{stem}: crop(s) {missing} not in the cache (it has {sorted(available)}); "
                             "choose --crops among those")
-        extractor = rec.get("extractor") or {}
-        key = extractor.get("settings_key")
-        settings.setdefault(key, {"settings": extractor.get("settings"), "settings_key": key})
-        source_path = (rec.get("source") or {}).get("path")
-        source = Path(source_path) if source_path else None
+        key = rec.extractor.settings_key
+        settings.setdefault(key, {"settings": dict(rec.extractor.settings), "settings_key": key})
+        source = Path(rec.source.path) if rec.source.path else None
         for crop in wanted:
             entry = available[crop]
-            path = root / entry["file"]
+            path = root / entry.file
             if not path.is_file():
                 raise CacheError(f"{path} is missing (listed in {stem}.json); re-run vadpipe extract")
-            array = _read_checked(path, expected_sha256=entry.get("sha256"))
+            array = _read_checked(path, expected_sha256=entry.sha256)
             if array.shape[0] == 0:
                 empty.append(path.name)
                 continue

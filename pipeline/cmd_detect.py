@@ -93,8 +93,9 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
                           for r in result.too_short]
                          + [{"source": r.source, "reason": r.error} for r in result.failed])
     damaged = [r for r in result.extract_report.results if r.status == "partial"
-               or (r.status == "skipped" and (result.records.get(r.source) or {}).get("status") == "partial")]
-    doc["damaged"] = [{"source": r.source, "damage": r.error or result.records[r.source].get("error")}
+               or (r.status == "skipped" and r.source in result.records
+                   and result.records[r.source].status == "partial")]
+    doc["damaged"] = [{"source": r.source, "damage": r.error or result.records[r.source].error}
                       for r in damaged]
     if out is not None:
         text = json.dumps(doc, indent=2, allow_nan=False)
@@ -124,7 +125,7 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
         if plot is not None:
             record = result.records[video.source]
             single = plot.suffix.lower() == ".png" and len(result.document.videos) == 1
-            target = plot if single else plot / f"{record['stem']}.png"
+            target = plot if single else plot / f"{record.stem}.png"
             plot_video(target, video, record, cache_dir, threshold=op.threshold, low=op.low, high=op.high,
                        ground_truth_frames=truth.get(Path(video.source).stem, []) if annotations else None)
     if annotations:

@@ -106,7 +106,7 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
     plots = []
     for video in detection.document.videos:
         record = detection.records[video.source]
-        plots.append(plot_video(root / "plots" / f"{record['stem']}.png", video, record, features["test"],
+        plots.append(plot_video(root / "plots" / f"{record.stem}.png", video, record, features["test"],
                                 threshold=op.threshold, low=op.low, high=op.high,
                                 ground_truth_frames=truth.get(Path(video.source).stem, [])))
     return DemoReport(root=root, dataset=dataset, extract=reports, run_dir=run_dir, metrics=metrics,

@@ -49,7 +49,7 @@ class DetectResult:
     extract_report: ExtractReport
     too_short: list[VideoResult] = field(default_factory=list)
     failed: list[VideoResult] = field(default_factory=list)
-    records: dict[str, dict] = field(default_factory=dict)  # source -> cache record
+    records: dict[str, cache.CacheRecord] = field(default_factory=dict)  # source -> cache record
 
 
 def run_extraction_settings(run: Run, *, backbone: str | None = None, **requested) -> ExtractionSettings:
@@ -168,28 +168,28 @@ def detect_videos(
         record = cache.read_record(cache.record_path(cache_dir, r.stem))
         if record is None:
             raise CheckpointError(f"cache record of {r.source} vanished from {cache_dir} during the run")
-        if record["clips"]["count"] == 0:
+        if record.clips.count == 0:
             result.too_short.append(r)
             continue
-        crops = [cache.load_features(cache_dir, record, c) for c in range(len(record["crops"]))]
+        crops = [cache.load_features(cache_dir, record, c) for c in range(len(record.crops))]
         videos.append(score_intervals(
             run.model, crops, source=r.source, block_len=block_len,
-            start_frames=np.asarray(record["clips"]["start_frames"]), clip_len=record["clips"]["length"],
-            frame_times_s=cache.load_frame_times(cache_dir, record), duration_s=record["video"]["duration_s"],
-            fps=record["video"]["fps"], operating_point=operating_point))
+            start_frames=np.asarray(record.clips.start_frames), clip_len=record.clips.length,
+            frame_times_s=cache.load_frame_times(cache_dir, record), duration_s=record.video.duration_s,
+            fps=record.video.fps, operating_point=operating_point))
         result.records[r.source] = record
     result.document = replace(result.document, videos=tuple(videos))
     return result
 
 
-def plot_video(path: Path, video: VideoIntervals, record: dict, cache_dir: Path, *, threshold: float,
+def plot_video(path: Path, video: VideoIntervals, record: cache.CacheRecord, cache_dir: Path, *, threshold: float,
                low: float, high: float, ground_truth_frames: list[tuple[int, int]] | None = None) -> Path:
     """Score curves at frame rate over real time, detected intervals, and ground truth if known."""
     from vadpipe.postprocess.plot import plot_scores
 
     clip_len = video.clip_len
     times = cache.load_frame_times(cache_dir, record)
-    starts = np.asarray(record["clips"]["start_frames"])
+    starts = np.asarray(record.clips.start_frames)
     frame_idx = (starts[:, None] + np.arange(clip_len)[None]).reshape(-1)
     def curve(name: str, low: float, high: float) -> np.ndarray:
         values = np.array([getattr(c, name) for c in video.clips], dtype=np.float32)
@@ -199,7 +199,7 @@ def plot_video(path: Path, video: VideoIntervals, record: dict, cache_dir: Path,
               "wtcam": curve("wtcam", low, high)}
     gt = None
     if ground_truth_frames is not None:
-        end = record["video"]["duration_s"]
+        end = record.video.duration_s
         gt = [frame_span_to_seconds(min(s, len(times) - 1), min(e, len(times)), frame_times_s=times,
                                     video_end_s=end) for s, e in ground_truth_frames if s < len(times)]
     return plot_scores(path, times_s=times[frame_idx], curves=curves, threshold=threshold,

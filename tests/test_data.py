@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vadpipe.errors import CacheError, DataError
-from vadpipe.extract.cache import write_entry
+from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.data import (
     DataWarning,
     labels_from_annotations,
@@ -31,7 +31,7 @@ def real_annotations() -> Path:
 
 
 def _cache_entry(cache: Path, stem: str, source: str, *, n_clips: int = 6, n_crops: int = 1, dim: int = 8,
-                 settings_key: str = "key1", seed: int = 0) -> dict:
+                 settings_key: str = "key1", seed: int = 0) -> CacheRecord:
     """One cache entry written by the extraction stage's own writer (record format of contracts.md)."""
     rng = np.random.default_rng(seed)
     feats = [rng.random((n_clips, dim), dtype=np.float32) for _ in range(n_crops)]
@@ -47,7 +47,7 @@ def _cache_entry(cache: Path, stem: str, source: str, *, n_clips: int = 6, n_cro
                       "weights_sha256": "w", "vadpipe_version": "0.1.0"},
         "status": "ok" if n_clips else "zero_clips", "error": None,
     }
-    return write_entry(cache, record, feats, np.arange(16 * n_clips + 3) / 25.0)
+    return write_entry(cache, CacheRecord.from_dict(record), feats, np.arange(16 * n_clips + 3) / 25.0)
 
 
 def test_cache_labels_from_folder_names_and_suffix(tmp_path: Path) -> None:

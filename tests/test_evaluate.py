@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.extract.cache import write_entry
+from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.data import DataWarning, scan_features
 from vadpipe.postprocess.evaluate import (
     check_features_match_run,
@@ -202,11 +202,11 @@ def test_cache_folder_uses_record_clip_geometry(tmp_path) -> None:
     # Clips start at frame 3: the labels must follow the record's start frames.
     intervals = [(3 + 16 * 5, 3 + 16 * 9)]
     rec, times = _cache_record("fight-0123abcd", 12, start=3, source="fight")
-    write_entry(cache, rec, [_oracle_features(12, intervals, start=3)], times)
+    write_entry(cache, CacheRecord.from_dict(rec), [_oracle_features(12, intervals, start=3)], times)
     rec, times = _cache_record("calm", 10, start=3)
-    write_entry(cache, rec, [_oracle_features(10, [], start=3)], times)
+    write_entry(cache, CacheRecord.from_dict(rec), [_oracle_features(10, [], start=3)], times)
     rec, times = _cache_record("empty", 0, start=0)
-    write_entry(cache, rec, [], times)
+    write_entry(cache, CacheRecord.from_dict(rec), [], times)
     with pytest.warns(DataWarning, match="skipped 1 feature file"):
         features = scan_features(cache, split="test")
     videos = group_videos(features)

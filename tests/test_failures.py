@@ -348,8 +348,8 @@ def test_damaged_records_and_frame_times_are_recomputed(bad, i3d_cpu, tmp_path):
     times.write_bytes(times.read_bytes()[:-24])  # truncated frame times
     for problem in ("record altered", "times.npy missing or corrupted"):
         recs = [cache.read_record(cache_dir / f"{s}.json") for s in stem.values()]
-        assert any(problem in (cache.entry_problem(cache_dir, r, source_sha256=r["source"]["sha256"],
-                                                   settings_key=r["extractor"]["settings_key"]) or "")
+        assert any(problem in (cache.entry_problem(cache_dir, r, source_sha256=r.source.sha256,
+                                                   settings_key=r.extractor.settings_key) or "")
                    for r in recs if r)
     report = extract_paths([videos / name for name in stem], out_dir=cache_dir, encoder=encoder, progress=False,
                            settings=ExtractionSettings().with_weights(ident))

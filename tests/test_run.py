@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from vadpipe.cli import main
 from vadpipe.errors import CheckpointError
-from vadpipe.extract.cache import write_entry
+from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import (
     latest_run,
@@ -166,13 +166,18 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
     rng = np.random.default_rng(1)
     for i, folder in enumerate(["normal", "anomalous", "normal", "abnormal"]):
         n_clips = 5 + i
-        record = {"schema_version": 1, "stem": f"clip{i}", "source": {"path": f"/videos/{folder}/clip{i}.mp4"},
-                  "clips": {"length": 16, "stride": 16, "count": n_clips,
-                            "start_frames": list(range(0, 16 * n_clips, 16))},
+        starts = list(range(0, 16 * n_clips, 16))
+        record = {"schema_version": 1, "stem": f"clip{i}",
+                  "source": {"path": f"/videos/{folder}/clip{i}.mp4", "size": 1, "sha256": f"{i}" * 64},
+                  "video": {"fps": 25.0, "n_frames": 16 * n_clips, "duration_s": 0.64 * n_clips,
+                            "width": 64, "height": 48, "rotation": 0},
+                  "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": starts,
+                            "start_s": [s / 25 for s in starts], "end_s": [(s + 16) / 25 for s in starts]},
                   "crops": ["center"], "status": "ok", "error": None,
-                  "extractor": {"settings": {"clip_len": 16}, "settings_key": "abc123"}}
+                  "extractor": {"settings": {"clip_len": 16}, "settings_key": "abc123",
+                                "weights_sha256": "w", "vadpipe_version": "0.1.0"}}
         features = [rng.random((n_clips, DIM), dtype=np.float32)]
-        write_entry(workspace / "features", record, features, np.arange(16 * n_clips) / 25)
+        write_entry(workspace / "features", CacheRecord.from_dict(record), features, np.arange(16 * n_clips) / 25)
     result = runner.invoke(main, ["train"])  # the default recipe on 4 tiny videos
     assert result.exit_code == 0, result.output
     run_dir = Path(result.stdout.strip().splitlines()[-1])
