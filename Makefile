@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast bench bench-long lint
+.PHONY: setup setup-browser demo test test-fast bench bench-long bench-report lint
 
 setup: $(VENV)/.installed
 
@@ -15,6 +15,13 @@ $(VENV)/.installed: pyproject.toml
 	# decord is an optional second decoding backend; its tests skip where no wheel exists
 	-$(PY) -m pip install -q 'decord>=0.6'
 	touch $@
+
+# the report tests drive Debian's chromium with Playwright (never `playwright install`: no browser download)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+setup-browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		$(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
 
 demo: setup
 	$(VENV)/bin/vadpipe demo
@@ -33,6 +40,10 @@ lint: setup
 
 bench: setup
 	$(PY) bench/extract.py
+
+# vadpipe report on 100 generated videos against the detect that scored them; the README's screenshot
+bench-report: setup setup-browser
+	$(PY) bench/report.py
 
 # weak supervision on few, long videos: paper vs default recipe (~25 min on 2 CPU cores the first time)
 bench-long: setup

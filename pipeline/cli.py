@@ -75,3 +75,7 @@ main.add_command(train)
 from vadpipe.cmd_demo import demo  # noqa: E402
 
 main.add_command(demo)
+
+from vadpipe.cmd_report import report  # noqa: E402
+
+main.add_command(report)

@@ -42,7 +42,9 @@ def _unit_interval(ctx, param, value):
 @click.option("--plot", "plot", type=click.Path(path_type=Path), default=None,
               help="PNG file (one video) or folder (one <video>.png each) of score curves and intervals.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Ground truth to draw on the plots (XD-Violence annotations.txt format, frame intervals).")
+              help="Ground truth to draw on the plots and the report (XD-Violence annotations.txt format, frame intervals).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write a review folder here (as vadpipe report with its defaults: proxies where needed).")
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Feature cache to reuse and fill [default: the workspace's features/].")
 @click.option("--crops", type=click.Choice(CROP_MODES), default=None, help="Must match the model's training features (refused otherwise).")
@@ -58,7 +60,7 @@ def _unit_interval(ctx, param, value):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, threshold: float | None,
            video_threshold: float | None, min_duration: float, merge_gap: float, plot: Path | None,
-           annotations: Path | None,
+           annotations: Path | None, report_dir: Path | None,
            cache_dir: Path | None, crops: str | None, clip_len: int | None, fps: float | None,
            weights: Path | None, backbone: str | None, device: str, batch_size: int, quiet: bool) -> None:
     """Find the anomalous time intervals of videos (files or folders) with a trained model.
@@ -77,6 +79,8 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
     truth = parse_annotations(annotations) if annotations else {}  # a bad file fails before any work
     if out is not None and str(out) != "-":
         check_output_file(out)  # an unwritable --out fails now, not after the extraction
+    if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
+        raise click.BadParameter(f"{report_dir} exists and is not a folder", param_hint="--report")
     run = load_run(model_dir or latest_run(runs_dir()))
     settings = run_extraction_settings(run, backbone=backbone, crops=crops, clip_len=clip_len, fps=fps)
     # The run's calibrated operating point (video gate, curve threshold, score calibrations), or --threshold's.
@@ -135,6 +139,11 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
                 click.secho(f"warning: {annotations}: {Path(video.source).stem} has {len(beyond)} interval(s) "
                             f"beyond its {video.n_frames} frames, e.g. {list(beyond[0])}; drawn clipped",
                             fg="yellow", err=True)
+    if report_dir is not None:
+        from vadpipe.cmd_report import write_report
+
+        write_report(doc, report_dir, doc_path=out if out is not None and str(out) != "-" else None,
+                     annotations=annotations, proxy="auto", copy_sources=False, quiet=quiet)
     for r in result.too_short:
         click.secho(f"{shown(r.source)}: too short (fewer frames than one clip), not scored", fg="yellow", err=True)
     for r in result.failed:

@@ -102,6 +102,22 @@ def test_detect_maps_variable_frame_rate_times_from_timestamps(trained, tmp_path
     assert entry["duration_s"] == pytest.approx(times[-1] + (times[-1] - times[-2]))
 
 
+def test_detect_report_writes_a_review_folder_of_the_same_videos(trained, tmp_path):
+    ds, feats, run, _ = trained
+    out, review = tmp_path / "intervals.json", tmp_path / "review"
+    result = _ok(CliRunner().invoke(main, [
+        "detect", str(ds.split_dir("test")), "--model", str(run), "--cache", str(feats["test"]),
+        "--out", str(out), "--report", str(review), "--annotations", str(ds.annotations_path), "-q"]))
+    doc = json.loads(out.read_text())
+    text = (review / "index.html").read_text()
+    index = json.loads(text.split('type="application/json">', 1)[1].split("</script>", 1)[0])
+    assert [v["source"] for v in index["videos"]] == [v["source"] for v in doc["videos"]]
+    for v in index["videos"]:  # synth writes H.264 4:2:0 MP4: linked, no proxy; a thumbnail per interval
+        assert v["media_kind"] == "source" and len(v["thumbs"]) == max(1, v["n_intervals"])
+        assert (review / v["page"]).is_file()
+    assert index["report"]["has_truth"] and "report:" in result.stderr
+
+
 def test_detect_refuses_settings_the_model_was_not_trained_with(trained, make_video, tmp_path):
     _, _, run, _ = trained
     video = make_video("x.mp4", n_frames=16)
