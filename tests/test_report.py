@@ -47,7 +47,7 @@ def _scored(path: Path, wtcam: list[float]) -> dict:
     assert n_clips == len(wtcam), (path, n_clips)
     scores = np.array(wtcam, dtype=np.float32)
     video = build_video_intervals(
-        source=str(path), attention=np.ones(n_clips, np.float32), tcam=scores, video_score=float(scores.max()),
+        source=str(path), attention=np.ones(n_clips, np.float32), tcam=scores, wtcam=scores, video_score=float(scores.max()),
         start_frames=np.arange(n_clips) * CLIP, clip_len=CLIP, frame_times_s=times,
         duration_s=end_time_s(times), fps=info.fps)
     return document_to_dict(IntervalsDocument(videos=(video,), operating_point=OperatingPoint()))["videos"][0]
