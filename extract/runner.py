@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from . import cache
 from .decode import VIDEO_EXTENSIONS, open_frames
 from .fileio import check_writable, remove_stale_temps, sha256_file
 from .i3d import FEATURE_DIM, InceptionI3d
-from .inference import AUTOCAST_DTYPES, inference_network
+from .inference import inference_network
 from .settings import ExtractionSettings
 from .transforms import crop_clip, resize_frame, to_unit_range
 from .weights import load_i3d
@@ -137,26 +136,19 @@ def select_device(name: str | None = None) -> torch.device:
 class ClipEncoder:
     """I3D on one device: uint8 crops (N, 3, T, S, S) -> (N, 1024) float32 features.
 
-    What each precision means on each device, BatchNorm folding and the memory format are decided
-    in ``inference.inference_network``. On CUDA the uint8 batch goes through pinned memory with a
-    non-blocking copy and is scaled on the device (4x less to transfer than float32).
+    What each precision and runtime mean on each device, BatchNorm folding and the memory format
+    are decided in ``inference.inference_network``.
     """
 
-    def __init__(self, model: InceptionI3d, device: torch.device, precision: str = "fp32") -> None:
+    def __init__(self, model: InceptionI3d, device: torch.device, precision: str = "fp32", *,
+                 runtime: str = "torch") -> None:
         self.device = device
         self.precision = precision
-        self.model, self._input_dtype = inference_network(model, device, precision)
-        self._autocast = AUTOCAST_DTYPES.get(precision) if device.type == "cuda" else None
+        self.runtime = runtime
+        self._network = inference_network(model, device, precision, runtime=runtime)
 
-    @torch.inference_mode()
     def __call__(self, clips: torch.Tensor) -> np.ndarray:
-        if self.device.type == "cuda":
-            clips = clips.pin_memory().to(self.device, non_blocking=True)
-        x = to_unit_range(clips).to(self._input_dtype).contiguous(memory_format=torch.channels_last_3d)
-        ctx = torch.autocast("cuda", dtype=self._autocast) if self._autocast else nullcontext()
-        with ctx:
-            feats = self.model.forward_features(x)
-        return feats.float().cpu().numpy()
+        return self._network(clips)
 
 
 @dataclass
@@ -487,7 +479,8 @@ def load_encoder(settings: ExtractionSettings, *, weights: Path | None = None,
     """I3D on the chosen device, and ``settings`` stamped with the identity of the weights loaded."""
     dev = select_device(device)
     model, weights_id = load_i3d(weights, device=dev, backbone=settings.backbone)
-    return ClipEncoder(model, dev, settings.precision), settings.with_weights(weights_id)
+    return (ClipEncoder(model, dev, settings.precision, runtime=settings.runtime),
+            settings.with_weights(weights_id))
 
 
 def discover_inputs(inputs: Iterable[Path], out_dir: Path) -> tuple[list[Path], list[VideoResult]]:

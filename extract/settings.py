@@ -11,17 +11,18 @@ from vadpipe.errors import ConfigError
 
 from .backbones import BACKBONES, DEFAULT_BACKBONE, IMAGENET
 
-__all__ = ["ExtractionSettings", "CROP_MODES", "DECODERS", "PRECISIONS", "PROFILES", "crop_names",
+__all__ = ["ExtractionSettings", "CROP_MODES", "DECODERS", "PRECISIONS", "PROFILES", "RUNTIMES", "crop_names",
            "backbone_of_weights"]
 
 CROP_MODES = ("center", "five", "ten")
 DECODERS = ("pyav", "decord")
 PRECISIONS = ("fp32", "bf16", "fp16")
+RUNTIMES = ("torch", "openvino")  # extract/inference.py runs the network with each
 _FIVE = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 # Fields added after the first caches were written: at these values they stay out of the key, so
 # those caches keep their key (they were all made with the scratch network, no frame dropped).
-_LATER_FIELDS = {"backbone": DEFAULT_BACKBONE, "drop_last_frame": False}
+_LATER_FIELDS = {"backbone": DEFAULT_BACKBONE, "drop_last_frame": False, "runtime": "torch"}
 
 # Named settings. xd-violence: what is known of the released XD-Violence I3D features (README,
 # "Weights"): the ImageNet-inflated network, five crops with the centre first, 16-frame
@@ -53,7 +54,9 @@ class ExtractionSettings:
     ``fps=None`` keeps the native frame rate (as the published feature sets do). The trailing
     frames that do not fill a whole clip are dropped; ``drop_last_frame`` also ignores the
     video's very last frame (the XD-Violence release does). ``backbone`` names the I3D network
-    and ``weights_sha256`` its verified weights (``Backbone.weights_id``).
+    and ``weights_sha256`` its verified weights (``Backbone.weights_id``). ``runtime`` runs the
+    network (``torch``, or ``openvino`` on CPUs): its features agree with torch's to float
+    rounding, but not bit for bit, so it is part of the key like ``precision``.
     """
 
     clip_len: int = 16
@@ -67,6 +70,7 @@ class ExtractionSettings:
     weights_sha256: str = ""
     backbone: str = DEFAULT_BACKBONE
     drop_last_frame: bool = False
+    runtime: str = "torch"
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -85,6 +89,7 @@ class ExtractionSettings:
             ("crops", self.crops, CROP_MODES),
             ("decoder", self.decoder, DECODERS),
             ("precision", self.precision, PRECISIONS),
+            ("runtime", self.runtime, RUNTIMES),
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")

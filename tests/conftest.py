@@ -80,14 +80,21 @@ def make_video(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def i3d_cpu():
-    """(ClipEncoder on CPU, weights id) with the real Kinetics-400 weights (fetched once, then cached)."""
+def i3d_model():
+    """(InceptionI3d as loaded, weights id): the real Kinetics-400 weights (fetched once, then cached)."""
+    from vadpipe.extract.weights import load_i3d
+
+    return load_i3d(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def i3d_cpu(i3d_model):
+    """(ClipEncoder on CPU in fp32, weights id) over ``i3d_model``."""
     import torch
 
     from vadpipe.extract.runner import ClipEncoder
-    from vadpipe.extract.weights import load_i3d
 
-    model, ident = load_i3d(device="cpu")
+    model, ident = i3d_model
     return ClipEncoder(model, torch.device("cpu"), "fp32"), ident
 
 

@@ -31,11 +31,11 @@ def test_endpoint_shapes_for_a_16_frame_clip():
 
 
 @pytest.fixture(scope="module")
-def reference_run(shared_dir, i3d_cpu):
+def reference_run(shared_dir, i3d_model):
     ref = shared_dir / "reference" / "i3d"
     u8 = np.load(ref / "clip_uint8.npy")  # (16, 224, 224, 3)
     x = to_unit_range(torch.from_numpy(u8).permute(3, 0, 1, 2)[None])
-    model = i3d_cpu[0].model
+    model = i3d_model[0]
     with torch.inference_mode():
         eps = model.forward_endpoints(x.contiguous(memory_format=torch.channels_last_3d))
         logits = model.forward_head(eps["Mixed_5c"].mean(dim=(2, 3, 4)))
@@ -76,10 +76,10 @@ def test_top5_classes_match_reference(reference_run):
 
 
 @pytest.mark.slow
-def test_forward_is_head_of_features_and_matches_reference_logits(shared_dir, i3d_cpu):
+def test_forward_is_head_of_features_and_matches_reference_logits(shared_dir, i3d_model):
     ref = shared_dir / "reference" / "i3d"
     x = to_unit_range(torch.from_numpy(np.load(ref / "clip_uint8.npy")).permute(3, 0, 1, 2)[None])
-    model = i3d_cpu[0].model
+    model = i3d_model[0]
     with torch.inference_mode():
         logits = model.forward_head(model.forward_features(x))
         assert torch.equal(logits, model(x))
