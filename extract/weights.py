@@ -234,6 +234,8 @@ def _tf_prefix(path: Path) -> Path | None:
     for suffix in (INDEX_SUFFIX, DATA_SUFFIX):
         if path.name.endswith(suffix):
             return Path(str(path)[: -len(suffix)])
+    if not path.exists() and Path(str(path) + INDEX_SUFFIX).is_file():
+        return path  # the bundle prefix itself, as TensorFlow names a checkpoint (.../model.ckpt)
     return None
 
 
@@ -296,8 +298,6 @@ def _obtain(path: Path | None, backbone: str | None) -> tuple[ResolvedWeights, d
         path = Path(os.environ[ENV_WEIGHTS])
     if path is not None:
         path = Path(path).expanduser()
-        if not path.exists():
-            raise WeightsError(f"weights file not found: {path}")
         state = read_weight_file(path)
         found = identify(state, claimed=backbone, where=str(path))
         if path.suffix != ".safetensors":  # converted once; later runs find it in the cache

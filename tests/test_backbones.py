@@ -100,7 +100,7 @@ def test_deepmind_folder_and_piergiaj_pt_load_verify_and_identify_as_scratch(
                pt)
     clips = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 16, 224, 224), dtype=np.uint8))
     today = i3d_cpu[0](clips)  # today's features: the cached weights through the extractor's encoder
-    for source in (folder, folder / "model.ckpt.index", pt):
+    for source in (folder, folder / "model.ckpt.index", folder / "model.ckpt", pt):
         found = W.resolve_backbone(source)
         assert found.backbone is B.SCRATCH and found.weights_id == SCRATCH_ID
         assert found.path == isolated_cache / B.SCRATCH.cache_name  # converted once into the cache
