@@ -263,15 +263,15 @@ def _decode_video(job: _Job, settings: ExtractionSettings, put, stop: threading.
         times: list[float] = []
         window: deque = deque(maxlen=settings.clip_len)
         next_start = 0
-        held = None  # drop_last_frame: a clip waits for the next frame (it must not end on the video's last)
+        pending = None  # drop_last_frame: a clip waits for the next frame (it must not end on the video's last)
         for frame in frames:
             if stop.is_set():
                 return False
             times.append(frame.time_s)
-            if held is not None:
-                if not put(held):
+            if pending is not None:
+                if not put(pending):
                     return False
-                held = None
+                pending = None
             if frame.index < next_start:
                 continue  # stride > clip_len: frame between clips
             window.append(resize_frame(frame.rgb, settings.resize_short))
@@ -279,7 +279,7 @@ def _decode_video(job: _Job, settings: ExtractionSettings, put, stop: threading.
                 clip = ("clip", job, next_start, crop_clip(torch.stack(list(window)), settings.crop_size,
                                                            settings.crops))
                 if settings.drop_last_frame:
-                    held = clip
+                    pending = clip
                 elif not put(clip):
                     return False
                 next_start += settings.stride
