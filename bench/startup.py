@@ -3,8 +3,9 @@
 Usage:
   python bench/startup.py [--video ../shared/media/bikes.mp4] [--runs 3]
 
-Each run is a fresh Python process that times, in order: ``import torch``, ``import torchvision``
-(the preprocessing's transforms v2), the rest of vadpipe's extraction imports, reading and
+Each run is a fresh Python process that times, in order: ``import torch``, vadpipe's extraction
+imports (and says whether they pulled in torchvision, which costs ~2 CPU s and which
+extraction no longer needs; ``--torchvision`` imports it first to show the old cost), reading and
 verifying the weights (safetensors + sha256), preparing the network (BatchNorm folding,
 channels-last), opening the video and preprocessing the first clip, and the first batch of one
 clip through the network (oneDNN creates its kernels then). It also times the whole
@@ -33,7 +34,8 @@ marks = []
 def mark(name):
     marks.append((name, time.perf_counter(), time.process_time()))
 import torch; mark("import torch")
-import torchvision.transforms.v2; mark("import torchvision")
+if "--torchvision" in sys.argv:
+    import torchvision.transforms.v2; mark("import torchvision")
 from pathlib import Path
 from vadpipe.extract.decode import open_frames
 from vadpipe.extract.runner import ClipEncoder
@@ -54,7 +56,7 @@ prev_t, prev_c = t0, c0
 out = []
 for name, t, c in marks:
     out.append((name, t - prev_t, c - prev_c)); prev_t, prev_c = t, c
-print(json.dumps(out))
+print(json.dumps({"phases": out, "torchvision_imported": "torchvision" in sys.modules}))
 """
 
 
@@ -62,12 +64,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", type=Path, default=REPO.parent / "shared" / "media" / "bikes.mp4")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--torchvision", action="store_true", help="import torchvision first (the old start-up)")
     args = ap.parse_args()
     phases: dict[str, list[tuple[float, float]]] = {}
+    imported = set()
     for _ in range(args.runs):
-        out = subprocess.run([sys.executable, "-c", _CHILD, str(args.video)], check=True,
-                             capture_output=True, text=True).stdout
-        for name, wall, cpu in json.loads(out.strip().splitlines()[-1]):
+        cmd = [sys.executable, "-c", _CHILD, str(args.video)] + (["--torchvision"] if args.torchvision else [])
+        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        imported.add(out["torchvision_imported"])
+        for name, wall, cpu in out["phases"]:
             phases.setdefault(name, []).append((wall, cpu))
     vadpipe = Path(sys.executable).with_name("vadpipe")
     whole = []
@@ -86,6 +91,7 @@ def main() -> None:
         total_w, total_c = total_w + w, total_c + c
         print(f"{name:42s} {w:7.2f} {c:7.2f}")
     print(f"{'before the first feature':42s} {total_w:7.2f} {total_c:7.2f}")
+    print(f"torchvision imported: {', '.join(map(str, sorted(imported)))}")
     print(f"{'vadpipe extract ' + args.video.name + ' (whole command)':42s} {statistics.median(whole):7.2f}")
 
 
