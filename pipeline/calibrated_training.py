@@ -24,6 +24,7 @@ import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.model.data import DataWarning, FeatureSet, load_item, open_training_set, parse_annotations
+from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION, training_backbone
 from vadpipe.model.run import Run, load_run, read_run_config, write_json
 from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
@@ -148,6 +149,7 @@ def train_calibrated(
                         validation=validation, show_progress=show_progress, extra_config={SECTION: backbone},
                         scorer=score_video)
         _store_operating_point(run_dir, fixed_operating_point())
+        fit_run_distance(run_dir, data=data)  # outside-footage check, threshold cross-fitted (no held-out videos)
         return run_dir
     labels = {item.video: int(item.label) for item in data.items}
     train_videos, heldout = stratified_holdout(labels, fraction=calibration.holdout_fraction, seed=config.seed)
@@ -157,14 +159,17 @@ def train_calibrated(
                     validation=validation, show_progress=show_progress, videos=train_videos, heldout=heldout,
                     extra_config=request, scorer=score_video)
     calibrate_run(run_dir, data=data)
+    fit_run_distance(run_dir, data=data)  # outside-footage check, threshold from the held-out videos
     return run_dir
 
 
 def resume_calibrated(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:
     """Continue a run from its last checkpoint (`vadpipe.model.train.resume`, early stopping with
-    `score_video`), then choose its operating point again (a no-op without held-out videos)."""
+    `score_video`), then choose its operating point again (a no-op without held-out videos) and refit the
+    outside-footage check."""
     run_dir = resume(run_dir, epochs=epochs, show_progress=show_progress, scorer=score_video)
     calibrate_run(run_dir)
+    fit_run_distance(run_dir)
     return run_dir
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from vadpipe.ood_cli import report_outside
 from vadpipe.workspace import workspace_dir
 
 __all__ = ["demo"]
@@ -45,5 +46,9 @@ def demo(out_dir: Path | None, recipe: str, seed: int, device: str, quiet: bool)
     for video in report.detection.document.videos:
         spans = ", ".join(f"{i.start_s:.1f}-{i.end_s:.1f}s" for i in video.intervals) or "none"
         probability = "" if video.video_probability is None else f" (P(anomalous) {video.video_probability:.2f})"
-        click.echo(f"  {Path(video.source).name}: score {video.video_score:.2f}{probability}, intervals {spans}")
+        outside = "" if video.ood is None else f", {video.ood.share_outside:.0%} of clips outside the training footage"
+        click.echo(f"  {Path(video.source).name}: score {video.video_score:.2f}{probability}, intervals {spans}"
+                   f"{outside}")
+    report_outside([(Path(v.source).name, v.ood) for v in report.detection.document.videos],
+                   can_judge=report.detection.distance is not None, mode="warn", run_dir=report.run_dir)
     click.echo(f"intervals: {report.intervals_path}\nplots: {report.root / 'plots'}\nmodel: {report.run_dir}")

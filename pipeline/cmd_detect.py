@@ -12,6 +12,7 @@ import click
 from vadpipe.extract.backbones import BACKBONES
 from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.settings import CROP_MODES
+from vadpipe.ood_cli import ood_option, report_outside
 from vadpipe.workspace import features_dir, runs_dir
 
 __all__ = ["detect"]
@@ -57,19 +58,24 @@ def _unit_interval(ctx, param, value):
                    "on bare feature files without --features-backbone); refused if the run records another.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@ood_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, threshold: float | None,
            video_threshold: float | None, min_duration: float, merge_gap: float, plot: Path | None,
            annotations: Path | None, report_dir: Path | None,
            cache_dir: Path | None, crops: str | None, clip_len: int | None, fps: float | None,
-           weights: Path | None, backbone: str | None, device: str, batch_size: int, quiet: bool) -> None:
+           weights: Path | None, backbone: str | None, device: str, batch_size: int, ood: str, quiet: bool) -> None:
     """Find the anomalous time intervals of videos (files or folders) with a trained model.
 
     Videos too short for one clip are listed as not scored; videos that cannot be decoded are
     reported (one line each, and in the cache's failures.jsonl) and skipped.
 
+    A video most of whose clips are far from the training features is outside the training
+    footage: its scores and probabilities are not valid; it is marked in the JSON ("ood") and on
+    its plot, and --ood says what else happens.
+
     Exit status: 0 done (some videos may have failed), 1 every video failed, 2 bad options, an
-    unusable model folder or cache, 130 interrupted.
+    unusable model folder or cache, or (--ood error) a video outside the training footage, 130 interrupted.
     """
     from vadpipe.detect import detect_videos, plot_video, run_extraction_settings
     from vadpipe.model.data import parse_annotations
@@ -124,6 +130,8 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
             spans += f" (video score below the video threshold {op.video_threshold:.3f})"
         note = (f" [damaged file, scored what could be decoded: {damage[video.source]}]"
                 if video.source in damage else "")
+        if video.ood is not None and video.ood.outside:
+            note += " [outside the training footage: see below]"
         click.secho(f"{shown(video.source)}: video score {video.video_score:.3f}; {spans}{note}",
                     fg="yellow" if note else None, err=True)
         if plot is not None:
@@ -148,5 +156,7 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
         click.secho(f"{shown(r.source)}: too short (fewer frames than one clip), not scored", fg="yellow", err=True)
     for r in result.failed:
         click.secho(f"failed: {r.error}", fg="red", err=True)
+    report_outside([(shown(v.source), v.ood) for v in result.document.videos],
+                   can_judge=result.distance is not None, mode=ood, run_dir=run.path)
     if result.failed and len(result.failed) == len(result.extract_report.results):
         sys.exit(1)

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from vadpipe.extract.fileio import atomic_write_text
+from vadpipe.ood_cli import ood_option, report_outside
 from vadpipe.workspace import runs_dir
 
 __all__ = ["evaluate", "metrics_table", "detection_table", "print_report"]
@@ -131,18 +132,22 @@ def print_report(console: Console, report: dict) -> None:
                    "code does (method.md Q11).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
               default=None, help="Write every level x metric as JSON to this file ('-' for stdout).")
+@ood_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path, protocol: str,
              threshold: float | None, video_threshold: float | None, parity_q11: bool, json_out: Path | None,
-             quiet: bool) -> None:
+             ood: str, quiet: bool) -> None:
     """Evaluate a trained model: video, segment, frame and proposal-frame AUC and AP, and the
     decisions at its operating point (false alarms on normal videos, interval precision /
     recall / F1 at IoU 0.3 and 0.5, frame false-positive rate).
 
     AP is printed both as scikit-learn's average precision and as the trapezoidal PR-AUC.
+    Test videos outside the training footage are reported (JSON "ood"; see --ood): the metrics
+    still include them.
     """
     from vadpipe.model.run import latest_run
     from vadpipe.postprocess.evaluate import evaluate_run, json_ready
+    from vadpipe.postprocess.ood import judge_run_features
 
     if model_dir is None:
         model_dir = latest_run(runs_dir())
@@ -160,6 +165,11 @@ def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path,
             report = evaluate_run(model_dir, features_dir, annotations_file, protocol=protocol,
                                   threshold=threshold, video_threshold=video_threshold,
                                   parity_q11=parity_q11, progress=progress)
+    judged = judge_run_features(model_dir, features_dir)
+    report["ood"] = None if judged is None else {
+        "outside": [name for name, j in judged.items() if j.outside],
+        "videos": {name: {"outside_training": j.outside, "share_outside": j.share_outside}
+                   for name, j in judged.items()}}
     report["warnings"] = [str(w.message) for w in caught]
     for message in report["warnings"]:
         click.secho(f"warning: {message}", fg="yellow", err=True)
@@ -171,3 +181,4 @@ def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path,
             click.echo(text)
         else:
             atomic_write_text(json_out, text + "\n")
+    report_outside((judged or {}).items(), can_judge=judged is not None, mode=ood, run_dir=model_dir)

@@ -112,7 +112,21 @@ def _print_summary(run_dir: Path) -> dict:
         for name, best in summary["best_epoch"].items():
             click.echo(f"best {name}: {best['value']:.4f} at epoch {best['epoch']}", err=True)
     _print_operating_point(summary["operating_point"])
+    _print_ood(run_dir, summary)
     return summary
+
+
+def _print_ood(run_dir: Path, summary: dict) -> None:
+    from vadpipe.model.ood import load_distance
+
+    distance = load_distance(run_dir)
+    summary["ood"] = None if distance is None else distance.summary()
+    if distance is not None:
+        where = (f"{distance.threshold_videos} held-out videos" if distance.threshold_from == "heldout"
+                 else f"{distance.threshold_videos} training videos, cross-fitted")
+        click.echo(f"outside-footage check: a clip is outside beyond distance {distance.threshold:.2f} (the "
+                   f"{distance.quantile:.0%} quantile of {distance.threshold_clips} clips of {where}); a video is "
+                   f"outside when more than {distance.max_share:.0%} of its clips are", err=True)
 
 
 def _flags(ctx: click.Context, names: list[str]) -> str:

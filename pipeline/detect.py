@@ -28,6 +28,7 @@ from vadpipe.extract.runner import (
 )
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import resolve_backbone
+from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.provenance import run_backbone
 from vadpipe.model.run import Run
 from vadpipe.postprocess.intervals import (
@@ -37,6 +38,7 @@ from vadpipe.postprocess.intervals import (
     build_video_intervals,
     frame_span_to_seconds,
 )
+from vadpipe.postprocess.ood import judge_video, outside_line
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import SequenceModel, score_video
 
@@ -50,6 +52,7 @@ class DetectResult:
     too_short: list[VideoResult] = field(default_factory=list)
     failed: list[VideoResult] = field(default_factory=list)
     records: dict[str, cache.CacheRecord] = field(default_factory=dict)  # source -> cache record
+    distance: FeatureDistance | None = None  # the run's outside-footage check; None: it cannot judge
 
 
 def run_extraction_settings(run: Run, *, backbone: str | None = None, **requested) -> ExtractionSettings:
@@ -158,7 +161,7 @@ def detect_videos(
     if report.interrupted:  # Ctrl-C during extraction: the finished videos are cached, score nothing
         raise KeyboardInterrupt
     result = DetectResult(document=IntervalsDocument(operating_point=operating_point, videos=()),
-                          extract_report=report)
+                          extract_report=report, distance=load_distance(run.path))
     videos: list[VideoIntervals] = []
     block_len = _block_len(run)
     for r in report.results:
@@ -177,6 +180,8 @@ def detect_videos(
             start_frames=np.asarray(record.clips.start_frames), clip_len=record.clips.length,
             frame_times_s=cache.load_frame_times(cache_dir, record), duration_s=record.video.duration_s,
             fps=record.video.fps, operating_point=operating_point))
+        if result.distance is not None:  # is this footage like the training footage?
+            videos[-1] = replace(videos[-1], ood=judge_video(result.distance, crops))
         result.records[r.source] = record
     result.document = replace(result.document, videos=tuple(videos))
     return result
@@ -202,5 +207,12 @@ def plot_video(path: Path, video: VideoIntervals, record: cache.CacheRecord, cac
         end = record.video.duration_s
         gt = [frame_span_to_seconds(min(s, len(times) - 1), min(e, len(times)), frame_times_s=times,
                                     video_end_s=end) for s, e in ground_truth_frames if s < len(times)]
+    outside, warning = [], None
+    if video.ood is not None:
+        outside = [frame_span_to_seconds(int(s), int(s) + clip_len, frame_times_s=times,
+                                         video_end_s=record.video.duration_s)
+                   for s, out in zip(starts, video.ood.clips_outside) if out]
+        warning = outside_line(Path(video.source).name, video.ood) if video.ood.outside else None
     return plot_scores(path, times_s=times[frame_idx], curves=curves, threshold=threshold,
-                       intervals=list(video.intervals), ground_truth=gt, title=Path(video.source).name)
+                       intervals=list(video.intervals), ground_truth=gt, title=Path(video.source).name,
+                       outside=outside, warning=warning)

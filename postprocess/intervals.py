@@ -15,12 +15,17 @@ Document (``schema_version`` 1)::
                  "clip_len": int, "video_score": float, "video_probability": float | null,
                  "clips": [{"start_s", "attention", "tcam", "wtcam"}, ...],
                  "intervals": [{"start_frame", "end_frame" (exclusive), "start_s", "end_s",
-                                "score", "calibrated_score": float | null}, ...]}, ...]}
+                                "score", "calibrated_score": float | null}, ...],
+                 "ood": {"outside_training": bool, "share_outside": float, "max_share": float,
+                         "clip_threshold": float, "clip_distances": [float, ...]} | null}, ...]}
 
 Intervals are sorted by time and disjoint; every score lies in [0, 1]. The operating point's
 keys from ``video_threshold`` on, ``video_probability`` and ``calibrated_score`` were added
 after the first release of schema 1 and are optional when reading: a document without them is
-one written at the paper's fixed threshold without calibration.
+one written at the paper's fixed threshold without calibration. ``ood`` (added later too, absent
+or null: not judged, e.g. a model trained before vadpipe recorded its training footage) says
+whether the video is outside the training footage (`vadpipe.postprocess.ood`): then its scores
+and probabilities are not valid for it. Readers that ignore unknown keys read every version.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import numpy as np
 from vadpipe.errors import CheckpointError, ConfigError, DataError
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.postprocess.calibration import ScoreCalibrator
+from vadpipe.postprocess.ood import VideoOOD, validate_ood_entry
 from vadpipe.postprocess.proposals import (
     Proposal,
     find_proposals,
@@ -207,6 +213,7 @@ class VideoIntervals:
     clips: tuple[ClipRecord, ...]
     intervals: tuple[Interval, ...]
     video_probability: float | None = None
+    ood: VideoOOD | None = None  # None: not judged (the model cannot)
 
 
 @dataclass(frozen=True)
@@ -404,9 +411,11 @@ def document_to_dict(doc: IntervalsDocument) -> dict[str, Any]:
     """The JSON-ready dict of a document, keys in schema order."""
     videos = []
     for v in doc.videos:
-        entry = {k: val for k, val in asdict(v).items() if k not in ("clips", "intervals", "video_probability")}
+        entry = {k: val for k, val in asdict(v).items()
+                 if k not in ("clips", "intervals", "video_probability", "ood")}
         videos.append({**entry, "video_probability": v.video_probability,
-                       "clips": [asdict(c) for c in v.clips], "intervals": [asdict(i) for i in v.intervals]})
+                       "clips": [asdict(c) for c in v.clips], "intervals": [asdict(i) for i in v.intervals],
+                       "ood": v.ood.to_dict() if v.ood is not None else None})
     return {
         "schema_version": doc.schema_version,
         "operating_point": doc.operating_point.to_dict(),
@@ -510,6 +519,7 @@ def validate_document(doc: dict[str, Any]) -> None:
                 raise DataError(f"{iw}: start_s {s_s} is after end_s {e_s}")
             _unit(interval, "score", iw)
             _optional_unit(interval, "calibrated_score", iw)
+        validate_ood_entry(video.get("ood"), f"{where}.ood", n_clips=len(video["clips"]))
 
 
 def write_intervals(path: str | os.PathLike, doc: IntervalsDocument | dict[str, Any]) -> Path:

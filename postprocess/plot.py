@@ -45,6 +45,8 @@ def plot_scores(
     intervals: Sequence[Interval | tuple[float, float]],
     ground_truth: Sequence[tuple[float, float]] | None = None,
     title: str,
+    outside: Sequence[tuple[float, float]] = (),
+    warning: str | None = None,
 ) -> Path:
     """Write a PNG of frame-level score curves against time (atomically).
 
@@ -57,6 +59,8 @@ def plot_scores(
         intervals: detected intervals (`Interval` or ``(start_s, end_s)``), shaded red.
         ground_truth: annotated anomalous ``(start_s, end_s)`` spans, shaded green.
         title: usually the video name.
+        outside: ``(start_s, end_s)`` of clips outside the training footage, hatched grey.
+        warning: drawn in red above the axes (a video outside the training footage).
 
     Returns:
         The written path.
@@ -79,6 +83,9 @@ def plot_scores(
     for i, (start, end) in enumerate(_spans(intervals)):
         ax.axvspan(start, end, ymin=0.5, ymax=1.0, color="tab:red", alpha=0.18,
                    label="detected interval" if i == 0 else None)
+    for i, (start, end) in enumerate(_spans(outside)):
+        ax.axvspan(start, end, ymin=0.0, ymax=0.06, facecolor="0.6", edgecolor="0.3", hatch="///",
+                   linewidth=0, label="clip outside the training footage" if i == 0 else None)
     for name, curve in curves.items():
         style = _CURVE_STYLE.get(name, {"label": name})
         ax.plot(times, np.asarray(curve), **{"linewidth": 1.0, **style})
@@ -88,7 +95,16 @@ def plot_scores(
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("time (s)")
     ax.set_ylabel("score")
-    ax.set_title(title)
+    if warning:
+        import textwrap
+
+        ax.set_title(f"{title}: OUTSIDE THE TRAINING FOOTAGE", color="tab:red", fontweight="bold")
+        fig.suptitle("\n".join(textwrap.wrap(warning, 150)), color="tab:red", fontsize="small")
+        for spine in ax.spines.values():
+            spine.set_edgecolor("tab:red")
+            spine.set_linewidth(2.0)
+    else:
+        ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
 
