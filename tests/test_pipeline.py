@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ from vadpipe.cli import main
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.synth import SplitSize, SynthConfig, make_dataset
 
+from conftest import REPO as REPO_ROOT
 from conftest import moving_frames, write_video
 
 pytestmark = pytest.mark.slow  # extract (real I3D), train and detect end to end
@@ -135,3 +138,58 @@ def test_detect_reports_too_short_videos_instead_of_failing(trained, make_video,
     doc = json.loads(result.stdout)
     assert doc["videos"] == [] and doc["not_scored"][0]["reason"].startswith("too short")
     assert "too short" in result.stderr
+
+
+# --- outside the training footage (issue 20) -------------------------------------------------
+
+BIKES = REPO_ROOT / ".." / "shared" / "media" / "bikes.mp4"
+
+
+def _ood_lines(stderr: str, kind: str) -> list[str]:
+    """The per-video lines (one per video outside the training footage)."""
+    return [line for line in stderr.splitlines()
+            if line.startswith(f"{kind}: ") and "of its clips are outside the training footage" in line]
+
+
+@pytest.mark.skipif(not BIKES.is_file(), reason=f"real footage {BIKES} not found (the read-only ../shared folder)")
+def test_detect_marks_real_footage_outside_the_synthetic_training_footage(trained, tmp_path):
+    ds, feats, run, _ = trained
+    assert (run / "ood.safetensors").is_file()  # stored by vadpipe train
+    cache, out, plots = tmp_path / "cache", tmp_path / "intervals.json", tmp_path / "plots"
+    args = ["detect", str(ds.split_dir("test")), str(BIKES), "--model", str(run), "--cache", str(cache), "-q"]
+    result = _ok(CliRunner().invoke(main, args + ["--out", str(out), "--plot", str(plots)]))
+    doc = json.loads(out.read_text())
+    validate_document(doc)
+    judged = {Path(v["source"]).name: v["ood"] for v in doc["videos"]}
+    assert judged["bikes.mp4"]["outside_training"] and judged["bikes.mp4"]["share_outside"] > 0.9
+    synthetic = [o for name, o in judged.items() if name != "bikes.mp4"]
+    assert len(synthetic) == 3 and not any(o["outside_training"] for o in synthetic)
+    (line,) = _ood_lines(result.stderr, "warning")
+    assert line.startswith("warning: bikes.mp4: ") and "not valid" in line and "train again" in line
+    assert {p.name for p in plots.glob("*.png")} >= {"bikes.png"}
+
+    failed = CliRunner().invoke(main, args + ["--ood", "error"])  # the cache is reused: no I3D this time
+    assert failed.exit_code == 2
+    assert [line.split(":")[1] for line in _ood_lines(failed.stderr, "error")] == [" bikes.mp4"]
+    assert "1 of 4 video(s) are outside the training footage" in failed.stderr
+    quiet = _ok(CliRunner().invoke(main, args + ["--ood", "ignore"]))
+    assert not _ood_lines(quiet.stderr, "warning") and not _ood_lines(quiet.stderr, "error")
+
+
+def test_evaluate_reports_test_videos_like_the_training_footage(trained):
+    ds, feats, run, _ = trained
+    result = _ok(CliRunner().invoke(main, ["evaluate", "--model", str(run), "--features", str(feats["test"]),
+                                           "--annotations", str(ds.annotations_path), "--json", "-", "-q",
+                                           "--ood", "error"]))
+    report = json.loads(result.stdout)
+    assert report["ood"]["outside"] == [] and len(report["ood"]["videos"]) == 3
+
+
+def test_a_model_from_before_the_check_still_loads_and_says_once_it_cannot_judge(trained, tmp_path):
+    ds, feats, run, _ = trained
+    old = tmp_path / "old-run"
+    shutil.copytree(run, old, ignore=shutil.ignore_patterns("ood.safetensors", "checkpoint"))
+    result = _ok(CliRunner().invoke(main, ["detect", str(ds.split_dir("test")), "--model", str(old), "--cache",
+                                           str(feats["test"]), "--out", "-", "--ood", "error", "-q"]))
+    assert all(v["ood"] is None for v in json.loads(result.stdout)["videos"])
+    assert result.stderr.count("cannot tell whether these videos are like it") == 1
