@@ -12,7 +12,8 @@ threshold, and the share of videos marked outside the training footage, on
 
 The distance does not depend on the network's weights, only on which videos are fitted and
 which set the threshold, so ``--seeds N`` also refits it on N other held-out splits of the demo's
-training videos (same fraction, `stratified_holdout` with seeds 1..N) and reports the spread.
+training videos (same fraction, `stratified_holdout` with the N seeds after the run's) and reports
+the spread.
 ``--compare`` measures the alternatives this choice was made against (OAS shrinkage, k-NN on
 the raw and on PCA-whitened features) with the same held-out thresholds.
 """
@@ -123,7 +124,8 @@ def main() -> None:
     for name, distance in [("stored (run's held-out split)", stored)]:
         rows.append((name, distance, *shares(distance, test), *shares(distance, real)))
     labels = {item.video: int(item.label) for item in open_training_set(demo / "features" / "train").items}
-    for seed in range(1, args.seeds + 1):
+    seeds = [config["calibration"]["seed"] + k for k in range(1, args.seeds + 1)]  # not the run's own split
+    for seed in seeds:
         fit, held = stratified_holdout(labels, fraction=config["calibration"]["holdout_fraction"], seed=seed)
         distance = fit_distance({v: train_all[v] for v in fit}, {v: train_all[v] for v in held})
         rows.append((f"refit, held-out split seed {seed}", distance, *shares(distance, test), *shares(distance, real)))
@@ -136,6 +138,9 @@ def main() -> None:
           f"{'real clips flagged':>18s} {'real videos':>11s}")
     for name, d, tc, tv, tn, rc, rv, rn in rows:
         print(f"{name:34s} {d.threshold:9.2f} | {tc:18.1%} {f'{tv}/{tn}':>11s} | {rc:18.1%} {f'{rv}/{rn}':>11s}")
+    for what, videos in (("test", test), ("real", real)):
+        d = np.concatenate([stored.clip_distances(c) for c in videos.values()])
+        print(f"stored fit, {what} clip distances: median {np.median(d):.2f}, min {d.min():.2f}, max {d.max():.2f}")
     refits = np.array([(r[2], r[5]) for r in rows[1:]])
     if len(refits):
         print(f"refits: test clips flagged {refits[:, 0].mean():.1%} (min {refits[:, 0].min():.1%}, max "
@@ -148,7 +153,7 @@ def main() -> None:
         print(f"{'distance':30s} | {'test clips flagged':>22s} | {'real clips flagged':>22s} | {'AUROC test vs real':>20s}")
         splits = [(sorted(set(train_all) - heldout), sorted(heldout))]
         splits += [stratified_holdout(labels, fraction=config["calibration"]["holdout_fraction"], seed=s)
-                   for s in range(1, args.seeds + 1)]
+                   for s in seeds]
         results: dict[str, list[tuple[float, float, float]]] = {}
         stack = lambda videos: np.concatenate([np.mean(c, axis=0) for c in videos.values()])  # noqa: E731
         test_rows, real_rows = stack(test), stack(real)

@@ -27,6 +27,7 @@ def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
     doc = json.loads(report.intervals_path.read_text())
     validate_document(doc)
     assert len(doc["videos"]) == 2
+    assert all(v["ood"] is not None for v in doc["videos"])  # the demo's model can judge its footage
     assert len(report.plots) == 2 and all(p.stat().st_size > 10_000 for p in report.plots)
     assert set(report.metrics["frame"]) >= {"auc", "ap"}
     assert (tmp_path / "demo" / "runs" / "LATEST").read_text().strip() == "demo"

@@ -134,3 +134,15 @@ def test_the_document_carries_the_mark_and_old_documents_still_validate():
         validate_document(doc)
     line = outside_line("a.mp4", judged)
     assert "not valid" in line and "train again" in line and "100%" in line
+
+
+def test_the_plot_of_a_video_outside_the_training_footage_shows_it(tmp_path):
+    from vadpipe.postprocess.plot import plot_scores
+
+    times = np.arange(100) / 25
+    common = {"times_s": times, "curves": {"wtcam": 0.5 + 0.2 * np.sin(times)}, "threshold": 0.35,
+              "intervals": [(1.0, 2.0)], "title": "street.mp4"}
+    plain = plot_scores(tmp_path / "plain.png", **common).read_bytes()
+    marked = plot_scores(tmp_path / "marked.png", **common, outside=[(0.0, 3.2)],
+                         warning="street.mp4: 100% of its clips are outside the training footage").read_bytes()
+    assert marked[:8] == b"\x89PNG\r\n\x1a\n" and marked != plain
