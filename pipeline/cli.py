@@ -79,3 +79,7 @@ main.add_command(demo)
 from vadpipe.cmd_report import report  # noqa: E402
 
 main.add_command(report)
+
+from vadpipe.cmd_watch import watch  # noqa: E402
+
+main.add_command(watch)
