@@ -139,7 +139,13 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
         + (f", video gate {op.video_threshold:.3f} over {gate_window} clips" if op.video_threshold > 0 else "")
         + "); Ctrl-C to stop")
 
-    previous = signal.signal(signal.SIGTERM, lambda *_: w.stop())
+    signalled: list[int] = []
+
+    def on_term(signum, frame) -> None:
+        signalled.append(signum)
+        w.stop()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     show_panel = (panel if panel is not None else sys.stderr.isatty()) and not quiet
     interrupted = False
     try:
@@ -164,7 +170,7 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
         if not quiet:
             say(f"{st.name}: {st.clips} clips scored, {st.dropped} dropped"
                 + (f"; failed: {st.error}" if st.error else ""))
-    if interrupted:
+    if interrupted or signalled:
         sys.exit(130)
     if all(st.state == "failed" for st in statuses):
         sys.exit(1)

@@ -1,0 +1,373 @@
+"""vadpipe watch: online scores and events equal detect's, over a real MPEG-TS stream on loopback.
+
+The camera is `tests/stream_server.py`, a real HTTP server process streaming an encoded TS file;
+the model is a tiny run trained here on real I3D features of generated videos.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from vadpipe.cli import main
+from vadpipe.detect import detect_videos, run_extraction_settings
+from vadpipe.extract.runner import extract_paths
+from vadpipe.extract.stream import ClipItem, ClipQueue, parse_source
+from vadpipe.hooks import EventSink
+from vadpipe.model.net import CSLTAL, ModelConfig
+from vadpipe.model.run import load_run
+from vadpipe.postprocess.events import CurveFrame, EventTracker, OnlineCurve
+from vadpipe.postprocess.intervals import OperatingPoint, intervals_from_curve
+from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
+from vadpipe.postprocess.proposals import interpolate_to_frames
+from vadpipe.postprocess.scores import score_sequences
+from vadpipe.watch import Watch, WatchConfig
+
+from conftest import moving_frames, write_video
+
+HERE = Path(__file__).resolve().parent
+SERVER = HERE / "stream_server.py"
+CAMERA_FRAMES = 168  # 10 clips and 8 frames left over
+
+
+# --- pure functions: no I3D ------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_rows", [1, 4, 6, 7, 11, 20])
+def test_online_scorer_equals_offline_full_rate_scoring(n_rows):
+    torch.manual_seed(n_rows)
+    model = CSLTAL(ModelConfig(feature_dim=16)).eval()
+    rng = np.random.default_rng(n_rows)
+    crops = rng.normal(size=(2, n_rows, 16)).astype(np.float32)
+    offline = score_sequences(model, list(crops), mode="full")
+    scorer = OnlineScorer(model, window=64)
+    history = SegmentHistory()
+    online = [scorer.push(crops[:, t]) for t in range(n_rows)]
+    for t, s in enumerate(online):
+        history.add(s, crops[:, t], 16 * t)
+    if n_rows > 6:  # phases from the first clip: final as soon as computed
+        for c in range(2):
+            np.testing.assert_allclose([s.attention_crops[c] for s in online], offline[c].attention, atol=1e-6)
+            np.testing.assert_allclose([s.tcam_crops[c] for s in online], offline[c].tcam, atol=1e-6)
+    att, tcam = history.final_scores(model)  # short segments: re-scored whole, as offline
+    np.testing.assert_allclose(att, np.stack([o.attention for o in offline]), atol=1e-6)
+    np.testing.assert_allclose(tcam, np.stack([o.tcam for o in offline]), atol=1e-6)
+    video = np.mean([o.video_score for o in offline])
+    assert history.final_video_score(model, scorer) == pytest.approx(video, abs=1e-6)
+    if n_rows > 6:
+        assert scorer.window_video_score() == pytest.approx(video, abs=1e-6)  # window covers it all
+
+
+@pytest.mark.parametrize("merge_gap, min_duration", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.5), (0.4, 0.6)])
+def test_event_tracker_cuts_detects_intervals_from_the_same_curve(merge_gap, min_duration):
+    rng = np.random.default_rng(7)
+    psi = np.clip(np.convolve(rng.random(60), np.ones(3) / 3, mode="same"), 0, 1).astype(np.float32)
+    curve = interpolate_to_frames(psi, clip_len=16)
+    times = np.arange(curve.size) / 25.0
+    end = float(times[-1] + 0.04)
+    expected = intervals_from_curve(curve, start_frames=np.arange(60) * 16, clip_len=16, frame_times_s=times,
+                                    video_end_s=end, threshold=0.5, min_duration_s=min_duration,
+                                    merge_gap_s=merge_gap)
+    assert expected  # the curve crosses the threshold
+    tracker = EventTracker(threshold=0.5, min_duration_s=min_duration, merge_gap_s=merge_gap,
+                           time_of=lambda f: float(times[f]))
+    events = []
+    for f, v in enumerate(curve):
+        events += tracker.feed(CurveFrame(f, float(v), f // 16), gate_score=1.0)
+    events += tracker.finish(end_s_of_segment=lambda f: float(times[f]) if f < len(times) else end)
+    ends = [e for e in events if e["event"] == "end"]
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == len(ends) == len(expected)
+    for e, s, x in zip(ends, starts, expected):
+        assert (e["start_frame"], e["end_frame"]) == (x.start_frame, x.end_frame)
+        assert e["end_s"] == pytest.approx(x.end_s) and e["start_s"] == pytest.approx(x.start_s)
+        assert e["score"] == pytest.approx(x.score, abs=1e-6)
+        assert s["start_s"] == e["start_s"] and s["stream_s"] >= s["start_s"] + min_duration - 1e-9
+
+
+def test_online_curve_follows_the_offline_spline_on_a_long_stream():
+    import scipy.ndimage
+
+    rng = np.random.default_rng(3)
+    psi = np.convolve(rng.random(408), np.ones(9) / 9, mode="valid").astype(np.float32)  # 400 smooth-ish clips
+    curve = OnlineCurve(clip_len=16, settle=2, low=0.0, high=1.0)
+    frames = [fr for t, v in enumerate(psi) for fr in curve.push(t, 16 * t, float(v))] + curve.finish()
+    online = np.array([fr.value for fr in frames])
+    assert [fr.frame for fr in frames] == list(range(16 * 400))
+    np.testing.assert_allclose(online[::16], psi, atol=1e-6)  # through every clip's value
+    limit = scipy.ndimage.map_coordinates(psi, (np.arange(6400) / 16)[None], order=3, mode="mirror")
+    assert np.abs(online - limit).max() < 0.01  # two clips of look-ahead: the spline with all data
+    offline = interpolate_to_frames(psi, clip_len=16, low=0.0, high=1.0)
+    assert np.abs(online - offline)[:1600].max() < 0.03  # offline's corner alignment drifts later on
+
+
+def test_clip_queue_drops_the_oldest_whole_clip_and_counts_it():
+    q = ClipQueue(max_clips=2, block=False)
+    stop = threading.Event()
+    q.put_control(("segment", 0, None, {}))
+    for k in range(5):
+        q.put_clip(ClipItem(0, 16 * k, torch.zeros(1), 0.0), stop)
+    q.put_control(("segment_end", 0, "eof"))
+    items = [q.get() for _ in range(len(q))]
+    assert q.dropped == 3
+    assert items[0][0] == "segment" and items[-1][0] == "segment_end"
+    assert [i.start_frame for i in items[1:-1]] == [48, 64]
+
+
+def test_sources_are_parsed_with_one_clear_error(tmp_path):
+    assert parse_source("rtsp://cam.local/stream1").kind == "url"
+    assert parse_source("/dev/video0").kind == "device"
+    f = tmp_path / "a b.ts"
+    f.write_bytes(b"x")
+    spec = parse_source(str(f), realtime=True)
+    assert spec.kind == "file" and spec.realtime and spec.name == "a_b.ts"
+    with pytest.raises(Exception, match="gopher"):
+        parse_source("gopher://x/")
+    with pytest.raises(Exception, match="neither a URL"):
+        parse_source(str(tmp_path / "missing.ts"))
+
+
+# --- with the real I3D ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, i3d_cpu):
+    """A run trained on real I3D features of 4 generated videos (quality is beside the point)."""
+    from vadpipe.synth import SplitSize, SynthConfig, make_dataset
+
+    encoder, ident = i3d_cpu
+    root = tmp_path_factory.mktemp("watch")
+    ds = make_dataset(root / "videos", splits={"train": SplitSize(2, 2)}, config=SynthConfig(n_frames=(48, 56)),
+                      seed=5, workers=1)
+    from vadpipe.extract.settings import ExtractionSettings
+
+    report = extract_paths([ds.split_dir("train")], out_dir=root / "features",
+                           settings=ExtractionSettings().with_weights(ident), encoder=encoder, progress=False)
+    assert not report.failed
+    result = CliRunner().invoke(main, ["train", "--features", str(root / "features"), "--out", str(root / "run"),
+                                       "--recipe", "paper", "--holdout-fraction", "0", "--epochs", "10",
+                                       "--seed", "0", "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return load_run(root / "run"), root
+
+
+@pytest.fixture(scope="module")
+def camera(tiny_run, i3d_cpu):
+    """The camera's footage as an MPEG-TS file, and detect's result on it at a threshold that cuts it."""
+    run, root = tiny_run
+    frames = moving_frames(CAMERA_FRAMES, 128, 96, seed=11)
+    frames[64:112, 20:70, 20:100] = (250, 20, 20)  # something happens in clips 4-6
+    path = write_video(root / "camera.ts", frames, fps=25)
+    settings = run_extraction_settings(run)
+    first = detect_videos([path], run, cache_dir=root / "cache", settings=settings,
+                          operating_point=OperatingPoint(), encoder=i3d_cpu[0], progress=False)
+    wtcam = np.array([c.wtcam for c in first.document.videos[0].clips])
+    threshold = float(np.sort(wtcam)[len(wtcam) // 2])  # about half the clips above: intervals to compare
+    op = OperatingPoint(threshold=threshold, method="manual")
+    detected = detect_videos([path], run, cache_dir=root / "cache", settings=settings, operating_point=op,
+                             encoder=i3d_cpu[0], progress=False).document.videos[0]
+    assert detected.intervals
+    return path, op, detected
+
+
+class ListSink(EventSink):
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def send(self, event: dict) -> None:
+        self.events.append(event)
+
+
+def _serve(path: Path, *args: str, port: int = 0) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, str(SERVER), str(path), "--port", str(port), *args],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("PORT "), line
+    return proc, int(line.split()[1])
+
+
+def _watch(sources, run, i3d_cpu, op, **config):
+    sink, clips, log = ListSink(), [], []
+    settings = run_extraction_settings(run).with_weights(i3d_cpu[1])
+    w = Watch(sources, run, i3d_cpu[0], settings, op, WatchConfig(**config), sinks=[sink], on_clip=clips.append,
+              log=log.append)
+    w.run_until_done()
+    return sink.events, clips, log, w
+
+
+def _check_equal_to_detect(events, clips, detected, segment=0):
+    clips = [c for c in clips if c["segment"] == segment]
+    assert len(clips) == len(detected.clips) == CAMERA_FRAMES // 16
+    for online, offline in zip(clips, detected.clips):
+        assert online["start_s"] == pytest.approx(offline.start_s, abs=1e-9)
+        for key in ("attention", "tcam", "wtcam"):
+            assert online[key] == pytest.approx(getattr(offline, key), abs=1e-5), key
+    summary = next(e for e in events if e["event"] == "summary" and e["segment"] == segment)
+    assert summary["dropped_clips"] == 0 and summary["clips"] == len(detected.clips)
+    assert summary["video_score"] == pytest.approx(detected.video_score, abs=1e-5)
+    assert len(summary["intervals"]) == len(detected.intervals)
+    for got, want in zip(summary["intervals"], detected.intervals):
+        assert (got["start_frame"], got["end_frame"]) == (want.start_frame, want.end_frame)
+        assert got["start_s"] == pytest.approx(want.start_s) and got["end_s"] == pytest.approx(want.end_s)
+        assert got["score"] == pytest.approx(want.score, abs=1e-5)
+    # the live events: the same intervals, boundaries within a clip (the offline curve's drift)
+    ends = [e for e in events if e["event"] == "end" and e["segment"] == segment]
+    starts = [e for e in events if e["event"] == "start" and e["segment"] == segment]
+    assert len(ends) == len(starts) == len(detected.intervals)
+    for got, want in zip(ends, detected.intervals):
+        assert abs(got["start_frame"] - want.start_frame) < 16 and abs(got["end_frame"] - want.end_frame) < 16
+        assert got["peak"] >= got["score"] > detected.intervals[0].score - 0.2
+
+
+@pytest.mark.slow
+def test_http_stream_scores_and_events_equal_detect(tiny_run, camera, i3d_cpu):
+    run, _ = tiny_run
+    path, op, detected = camera
+    server, port = _serve(path)
+    try:
+        events, clips, log, w = _watch([parse_source(f"http://127.0.0.1:{port}/cam", name="gate")], run, i3d_cpu, op,
+                                       lag="wait", reconnect=False)
+    finally:
+        server.kill()
+    _check_equal_to_detect(events, clips, detected)
+    assert all(e["camera"] == "gate" and e["wall_time"].endswith("Z") for e in events)
+    assert w.statuses()[0].dropped == 0
+
+
+@pytest.mark.slow
+def test_a_killed_server_is_reconnected_after_a_gap_event(tiny_run, camera, i3d_cpu):
+    run, _ = tiny_run
+    path, op, detected = camera
+    server, port = _serve(path, "--die-after", str(path.stat().st_size // 3))  # dies a third of the way in
+    restarted: list[subprocess.Popen] = []
+
+    def restart() -> None:
+        server.wait()
+        time.sleep(1.5)  # the camera is away for a while
+        restarted.append(_serve(path, port=port)[0])
+
+    threading.Thread(target=restart, daemon=True).start()
+    try:
+        events, clips, log, w = _watch([parse_source(f"http://127.0.0.1:{port}/", name="door")], run, i3d_cpu, op,
+                                       lag="wait", reconnect_for_s=2.0, open_timeout_s=2.0)
+    finally:
+        for p in [server, *restarted]:
+            p.kill()
+    kinds = [e["event"] for e in events]
+    gap = next(e for e in events if e["event"] == "gap")
+    assert gap["missing_s"] > 1.0
+    first = [e for e in events if e.get("segment") == 0]
+    assert first[-1]["event"] == "summary"
+    assert kinds.index("gap") > events.index(first[-1])  # segment 0 closed before the gap is reported
+    open_ends = [e for e in first if e["event"] == "end"]
+    assert all(e["reason"] != "below threshold" or e["end_s"] <= first[-1]["frames"] / 25 for e in open_ends)
+    _check_equal_to_detect(events, clips, detected, segment=1)  # the camera came back from the start
+    assert w.statuses()[0].state == "ended"
+
+
+@pytest.mark.slow
+def test_a_bad_url_fails_one_camera_and_the_others_go_on(tiny_run, i3d_cpu, tmp_path):
+    run, _ = tiny_run
+    short = write_video(tmp_path / "short.ts", moving_frames(40, 96, 64), fps=25)
+    sources = [parse_source("http://127.0.0.1:9/nothing", name="bad"), parse_source(str(short), name="good")]
+    events, clips, log, w = _watch(sources, run, i3d_cpu, OperatingPoint(), open_timeout_s=2.0)
+    errors = [e for e in events if e["event"] == "error"]
+    assert [e["camera"] for e in errors] == ["bad"]
+    assert "cannot open http://127.0.0.1:9/nothing" in errors[0]["message"] and "\n" not in errors[0]["message"]
+    assert sum(1 for line in log if line.startswith("error")) == 1
+    summary = next(e for e in events if e["event"] == "summary")
+    assert summary["camera"] == "good" and summary["clips"] == 2
+    assert {s.name: s.state for s in w.statuses()} == {"bad": "failed", "good": "ended"}
+
+
+@pytest.mark.slow
+def test_live_source_faster_than_compute_drops_whole_clips_and_counts_them(tiny_run, i3d_cpu, tmp_path):
+    run, _ = tiny_run
+    fast = write_video(tmp_path / "fast.ts", moving_frames(320, 96, 64), fps=250)  # 15.6 clips/s needed
+    events, clips, log, w = _watch([parse_source(str(fast), name="fast", realtime=True)], run, i3d_cpu,
+                                   OperatingPoint(threshold=0.0, method="manual"), queue_clips=1)
+    summary = next(e for e in events if e["event"] == "summary")
+    assert summary["dropped_clips"] > 0 and summary["intervals"] is None  # not detect's frames any more
+    assert summary["clips"] + summary["dropped_clips"] == 20 == len(clips) + w.statuses()[0].dropped
+    assert any("will be dropped" in line for line in log)
+    assert all(e["dropped_clips"] <= summary["dropped_clips"] for e in events if e["event"] in ("start", "end"))
+
+
+class _Collector(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a) -> None:
+        pass
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} did not appear in {path}")
+
+
+def _playable_frames(path: Path) -> int:
+    with av.open(str(path)) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_cli_watch_realtime_file_with_hooks_and_clips_survives_being_stopped(tiny_run, camera, tmp_path, how):
+    run, root = tiny_run
+    path, op, _ = camera
+    _Collector.received = []
+    hook_server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
+    threading.Thread(target=hook_server.serve_forever, daemon=True).start()
+    events, hook_log, clips = tmp_path / "events.jsonl", tmp_path / "hook.jsonl", tmp_path / "clips"
+    cmd = [sys.executable, "-m", "vadpipe", "watch", str(path), "--realtime", "--model", str(run.path),
+           "--threshold", "0.01", "--events", str(events), "--save-clips", str(clips), "--pre-roll", "1",
+           "--webhook", f"http://127.0.0.1:{hook_server.server_address[1]}/hook",
+           "--on-event", f"{sys.executable} -c \"import sys; open({str(hook_log)!r}, 'a').write(sys.stdin.read() + chr(10))\"",
+           "--device", "cpu", "--no-panel"]
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for(events, '"start"', proc)
+        time.sleep(1.0)
+        proc.send_signal(getattr(signal, how))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        hook_server.shutdown()
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    start = next(e for e in lines if e["event"] == "start")
+    assert start["camera"] == "camera.ts" and start["latency_s"] is not None
+    mp4 = Path(start["clip"])
+    assert mp4.parent == clips and _playable_frames(mp4) >= 16  # a fragmented MP4 plays even after a kill
+    if how == "SIGTERM":
+        assert proc.returncode == 130, err
+        kinds = [e["event"] for e in lines]
+        assert kinds[-2:] == ["end", "summary"] and lines[-2]["reason"] == "stopped"
+        assert [e["event"] for e in _Collector.received][:1] == ["start"]
+        assert {e["event"] for e in _Collector.received} >= {"start", "end", "summary"}
+        hooked = [json.loads(line) for line in hook_log.read_text().splitlines() if line.strip()]
+        assert [e["event"] for e in hooked] == kinds
+    else:
+        assert proc.returncode == -signal.SIGKILL
