@@ -18,7 +18,8 @@ doubling, at most 10 s) until ``reconnect_for_s`` seconds of outage have passed;
 reconnection starts a new *segment* (frame indices and times restart, as for a new video) and is
 reported as a ``gap``. A source that cannot be opened at all fails with one line. A ring buffer
 of recent packets lets `StreamReader.record` write an event's footage, pre-roll included, as a
-fragmented MP4 (playable even if the process is killed while writing).
+fragmented MP4 (a fragment at least every 0.5 s, flushed at once: playable up to its last
+fragment even if the process is killed while writing).
 """
 
 from __future__ import annotations
@@ -316,7 +317,8 @@ class StreamReader(threading.Thread):
 
         rec.path.parent.mkdir(parents=True, exist_ok=True)
         rec.container = av.open(str(rec.path), "w", format="mp4",
-                                options={"movflags": "frag_keyframe+empty_moov+default_base_moof"})
+                                options={"movflags": "empty_moov+default_base_moof+frag_keyframe",
+                                         "frag_duration": "500000", "flush_packets": "1"})
         rec.stream = rec.container.add_stream_from_template(self._in_stream)
         # pre-roll: from the last keyframe at or before from_s
         entries = list(self._ring)

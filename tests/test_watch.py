@@ -371,3 +371,17 @@ def test_cli_watch_realtime_file_with_hooks_and_clips_survives_being_stopped(tin
         assert [e["event"] for e in hooked] == kinds
     else:
         assert proc.returncode == -signal.SIGKILL
+
+
+def test_camera_config_file_names_each_camera(tmp_path):
+    from vadpipe.cmd_watch import read_camera_config
+
+    video = write_video(tmp_path / "lobby.ts", moving_frames(20, 64, 48), fps=25)
+    config = tmp_path / "cameras.toml"
+    config.write_text(f'[[camera]]\nname = "gate"\nurl = "rtsp://10.0.0.7/s1"\n\n'
+                      f'[[camera]]\nname = "lobby"\nurl = "{video}"\nrealtime = true\n')
+    specs = read_camera_config(config, realtime=False)
+    assert [(s.name, s.kind, s.realtime) for s in specs] == [("gate", "url", False), ("lobby", "file", True)]
+    config.write_text('[[camera]]\nname = "x"\n')
+    with pytest.raises(Exception, match="needs a url"):
+        read_camera_config(config, realtime=False)

@@ -1,0 +1,242 @@
+"""Live cameras: latency, streams sustained, and memory over a long run (issue 14).
+
+Cameras are real MPEG-TS-over-HTTP servers on loopback (tests/stream_server.py, paced at the
+file's own bitrate, looping), watched in-process by `vadpipe.watch.Watch` with a trained run.
+
+    python bench/live.py latency --model RUN [--device cuda] [--seconds 60]
+        frame arrival -> ``start`` event latency (the events' latency_s), threshold 0.01 so each
+        connection opens an interval at its first clip; the camera is restarted every 8 s.
+    python bench/live.py streams --model RUN [--device cuda] [--max-streams 64] [--seconds 40]
+        the largest number of 25 fps cameras watched with no clip dropped (doubling, then bisecting).
+    python bench/live.py soak --model RUN [--minutes 12] [--streams 1]
+        RSS every 10 s over a long run (lag policy on: the drops keep memory flat); prints the
+        table and the slope of a line fitted to the second half.
+    python bench/live.py gate --model RUN --video LONG_NORMAL.mp4
+        false alarms of the live video gate on long normal footage: events per hour with the
+        run's operating point, gate on vs off (--video-threshold 0).
+
+Prints JSON on stdout; say the machine's load (uptime) when quoting a figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import moving_frames, write_video  # noqa: E402
+
+from vadpipe.detect import _block_len, _encoder_for, run_extraction_settings  # noqa: E402
+from vadpipe.extract.stream import parse_source  # noqa: E402
+from vadpipe.hooks import EventSink  # noqa: E402
+from vadpipe.model.run import load_run  # noqa: E402
+from vadpipe.postprocess.intervals import OperatingPoint  # noqa: E402
+from vadpipe.watch import Watch, WatchConfig  # noqa: E402
+
+
+class Collect(EventSink):
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+
+    def send(self, event: dict) -> None:
+        self.events.append(event)
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def camera_file(folder: Path, seconds: float = 8.0, fps: int = 25) -> Path:
+    path = folder / f"camera_{int(seconds)}s_{fps}fps.ts"
+    if not path.exists():
+        write_video(path, moving_frames(int(seconds * fps), 320, 240, seed=1), fps=fps)
+    return path
+
+
+def serve(path: Path, seconds: float, *, loop: bool = True) -> tuple[subprocess.Popen, int]:
+    rate = path.stat().st_size / seconds  # real time: the file's own bitrate
+    args = [sys.executable, str(REPO / "tests" / "stream_server.py"), str(path), "--rate", f"{rate:.0f}"]
+    proc = subprocess.Popen(args + (["--loop"] if loop else []), stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline().split()[1])
+
+
+def make_watch(args, urls: list[str], op: OperatingPoint, sink: EventSink, **config) -> Watch:
+    run = load_run(args.model)
+    settings = run_extraction_settings(run)
+    encoder, settings = _encoder_for(settings, weights=None, device=args.device)
+    specs = [parse_source(u, name=f"cam{i}") for i, u in enumerate(urls)]
+    return Watch(specs, run, encoder, settings, op, WatchConfig(**config), block_len=_block_len(run), sinks=[sink],
+                 log=lambda m: print(m, file=sys.stderr))
+
+
+def timed(w: Watch, seconds: float, on_tick=None) -> None:
+    timer = threading.Timer(seconds, w.stop)
+    timer.start()
+    try:
+        w.run_until_done(on_tick=on_tick)
+    finally:
+        timer.cancel()
+
+
+def bench_latency(args) -> dict:
+    path = camera_file(args.work)
+    # not looped: each pass of the file is one connection, then a reconnect, so one start per pass
+    proc, port = serve(path, 8.0, loop=True)
+    sink = Collect()
+    w = make_watch(args, [f"http://127.0.0.1:{port}/"], OperatingPoint(threshold=0.01, method="manual"), sink,
+                   batch_size=args.batch_size, queue_clips=2)
+    try:
+        # one interval per connection: restart the connection every 8 s by restarting the server
+        stop = threading.Event()
+
+        def restarter() -> None:
+            nonlocal proc
+            while not stop.wait(8.0):
+                proc.kill()
+                proc.wait()
+                proc, _ = subprocess.Popen([sys.executable, str(REPO / "tests" / "stream_server.py"), str(path),
+                                            "--port", str(port), "--rate", f"{path.stat().st_size / 8.0:.0f}",
+                                            "--loop"], stdout=subprocess.PIPE, text=True), port
+                proc.stdout.readline()
+
+        t = threading.Thread(target=restarter, daemon=True)
+        t.start()
+        timed(w, args.seconds)
+        stop.set()
+    finally:
+        proc.kill()
+    lat = [e["latency_s"] for e in sink.events if e["event"] == "start" and e.get("latency_s") is not None]
+    return {"bench": "latency", "device": str(w.encoder.device), "starts": len(lat),
+            "latency_s": {"median": float(np.median(lat)) if lat else None, "min": min(lat, default=None),
+                          "max": max(lat, default=None)},
+            "i3d_clips_per_s": w.capacity_clips_s, "load": os.getloadavg()}
+
+
+def _sustains(args, n: int) -> tuple[bool, dict]:
+    path = camera_file(args.work)
+    servers = [serve(path, 8.0) for _ in range(n)]
+    sink = Collect()
+    try:
+        w = make_watch(args, [f"http://127.0.0.1:{p}/" for _, p in servers], OperatingPoint(), sink,
+                       batch_size=args.batch_size, queue_clips=4)
+        timed(w, args.seconds)
+    finally:
+        for proc, _ in servers:
+            proc.kill()
+    st = w.statuses()
+    dropped = sum(s.dropped for s in st)
+    scored = sum(s.clips for s in st)
+    return dropped == 0 and scored > 0, {"streams": n, "scored": scored, "dropped": dropped,
+                                         "i3d_clips_per_s": w.capacity_clips_s}
+
+
+def bench_streams(args) -> dict:
+    trials = []
+    ok_n, bad_n = 0, None
+    n = 1
+    while n <= args.max_streams:
+        ok, info = _sustains(args, n)
+        trials.append(info)
+        print(json.dumps(info), file=sys.stderr)
+        if not ok:
+            bad_n = n
+            break
+        ok_n = n
+        n *= 2
+    while bad_n is not None and bad_n - ok_n > 1:
+        mid = (ok_n + bad_n) // 2
+        ok, info = _sustains(args, mid)
+        trials.append(info)
+        ok_n, bad_n = (mid, bad_n) if ok else (ok_n, mid)
+    return {"bench": "streams", "device": args.device, "fps": 25, "sustained_streams": ok_n,
+            "seconds_per_trial": args.seconds, "trials": trials, "load": os.getloadavg()}
+
+
+def bench_soak(args) -> dict:
+    path = camera_file(args.work)
+    servers = [serve(path, 8.0) for _ in range(args.streams)]
+    sink = Collect()
+    samples: list[tuple[float, float]] = []
+    t0 = time.monotonic()
+    last = [0.0]
+
+    def tick() -> None:
+        now = time.monotonic() - t0
+        if now - last[0] >= 10:
+            last[0] = now
+            samples.append((round(now, 1), round(rss_mb(), 1)))
+            print(json.dumps({"t_s": samples[-1][0], "rss_mb": samples[-1][1],
+                              "clips": sum(s.clips for s in w.statuses()),
+                              "dropped": sum(s.dropped for s in w.statuses())}), file=sys.stderr, flush=True)
+            sink.events.clear()  # the bench's own list must not be what grows
+
+    try:
+        w = make_watch(args, [f"http://127.0.0.1:{p}/" for _, p in servers], OperatingPoint(), sink,
+                       batch_size=args.batch_size)
+        timed(w, args.minutes * 60, on_tick=tick)
+    finally:
+        for proc, _ in servers:
+            proc.kill()
+    half = [s for s in samples if s[0] >= samples[-1][0] / 2] if samples else []
+    slope = float(np.polyfit([s[0] for s in half], [s[1] for s in half], 1)[0] * 60) if len(half) > 2 else None
+    st = w.statuses()
+    return {"bench": "soak", "device": str(w.encoder.device), "minutes": args.minutes, "streams": args.streams,
+            "clips": sum(s.clips for s in st), "dropped": sum(s.dropped for s in st),
+            "rss_mb": {"first": samples[0][1] if samples else None, "max": max(s[1] for s in samples) if samples else None,
+                       "last": samples[-1][1] if samples else None},
+            "rss_slope_mb_per_min_second_half": slope, "samples": samples, "load": os.getloadavg()}
+
+
+def bench_gate(args) -> dict:
+    run = load_run(args.model)
+    results = {}
+    for label, vt in (("run_gate", None), ("no_gate", 0.0)):
+        op = OperatingPoint.for_run(run.config, where="run", video_threshold=vt)
+        if vt is None:
+            op = OperatingPoint.for_run(run.config, where="run")
+        sink = Collect()
+        w = make_watch(args, [str(args.video)], op, sink, lag="wait", gate_window=args.gate_window)
+        w.run_until_done()  # the whole file, nothing dropped
+        starts = [e for e in sink.events if e["event"] == "start"]
+        clips = w.statuses()[0].clips
+        hours = clips * 16 / 25 / 3600
+        results[label] = {"video_threshold": op.video_threshold, "threshold": op.threshold, "starts": len(starts),
+                          "footage_h": round(hours, 4), "events_per_hour": len(starts) / hours if hours else None}
+    return {"bench": "gate", "gate_window": args.gate_window, **results, "load": os.getloadavg()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["latency", "streams", "soak", "gate"])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--max-streams", type=int, default=64)
+    parser.add_argument("--minutes", type=float, default=12.0)
+    parser.add_argument("--streams", type=int, default=1)
+    parser.add_argument("--video", type=Path)
+    parser.add_argument("--gate-window", type=int, default=64)
+    parser.add_argument("--work", type=Path, default=Path("bench-live"))
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    result = {"latency": bench_latency, "streams": bench_streams, "soak": bench_soak, "gate": bench_gate}[args.what](args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
