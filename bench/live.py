@@ -60,6 +60,18 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def trimmed_rss_mb() -> float:
+    """RSS after glibc returns its free heap pages (malloc_trim): live memory, without what the
+    allocator merely keeps around for reuse."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    return rss_mb()
+
+
 def camera_file(folder: Path, seconds: float = 8.0, fps: int = 25) -> Path:
     path = folder / f"camera_{int(seconds)}s_{fps}fps.ts"
     if not path.exists():
@@ -178,8 +190,8 @@ def bench_soak(args) -> dict:
         now = time.monotonic() - t0
         if now - last[0] >= 10:
             last[0] = now
-            samples.append((round(now, 1), round(rss_mb(), 1)))
-            print(json.dumps({"t_s": samples[-1][0], "rss_mb": samples[-1][1],
+            samples.append((round(now, 1), round(rss_mb(), 1), round(trimmed_rss_mb(), 1)))
+            print(json.dumps({"t_s": samples[-1][0], "rss_mb": samples[-1][1], "rss_after_trim_mb": samples[-1][2],
                               "clips": sum(s.clips for s in w.statuses()),
                               "dropped": sum(s.dropped for s in w.statuses())}), file=sys.stderr, flush=True)
             sink.events.clear()  # the bench's own list must not be what grows
@@ -192,13 +204,20 @@ def bench_soak(args) -> dict:
         for proc, _ in servers:
             proc.kill()
     half = [s for s in samples if s[0] >= samples[-1][0] / 2] if samples else []
-    slope = float(np.polyfit([s[0] for s in half], [s[1] for s in half], 1)[0] * 60) if len(half) > 2 else None
+
+    def slope(k: int) -> float | None:
+        return float(np.polyfit([s[0] for s in half], [s[k] for s in half], 1)[0] * 60) if len(half) > 2 else None
+
     st = w.statuses()
     return {"bench": "soak", "device": str(w.encoder.device), "minutes": args.minutes, "streams": args.streams,
             "clips": sum(s.clips for s in st), "dropped": sum(s.dropped for s in st),
             "rss_mb": {"first": samples[0][1] if samples else None, "max": max(s[1] for s in samples) if samples else None,
                        "last": samples[-1][1] if samples else None},
-            "rss_slope_mb_per_min_second_half": slope, "samples": samples, "load": os.getloadavg()}
+            "rss_after_trim_mb": {"first": samples[0][2] if samples else None,
+                                  "max": max(s[2] for s in samples) if samples else None,
+                                  "last": samples[-1][2] if samples else None},
+            "slope_mb_per_min_second_half": {"rss": slope(1), "after_trim": slope(2)},
+            "samples": samples, "load": os.getloadavg()}
 
 
 def bench_gate(args) -> dict:

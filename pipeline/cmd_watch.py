@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from vadpipe.errors import ConfigError
+from vadpipe.extract.backbones import BACKBONES
 from vadpipe.workspace import runs_dir
 
 __all__ = ["watch", "read_camera_config"]
@@ -82,6 +83,8 @@ def _unit_interval(ctx, param, value):
 @click.option("--timeout", "open_timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Seconds to wait when opening or reading a source.")
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="I3D weights (see vadpipe extract).")
+@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
+              help="The I3D network, for a run that does not record its features' network (see vadpipe detect).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Crops per I3D forward, gathered across cameras.")
@@ -92,7 +95,7 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
           save_clips: Path | None, pre_roll: float, post_roll: float, threshold: float | None,
           video_threshold: float | None, min_duration: float, merge_gap: float, gate_window: int, lag: str,
           queue_clips: int, update_every: float, reconnect: bool, reconnect_for: float, open_timeout: float,
-          weights: Path | None, device: str, batch_size: int, panel: bool | None, quiet: bool) -> None:
+          weights: Path | None, backbone: str | None, device: str, batch_size: int, panel: bool | None, quiet: bool) -> None:
     """Score camera streams (rtsp/rtmp/http(s)/udp/srt URLs, /dev/videoN, files) as they arrive.
 
     Events go out as JSON lines (start, update, end, gap, summary, error). Ctrl-C or SIGTERM
@@ -114,7 +117,7 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
     if webhook is not None and not webhook.startswith(("http://", "https://")):
         raise ConfigError(f"--webhook must be an http:// or https:// URL, got {webhook!r}")
     run = load_run(model_dir or latest_run(runs_dir()))
-    settings = run_extraction_settings(run)
+    settings = run_extraction_settings(run, backbone=backbone)
     op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
                                 video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
     config = WatchConfig(batch_size=batch_size, queue_clips=queue_clips, lag=lag, gate_window=gate_window,

@@ -249,31 +249,31 @@ def test_http_stream_scores_and_events_equal_detect(tiny_run, camera, i3d_cpu):
 def test_a_killed_server_is_reconnected_after_a_gap_event(tiny_run, camera, i3d_cpu):
     run, _ = tiny_run
     path, op, detected = camera
-    server, port = _serve(path, "--die-after", str(path.stat().st_size // 3))  # dies a third of the way in
+    size = path.stat().st_size
+    server, port = _serve(path, "--die-after", str(size // 3))  # dies a third of the way in
     restarted: list[subprocess.Popen] = []
 
     def restart() -> None:
         server.wait()
-        time.sleep(1.5)  # the camera is away for a while
-        restarted.append(_serve(path, port=port)[0])
+        time.sleep(1.5)  # the camera is away for a while, then serves the whole file once and dies
+        restarted.append(_serve(path, "--die-after", str(size), port=port)[0])
 
     threading.Thread(target=restart, daemon=True).start()
     try:
         events, clips, log, w = _watch([parse_source(f"http://127.0.0.1:{port}/", name="door")], run, i3d_cpu, op,
-                                       lag="wait", reconnect_for_s=2.0, open_timeout_s=2.0)
+                                       lag="wait", reconnect_for_s=10.0, open_timeout_s=5.0)
     finally:
         for p in [server, *restarted]:
             p.kill()
     kinds = [e["event"] for e in events]
-    gap = next(e for e in events if e["event"] == "gap")
-    assert gap["missing_s"] > 1.0
+    assert kinds.count("gap") == 1, kinds
+    gap = events[kinds.index("gap")]
+    assert gap["missing_s"] > 1.0 and gap["camera"] == "door"
     first = [e for e in events if e.get("segment") == 0]
-    assert first[-1]["event"] == "summary"
-    assert kinds.index("gap") > events.index(first[-1])  # segment 0 closed before the gap is reported
-    open_ends = [e for e in first if e["event"] == "end"]
-    assert all(e["reason"] != "below threshold" or e["end_s"] <= first[-1]["frames"] / 25 for e in open_ends)
+    assert first[-1]["event"] == "summary" and 0 < first[-1]["clips"] < CAMERA_FRAMES // 16
+    assert events.index(first[-1]) < kinds.index("gap")  # segment 0 is closed before the gap is reported
     _check_equal_to_detect(events, clips, detected, segment=1)  # the camera came back from the start
-    assert w.statuses()[0].state == "ended"
+    assert w.statuses()[0].state == "ended" and "gave up" in (w.cameras[0].reader.stats.last_error or "")
 
 
 @pytest.mark.slow
