@@ -389,12 +389,12 @@ class Watch:
         if len(seg.history) == 0 or not seg.history.complete or not seg.times.complete or dropped:
             return summary
         attention, tcam = seg.history.final_scores(self.run.model)
-        att, tc, _ = combine_crops(attention, tcam)
+        att, tc, wtcam = combine_crops(attention, tcam)
         video_score = seg.history.final_video_score(self.run.model, seg.scorer)
         times = seg.times.array()
         fps = seg.info.get("fps") or (1.0 / float(np.median(np.diff(times))) if len(times) > 1 else 25.0)
         entry = build_video_intervals(
-            source=cam.spec.location, attention=att, tcam=tc, video_score=video_score,
+            source=cam.spec.location, attention=att, tcam=tc, wtcam=wtcam, video_score=video_score,
             start_frames=np.asarray(seg.history.start_frames), clip_len=self.settings.clip_len,
             frame_times_s=times, duration_s=seg.times.end_s, fps=fps, video_end_s=seg.times.end_s,
             operating_point=self.op)

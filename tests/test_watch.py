@@ -33,7 +33,7 @@ from vadpipe.postprocess.events import CurveFrame, EventTracker, OnlineCurve
 from vadpipe.postprocess.intervals import OperatingPoint, intervals_from_curve
 from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
 from vadpipe.postprocess.proposals import interpolate_to_frames
-from vadpipe.postprocess.scores import score_sequences
+from vadpipe.postprocess.scores import score_sequences, score_video
 from vadpipe.watch import Watch, WatchConfig
 
 from conftest import moving_frames, write_video
@@ -57,6 +57,9 @@ def test_online_scorer_equals_offline_full_rate_scoring(n_rows):
     online = [scorer.push(crops[:, t]) for t in range(n_rows)]
     for t, s in enumerate(online):
         history.add(s, crops[:, t], 16 * t)
+    video_scores = score_video(model, list(crops), mode="full")
+    np.testing.assert_allclose([s.wtcam for s in online] if n_rows > 6 else video_scores.wtcam, video_scores.wtcam,
+                               atol=1e-6)  # the crops combined as detect combines them
     if n_rows > 6:  # phases from the first clip: final as soon as computed
         for c in range(2):
             np.testing.assert_allclose([s.attention_crops[c] for s in online], offline[c].attention, atol=1e-6)
