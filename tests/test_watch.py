@@ -388,3 +388,23 @@ def test_camera_config_file_names_each_camera(tmp_path):
     config.write_text('[[camera]]\nname = "x"\n')
     with pytest.raises(Exception, match="needs a url"):
         read_camera_config(config, realtime=False)
+
+
+def test_live_panel_shows_one_row_per_camera(i3d_cpu, tmp_path):
+    from rich.console import Console
+
+    from vadpipe.extract.settings import ExtractionSettings
+    from vadpipe.model.run import Run
+    from vadpipe.panel import render
+
+    video = write_video(tmp_path / "yard.ts", moving_frames(20, 64, 48), fps=25)
+    run = Run(path=tmp_path, config={}, model=CSLTAL(ModelConfig()).eval())
+    w = Watch([parse_source(str(video), name="yard"), parse_source("rtsp://127.0.0.1:1/x", name="gate")], run,
+              i3d_cpu[0], ExtractionSettings().with_weights(i3d_cpu[1]), OperatingPoint())
+    w.cameras[0].status.last_event = "start at 1.2s"
+    console = Console(record=True, width=120)
+    console.print(render(w))
+    text = console.export_text()
+    for expected in ("camera", "state", "fps in", "clips/s", "dropped", "last event", "yard", "gate",
+                     "connecting", "start at 1.2s"):
+        assert expected in text
