@@ -10,7 +10,8 @@ file's own bitrate, looping), watched in-process by `vadpipe.watch.Watch` with a
         the largest number of 25 fps cameras watched with no clip dropped (doubling, then bisecting).
     python bench/live.py soak --model RUN [--minutes 12] [--streams 1]
         RSS every 10 s over a long run (lag policy on: the drops keep memory flat); prints the
-        table and the slope of a line fitted to the second half.
+        table and the slope of a line fitted to the second half (--trim-samples: also after
+        malloc_trim, i.e. without the free pages glibc keeps).
     python bench/live.py gate --model RUN --video LONG_NORMAL.mp4
         false alarms of the live video gate on long normal footage: events per hour with the
         run's operating point, gate on vs off (--video-threshold 0).
@@ -190,7 +191,8 @@ def bench_soak(args) -> dict:
         now = time.monotonic() - t0
         if now - last[0] >= 10:
             last[0] = now
-            samples.append((round(now, 1), round(rss_mb(), 1), round(trimmed_rss_mb(), 1)))
+            samples.append((round(now, 1), round(rss_mb(), 1),
+                            round(trimmed_rss_mb(), 1) if args.trim_samples else None))
             print(json.dumps({"t_s": samples[-1][0], "rss_mb": samples[-1][1], "rss_after_trim_mb": samples[-1][2],
                               "clips": sum(s.clips for s in w.statuses()),
                               "dropped": sum(s.dropped for s in w.statuses())}), file=sys.stderr, flush=True)
@@ -206,16 +208,17 @@ def bench_soak(args) -> dict:
     half = [s for s in samples if s[0] >= samples[-1][0] / 2] if samples else []
 
     def slope(k: int) -> float | None:
-        return float(np.polyfit([s[0] for s in half], [s[k] for s in half], 1)[0] * 60) if len(half) > 2 else None
+        if len(half) < 3 or half[0][k] is None:
+            return None
+        return float(np.polyfit([s[0] for s in half], [s[k] for s in half], 1)[0] * 60)
 
     st = w.statuses()
     return {"bench": "soak", "device": str(w.encoder.device), "minutes": args.minutes, "streams": args.streams,
             "clips": sum(s.clips for s in st), "dropped": sum(s.dropped for s in st),
             "rss_mb": {"first": samples[0][1] if samples else None, "max": max(s[1] for s in samples) if samples else None,
                        "last": samples[-1][1] if samples else None},
-            "rss_after_trim_mb": {"first": samples[0][2] if samples else None,
-                                  "max": max(s[2] for s in samples) if samples else None,
-                                  "last": samples[-1][2] if samples else None},
+            "rss_after_trim_mb": ({"first": samples[0][2], "max": max(s[2] for s in samples),
+                                   "last": samples[-1][2]} if samples and args.trim_samples else None),
             "slope_mb_per_min_second_half": {"rss": slope(1), "after_trim": slope(2)},
             "samples": samples, "load": os.getloadavg()}
 
@@ -251,6 +254,8 @@ def main() -> None:
     parser.add_argument("--video", type=Path)
     parser.add_argument("--gate-window", type=int, default=64)
     parser.add_argument("--work", type=Path, default=Path("bench-live"))
+    parser.add_argument("--trim-samples", action="store_true",
+                        help="soak: also report RSS after malloc_trim at each sample (live memory)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     result = {"latency": bench_latency, "streams": bench_streams, "soak": bench_soak, "gate": bench_gate}[args.what](args)

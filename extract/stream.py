@@ -300,12 +300,15 @@ class StreamReader(threading.Thread):
         self._segment = -1
 
     # --- recording (called from the compute thread) ------------------------------------------
-    def record(self, key: str, path: Path, *, segment: int, from_s: float) -> None:
-        """Start writing segment ``segment``'s footage from ``from_s`` (pre-roll from the ring);
-        ignored when that segment is over."""
+    def record(self, key: str, path: Path, *, segment: int, from_s: float) -> bool:
+        """Start writing segment ``segment``'s footage from ``from_s`` (pre-roll from the ring, or
+        from the ring's oldest keyframe if ``from_s`` has left it). False when that segment is
+        over: its packets are gone."""
         with self._rec_lock:
-            if segment == self._segment and self.stats.state == "live":
-                self._recordings[key] = _Recording(path=path, from_s=from_s)
+            if segment != self._segment or self.stats.state != "live":
+                return False
+            self._recordings[key] = _Recording(path=path, from_s=from_s)
+            return True
 
     def stop_recording(self, key: str, *, until_s: float) -> None:
         with self._rec_lock:

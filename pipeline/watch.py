@@ -17,7 +17,8 @@ Events (one JSON object each; every one has ``event``, ``camera``, ``wall_time``
 
 * ``start``: an interval opened: ``segment``, ``start_frame``, ``start_s`` (stream time),
   ``stream_s`` (stream time when it was decided), ``score``, ``latency_s`` (from the arrival of
-  its first frame), ``dropped_clips``, ``clip`` (its MP4 with --save-clips);
+  its first frame), ``dropped_clips``, ``clip`` (its MP4 with --save-clips; null when the
+  stream ended before the event was decided, so its packets are gone);
 * ``update`` (with ``update_every_s``): ``score`` now, ``peak`` so far;
 * ``end``: ``start_frame``, ``end_frame`` (exclusive), ``start_s``, ``end_s``, ``score`` (mean
   of the curve over the interval), ``peak``, ``reason`` (``"below threshold"``, or why the
@@ -175,6 +176,18 @@ class _Camera:
         self.segment_offset_s = 0.0  # camera time of the current segment's start
 
 
+def _trim_heap() -> None:
+    """Give glibc's free heap pages back to the system. Clips are allocated on the reader threads
+    and freed on this one, a pattern under which glibc keeps free pages in its arenas (bench/live.py
+    soak, 12 minutes: RSS +7.6 MB/min over the second half untrimmed; flat when trimmed)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def measure_throughput(encoder: ClipEncoder, settings: ExtractionSettings, *, batch_size: int) -> float:
     """Clips per second the encoder computes in batches of ``batch_size`` crops (one warm-up batch)."""
     n_crops = len(settings.crop_names)
@@ -221,7 +234,8 @@ class Watch:
         self.stop_event = threading.Event()
         self.capacity_clips_s: float | None = None
         self.cameras: list[_Camera] = []
-        ring = (config.pre_roll_s + 30.0) if config.save_clips else 0.0
+        # the ring covers the pre-roll plus how far scoring may lag behind (queue, settle, a slow device)
+        ring = (config.pre_roll_s + 60.0) if config.save_clips else 0.0
         for spec in sources:
             block = config.lag == "wait" or (config.lag == "auto" and not spec.live)
             q = ClipQueue(max_clips=config.queue_clips, block=block)
@@ -253,7 +267,7 @@ class Watch:
         self.capacity_clips_s = measure_throughput(self.encoder, self.settings, batch_size=self.config.batch_size)
         for cam in self.cameras:
             cam.reader.start()
-        last_tick = 0.0
+        last_tick = last_trim = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 batch = self._gather()
@@ -264,6 +278,9 @@ class Watch:
                 else:
                     self.stop_event.wait(0.01)
                 self._report_lag()
+                if time.monotonic() - last_trim > 60:
+                    last_trim = time.monotonic()
+                    _trim_heap()
                 if on_tick is not None and time.monotonic() - last_tick > 0.25:
                     last_tick = time.monotonic()
                     on_tick()
@@ -415,10 +432,10 @@ class Watch:
             if self.config.save_clips is not None:
                 stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
                 path = self.config.save_clips / f"{cam.spec.name}-{stamp}-s{seg.index}-f{event['start_frame']}.mp4"
-                seg.event_key = path.name
-                cam.reader.record(path.name, path, segment=seg.index,
-                                  from_s=event["start_s"] - self.config.pre_roll_s)
-                event["clip"] = str(path)
+                recording = cam.reader.record(path.name, path, segment=seg.index,
+                                              from_s=event["start_s"] - self.config.pre_roll_s)
+                seg.event_key = path.name if recording else None
+                event["clip"] = str(path) if recording else None
         if kind == "end" and seg is not None and seg.event_key is not None:
             cam.reader.stop_recording(seg.event_key, until_s=event["end_s"] + self.config.post_roll_s)
             event["clip"] = str(self.config.save_clips / seg.event_key)

@@ -337,14 +337,15 @@ def _playable_frames(path: Path) -> int:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
-def test_cli_watch_realtime_file_with_hooks_and_clips_survives_being_stopped(tiny_run, camera, tmp_path, how):
+def test_cli_watch_with_hooks_and_clips_survives_being_stopped(tiny_run, camera, tmp_path, how):
     run, root = tiny_run
     path, op, _ = camera
     _Collector.received = []
     hook_server = ThreadingHTTPServer(("127.0.0.1", 0), _Collector)
     threading.Thread(target=hook_server.serve_forever, daemon=True).start()
     events, hook_log, clips = tmp_path / "events.jsonl", tmp_path / "hook.jsonl", tmp_path / "clips"
-    cmd = [sys.executable, "-m", "vadpipe", "watch", str(path), "--realtime", "--model", str(run.path),
+    camera_server, port = _serve(path, "--loop", "--rate", str(path.stat().st_size / (CAMERA_FRAMES / 25)))
+    cmd = [sys.executable, "-m", "vadpipe", "watch", f"http://127.0.0.1:{port}/live", "--model", str(run.path),
            "--threshold", "0.01", "--events", str(events), "--save-clips", str(clips), "--pre-roll", "1",
            "--webhook", f"http://127.0.0.1:{hook_server.server_address[1]}/hook",
            "--on-event", f"{sys.executable} -c \"import sys; open({str(hook_log)!r}, 'a').write(sys.stdin.read() + chr(10))\"",
@@ -358,10 +359,11 @@ def test_cli_watch_realtime_file_with_hooks_and_clips_survives_being_stopped(tin
         out, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
+        camera_server.kill()
         hook_server.shutdown()
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     start = next(e for e in lines if e["event"] == "start")
-    assert start["camera"] == "camera.ts" and start["latency_s"] is not None
+    assert start["camera"] == f"127.0.0.1_{port}_live" and start["latency_s"] is not None
     mp4 = Path(start["clip"])
     assert mp4.parent == clips and _playable_frames(mp4) >= 16  # a fragmented MP4 plays even after a kill
     if how == "SIGTERM":
