@@ -184,6 +184,23 @@ def test_bad_input_is_one_line(tmp_path):
     assert result.exit_code == 2 and "operating_point is missing" in result.output
 
 
+def test_proxy_keeps_the_frame_times_of_a_variable_rate_upright_source(tmp_path):
+    from fractions import Fraction
+
+    pts = [int(1000 * t) for t in np.cumsum(np.r_[0, np.where(np.arange(39) % 2, 0.02, 0.1)])]
+    source = write_video(tmp_path / "vfr.mov", moving_frames(40, 640, 360), codec="mpeg4", pts=pts,
+                         time_base=Fraction(1, 1000), rotation=90)
+    assert not probe_playability(source).native
+    proxy = tmp_path / "proxy.mp4"
+    make_proxy(source, proxy)
+    with open_frames(source) as (_, frames):
+        want = [f.time_s for f in frames]
+    with open_frames(proxy) as (info, frames):
+        got = [f.time_s for f in frames]
+    assert got == pytest.approx(want, abs=1e-3)
+    assert (info.width, info.height) == (270, 480)  # upright (the source is shown rotated), at most 480 lines
+
+
 def test_proxy_of_an_undecodable_file_is_a_clear_error(tmp_path):
     from vadpipe.errors import DecodeError
 
