@@ -177,6 +177,18 @@ def test_rebuild_reuses_media_and_never_copies_sources_unless_asked(built, doc_p
     assert page["media"]["kind"] == "copy" and "media/" in page["media"]["src"]
 
 
+def test_relative_sources_are_found_beside_the_intervals_file(doc_path, videos, tmp_path):
+    root = videos["alarm"].parents[1]
+    doc = load_intervals(doc_path)
+    doc["videos"] = [{**v, "source": str(Path(v["source"]).relative_to(root))} for v in doc["videos"][:3]]
+    moved = root / "relative.json"
+    moved.write_text(json.dumps(doc))
+    result = build_report(load_intervals(moved), tmp_path / "r", doc_path=moved)
+    assert result.problems == () and result.n_proxies == 1
+    page = _page_data(tmp_path / "r" / "videos" / "0001.html")
+    assert (tmp_path / "r" / "videos" / page["media"]["src"]).resolve() == videos["alarm"].resolve()
+
+
 def test_bad_input_is_one_line(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema_version": 1, "videos": []}')
