@@ -5,7 +5,8 @@ file's own bitrate, looping), watched in-process by `vadpipe.watch.Watch` with a
 
     python bench/live.py latency --model RUN [--device cuda] [--seconds 60]
         frame arrival -> ``start`` event latency (the events' latency_s), threshold 0.01 so each
-        connection opens an interval at its first clip; the camera is restarted every 8 s.
+        connection opens an interval at its first scored clip; the camera plays an 8 s file
+        per connection and watch reconnects after each.
     python bench/live.py streams --model RUN [--device cuda] [--max-streams 64] [--seconds 40]
         the largest number of 25 fps cameras watched with no clip dropped (doubling, then bisecting).
     python bench/live.py soak --model RUN [--minutes 12] [--streams 1]
@@ -107,29 +108,14 @@ def timed(w: Watch, seconds: float, on_tick=None) -> None:
 
 def bench_latency(args) -> dict:
     path = camera_file(args.work)
-    # not looped: each pass of the file is one connection, then a reconnect, so one start per pass
-    proc, port = serve(path, 8.0, loop=True)
+    # the server plays the file once per connection, in real time; watch reconnects after each
+    # pass, and every connection opens an interval at its first scored clip (threshold 0.01)
+    proc, port = serve(path, 8.0, loop=False)
     sink = Collect()
     w = make_watch(args, [f"http://127.0.0.1:{port}/"], OperatingPoint(threshold=0.01, method="manual"), sink,
                    batch_size=args.batch_size, queue_clips=2)
     try:
-        # one interval per connection: restart the connection every 8 s by restarting the server
-        stop = threading.Event()
-
-        def restarter() -> None:
-            nonlocal proc
-            while not stop.wait(8.0):
-                proc.kill()
-                proc.wait()
-                proc, _ = subprocess.Popen([sys.executable, str(REPO / "tests" / "stream_server.py"), str(path),
-                                            "--port", str(port), "--rate", f"{path.stat().st_size / 8.0:.0f}",
-                                            "--loop"], stdout=subprocess.PIPE, text=True), port
-                proc.stdout.readline()
-
-        t = threading.Thread(target=restarter, daemon=True)
-        t.start()
         timed(w, args.seconds)
-        stop.set()
     finally:
         proc.kill()
     lat = [e["latency_s"] for e in sink.events if e["event"] == "start" and e.get("latency_s") is not None]
