@@ -98,12 +98,18 @@ def make_watch(args, urls: list[str], op: OperatingPoint, sink: EventSink, **con
 
 
 def timed(w: Watch, seconds: float, on_tick=None) -> None:
-    timer = threading.Timer(seconds, w.stop)
-    timer.start()
-    try:
-        w.run_until_done(on_tick=on_tick)
-    finally:
-        timer.cancel()
+    """Run ``w`` for ``seconds`` counted from its first loop tick (after I3D is loaded and measured)."""
+    started: list[float] = []
+
+    def tick() -> None:
+        if not started:
+            started.append(time.monotonic())
+        elif time.monotonic() - started[0] > seconds:
+            w.stop()
+        if on_tick is not None:
+            on_tick()
+
+    w.run_until_done(on_tick=tick)
 
 
 def bench_latency(args) -> dict:
