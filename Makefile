@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup setup-browser demo test test-fast bench bench-long bench-report lint
+.PHONY: setup setup-browser demo test test-fast bench bench-long bench-report lint docker-test
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,11 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(PY) .ci/lint_imports.py
+
+# build the image on a local Debian base and run it as a user would (needs root or a Docker engine;
+# installs docker.io and debootstrap, starts dockerd if none runs); see README "Docker"
+docker-test: setup
+	PY=$(PY) docker/test.sh
 
 bench: setup
 	$(PY) bench/extract.py

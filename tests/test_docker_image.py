@@ -1,0 +1,148 @@
+"""The Docker image, run as a user would: version, offline extraction by a non-root user from a
+read-only video (same features as the host), detect with a run trained on the host, exit codes.
+
+Runs under ``make docker-test`` (docker/test.sh builds the image and sets $VADPIPE_DOCKER_IMAGE);
+skipped otherwise. Every container runs with ``--network none --read-only``: the weights must be
+in the image, and nothing is written outside the mounted output folder and a /tmp tmpfs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vadpipe.postprocess.intervals import validate_document
+from vadpipe.synth import SplitSize, SynthConfig, make_dataset
+
+from conftest import SHARED
+
+IMAGE = os.environ.get("VADPIPE_DOCKER_IMAGE", "")
+DOCKER = os.environ.get("DOCKER", "docker")
+# containers carry this label so docker/test.sh can remove any left behind by a killed run
+LABEL = os.environ.get("VADPIPE_DOCKER_LABEL", "vadpipe-test")
+BIKES = SHARED / "media" / "bikes.mp4"
+# the image's user (uid 1000) when the host runs as root, else the caller's own ids: never root
+USER = (1000, 1000) if os.getuid() == 0 else (os.getuid(), os.getgid())
+# Host and container run the same torch build on the same CPU; the features agree to float32
+# rounding (the decoders' wheels may differ in version). Measured: see docker/test.sh's notes.
+FEATURE_ATOL = 1e-4
+
+pytestmark = pytest.mark.skipif(
+    not IMAGE, reason="no image to test: `make docker-test` builds one and sets $VADPIPE_DOCKER_IMAGE")
+
+
+def docker_run(*args: str, mounts: tuple[tuple[Path, str, str], ...] = ()) -> subprocess.CompletedProcess:
+    """``docker run`` the image's entrypoint offline, read-only, as the non-root user."""
+    cmd = [DOCKER, "run", "--rm", "--label", LABEL, "--name", f"{LABEL}-{uuid.uuid4().hex[:8]}",
+           "--network", "none", "--read-only", "--tmpfs", "/tmp", "--user", f"{USER[0]}:{USER[1]}"]
+    for host, inside, mode in mounts:
+        cmd += ["-v", f"{host}:{inside}:{mode}"]
+    return subprocess.run([*cmd, IMAGE, *args], capture_output=True, text=True, timeout=1200)
+
+
+def host_run(*args: str) -> subprocess.CompletedProcess:
+    """The same command with the host's vadpipe (the venv running these tests)."""
+    return subprocess.run([sys.executable, "-m", "vadpipe", *args], capture_output=True, text=True, timeout=1200)
+
+
+def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, (proc.args, proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    return proc
+
+
+def writable(path: Path) -> Path:
+    """A folder the container's user may write into."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.getuid() == 0:
+        os.chown(path, *USER)
+    return path
+
+
+def features(cache: Path) -> dict[str, np.ndarray]:
+    return {p.name: np.load(p) for p in sorted(cache.glob("*.npy"))}
+
+
+def test_version_is_the_hosts():
+    out = ok(docker_run("--version")).stdout.strip()
+    assert out == ok(host_run("--version")).stdout.strip()
+    assert out.startswith("vadpipe")
+
+
+@pytest.mark.skipif(not BIKES.is_file(), reason=f"sample video not found at {BIKES} (the ../shared folder)")
+def test_extract_offline_as_non_root_matches_the_host(tmp_path):
+    out = writable(tmp_path / "out")
+    ok(docker_run("extract", "/videos/bikes.mp4", "--out", "/out/features", "--json", "/out/report.json", "-q",
+                  mounts=((BIKES, "/videos/bikes.mp4", "ro"), (out, "/out", "rw"))))
+    ok(host_run("extract", str(BIKES), "--out", str(tmp_path / "host"), "-q"))
+    mine, theirs = features(out / "features"), features(tmp_path / "host")
+    assert list(mine) == ["bikes.times.npy", "bikes__0.npy"] and list(theirs) == list(mine)
+    a, b = mine["bikes__0.npy"], theirs["bikes__0.npy"]
+    assert a.shape == b.shape == (250 // 16, 1024) and a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=0, atol=FEATURE_ATOL)
+    np.testing.assert_array_equal(mine["bikes.times.npy"], theirs["bikes.times.npy"])
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"ok": 1} and report["clips_computed"] == 250 // 16
+    # written by the non-root user: the files on the host belong to its uid
+    owners = {p.stat().st_uid for p in (out / "features").iterdir()}
+    assert owners == {USER[0]} and USER[0] != 0
+    side = json.loads((out / "features" / "bikes.json").read_text())
+    host_side = json.loads((tmp_path / "host" / "bikes.json").read_text())
+    assert side["settings"] == host_side["settings"]  # same weights id, clip geometry and crops
+
+
+@pytest.fixture(scope="module")
+def host_run_folder(tmp_path_factory):
+    """A tiny CSL-TAL run trained on the host from generated videos (real I3D features)."""
+    root = tmp_path_factory.mktemp("docker-train")
+    ds = make_dataset(root / "videos", splits={"train": SplitSize(2, 2), "test": SplitSize(1, 1)},
+                      config=SynthConfig(n_frames=(64, 80)), seed=5)
+    ok(host_run("extract", str(ds.split_dir("train")), "--out", str(root / "features"), "-q"))
+    run = root / "run"
+    ok(host_run("train", "--features", str(root / "features"), "--out", str(run), "--recipe", "paper",
+                "--epochs", "5", "--seed", "0", "-q"))
+    return ds, run, root
+
+
+def test_detect_with_a_run_trained_on_the_host(host_run_folder, tmp_path):
+    ds, run, root = host_run_folder
+    out = writable(tmp_path / "out")
+    ok(docker_run("detect", "/videos", "--model", "/model", "--cache", "/out/cache", "--out", "/out/intervals.json",
+                  "-q", mounts=((ds.split_dir("test"), "/videos", "ro"), (run, "/model", "ro"), (out, "/out", "rw"))))
+    doc = json.loads((out / "intervals.json").read_text())
+    validate_document(doc)
+    ok(host_run("detect", str(ds.split_dir("test")), "--model", str(run), "--cache", str(tmp_path / "hcache"),
+                "--out", str(tmp_path / "host.json"), "-q"))
+    host_doc = json.loads((tmp_path / "host.json").read_text())
+    name = lambda v: v["source"].rsplit("/", 1)[-1]  # noqa: E731
+    theirs = {name(v): v for v in host_doc["videos"]}
+    assert sorted(map(name, doc["videos"])) == sorted(theirs) and len(theirs) == 2
+    for video in doc["videos"]:
+        other = theirs[name(video)]
+        assert video["n_frames"] == other["n_frames"] and len(video["clips"]) == len(other["clips"]) > 0
+        np.testing.assert_allclose([c["wtcam"] for c in video["clips"]], [c["wtcam"] for c in other["clips"]],
+                                   rtol=0, atol=1e-4)
+
+
+def test_bad_input_exit_codes(tmp_path):
+    bad = tmp_path / "in" / "notes.mp4"
+    bad.parent.mkdir()
+    bad.write_text("this is not a video\n")
+    out = writable(tmp_path / "out")
+    mounts = ((bad.parent, "/videos", "ro"), (out, "/out", "rw"))
+    # every video failed: 1, with one line naming the file
+    proc = docker_run("extract", "/videos/notes.mp4", "--out", "/out/features", "-q", mounts=mounts)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "notes.mp4" in proc.stderr and "Traceback" not in proc.stderr
+    # a model folder that is not there: 2 (bad options)
+    proc = docker_run("detect", "/videos/notes.mp4", "--model", "/nowhere", "-q", mounts=mounts)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "/nowhere" in proc.stderr and "Traceback" not in proc.stderr
+    # an unknown subcommand: 2 (click's usage error)
+    assert docker_run("frobnicate").returncode == 2
