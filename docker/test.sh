@@ -83,5 +83,5 @@ size=$("$DOCKER" image inspect -f '{{.Size}}' "$tag")
 say "built $tag: $((size / 1000000)) MB, $((t2 - t1)) s"
 
 VADPIPE_DOCKER_IMAGE=$tag VADPIPE_DOCKER_LABEL=$label \
-    "$PY" -m pytest -q -p no:cacheprovider tests/test_docker_image.py
+    "$PY" -m pytest -q -s -p no:cacheprovider tests/test_docker_image.py
 say "tests $((SECONDS - t2)) s; total $((SECONDS - t0)) s"
