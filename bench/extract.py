@@ -2,13 +2,13 @@
 
 Usage:
   python bench/extract.py [VIDEO] [--device auto] [--precision fp32[,bf16]] [--batch-size 8]
-                          [--workers 0[,1,4,all]] [--devices 0,1] [--engine local|ray] [--address auto]
+                          [--decode-procs 0[,1,4,all]] [--devices 0,1] [--engine local|ray] [--address auto]
                           [--seconds 20] [--size 640x360] [--copies 1]
 
 Without VIDEO a test video is generated (PyAV, ``--size``, 25 fps, ``--seconds`` long); ``--copies``
 extracts that many copies of it (the worker engine decodes one video per worker, so several
 videos are needed to use several workers). Every combination of ``--precision`` and
-``--workers`` is one row: clips/s end to end (clips computed / compute-loop time, after a
+``--decode-procs`` is one row (with ``--engine ray``, the value caps the video tasks in flight): clips/s end to end (clips computed / compute-loop time, after a
 warm-up run), its share of the network-alone figure, and the share of the loop the network
 waited for input. The 1-minute load average is printed, since a shared machine skews figures.
 """
@@ -27,8 +27,8 @@ import torch
 
 from vadpipe.extract.decode import open_frames
 from vadpipe.extract.devices import parse_devices
-from vadpipe.extract.engines import extract_videos
-from vadpipe.extract.runner import ClipEncoder, select_device
+from vadpipe.extract.encoder import ClipEncoder, select_device
+from vadpipe.extract.engines import choose_executor, extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.transforms import crop_clip, resize_frame
 from vadpipe.extract.weights import load_i3d
@@ -107,7 +107,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16,fp16")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--workers", default="0", help="comma-separated decode process counts; all = cores - 1")
+    ap.add_argument("--decode-procs", default="0", help="comma-separated decode process counts; all = cores - 1 "
+                    "(Ray: video tasks in flight, 0 = the cluster's CPUs)")
     ap.add_argument("--devices", default=None, help="one process per device, e.g. 0,1 or cpu,cpu")
     ap.add_argument("--engine", default="local", choices=["local", "ray"])
     ap.add_argument("--address", default=None, help="Ray cluster (with --engine ray)")
@@ -125,7 +126,7 @@ def main() -> None:
         import_ray().init(address=args.address, include_dashboard=False if args.address is None else None)
     model, ident = load_i3d(device=device)
     precisions = args.precision.split(",")
-    workers_list = _workers_list(args.workers)
+    workers_list = _workers_list(args.decode_procs)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         width, height = (int(v) for v in args.size.lower().split("x"))
@@ -149,9 +150,12 @@ def main() -> None:
             print(f"{'network alone (synthetic input, one device)':45s} {precision:9s} {'-':>7s} {net:9.2f}")
             for workers in workers_list:
                 s = ExtractionSettings(precision=precision)
-                common = dict(settings=s, batch_size=args.batch_size, engine=args.engine, workers=workers,
-                              devices=args.devices, address=args.address, progress=False,
-                              device=None if args.engine == "ray" or args.devices else args.device)
+                ray = args.engine == "ray"
+                executor = choose_executor(engine=args.engine, devices=args.devices, address=args.address,
+                                           device=None if ray or args.devices else args.device,
+                                           decode_processes=None if ray else workers,
+                                           ray_tasks=(workers or None) if ray else None)
+                common = dict(settings=s, batch_size=args.batch_size, executor=executor, progress=False)
                 extract_videos([warm], out_dir=tmp / "warm-cache", **common)
                 shutil.rmtree(tmp / "warm-cache")
                 report = extract_videos([videos], out_dir=tmp / "cache", **common)

@@ -46,7 +46,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...
 step env 30 bash -c "nvidia-smi; $py -c 'import torch, vadpipe; print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0))'"
 step tests 120 "$py" -m pytest -q -m cuda -p no:cacheprovider tests
 step precision 60 "$py" bench/precision.py --device cuda --batch-size 32 --repeats 5 --json "$out/precision.json"
-step extract 180 "$py" bench/extract.py --device cuda --precision fp32,bf16 --workers 0,4,all \
+step extract 180 "$py" bench/extract.py --device cuda --precision fp32,bf16 --decode-procs 0,4,all \
   --size 1280x720 --seconds 8 --copies 8 --batch-size 32
 if [ -f bench/live.py ]; then step live 60 "$py" bench/live.py --device cuda; fi
 step train 60 "$py" bench/train.py --videos 400 --max-batches 20

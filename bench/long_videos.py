@@ -40,7 +40,8 @@ import torch
 
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.errors import DataError
-from vadpipe.extract.runner import extract_paths, load_encoder
+from vadpipe.extract.encoder import load_encoder
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import load_item, parse_annotations, scan_features
 from vadpipe.model.recipes import recipe_config
@@ -203,8 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     features = {}
     for split in SPLITS:
         features[split] = root / "features" / split
-        report = extract_paths([ds.split_dir(split)], out_dir=features[split], settings=settings, encoder=encoder,
-                               progress=sys.stderr.isatty())
+        report = extract_videos([ds.split_dir(split)], out_dir=features[split], settings=settings, encoder=encoder,
+                                progress=sys.stderr.isatty())
         if report.failed:
             raise SystemExit(f"extraction failed for {len(report.failed)} video(s): {report.failed[0].error}")
     t_extract = time.perf_counter() - began - t_data

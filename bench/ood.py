@@ -40,12 +40,12 @@ def _features(folder: Path, split: str) -> dict[str, list[np.ndarray]]:
 
 
 def _extract_real(run_dir: Path, paths: list[Path], cache: Path) -> dict[str, list[np.ndarray]]:
-    from vadpipe.extract.runner import extract_paths
+    from vadpipe.extract.engines import extract_videos
     from vadpipe.extract.settings import ExtractionSettings
     from vadpipe.model.run import read_run_config
 
     settings = ExtractionSettings.from_dict(read_run_config(run_dir)["extraction"]["settings"])
-    extract_paths(paths, out_dir=cache, settings=settings, progress=True)
+    extract_videos(paths, out_dir=cache, settings=settings, progress=True)
     return _features(cache, "test")
 
 

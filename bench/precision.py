@@ -24,7 +24,7 @@ import torch
 from vadpipe.errors import ConfigError
 from vadpipe.extract.decode import open_frames
 from vadpipe.extract.inference import cpu_has_native_bf16
-from vadpipe.extract.runner import ClipEncoder, select_device
+from vadpipe.extract.encoder import ClipEncoder, select_device
 from vadpipe.extract.transforms import crop_clip, resize_frame, to_unit_range
 from vadpipe.extract.weights import load_i3d
 

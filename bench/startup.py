@@ -38,7 +38,7 @@ if "--torchvision" in sys.argv:
     import torchvision.transforms.v2; mark("import torchvision")
 from pathlib import Path
 from vadpipe.extract.decode import open_frames
-from vadpipe.extract.runner import ClipEncoder
+from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.transforms import crop_clip, resize_frame
 from vadpipe.extract.weights import load_i3d
 mark("import vadpipe extraction")

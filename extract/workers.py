@@ -1,17 +1,15 @@
-"""Decode worker processes feeding one network: ``vadpipe extract --workers N``.
+"""The decode-process executor: decode processes feeding one network, ``vadpipe extract --decode-procs N``.
 
 On a GPU the network outruns one decoding thread by far, so N processes (started from a fork
 server, see ``process_context``) decode, resize and crop whole videos, one video per process at
 a time, each writing its clips into slots of one shared-memory array and sending only the slot
 number. The main process gathers each video's clips into one of two batch buffers (pinned on
 CUDA, so the copy to the device is asynchronous DMA) while a network thread runs the batch in
-the other one, so the network waits only when no clips are ready. Batches are cut
-exactly as the single-process engine cuts them (per video, ``batch_size`` crops), and the same
-claim thread decides what to compute (content hash, stem, per-stem lock, skip check), so the
-cache, the naming, the skipping and the failure records are the single-process engine's, byte
-for byte on CPU.
+the other one, so the network waits only when no clips are ready. The video job is
+``vadpipe.extract.job``'s (claim thread, batch rule, entry writer), so the cache, the naming,
+the skipping and the failure records are the thread executor's, byte for byte on CPU.
 
-A video that fails to decode is reported as in the single-process engine; a worker process that
+A video that fails to decode is reported as in the thread executor; a worker process that
 dies (segfault in a decoder, OOM killer) fails only the video it held and is replaced. Each
 worker holds ``ceil(batch_size / n_crops) + 2`` clip slots, so the shared memory is about
 ``workers * (batch_size + 2 * n_crops) * 3 * clip_len * crop_size**2`` bytes (2.4 MB per
@@ -21,7 +19,6 @@ centre-crop clip): give containers enough ``/dev/shm`` (``docker run --ipc=host`
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -29,35 +26,19 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import torch
 
-from vadpipe.errors import ConfigError
-
-from . import cache
-from .runner import (
-    _STOP,
-    ClipEncoder,
-    ExtractReport,
-    VideoResult,
-    _decode_video,
-    _finish,
-    _guarded,
-    _Job,
-    _produce,
-    _progress,
-    _release,
-    discover_inputs,
-    load_encoder,
-    open_report,
-)
+from . import job
+from .encoder import ClipEncoder
+from .engines import DecodeProcessOptions, ExtractRun
+from .job import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Failed, VideoJob, VideoResult
 from .settings import ExtractionSettings
 
-__all__ = ["default_workers", "usable_cpus", "process_context", "extract_with_workers"]
+__all__ = ["default_workers", "usable_cpus", "process_context", "exit_reason", "run_with_decode_processes"]
 
 _EXTRA_SLOTS = 2  # clips a worker may decode ahead of the network beyond one batch
 
@@ -95,6 +76,39 @@ def default_workers(device: torch.device, *, n_devices: int = 1) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# messages between the main process and a decode process
+
+
+@dataclass(frozen=True)
+class _Decode:  # main -> worker: decode this video
+    job_id: int
+    source: str
+
+
+@dataclass(frozen=True)
+class _Free:  # main -> worker: these clip slots are free again
+    slots: list[int]
+
+
+@dataclass(frozen=True)
+class _Stop:  # main -> worker
+    pass
+
+
+@dataclass(frozen=True)
+class _Clip:  # worker -> main: a clip, in its shared-memory slot
+    job_id: int
+    start: int
+    slot: int
+
+
+@dataclass(frozen=True)
+class _Event:  # worker -> main: the video's Began, Ended or Failed event
+    job_id: int
+    event: Began | Ended | Failed
+
+
+# --------------------------------------------------------------------------------------------
 # worker process
 
 
@@ -110,9 +124,9 @@ def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots
     def take_slot() -> int | None:
         while not free:
             msg = conn.recv()
-            if msg[0] == "free":
-                free.update(msg[1])
-            elif msg[0] == "stop":
+            if isinstance(msg, _Free):
+                free.update(msg.slots)
+            elif isinstance(msg, _Stop):
                 stop.set()
                 return None
         return min(free)
@@ -120,33 +134,26 @@ def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots
     try:
         while not stop.is_set():
             msg = conn.recv()
-            if msg[0] == "free":
-                free.update(msg[1])
+            if isinstance(msg, _Free):
+                free.update(msg.slots)
                 continue
-            if msg[0] == "stop":
+            if isinstance(msg, _Stop):
                 return
-            _, job_id, source = msg
-            job = _Job(source=Path(source), stem="", sha256="", size=0)
+            video = VideoJob(source=Path(msg.source), stem="", sha256="", size=0)
 
-            def put(event, job_id=job_id) -> bool:
-                kind = event[0]
-                if kind == "clip":
+            def emit(event: job.Event, job_id: int = msg.job_id) -> bool:
+                if isinstance(event, ClipDecoded):
                     slot = take_slot()
                     if slot is None:
                         return False
                     free.discard(slot)
-                    slots[slot].copy_(event[3])
-                    conn.send(("clip", job_id, event[2], slot))
-                elif kind == "begin":
-                    conn.send(("begin", job_id, event[1].info))
-                elif kind == "end":
-                    conn.send(("end", job_id, event[2], event[3]))
-                elif kind == "fail":
-                    conn.send(("fail", job_id, event[2]))
+                    slots[slot].copy_(event.crops)
+                    conn.send(_Clip(job_id, event.start, slot))
+                else:
+                    conn.send(_Event(job_id, event))
                 return True
 
-            _guarded(lambda src, wait, job=job, put=put: _decode_video(job, settings, put, stop),
-                     job.source, put, wait=False)
+            job.guarded(video.source, emit, job.decode_video, video, settings, emit, stop)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the parent is gone
 
@@ -162,7 +169,7 @@ class _Worker:
 
 @dataclass
 class _Active:
-    job: _Job
+    job: VideoJob
     seq: int
     worker: _Worker
     slots: list[int] = field(default_factory=list)
@@ -206,7 +213,8 @@ class _Doorbell(queue.Queue):
         os.close(self._fd_write)
 
 
-def _exit_reason(code: int | None) -> str:
+def exit_reason(code: int | None) -> str:
+    """How a child process ended, in words (for the failed video's message)."""
     if code is None:
         return "unknown cause"
     if code < 0:
@@ -246,7 +254,7 @@ class _Pool:
         running = [w for w in self.workers if w.proc is not None]
         for w in running:
             try:
-                w.conn.send(("stop",))
+                w.conn.send(_Stop())
             except OSError:
                 pass
             w.conn.close()
@@ -305,7 +313,7 @@ class _Network(threading.Thread):
                     t = time.perf_counter()
                     feats = self.encoder(buf[:n_clips * n])
                     self.network_s += time.perf_counter() - t
-                    a.job.feats.extend(feats[i * n:(i + 1) * n] for i in range(n_clips))
+                    a.job.add_features(feats, n)
             except BaseException as exc:  # handed to the main thread, which stops the run
                 self.error = exc
             finally:
@@ -315,218 +323,159 @@ class _Network(threading.Thread):
                     self.done.notify_all()
 
 
-def extract_with_workers(
-    inputs: Iterable[Path],
-    *,
-    out_dir: Path,
-    settings: ExtractionSettings = ExtractionSettings(),
-    weights: Path | None = None,
-    device: str | None = None,
-    batch_size: int = 8,
-    workers: int | None = None,
-    progress: bool = True,
-    encoder: ClipEncoder | None = None,
-    on_result: Callable[[VideoResult], None] | None = None,
-) -> ExtractReport:
-    """Like ``extract_paths``, with decoding and preprocessing in ``workers`` processes.
+def run_with_decode_processes(run: ExtractRun, options: DecodeProcessOptions, encoder: ClipEncoder) -> None:
+    """Extract ``run.sources``: a claim thread, ``options.processes`` decode processes, the
+    network on a thread of its own, and this thread writing the entries.
 
-    Args:
-        inputs, out_dir, settings, weights, device, batch_size, progress, encoder: as ``extract_paths``.
-        workers: decode processes (>= 1); None: ``default_workers`` for the device (at least 1).
-        on_result: called with each video's result as soon as it is known (progress reporting).
-
-    Returns:
-        An ``ExtractReport`` equal to the single-process engine's (same results, same order),
-        with ``network_s``/``input_wait_s``/``loop_s`` telling how busy the network was.
+    Batches are cut as the thread executor cuts them (``job.clips_per_batch``), so the cache is
+    the same; ``network_s``/``input_wait_s``/``loop_s`` tell how busy the network was.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"workers must be >= 1 for the worker engine, got {workers}")
-    started = time.perf_counter()
-    out_dir = Path(out_dir)
-    if encoder is not None and not settings.weights_sha256:
-        raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
-    sources, results = discover_inputs(inputs, out_dir)
-    if encoder is None and sources:
-        encoder, settings = load_encoder(settings, weights=weights, device=device)
-    report = open_report(out_dir, settings, results, on_result=on_result)
-    if not sources:
-        report.seconds = time.perf_counter() - started
-        return report
-    n_workers = workers if workers is not None else max(1, default_workers(encoder.device))
-    n_workers = min(n_workers, len(sources))  # one video per worker at a time
+    settings, report, collect = run.settings, run.collect.report, run.collect
+    n_workers = options.processes if options.processes is not None else max(1, default_workers(encoder.device))
+    n_workers = min(n_workers, len(run.sources))  # one video per worker at a time
     n_crops = len(settings.crop_names)
-    clips_per_batch = math.ceil(batch_size / n_crops)
+    per_batch = job.clips_per_batch(run.batch_size, n_crops)
     pin = encoder.device.type == "cuda"
     S, L = settings.crop_size, settings.clip_len
-    buffers = [torch.empty((clips_per_batch * n_crops, 3, L, S, S), dtype=torch.uint8, pin_memory=pin)
+    buffers = [torch.empty((per_batch * n_crops, 3, L, S, S), dtype=torch.uint8, pin_memory=pin)
                for _ in range(2)]  # one being run, one being filled
     network = _Network(encoder, buffers, n_crops)
 
     claims = _Doorbell(maxsize=n_workers + 2)
     stop = threading.Event()
-    held: list = []
+    locks = job.HeldLocks()
 
-    def hand_over(job: _Job, _settings, put, _stop) -> bool:
-        return put(("job", job))  # the main loop sends it to a worker; the lock stays held
+    def hand_over(video: VideoJob, _settings, emit, _stop) -> bool:
+        return emit(Claimed(video))  # the main loop sends it to a worker; the lock stays held
 
-    claimer = threading.Thread(target=_produce, args=(sources, out_dir, settings, claims, stop, held),
-                               kwargs={"decode": hand_over}, name="vadpipe-claim", daemon=True)
-    done: dict[int, VideoResult] = {}
+    claimer = threading.Thread(target=job.claim_videos, args=(run.sources,), name="vadpipe-claim", daemon=True,
+                               kwargs={"out_dir": run.out_dir, "settings": settings,
+                                       "emit": job.queue_emitter(claims, stop), "stop": stop, "locks": locks,
+                                       "decode": hand_over})
     active: dict[int, _Active] = {}
-    ready: deque[tuple[int, _Job]] = deque()
+    ready: deque[tuple[int, VideoJob]] = deque()
     seq = 0
     claims_done = False
     pool: _Pool | None = None
 
-    with _progress(progress) as bar:
-        videos_task = bar.add_task("videos", total=len(sources), rate="")
-        clips_task = bar.add_task("clips", total=None, rate="")
-        clip_count = 0
+    def flush(a: _Active) -> None:
+        """Gather ``a``'s pending clips into a free buffer and queue it for the network."""
+        if not a.slots:
+            return
+        buf = network.free.get()  # waits while the network still holds both buffers
+        if network.error is not None:
+            raise network.error
+        torch.cat([pool.slots[s] for s in a.slots], out=buf[:len(a.slots) * n_crops])
+        a.worker.conn.send(_Free(a.slots))
+        network.submit(a, buf, len(a.slots))
+        a.slots = []
 
-        def finished(s: int, result: VideoResult) -> None:
-            done[s] = result
-            if result.status == "failed":
-                cache.append_failure(out_dir, Path(result.source), result.error or "failed")
-            if on_result:
-                on_result(result)
-            bar.advance(videos_task)
-
-        def flush(a: _Active) -> None:
-            """Gather ``a``'s pending clips into a free buffer and queue it for the network."""
-            if not a.slots:
-                return
-            buf = network.free.get()  # waits while the network still holds both buffers
-            if network.error is not None:
-                raise network.error
-            torch.cat([pool.slots[s] for s in a.slots], out=buf[:len(a.slots) * n_crops])
-            a.worker.conn.send(("free", a.slots))
-            network.submit(a, buf, len(a.slots))
-            a.slots = []
-
-        def drop(job_id: int, message: str) -> None:
-            a = active.pop(job_id)
-            a.worker.job_id = None
-            if a.slots:
-                try:
-                    a.worker.conn.send(("free", a.slots))
-                except OSError:
-                    pass
-            _release(a.job.lock, held)
-            finished(a.seq, VideoResult(str(a.job.source), "failed", error=message))
-
-        def handle(w: _Worker, msg) -> None:
-            nonlocal clip_count
-            kind, job_id = msg[0], msg[1]
-            a = active[job_id]
-            if kind == "begin":
-                a.job.info = msg[2]
-                bar.update(videos_task, description=f"videos [dim]{a.job.source.name[:40]}[/]")
-            elif kind == "clip":
-                a.job.clip_starts.append(msg[2])
-                a.slots.append(msg[3])
-                if len(a.slots) * n_crops >= batch_size:
-                    flush(a)
-                clip_count += 1
-                rate = clip_count / max(time.perf_counter() - t0, 1e-9)
-                bar.update(clips_task, advance=1, rate=f"{rate:.2f} clips/s")
-            elif kind == "end":
-                try:
-                    flush(a)
-                    network.wait_for(a)
-                    result = _finish(a.job, settings, msg[2], msg[3], out_dir)
-                finally:
-                    _release(a.job.lock, held)
-                del active[job_id]
-                w.job_id = None
-                finished(a.seq, result)
-            elif kind == "fail":
-                drop(job_id, msg[2])
-
-        def worker_died(w: _Worker) -> None:
-            try:  # messages it sent before dying still count (e.g. its last video's "end")
-                while w.conn.poll():
-                    handle(w, w.conn.recv())
-            except (EOFError, OSError):
+    def drop(job_id: int, message: str) -> None:
+        a = active.pop(job_id)
+        a.worker.job_id = None
+        if a.slots:
+            try:
+                a.worker.conn.send(_Free(a.slots))
+            except OSError:
                 pass
-            w.proc.join(1.0)
-            reason = _exit_reason(w.proc.exitcode)
-            w.conn.close()
-            w.proc = w.conn = None  # restarted when there is work for it
-            if w.job_id is not None:
-                a = active[w.job_id]
-                a.slots = []  # the slots die with the worker's free list; the new worker starts fresh
-                drop(w.job_id, f"{a.job.source}: the decoding process died ({reason})")
+        locks.release(a.job.lock)
+        collect.add(a.seq, VideoResult(str(a.job.source), "failed", error=message))
 
-        loop_started = t0 = time.perf_counter()
-        try:
-            network.start()
-            claimer.start()
-            while True:
-                # take claims while some worker could use one
-                while not claims_done and len(ready) < n_workers:
-                    event = claims.take()
-                    if event is None:
-                        break
-                    if event is _STOP:
-                        claims_done = True
-                        break
-                    kind = event[0]
-                    if kind == "job":
-                        ready.append((seq, event[1]))
-                    elif kind == "skip":
-                        _, source, stem, count = event
-                        finished(seq, VideoResult(str(source), "skipped", stem, count))
-                    elif kind == "same":
-                        _, source, stem, first = event
-                        finished(seq, VideoResult(str(source), "skipped", stem, note=f"same content as {first}"))
-                    elif kind == "fail":
-                        _, source, message = event
-                        finished(seq, VideoResult(str(source), "failed", error=message))
-                    seq += 1
-                if ready and pool is None:  # not before: a run that only skips starts no process
-                    pool = _Pool(n_workers, settings, clips_per_batch)
-                for w in pool.workers if pool else ():
-                    if w.job_id is None and ready:
-                        if w.proc is None:
-                            pool.start(w)
-                        s, job = ready.popleft()
-                        active[s] = _Active(job=job, seq=s, worker=w)
-                        w.job_id = s
-                        w.conn.send(("job", s, str(job.source)))
-                if claims_done and not ready and not active:
+    def handle(w: _Worker, msg: _Clip | _Event) -> None:
+        a = active[msg.job_id]
+        if isinstance(msg, _Clip):
+            a.job.clip_starts.append(msg.start)
+            a.slots.append(msg.slot)
+            if len(a.slots) >= per_batch:
+                flush(a)
+            collect.clip()
+            return
+        event = msg.event
+        if isinstance(event, Began):
+            a.job.info = event.info
+            collect.began(a.job.source)
+        elif isinstance(event, Ended):
+            try:
+                flush(a)
+                network.wait_for(a)
+                result = job.write_video(a.job, settings, event.frame_times, event.damage, run.out_dir)
+            finally:
+                locks.release(a.job.lock)
+            del active[msg.job_id]
+            w.job_id = None
+            collect.add(a.seq, result)
+        elif isinstance(event, Failed):
+            drop(msg.job_id, event.error)
+
+    def worker_died(w: _Worker) -> None:
+        try:  # messages it sent before dying still count (e.g. its last video's end)
+            while w.conn.poll():
+                handle(w, w.conn.recv())
+        except (EOFError, OSError):
+            pass
+        w.proc.join(1.0)
+        reason = exit_reason(w.proc.exitcode)
+        w.conn.close()
+        w.proc = w.conn = None  # restarted when there is work for it
+        if w.job_id is not None:
+            a = active[w.job_id]
+            a.slots = []  # the slots die with the worker's free list; the new worker starts fresh
+            drop(w.job_id, f"{a.job.source}: the decoding process died ({reason})")
+
+    loop_started = time.perf_counter()
+    try:
+        network.start()
+        claimer.start()
+        while True:
+            # take claims while some worker could use one
+            while not claims_done and len(ready) < n_workers:
+                event = claims.take()
+                if event is None:
                     break
-                workers_now = [w for w in pool.workers if w.proc is not None] if pool else []
-                watch: list = [w.conn for w in workers_now] + [w.proc.sentinel for w in workers_now]
-                if not claims_done and len(ready) < n_workers:
-                    watch.append(claims.fd_read)
-                ready_objs = wait(watch)
-                for w in workers_now:
-                    if w.conn in ready_objs:
-                        try:
-                            msg = w.conn.recv()
-                        except (EOFError, OSError):
-                            worker_died(w)
-                            continue
-                        handle(w, msg)
-                    elif w.proc.sentinel in ready_objs:
+                if isinstance(event, ClaimsDone):
+                    claims_done = True
+                    break
+                if isinstance(event, Claimed):
+                    ready.append((seq, event.job))
+                else:
+                    collect.take(seq, event)
+                seq += 1
+            if ready and pool is None:  # not before: a run that only skips starts no process
+                pool = _Pool(n_workers, settings, per_batch)
+            for w in pool.workers if pool else ():
+                if w.job_id is None and ready:
+                    if w.proc is None:
+                        pool.start(w)
+                    s, video = ready.popleft()
+                    active[s] = _Active(job=video, seq=s, worker=w)
+                    w.job_id = s
+                    w.conn.send(_Decode(s, str(video.source)))
+            if claims_done and not ready and not active:
+                break
+            workers_now = [w for w in pool.workers if w.proc is not None] if pool else []
+            watch: list = [w.conn for w in workers_now] + [w.proc.sentinel for w in workers_now]
+            if not claims_done and len(ready) < n_workers:
+                watch.append(claims.fd_read)
+            ready_objs = wait(watch)
+            for w in workers_now:
+                if w.conn in ready_objs:
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):
                         worker_died(w)
-        except KeyboardInterrupt:
-            report.interrupted = True
-        finally:
-            loop_s = time.perf_counter() - loop_started
-            stop.set()
-            network.todo.put(None)
-            network.join(timeout=60)
-            if pool is not None:
-                pool.stop()
-            claimer.join(timeout=10)
-            for lock in list(held):
-                _release(lock, held)
-            if not claimer.is_alive():  # one still waiting for a lock may yet ring: keep its pipe
-                claims.close()
-    report.results.extend(done[s] for s in sorted(done))
-    report.network_s, report.input_wait_s, report.loop_s = network.network_s, network.wait_s, loop_s
-    report.seconds = time.perf_counter() - started
-    return report
+                        continue
+                    handle(w, msg)
+                elif w.proc.sentinel in ready_objs:
+                    worker_died(w)
+    finally:
+        report.loop_s = time.perf_counter() - loop_started
+        stop.set()
+        network.todo.put(None)
+        network.join(timeout=60)
+        report.network_s, report.input_wait_s = network.network_s, network.wait_s
+        if pool is not None:
+            pool.stop()
+        claimer.join(timeout=10)
+        locks.release_all()
+        if not claimer.is_alive():  # one still waiting for a lock may yet ring: keep its pipe
+            claims.close()

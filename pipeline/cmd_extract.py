@@ -57,10 +57,11 @@ def print_report(report) -> None:
 @click.option("--devices", default=None,
               help="Several devices, one process each on a share of the videos, one cache: 0,1 (CUDA ids), "
                    "cuda:N, cpu.")
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+@click.option("--decode-procs", type=click.IntRange(min=0), default=None,
               help="Decode+preprocess processes per device feeding the network; 0: a thread in the main "
-                   "process. With --engine ray: video tasks in flight. [default: CPU cores - 1 on CUDA "
-                   "(shared between --devices), 0 on CPU; Ray: the cluster's CPUs]")
+                   "process. [default: CPU cores - 1 on CUDA (shared between --devices), 0 on CPU]")
+@click.option("--ray-tasks", type=click.IntRange(min=1), default=None,
+              help="With --engine ray: video tasks in flight [default: the cluster's CPUs].")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="local: this machine; ray: a Ray cluster (pip install 'vadpipe[ray]'), the cache on a "
                    "path every node sees.")
@@ -91,8 +92,8 @@ def print_report(report) -> None:
 @click.pass_context
 def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int,
             stride: int | None, fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None,
-            workers: int | None, engine: str, address: str | None, precision: str, runtime: str, backbone: str | None,
-            profile: str | None, weights: Path | None, strict: bool, json_out: Path | None, quiet: bool) -> None:
+            decode_procs: int | None, ray_tasks: int | None, engine: str, address: str | None, precision: str,
+            runtime: str, backbone: str | None, profile: str | None, weights: Path | None, strict: bool, json_out: Path | None, quiet: bool) -> None:
     """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
 
     PATHS are video files or folders (searched recursively). Per video the cache gets
@@ -103,7 +104,7 @@ def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, c
     Exit status: 0 done (some videos may have failed), 1 every video failed (or any, with
     --strict), 2 bad options or an unusable cache folder or weights, 130 interrupted.
     """
-    from vadpipe.extract.engines import extract_videos  # torch/torchvision: imported only when running
+    from vadpipe.extract.engines import choose_executor, extract_videos  # torch: imported only when running
     from vadpipe.extract.weights import resolve_backbone
 
     if json_out is not None and str(json_out) != "-":
@@ -121,9 +122,10 @@ def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, c
     if profile is None:
         settings = ExtractionSettings(**geometry, decoder=decoder, precision=precision, runtime=runtime,
                                       backbone=found.backbone.id)
-    report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, weights=weights,
-                            device=device, batch_size=batch_size, engine=engine, workers=workers, devices=devices,
-                            address=address, progress=not quiet)
+    executor = choose_executor(engine=engine, device=device, devices=devices, decode_processes=decode_procs,
+                               address=address, ray_tasks=ray_tasks)
+    report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, executor=executor,
+                            weights=weights, batch_size=batch_size, progress=not quiet)
     print_report(report)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=1)

@@ -18,7 +18,9 @@ from pathlib import Path
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.detect import DetectResult, detect_videos, plot_video
 from vadpipe.extract.fileio import atomic_write_text
-from vadpipe.extract.runner import ExtractReport, extract_paths, load_encoder
+from vadpipe.extract.encoder import load_encoder
+from vadpipe.extract.engines import choose_executor, extract_videos
+from vadpipe.extract.job import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import parse_annotations
 from vadpipe.model.recipes import recipe_config
@@ -72,8 +74,9 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
     say("[2/5] extracting I3D features (Kinetics-400 weights, centre crop, 16-frame clips)")
     encoder, settings = load_encoder(ExtractionSettings(), device=device)
     features = {name: root / "features" / name for name in config.splits}
-    reports = {name: extract_paths([dataset.split_dir(name)], out_dir=features[name], settings=settings,
-                                   encoder=encoder, progress=progress)
+    executor = choose_executor(device=device)  # the executor `vadpipe extract` would choose
+    reports = {name: extract_videos([dataset.split_dir(name)], out_dir=features[name], settings=settings,
+                                    executor=executor, encoder=encoder, progress=progress)
                for name in config.splits}
 
     held = (f", {config.calibration.holdout_fraction:.0%} of the videos held out to choose the operating point"

@@ -18,14 +18,9 @@ import numpy as np
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract import cache
 from vadpipe.extract.backbones import BACKBONES, IMAGENET, get_backbone
-from vadpipe.extract.runner import (
-    ClipEncoder,
-    ExtractReport,
-    VideoResult,
-    extract_paths,
-    find_videos,
-    load_encoder,
-)
+from vadpipe.extract.encoder import ClipEncoder, load_encoder
+from vadpipe.extract.engines import choose_executor, extract_videos
+from vadpipe.extract.job import ExtractReport, VideoResult, find_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import resolve_backbone
 from vadpipe.model.ood import FeatureDistance, load_distance
@@ -152,12 +147,13 @@ def detect_videos(
     averaged). A ready ``encoder``
     (with ``settings.weights_sha256`` set) avoids loading I3D again.
     """
-    if not find_videos(paths)[0]:  # nothing to decode (missing or no videos): extract_paths says so
+    if not find_videos(paths)[0]:  # nothing to decode (missing or no videos): extract_videos says so
         encoder = None
     elif encoder is None or not settings.weights_sha256:
         encoder, settings = _encoder_for(settings, weights=weights, device=device)
-    report = extract_paths(paths, out_dir=cache_dir, settings=settings, encoder=encoder,
-                           batch_size=batch_size, progress=progress)
+    # the entry point of `vadpipe extract`, on the executor it would choose for this device
+    report = extract_videos(paths, out_dir=cache_dir, settings=settings, executor=choose_executor(device=device),
+                            encoder=encoder, batch_size=batch_size, progress=progress)
     if report.interrupted:  # Ctrl-C during extraction: the finished videos are cached, score nothing
         raise KeyboardInterrupt
     result = DetectResult(document=IntervalsDocument(operating_point=operating_point, videos=()),

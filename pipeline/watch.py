@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from vadpipe.errors import ConfigError
-from vadpipe.extract.runner import ClipEncoder
+from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.stream import ClipItem, ClipQueue, FrameTimes, SourceSpec, StreamReader
 from vadpipe.hooks import EventSink

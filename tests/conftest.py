@@ -92,7 +92,7 @@ def i3d_cpu(i3d_model):
     """(ClipEncoder on CPU in fp32, weights id) over ``i3d_model``."""
     import torch
 
-    from vadpipe.extract.runner import ClipEncoder
+    from vadpipe.extract.encoder import ClipEncoder
 
     model, ident = i3d_model
     return ClipEncoder(model, torch.device("cpu"), "fp32"), ident

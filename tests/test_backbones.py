@@ -13,7 +13,7 @@ from tf_bundle import index_bytes, write_bundle
 from vadpipe.errors import ConfigError, WeightsError
 from vadpipe.extract import backbones as B
 from vadpipe.extract import weights as W
-from vadpipe.extract.runner import ClipEncoder
+from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.checkpoints import masked_crc32c, parse_index, read_index
 from vadpipe.extract.settings import ExtractionSettings
 

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from vadpipe.cli import main
 from vadpipe.extract import cache
-from vadpipe.extract.runner import extract_paths
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 
 pytestmark = pytest.mark.slow  # the real I3D on real videos
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # the real I3D on real videos
 def _run(inputs, out, i3d_cpu, **settings):
     encoder, ident = i3d_cpu
     s = ExtractionSettings(**settings).with_weights(ident)
-    return extract_paths(inputs, out_dir=out, settings=s, encoder=encoder, progress=False)
+    return extract_videos(inputs, out_dir=out, settings=s, encoder=encoder, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 from vadpipe.cli import main
 from vadpipe.errors import CacheError
 from vadpipe.extract import cache
-from vadpipe.extract.runner import extract_paths
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import save_run
@@ -319,8 +319,8 @@ def test_4k_frames_are_resized_as_they_are_decoded(i3d_cpu, tmp_path):
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:  # clips of 32 frames: every frame is decoded and resized, but no network runs (0 clips)
-        report = extract_paths([video], out_dir=tmp_path / "c", encoder=encoder, progress=False,
-                               settings=ExtractionSettings(clip_len=32, stride=32).with_weights(ident))
+        report = extract_videos([video], out_dir=tmp_path / "c", encoder=encoder, progress=False,
+                                settings=ExtractionSettings(clip_len=32, stride=32).with_weights(ident))
     finally:
         stop.set()
         sampler.join()
@@ -351,8 +351,8 @@ def test_damaged_records_and_frame_times_are_recomputed(bad, i3d_cpu, tmp_path):
         assert any(problem in (cache.entry_problem(cache_dir, r, source_sha256=r.source.sha256,
                                                    settings_key=r.extractor.settings_key) or "")
                    for r in recs if r)
-    report = extract_paths([videos / name for name in stem], out_dir=cache_dir, encoder=encoder, progress=False,
-                           settings=ExtractionSettings().with_weights(ident))
+    report = extract_videos([videos / name for name in stem], out_dir=cache_dir, encoder=encoder, progress=False,
+                            settings=ExtractionSettings().with_weights(ident))
     status = {Path(r.source).name: r.status for r in report.results}
     assert status == {"odd.mp4": "ok", "vfr.mp4": "ok", "short.mp4": "zero_clips", "uhd.mp4": "skipped"}
     for name, s in stem.items():
@@ -520,8 +520,8 @@ def test_disk_full_while_writing_leaves_no_partial_entry(make_video, tmp_path, i
 
         monkeypatch.setattr(cache, "atomic_write_text", full)
     with pytest.raises(CacheError, match=r"cannot write features of v into .*: No space left on device; stopped"):
-        extract_paths([video], out_dir=out, encoder=encoder, progress=False,
-                      settings=ExtractionSettings().with_weights(ident))
+        extract_videos([video], out_dir=out, encoder=encoder, progress=False,
+                       settings=ExtractionSettings().with_weights(ident))
     left = sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent == out)
     assert left == [], left  # no feature file without its record, no temp file, nothing half written
     assert _hashes(video.parent) == before
@@ -640,7 +640,7 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
     result = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r"), "-q",
                                        "--features-backbone", "kinetics400-scratch"])  # no unknown-origin warning
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
-    monkeypatch.setattr(importlib.import_module("vadpipe.extract.runner").ClipEncoder, "__call__", interrupted)
+    monkeypatch.setattr(importlib.import_module("vadpipe.extract.encoder").ClipEncoder, "__call__", interrupted)
     out = tmp_path / "intervals.json"
     result = CliRunner().invoke(main, ["detect", str(video), "--model", str(run_dir), "--cache",
                                        str(tmp_path / "c"), "--out", str(out), "-q"])

@@ -122,7 +122,7 @@ def test_fold_matches_the_unfolded_network_with_nontrivial_statistics():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_port_on_cuda_matches_reference_with_tf32_off(shared_dir):
-    from vadpipe.extract.runner import ClipEncoder
+    from vadpipe.extract.encoder import ClipEncoder
     from vadpipe.extract.weights import load_i3d
 
     ref = shared_dir / "reference" / "i3d"

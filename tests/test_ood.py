@@ -18,7 +18,7 @@ import pytest
 
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.detect import detect_videos
-from vadpipe.extract.runner import extract_paths
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.ood import load_distance
 from vadpipe.model.run import load_run
@@ -49,8 +49,8 @@ def bikes_run(tmp_path_factory, i3d_cpu):
     encoder, ident = i3d_cpu
     settings = ExtractionSettings().with_weights(ident)
     for split in ("train", "test"):
-        report = extract_paths([root / split], out_dir=root / "features" / split, settings=settings,
-                               encoder=encoder, progress=False)
+        report = extract_videos([root / split], out_dir=root / "features" / split, settings=settings,
+                                encoder=encoder, progress=False)
         assert not report.failed
     run_dir = train_calibrated(root / "features" / "train", out_dir=root / "run",
                                config=replace(TrainConfig(), epochs=2), calibration=CalibrationSpec())

@@ -8,7 +8,7 @@ import torch
 
 from vadpipe.errors import ConfigError
 from vadpipe.extract.inference import check_precision, cpu_has_native_bf16
-from vadpipe.extract.runner import ClipEncoder
+from vadpipe.extract.encoder import ClipEncoder
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from vadpipe.cli import main
 from vadpipe.detect import detect_videos, run_extraction_settings
-from vadpipe.extract.runner import extract_paths
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.stream import ClipItem, ClipQueue, parse_source
 from vadpipe.hooks import EventSink
 from vadpipe.model.net import CSLTAL, ModelConfig
@@ -155,8 +155,8 @@ def tiny_run(tmp_path_factory, i3d_cpu):
                       seed=5, workers=1)
     from vadpipe.extract.settings import ExtractionSettings
 
-    report = extract_paths([ds.split_dir("train")], out_dir=root / "features",
-                           settings=ExtractionSettings().with_weights(ident), encoder=encoder, progress=False)
+    report = extract_videos([ds.split_dir("train")], out_dir=root / "features",
+                            settings=ExtractionSettings().with_weights(ident), encoder=encoder, progress=False)
     assert not report.failed
     result = CliRunner().invoke(main, ["train", "--features", str(root / "features"), "--out", str(root / "run"),
                                        "--recipe", "paper", "--holdout-fraction", "0", "--epochs", "10",

@@ -1,5 +1,5 @@
-"""Decode worker processes (--workers) and one process per device (--devices): the cache they write
-is the single-process engine's, byte for byte, with the real I3D on small generated videos."""
+"""Decode processes (--decode-procs) and one process per device (--devices): the cache they write
+is the thread executor's, byte for byte, with the real I3D on small generated videos."""
 
 from __future__ import annotations
 
@@ -19,11 +19,16 @@ from conftest import moving_frames, write_video
 from vadpipe.cli import main
 from vadpipe.errors import ConfigError
 from vadpipe.extract import cache
-from vadpipe.extract.devices import extract_on_devices, parse_devices, shard_videos
-from vadpipe.extract.engines import extract_videos
-from vadpipe.extract.runner import extract_paths
+from vadpipe.extract.devices import parse_devices, shard_videos
+from vadpipe.extract.engines import (
+    DecodeProcessOptions,
+    DeviceOptions,
+    RayOptions,
+    ThreadOptions,
+    choose_executor,
+    extract_videos,
+)
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.extract.workers import extract_with_workers
 
 # the real network on 48 px crops: the same code paths as 224, a fraction of the CPU time
 SMALL = dict(resize_short=48, crop_size=48)
@@ -71,8 +76,8 @@ def settings(i3d_cpu) -> ExtractionSettings:
 @pytest.fixture(scope="module")
 def reference(videos, settings, i3d_cpu, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    report = extract_paths([videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                           progress=False)
+    report = extract_videos([videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
+                            progress=False)
     assert report.counts() == {"ok": 3, "skipped": 1, "zero_clips": 1, "failed": 1}
     return out, report
 
@@ -82,16 +87,17 @@ def test_workers_write_the_single_process_cache_byte_for_byte(videos, settings, 
     ref_out, ref_report = reference
     out = tmp_path / "cache"
     seen = []
-    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL), device="cpu",
-                            batch_size=BATCH, workers=2, progress=False, on_result=seen.append)
+    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL),
+                            executor=DecodeProcessOptions(device="cpu", processes=2), batch_size=BATCH,
+                            progress=False, on_result=seen.append)
     assert snapshot(out) == snapshot(ref_out)
     assert summary(report) == summary(ref_report)  # same results, same order, same messages
     assert sorted(r.source for r in seen) == sorted(r.source for r in report.results)
     assert failures(out) == failures(ref_out)  # the broken file, reported the same way
     assert report.clips_computed == 6 and report.network_s > 0
     assert 0 <= report.input_wait_s <= report.loop_s <= report.seconds
-    again = extract_with_workers([videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                                 workers=2, progress=False)
+    again = extract_videos([videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
+                           executor=DecodeProcessOptions(processes=2), progress=False)
     assert again.counts() == {"skipped": 5, "failed": 1} and again.clips_computed == 0
     assert snapshot(out) == snapshot(ref_out)
 
@@ -124,8 +130,9 @@ def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3
     killer = threading.Thread(target=kill_the_worker_decoding_big, daemon=True)
     killer.start()
     out = tmp_path / "cache"
-    report = extract_with_workers([src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                                  workers=1, progress=False)  # the one worker dies: a new one does s1 and s2
+    report = extract_videos([src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
+                            executor=DecodeProcessOptions(processes=1),
+                            progress=False)  # the one worker dies: a new one does s1 and s2
     killer.join(timeout=5)
     assert killed, "no worker was seen decoding big.mp4"
     status = {Path(r.source).name: r for r in report.results}
@@ -133,8 +140,8 @@ def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3
     assert status["big.mp4"].error == f"{src / 'big.mp4'}: the decoding process died (killed by SIGKILL)"
     assert failures(out) == [("big.mp4", status["big.mp4"].error)]
     assert not (out / "big.json").exists() and not list(out.glob(".*.tmp"))
-    rerun = extract_paths([src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                          progress=False)  # any engine resumes the same cache
+    rerun = extract_videos([src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
+                           progress=False)  # any executor resumes the same cache
     assert [(Path(r.source).name, r.status, r.clips) for r in rerun.results] == [
         ("big.mp4", "ok", 4), ("s1.mp4", "skipped", 1), ("s2.mp4", "skipped", 1)]
 
@@ -143,8 +150,8 @@ def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3
 def test_devices_cpu_cpu_shard_the_videos_into_the_same_cache(videos, reference, i3d_cpu, tmp_path):
     ref_out, ref_report = reference
     out = tmp_path / "cache"
-    report = extract_on_devices([videos], devices="cpu,cpu", out_dir=out, settings=ExtractionSettings(**SMALL),
-                                batch_size=BATCH, workers=0, progress=False)
+    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL), batch_size=BATCH,
+                            executor=DeviceOptions(("cpu", "cpu"), decode_processes=0), progress=False)
     assert snapshot(out) == snapshot(ref_out)
     assert summary(report) == summary(ref_report)
     assert failures(out) == failures(ref_out)
@@ -180,17 +187,36 @@ def test_device_lists_are_validated():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(engine="spark"), "engine must be one of local, ray"),
-    (dict(workers=-1), "workers must be >= 0"),
+    (dict(decode_processes=-1), "decode processes must be >= 0"),
     (dict(address="auto"), "--address is for the Ray engine"),
+    (dict(ray_tasks=4), "--ray-tasks is for the Ray engine"),
     (dict(devices="cpu,cpu", device="cpu"), "--device or --devices"),
     (dict(engine="ray", devices="0,1"), "--devices is for the local engine"),
     (dict(engine="ray", device="cuda:1"), "--device is for the local engine"),
-    (dict(engine="ray", out_dir=Path("s3://bucket/features")), "URLs .* are not supported"),
+    (dict(engine="ray", decode_processes=2), "--decode-procs is for the local engine"),
 ])
-def test_conflicting_engine_options_are_refused(kwargs, match, tmp_path):
-    kwargs = {"out_dir": tmp_path / "c", **kwargs}
+def test_conflicting_engine_options_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):
-        extract_videos([tmp_path], **kwargs)
+        choose_executor(**kwargs)
+
+
+def test_executor_options_are_chosen_and_checked(tmp_path):
+    assert choose_executor(device="cpu") == ThreadOptions(device="cpu")  # CPU: a decode thread
+    assert choose_executor(device="cpu", decode_processes=3) == DecodeProcessOptions(device="cpu", processes=3)
+    assert choose_executor(devices="cpu,cpu", decode_processes=0) == DeviceOptions(("cpu", "cpu"), 0)
+    assert choose_executor(devices="cpu") == ThreadOptions(device="cpu")  # one device: no device processes
+    assert choose_executor(engine="ray", ray_tasks=3) == RayOptions(max_tasks=3)
+    for build, match in [(lambda: RayOptions(max_tasks=0), "Ray video tasks in flight must be >= 1, got 0"),
+                         (lambda: DecodeProcessOptions(processes=0), "decode processes must be >= 1, got 0"),
+                         (lambda: DeviceOptions(()), "at least one device")]:
+        with pytest.raises(ConfigError, match=match):
+            build()
+    with pytest.raises(ConfigError, match="URLs .* are not supported"):
+        extract_videos([tmp_path], out_dir=Path("s3://bucket/features"), executor=RayOptions())
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
+        extract_videos([tmp_path], out_dir=tmp_path / "c", batch_size=0)
+    with pytest.raises(ConfigError, match="a ready encoder runs in this process"):
+        extract_videos([tmp_path], out_dir=tmp_path / "c", executor=RayOptions(), encoder=object())
 
 
 def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
@@ -205,7 +231,7 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
 
 def test_cli_has_the_engine_options_and_passes_them_on(tmp_path):
     help_text = CliRunner().invoke(main, ["extract", "--help"]).output
-    for option in ("--workers", "--devices", "--engine", "--address"):
+    for option in ("--decode-procs", "--ray-tasks", "--devices", "--engine", "--address"):
         assert option in help_text
     video = write_video(tmp_path / "one.mp4", moving_frames(16, 96, 64, seed=8))
     args = ["extract", str(video), "--out", str(tmp_path / "cache"), "-q"]
@@ -213,8 +239,10 @@ def test_cli_has_the_engine_options_and_passes_them_on(tmp_path):
     assert bad.exit_code == 2 and "--devices is for the local engine" in bad.stderr
     bad = CliRunner().invoke(main, args + ["--address", "auto"])
     assert bad.exit_code == 2 and "add --engine ray" in bad.stderr
-    bad = CliRunner().invoke(main, args + ["--workers", "-1"])
-    assert bad.exit_code == 2 and "--workers" in bad.stderr
+    bad = CliRunner().invoke(main, args + ["--decode-procs", "-1"])
+    assert bad.exit_code == 2 and "--decode-procs" in bad.stderr
+    bad = CliRunner().invoke(main, args + ["--ray-tasks", "2"])
+    assert bad.exit_code == 2 and "--ray-tasks is for the Ray engine" in bad.stderr
 
 
 @pytest.mark.slow
@@ -225,8 +253,8 @@ def test_workers_on_cuda_feed_pinned_batches_and_match_the_cpu_features(videos, 
 
     ref_out, ref_report = reference
     out = tmp_path / "cache"
-    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL), device="cuda",
-                            batch_size=BATCH, workers=2, progress=False)
+    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL),
+                            executor=DecodeProcessOptions(device="cuda", processes=2), batch_size=BATCH, progress=False)
     assert [(r.source, r.status, r.clips) for r in report.results] == [
         (r.source, r.status, r.clips) for r in ref_report.results]
     for name in sorted(p.name for p in ref_out.glob("*__0.npy")):
