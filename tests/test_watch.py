@@ -410,3 +410,41 @@ def test_live_panel_shows_one_row_per_camera(i3d_cpu, tmp_path):
     for expected in ("camera", "state", "fps in", "clips/s", "dropped", "last event", "yard", "gate",
                      "connecting", "start at 1.2s"):
         assert expected in text
+
+
+def test_udp_mpegts_camera_delivers_every_frame_as_clips(tmp_path):
+    """A real UDP MPEG-TS sender (PyAV, paced at the frame rate) to the stream reader on loopback."""
+    import socket
+
+    from vadpipe.extract.settings import ExtractionSettings
+    from vadpipe.extract.stream import StreamReader
+
+    video = write_video(tmp_path / "udp.ts", moving_frames(72, 96, 64), fps=25)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    q, stop = ClipQueue(max_clips=100, block=True), threading.Event()
+    reader = StreamReader(parse_source(f"udp://127.0.0.1:{port}", name="udp"), ExtractionSettings(), q, stop,
+                          reconnect=False, open_timeout_s=20, read_timeout_s=3)
+    reader.start()
+    time.sleep(0.5)
+
+    def send() -> None:
+        with av.open(str(video)) as src, av.open(f"udp://127.0.0.1:{port}?pkt_size=1316", "w", format="mpegts") as out:
+            stream = src.streams.video[0]
+            target = out.add_stream_from_template(stream)
+            t0 = time.monotonic()
+            for packet in src.demux(stream):
+                if packet.size == 0:
+                    continue
+                time.sleep(max(0.0, float(packet.pts * stream.time_base) - (time.monotonic() - t0)))
+                packet.stream = target
+                out.mux(packet)
+
+    threading.Thread(target=send, daemon=True).start()
+    reader.join(60)
+    stop.set()
+    items = [q.get() for _ in range(len(q))]
+    clips = [i for i in items if isinstance(i, ClipItem)]
+    assert [i[0] for i in items if not isinstance(i, ClipItem)] == ["segment", "segment_end", "finished"]
+    assert [c.start_frame for c in clips] == [0, 16, 32, 48] and reader.stats.frames == 72
