@@ -27,7 +27,7 @@ setup-browser:
 demo: setup
 	$(VENV)/bin/vadpipe demo
 
-test: setup
+test: setup setup-browser
 	$(PY) -m pytest -q
 
 # the tier to run on every change (~1 min): everything but the real-I3D and train-to-convergence tests
