@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vadpipe.errors import CacheError, DataError
-from vadpipe.extract.cache import CacheRecord, iter_records
+from vadpipe.extract.cache import CacheRecord, iter_records, read_record
 from vadpipe.extract.fileio import sha256_bytes
 
 __all__ = [
@@ -41,7 +41,11 @@ __all__ = [
     "load_item",
     "read_labels_csv",
     "parse_annotations",
+    "XD_CLIP_LEN",
+    "clip_geometry",
 ]
+
+XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame clip from frame 0 (method.md §8.1)
 
 _XD_FILE = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)\.npy$")
 _XD_SPLITS = {"train": "RGB", "test": "RGBTest"}
@@ -454,3 +458,23 @@ def parse_annotations(path: Path | str) -> dict[str, list[tuple[int, int]]]:
             raise DataError(f"{path}:{lineno}: {name!r} is annotated twice")
         result[name] = pairs
     return result
+
+
+def clip_geometry(item: FeatureItem) -> tuple[int, np.ndarray]:
+    """``(clip_len, start_frames (T,))``: where each feature row's clip lies in the source video,
+    from the item's cache record, or XD-Violence's 16-frame clips from frame 0 for bare features.
+
+    Raises:
+        CacheError: the record vanished or is not a vadpipe record.
+        DataError: the record does not list one start frame per feature row.
+    """
+    if item.record is None:
+        return XD_CLIP_LEN, XD_CLIP_LEN * np.arange(item.n_steps, dtype=np.int64)
+    record = read_record(item.record)
+    if record is None:
+        raise CacheError(f"{item.record} is missing or not a vadpipe cache record; re-run vadpipe extract")
+    starts = np.asarray(record.clips.start_frames, dtype=np.int64)
+    if starts.shape != (item.n_steps,):
+        raise DataError(f"{item.record} lists {starts.size} clip start frames for {item.n_steps} "
+                        "feature rows; re-run vadpipe extract")
+    return int(record.clips.length), starts

@@ -30,7 +30,8 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError
 from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
 
-from .net import CSLTAL, ModelConfig
+from .net import CSLTAL
+from .run_config import RUN_SCHEMA_VERSION, RunConfig
 
 __all__ = [
     "RUN_SCHEMA_VERSION",
@@ -57,7 +58,6 @@ __all__ = [
     "has_checkpoint",
 ]
 
-RUN_SCHEMA_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -70,10 +70,10 @@ _STATE_FILE = "state.json"
 
 @dataclass(frozen=True)
 class Run:
-    """A trained run: ``model`` on the CPU in eval mode, ``config`` the parsed config.json."""
+    """A trained run: ``model`` on the CPU in eval mode, ``config`` its checked config.json."""
 
     path: Path
-    config: dict
+    config: RunConfig
     model: CSLTAL
 
 
@@ -145,13 +145,10 @@ def _load_state(model: CSLTAL, state: dict[str, torch.Tensor], *, source: Path) 
         raise CheckpointError(f"{source} does not fit the model in its config.json: {first}") from exc
 
 
-def read_run_config(run_dir: Path | str) -> dict:
-    """The parsed ``config.json`` of a run folder, checked to be a vadpipe run config."""
+def read_run_config(run_dir: Path | str) -> RunConfig:
+    """The checked ``config.json`` of a run folder (`RunConfig.from_dict`)."""
     path = Path(run_dir) / CONFIG_FILE
-    config = read_json(path, what="run config")
-    if config.get("schema_version") != RUN_SCHEMA_VERSION or "model" not in config:
-        raise CheckpointError(f"{path} is not a vadpipe run config (schema_version {RUN_SCHEMA_VERSION})")
-    return config
+    return RunConfig.from_dict(read_json(path, what="run config"), where=str(path))
 
 
 def load_run(run_dir: Path | str) -> Run:
@@ -164,11 +161,7 @@ def load_run(run_dir: Path | str) -> Run:
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
     config = read_run_config(run_dir)
-    try:
-        model_config = ModelConfig.from_dict(config["model"])
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE}: bad model settings: {exc}") from exc
-    model = CSLTAL(model_config)
+    model = CSLTAL(config.model)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the run did not finish; "

@@ -31,6 +31,7 @@ from .augment import VIEW_MODES, chunk_start_indices, view_indices
 from .data import (
     DataWarning,
     FeatureSet,
+    clip_geometry,
     labels_from_annotations,
     load_item,
     open_training_set,
@@ -81,7 +82,6 @@ SCHEDULES = ("multistep", "cosine")
 # weights and Adam moments after each would take longer than the training.
 _CHECKPOINT_STEPS = 50
 _VAL_METRICS = ("val_video_auc", "val_frame_auc")
-_XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame clip (§8.1)
 _VAL_BATCH = 32
 
 
@@ -371,16 +371,6 @@ class _Validation:
     every_epochs: int
 
 
-def _clip_frames(n_steps: int, record: Path | None) -> np.ndarray:
-    """(T, clip_len) frame indices of every clip of a video (from its cache record when there is one)."""
-    if record is None:
-        starts, length = np.arange(n_steps) * _XD_CLIP_LEN, _XD_CLIP_LEN
-    else:
-        clips = json.loads(record.read_text())["clips"]
-        starts, length = np.asarray(clips["start_frames"][:n_steps]), int(clips["length"])
-    return starts[:, None] + np.arange(length)[None, :]
-
-
 def _prepare_validation(spec: ValidationSpec, *, crops: Sequence[int] | None) -> _Validation:
     annotations = parse_annotations(spec.annotations)
     data = labels_from_annotations(scan_features(spec.features, split="test", crops=crops), annotations)
@@ -388,7 +378,8 @@ def _prepare_validation(spec: ValidationSpec, *, crops: Sequence[int] | None) ->
     for item in data.items:
         if item.video in frame_labels:
             continue
-        frames = _clip_frames(item.n_steps, item.record)
+        length, starts = clip_geometry(item)
+        frames = starts[:, None] + np.arange(length)[None, :]  # (T, clip_len) source frames of each clip
         intervals = next((annotations[n] for n in item.names() if n in annotations), [])
         labels = np.zeros(frames.shape, dtype=bool)
         for start, end in intervals:  # half-open [start, end)
@@ -737,15 +728,12 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
         CheckpointError: no checkpoint, or the training features changed since the run started.
     """
     run_dir = Path(run_dir)
-    run_config = read_run_config(run_dir)
-    try:
-        config = TrainConfig.from_dict(run_config["training"], model=run_config["model"])
-        recorded = run_config["data"]
-        missing = {"path", "labels_csv", "crops_requested", "n_samples", "feature_dim"} - set(recorded)
-        if missing:
-            raise KeyError(", ".join(sorted(missing)))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{run_dir / CONFIG_FILE} has unusable training settings: {exc}") from exc
+    saved = read_run_config(run_dir)
+    run_config, config, recorded = dict(saved.sections), saved.training, saved.data or {}
+    missing = {"path", "labels_csv", "crops_requested", "n_samples", "feature_dim"} - set(recorded)
+    if config is None or missing:
+        what = "no training section" if config is None else f"data lacks {', '.join(sorted(missing))}"
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} has unusable training settings: {what}")
     if epochs is not None and epochs != config.epochs:
         if config.schedule == "cosine":
             raise ConfigError(f"{run_dir} uses a cosine schedule, which ends where the run ends: more epochs would "
@@ -759,16 +747,16 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
     if recorded.get("videos") is not None:
         data = _restrict(data, recorded["videos"])
     selection = None
-    if (run_config.get("selection") or {}).get("videos"):
-        selection = _selection_set(everything, run_config["selection"]["videos"], trained=data)
+    if (saved.selection or {}).get("videos"):
+        selection = _selection_set(everything, saved.selection["videos"], trained=data)
     _need_scorer(selection, scorer)
     if (len(data.items), data.feature_dim) != (recorded["n_samples"], recorded["feature_dim"]):
         raise CheckpointError(f"the features in {recorded['path']} changed since the run started "
                               f"({recorded['n_samples']} samples of width {recorded['feature_dim']} then, "
                               f"{len(data.items)} of width {data.feature_dim} now)")
     val = None
-    if run_config.get("validation"):
-        spec = run_config["validation"]
+    if saved.validation:
+        spec = saved.validation
         spec = ValidationSpec(Path(spec["features"]), Path(spec["annotations"]), spec["every_epochs"])
         val = _prepare_validation(spec, crops=recorded["crops_requested"])
     run_config["training"] = config.to_dict()

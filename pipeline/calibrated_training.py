@@ -184,7 +184,7 @@ def _heldout_set(data: FeatureSet, videos: Collection[str], where: Path) -> Feat
 def heldout_videos(run: Run, data: FeatureSet, annotations: Mapping[str, list] | None) -> list[HeldoutVideo]:
     """Score every held-out video exactly as `vadpipe detect` does (`score_video` at full rate),
     its curve zoomed to frame rate."""
-    block_len = int((run.config.get("training") or {}).get("block_len", 3))
+    block_len = run.config.block_len
     labels = {item.video: int(item.label) for item in data.items}
     videos = []
     for video in group_videos(data):
@@ -234,7 +234,7 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    request = run.config.get("calibration")
+    request = run.config.calibration
     if not request:
         return None
     where = run_dir / "config.json"
@@ -244,7 +244,7 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: unusable calibration request: {exc}") from None
     if data is None:
-        recorded = run.config["data"]
+        recorded = run.config.data or {}
         data = open_training_set(recorded["path"], labels_csv=recorded.get("labels_csv"),
                                  crops=recorded.get("crops_requested"))
     annotations = parse_annotations(spec.annotations) if spec.annotations else None
@@ -299,6 +299,6 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
 
 
 def _store_operating_point(run_dir: Path, entry: dict[str, Any]) -> None:
-    config = read_run_config(run_dir)
+    config = dict(read_run_config(run_dir).sections)
     config["operating_point"] = entry
     write_json(Path(run_dir) / "config.json", config)

@@ -90,7 +90,7 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
     run = load_run(model_dir or latest_run(runs_dir()))
     settings = run_extraction_settings(run, backbone=backbone, crops=crops, clip_len=clip_len, fps=fps)
     # The run's calibrated operating point (video gate, curve threshold, score calibrations), or --threshold's.
-    op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
+    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run.path}/config.json", threshold=threshold,
                                 video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
     cache_dir = cache_dir or features_dir()
     result = detect_videos(list(paths), run, cache_dir=cache_dir, settings=settings, operating_point=op,

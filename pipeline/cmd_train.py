@@ -94,8 +94,8 @@ def _print_summary(run_dir: Path) -> dict:
 
     summary = json.loads((run_dir / SUMMARY_FILE).read_text())
     config = read_run_config(run_dir)
-    summary["operating_point"] = config.get("operating_point")
-    backbone = config.get("backbone") or {}
+    summary["operating_point"] = None if config.operating_point is None else dict(config.operating_point.entry)
+    backbone = config.sections.get("backbone") or {}
     if backbone:
         click.echo(f"features' I3D network: {backbone.get('id') or 'unknown'} "
                    f"({'from the cache records' if backbone.get('source') == 'records' else backbone.get('source')})",

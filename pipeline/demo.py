@@ -101,7 +101,8 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
 
     say("[5/5] detecting anomalous intervals in the test videos")
     run = load_run(run_dir)
-    op = OperatingPoint.for_run(run.config, where=f"{run_dir}/config.json", threshold=config.threshold)
+    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run_dir}/config.json",
+                                threshold=config.threshold)
     detection = detect_videos([dataset.split_dir("test")], run, cache_dir=features["test"], settings=settings,
                               operating_point=op, encoder=encoder, progress=progress)
     intervals_path = write_intervals(root / "intervals.json", detection.document)

@@ -57,10 +57,8 @@ def run_extraction_settings(run: Run, *, backbone: str | None = None, **requeste
     run's are refused with a message naming both values. ``backbone`` (detect --backbone) names
     the I3D network for a run that does not know its features' network; vadpipe never guesses it.
     """
-    ext = run.config.get("extraction")
-    if ext and not isinstance(ext, dict):
-        raise CheckpointError(f"{run.path}/config.json: 'extraction' must be an object, got {ext!r:.60}")
-    known = run_backbone(run.config)
+    ext = run.config.extraction
+    known = run_backbone(run.config.sections)
     if backbone is not None and known is not None and backbone != known:
         raise ConfigError(f"the model in {run.path} was trained on {known} features; --backbone {backbone} would "
                           f"extract with another network (drop it, or train a model on {backbone} features)")
@@ -107,14 +105,6 @@ def _encoder_for(settings: ExtractionSettings, *, weights: Path | None, device: 
     return encoder, loaded
 
 
-def _block_len(run: Run) -> int:
-    training = run.config.get("training") or {}
-    value = training.get("block_len", 3) if isinstance(training, dict) else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise CheckpointError(f"{run.path}/config.json: training.block_len must be an int >= 1, got {value!r}")
-    return value
-
-
 def score_intervals(model: SequenceModel, crops: Sequence[np.ndarray], *, source: str, block_len: int,
                     start_frames: np.ndarray, clip_len: int, frame_times_s: np.ndarray, duration_s: float,
                     fps: float, operating_point: OperatingPoint) -> VideoIntervals:
@@ -159,7 +149,7 @@ def detect_videos(
     result = DetectResult(document=IntervalsDocument(operating_point=operating_point, videos=()),
                           extract_report=report, distance=load_distance(run.path))
     videos: list[VideoIntervals] = []
-    block_len = _block_len(run)
+    block_len = run.config.block_len
     for r in report.results:
         if r.status == "failed":
             result.failed.append(r)

@@ -14,7 +14,6 @@ run's calibrated one (video gate + curve threshold, chosen on held-out training 
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections import defaultdict
@@ -26,9 +25,18 @@ from typing import Any
 import numpy as np
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.model.data import FeatureItem, FeatureSet, load_item, parse_annotations, scan_features
+from vadpipe.model.data import (
+    XD_CLIP_LEN,
+    FeatureItem,
+    FeatureSet,
+    clip_geometry,
+    load_item,
+    parse_annotations,
+    scan_features,
+)
 from vadpipe.model.provenance import features_backbone, run_backbone
 from vadpipe.model.run import load_run
+from vadpipe.model.run_config import RunConfig
 from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import (
     LEVEL_DEFINITIONS,
@@ -53,7 +61,6 @@ __all__ = [
     "json_ready",
 ]
 
-XD_CLIP_LEN = 16
 AP_DEFINITIONS = {
     "ap": "sklearn.metrics.average_precision_score (step-wise; what the CSL-TAL code reports)",
     "ap_trapezoid": "sklearn.metrics.auc(recall, precision), trapezoidal PR-AUC "
@@ -89,18 +96,7 @@ def group_videos(features: FeatureSet) -> list[FeatureVideo]:
     videos = []
     for name, items in sorted(by_video.items()):
         first = items[0]
-        if first.record is None:
-            clip_len = XD_CLIP_LEN
-            starts = XD_CLIP_LEN * np.arange(first.n_steps, dtype=np.int64)
-        else:
-            clips = json.loads(first.record.read_text())["clips"]
-            clip_len = int(clips["length"])
-            starts = np.asarray(clips["start_frames"], dtype=np.int64)
-            if starts.shape != (first.n_steps,):
-                raise DataError(
-                    f"{first.record} lists {starts.size} clip start frames for {first.n_steps} "
-                    "feature rows; re-run vadpipe extract"
-                )
+        clip_len, starts = clip_geometry(first)
         videos.append(FeatureVideo(name, first.names(), tuple(items), clip_len, starts))
     return videos
 
@@ -233,15 +229,15 @@ def evaluate_model(
     return report
 
 
-def check_features_match_run(config: Mapping[str, Any], features: FeatureSet) -> None:
+def check_features_match_run(config: RunConfig, features: FeatureSet) -> None:
     """Refuse features the run's model was not trained for (width, extraction settings)."""
-    feature_dim = (config.get("model") or {}).get("feature_dim")
-    if feature_dim is not None and features.feature_dim != feature_dim:
+    feature_dim = config.model.feature_dim
+    if features.feature_dim != feature_dim:
         raise DataError(
             f"the features in {features.root} have width {features.feature_dim}, the model "
             f"expects {feature_dim}"
         )
-    run_key = (config.get("extraction") or {}).get("settings_key")
+    run_key = (config.extraction or {}).get("settings_key")
     key = (features.extraction or {}).get("settings_key")
     if run_key is not None and key is not None and key != run_key:
         raise ConfigError(
@@ -249,7 +245,7 @@ def check_features_match_run(config: Mapping[str, Any], features: FeatureSet) ->
             f"{features.root} holds features extracted with {key}; extract the test videos "
             "with the run's settings"
         )
-    trained, given = run_backbone(config), features_backbone(features.extraction)
+    trained, given = run_backbone(config.sections), features_backbone(features.extraction)
     if trained is not None and given is not None and trained != given:
         raise ConfigError(
             f"the model was trained on {trained} features, but {features.root} holds {given} features (another "
@@ -285,12 +281,12 @@ def evaluate_run(
     _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11,
                    video_threshold=video_threshold)  # before loading
     run = load_run(run_dir)
-    op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
-                                video_threshold=video_threshold)
+    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run.path}/config.json",
+                                threshold=threshold, video_threshold=video_threshold)
     annotations = parse_annotations(annotations_file)
     features = scan_features(features_dir, split="test")
     check_features_match_run(run.config, features)
-    block_len = int((run.config.get("training") or {}).get("block_len", 3))
+    block_len = run.config.block_len
     report = evaluate_model(
         run.model,
         features,

@@ -41,6 +41,7 @@ import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError, DataError
 from vadpipe.extract.fileio import atomic_write_text
+from vadpipe.model.run_config import OPERATING_POINT_METHODS, SavedOperatingPoint
 from vadpipe.postprocess.calibration import ScoreCalibrator
 from vadpipe.postprocess.ood import VideoOOD, validate_ood_entry
 from vadpipe.postprocess.proposals import (
@@ -97,7 +98,7 @@ class Interval:
     calibrated_score: float | None = None
 
 
-OPERATING_POINT_SOURCES = ("fixed", "manual", "false_alarms", "f1")
+OPERATING_POINT_SOURCES = OPERATING_POINT_METHODS  # defined with the run config that stores them
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class OperatingPoint:
     @classmethod
     def for_run(
         cls,
-        config: dict[str, Any],
+        saved: SavedOperatingPoint | None,
         *,
         where: str,
         threshold: float | None = None,
@@ -147,7 +148,7 @@ class OperatingPoint:
         min_duration_s: float = 0.0,
         merge_gap_s: float = 0.0,
     ) -> "OperatingPoint":
-        """The operating point to detect with: the run's calibrated one, or the user's.
+        """The operating point to detect with: the run's calibrated one, or the caller's.
 
         ``threshold`` or ``video_threshold`` given: a manual operating point (the other one
         from the run when only the gate is given; no gate when only the threshold is given,
@@ -156,47 +157,32 @@ class OperatingPoint:
         A run without a saved operating point gets the paper's fixed 0.35 and no gate.
 
         Args:
-            config: the run's parsed config.json.
-            where: names the config in error messages.
+            saved: the run's stored operating point (`RunConfig.operating_point`, checked
+                when the run was loaded), or None.
+            where: names the run's config in error messages.
 
         Raises:
-            CheckpointError: the saved operating point is malformed.
+            CheckpointError: a stored score calibration is unusable.
         """
-        saved = config.get("operating_point")
-        if saved is not None and not isinstance(saved, dict):
-            raise CheckpointError(f"{where}: operating_point must be an object, got {saved!r:.60}")
-        saved = saved or {}
-
-        def unit(key: str, default: float) -> float:
-            value = saved.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise CheckpointError(f"{where}: operating_point.{key} must lie in [0, 1], got {value!r}; "
-                                      f"pass --{key.replace('_', '-')}")
-            return float(value)
+        saved = saved or SavedOperatingPoint()
 
         def calibrator(key: str) -> ScoreCalibrator | None:
-            if saved.get(key) is None:
+            stored = getattr(saved, key)
+            if stored is None:
                 return None
             try:
-                return ScoreCalibrator.from_dict(saved[key])
+                return ScoreCalibrator.from_dict(dict(stored))
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(f"{where}: operating_point.{key} is unusable: {exc}") from None
 
-        video_cal = calibrator("video_calibration")
-        common = {"min_duration_s": min_duration_s, "merge_gap_s": merge_gap_s, "video_calibration": video_cal}
+        common = {"min_duration_s": min_duration_s, "merge_gap_s": merge_gap_s,
+                  "video_calibration": calibrator("video_calibration")}
         if threshold is not None or video_threshold is not None:
-            curve = threshold if threshold is not None else unit("threshold", 0.35)
+            curve = threshold if threshold is not None else saved.threshold
             return cls(threshold=float(curve), video_threshold=float(video_threshold or 0.0), method="manual",
                        **common)
-        method = saved.get("method", "fixed")
-        if method not in OPERATING_POINT_SOURCES:
-            raise CheckpointError(f"{where}: operating_point.method must be one of "
-                                  f"{', '.join(OPERATING_POINT_SOURCES)}, got {method!r}")
-        target = saved.get("target_false_alarm_rate")
-        if target is not None:
-            target = unit("target_false_alarm_rate", 0.0)
-        return cls(threshold=unit("threshold", 0.35), video_threshold=unit("video_threshold", 0.0),
-                   method=method, target_false_alarm_rate=target,
+        return cls(threshold=saved.threshold, video_threshold=saved.video_threshold, method=saved.method,
+                   target_false_alarm_rate=saved.target_false_alarm_rate,
                    interval_calibration=calibrator("interval_calibration"), **common)
 
 

@@ -163,10 +163,15 @@ def test_f1_point_cuts_the_annotated_stretch() -> None:
 
 
 def test_operating_point_for_run_uses_the_saved_one_unless_overridden() -> None:
-    saved = {"operating_point": {"method": "false_alarms", "threshold": 0.3, "video_threshold": 0.6,
-                                 "target_false_alarm_rate": 0.05,
-                                 "video_calibration": {"method": "platt", "slope": 2.0, "intercept": 0.0},
-                                 "interval_calibration": {"method": "constant", "value": 0.8}}}
+    from vadpipe.model.run_config import SavedOperatingPoint
+
+    def stored(entry: dict) -> SavedOperatingPoint:
+        return SavedOperatingPoint.from_dict(entry, where="c.json")
+
+    saved = stored({"method": "false_alarms", "threshold": 0.3, "video_threshold": 0.6,
+                    "target_false_alarm_rate": 0.05,
+                    "video_calibration": {"method": "platt", "slope": 2.0, "intercept": 0.0},
+                    "interval_calibration": {"method": "constant", "value": 0.8}})
     op = OperatingPoint.for_run(saved, where="c.json", min_duration_s=1.0)
     assert (op.threshold, op.video_threshold, op.method, op.min_duration_s) == (0.3, 0.6, "false_alarms", 1.0)
     assert op.video_calibration([0.5])[0] == pytest.approx(0.5) and op.interval_calibration([0.1])[0] == 0.8
@@ -175,11 +180,14 @@ def test_operating_point_for_run_uses_the_saved_one_unless_overridden() -> None:
     assert manual.video_calibration is not None and manual.interval_calibration is None
     gate_only = OperatingPoint.for_run(saved, where="c.json", video_threshold=0.7)
     assert (gate_only.threshold, gate_only.video_threshold) == (0.3, 0.7)
-    assert OperatingPoint.for_run({}, where="c.json") == OperatingPoint()  # the paper's 0.35, no gate
-    with pytest.raises(CheckpointError, match=r"c.json: operating_point.video_threshold must lie in \[0, 1\]"):
-        OperatingPoint.for_run({"operating_point": {"threshold": 0.3, "video_threshold": 3}}, where="c.json")
+    assert OperatingPoint.for_run(None, where="c.json") == OperatingPoint()  # the paper's 0.35, no gate
+    # the run config checks the stored values, and its messages name the file, not a CLI option
+    with pytest.raises(CheckpointError, match=r"^c.json: operating_point.video_threshold must lie in \[0, 1\], got 3$"):
+        stored({"threshold": 0.3, "video_threshold": 3})
+    with pytest.raises(CheckpointError, match="operating_point.method must be one of fixed, manual"):
+        stored({"method": "magic"})
     with pytest.raises(CheckpointError, match="operating_point.video_calibration is unusable"):
-        OperatingPoint.for_run({"operating_point": {"video_calibration": {"method": "magic"}}}, where="c.json")
+        OperatingPoint.for_run(stored({"video_calibration": {"method": "magic"}}), where="c.json")
 
 
 # --- a trained model on synthetic features ---------------------------------------------------
@@ -230,7 +238,7 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
 
     root, run_dir, annotations = calibrated_run
     run = load_run(run_dir)
-    config = run.config
+    config = run.config.sections  # as written: the typed fields are checked below
     op = config["operating_point"]
     held = op["heldout"]
     # 5 of each class held out (a quarter of 20), trained on the other 30, and recorded as such
@@ -266,7 +274,7 @@ def test_detect_document_carries_the_operating_point_and_calibrated_scores(calib
 
     root, run_dir, _ = calibrated_run
     run = load_run(run_dir)
-    op = OperatingPoint.for_run(run.config, where="config.json")
+    op = OperatingPoint.for_run(run.config.operating_point, where="config.json")
     videos = []
     for name in ("s2_000_label_A", "s2_025_label_B1"):
         s = score_sequence(run.model, np.load(root / "test" / f"{name}__0.npy"))
@@ -382,9 +390,9 @@ def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration
                                    calibration=CalibrationSpec(holdout_fraction=0.25))
     run = load_run(run_dir)
     data = open_training_set(folder)
-    heldout = run.config["operating_point"]["heldout"]["videos"]
+    heldout = run.config.operating_point.entry["heldout"]["videos"]
     held = data.__class__(**{**data.__dict__, "items": tuple(i for i in data.items if i.video in heldout)})
-    op = OperatingPoint.for_run(run.config, where="config.json")
+    op = OperatingPoint.for_run(run.config.operating_point, where="config.json")
 
     calibration = {v.name: v for v in heldout_videos(run, held, None)}
     assert sorted(calibration) == sorted(heldout) and len(heldout) == 4

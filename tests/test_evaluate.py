@@ -219,12 +219,17 @@ def test_cache_folder_uses_record_clip_geometry(tmp_path) -> None:
     assert report["frame"]["auc"] == pytest.approx(1.0)
     assert report["frame"]["n_positive"] == 16 * 4
 
-    check_features_match_run({"model": {"feature_dim": 4}, "extraction": {"settings_key": "abcd"}},
-                             features)
+    from vadpipe.model.net import ModelConfig
+    from vadpipe.model.run_config import RunConfig
+
+    def run(feature_dim: int, extraction: dict | None) -> RunConfig:
+        return RunConfig(model=ModelConfig(feature_dim=feature_dim), extraction=extraction)
+
+    check_features_match_run(run(4, {"settings_key": "abcd"}), features)
     with pytest.raises(ConfigError, match="extraction settings zzzz, but .* extracted with abcd"):
-        check_features_match_run({"extraction": {"settings_key": "zzzz"}}, features)
+        check_features_match_run(run(4, {"settings_key": "zzzz"}), features)
     with pytest.raises(DataError, match="have width 4, the model expects 1024"):
-        check_features_match_run({"model": {"feature_dim": 1024}, "extraction": None}, features)
+        check_features_match_run(run(1024, None), features)
 
 
 # --- the CLI, with a real run folder ------------------------------------------------------

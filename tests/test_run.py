@@ -52,8 +52,9 @@ def test_save_and_load_run(tmp_path: Path) -> None:
     run_dir = save_run(tmp_path / "r", model, config={"extraction": {"settings_key": "k"}})
     run = load_run(run_dir)
     assert run.path == run_dir and not run.model.training
-    assert run.config["model"] == {"attention": "mlp", "feature_dim": DIM, "kernel_size": 5}
-    assert run.config["extraction"] == {"settings_key": "k"} and run.config["training"] is None
+    assert run.config.model == ModelConfig(attention="mlp", feature_dim=DIM, kernel_size=5)
+    assert run.config.extraction == {"settings_key": "k"} and run.config.training is None
+    assert run.config.block_len == 3 and run.config.operating_point is None
     x = torch.rand(1, 5, DIM)
     with torch.no_grad():
         torch.testing.assert_close(run.model(x).weighted_tcam, model.eval()(x).weighted_tcam, rtol=0, atol=0)
@@ -137,7 +138,7 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
                                   "--attention", "gated", "--json", str(tmp_path / "summary.json"), "-q"])
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(out)
-    config = load_run(out).config
+    config = load_run(out).config.sections  # as written
     assert config["model"]["attention"] == "gated"
     assert config["training"]["n_views"] == 1 and config["training"]["lr_milestone_epoch"] == 1
     assert config["training"]["loss"] == {"w_sparsity": 2e-8, "w_smooth": 0.5, "w_align": 0.5, "normalize": "steps",
@@ -183,14 +184,14 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
     run_dir = Path(result.stdout.strip().splitlines()[-1])
     assert run_dir.parent == workspace / "runs" and latest_run(workspace / "runs") == run_dir
     run = load_run(run_dir)
-    assert run.config["extraction"] == {"settings": {"clip_len": 16}, "settings_key": "abc123"}
-    assert run.config["data"]["label_sources"] == {"folder": 2}
-    training = run.config["training"]
-    assert (training["schedule"], training["balanced"], training["early_stopping"], training["loss"]["normalize"],
-            training["loss"]["w_mil"], training["min_steps"]) == ("cosine", True, True, "video", 1.0, 1500)
+    assert run.config.extraction == {"settings": {"clip_len": 16}, "settings_key": "abc123"}
+    assert run.config.data["label_sources"] == {"folder": 2}
+    training = run.config.training
+    assert (training.schedule, training.balanced, training.early_stopping, training.loss.normalize,
+            training.loss.w_mil, training.min_steps) == ("cosine", True, True, "video", 1.0, 1500)
     # the other 2 of the 4 videos (one per class) were held out for early stopping and the operating point
-    assert len(run.config["operating_point"]["heldout"]["videos"]) == 2
-    assert run.config["selection"]["videos"] == run.config["operating_point"]["heldout"]["videos"]
+    heldout = run.config.operating_point.entry["heldout"]["videos"]
+    assert len(heldout) == 2 and run.config.selection["videos"] == heldout
     assert "last epoch (1500): loss" in result.stderr  # 1 balanced batch per epoch, 1,500 steps
 
 
@@ -210,3 +211,38 @@ def test_train_cli_errors(tmp_path: Path) -> None:
                           (["--w-align", "0.1"], "--w-align weighs the alignment loss, which needs --align")]:
         result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r2"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_run_config_written_before_the_typed_contract_still_loads() -> None:
+    """tests/data/run_config_v1.json is the config.json of a default-recipe run (early stopping and a
+    calibrated operating point) as vadpipe 0.1.0 wrote it, before RunConfig existed."""
+    from vadpipe.model.run_config import RunConfig
+    from vadpipe.model.train import TrainConfig
+    from vadpipe.postprocess.intervals import OperatingPoint
+
+    data = json.loads((Path(__file__).parent / "data" / "run_config_v1.json").read_text())
+    config = RunConfig.from_dict(data, where="run_config_v1.json")
+    assert config.training == TrainConfig.from_dict(data["training"], model=data["model"])
+    assert config.block_len == 3 and config.training.early_stopping and config.model.feature_dim == 64
+    saved = config.operating_point
+    assert (saved.method, saved.threshold, saved.video_threshold) == ("false_alarms", data["operating_point"]["threshold"],
+                                                                       0.0)
+    op = OperatingPoint.for_run(saved, where="run_config_v1.json")
+    assert op.method == "false_alarms" and op.video_calibration is not None and op.interval_calibration is not None
+    assert config.selection["videos"] == config.calibration["heldout_videos"]
+    assert config.sections == data  # a writer that updates one section keeps the others
+
+
+def test_a_run_config_names_the_bad_section() -> None:
+    from vadpipe.model.run_config import RunConfig
+
+    good = json.loads((Path(__file__).parent / "data" / "run_config_v1.json").read_text())
+    for change, message in (({"schema_version": 2}, "is not a vadpipe run config"),
+                            ({"model": {"depth": 3}}, "bad model settings: unknown ModelConfig keys"),
+                            ({"training": {**good["training"], "block_len": 0}},
+                             "unusable training settings: block_len must be an int >= 1, got 0"),
+                            ({"extraction": [1]}, "'extraction' must be an object"),
+                            ({"operating_point": {"threshold": "high"}},
+                             r"operating_point.threshold must lie in \[0, 1\], got 'high'")):
+        with pytest.raises(CheckpointError, match=message):
+            RunConfig.from_dict({**good, **change}, where="c.json")

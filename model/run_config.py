@@ -1,0 +1,144 @@
+"""The typed contents of a run folder's ``config.json``: what training hands to every later stage.
+
+`RunConfig.from_dict` is the one place that checks the file; detect, evaluate, calibration and
+resume read the typed fields instead of digging in the JSON, so the block length, the
+operating point and the extraction settings are parsed once, with one message per bad value.
+The file format is unchanged (schema_version 1): runs written before this module load as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from vadpipe.errors import CheckpointError
+
+from .net import ModelConfig
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["RUN_SCHEMA_VERSION", "OPERATING_POINT_METHODS", "SavedOperatingPoint", "RunConfig"]
+
+RUN_SCHEMA_VERSION = 1
+# Where a run's operating point came from: the paper's fixed 0.35, a user's choice, or calibrated
+# on held-out training videos for a false-alarm target or the best interval F1.
+OPERATING_POINT_METHODS = ("fixed", "manual", "false_alarms", "f1")
+
+
+def _unit(data: Mapping[str, Any], key: str, default: float | None, where: str) -> float | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise CheckpointError(f"{where}: operating_point.{key} must lie in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _section(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise CheckpointError(f"{where}: '{key}' must be an object, got {value!r:.60}")
+    return value
+
+
+@dataclass(frozen=True)
+class SavedOperatingPoint:
+    """The operating point a run stores (written by `vadpipe.calibrated_training`).
+
+    Attributes:
+        method: one of `OPERATING_POINT_METHODS`.
+        threshold: curve threshold in [0, 1].
+        video_threshold: video gate in [0, 1] (0: none).
+        target_false_alarm_rate: the target it was chosen for, if any.
+        video_calibration, interval_calibration: the score calibrations as stored (their format
+            belongs to `vadpipe.postprocess.calibration.ScoreCalibrator`), or None.
+        entry: the whole stored entry (held-out summary, notes, ...), for reports.
+    """
+
+    method: str = "fixed"
+    threshold: float = 0.35
+    video_threshold: float = 0.0
+    target_false_alarm_rate: float | None = None
+    video_calibration: Mapping[str, Any] | None = None
+    interval_calibration: Mapping[str, Any] | None = None
+    entry: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> "SavedOperatingPoint":
+        """Check and read a stored entry; ``where`` names the file in errors."""
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{where}: operating_point must be an object, got {data!r:.60}")
+        method = data.get("method", "fixed")
+        if method not in OPERATING_POINT_METHODS:
+            raise CheckpointError(f"{where}: operating_point.method must be one of "
+                                  f"{', '.join(OPERATING_POINT_METHODS)}, got {method!r}")
+        calibrations = [_section(data, key, f"{where}: operating_point")
+                        for key in ("video_calibration", "interval_calibration")]
+        return cls(method=method, threshold=_unit(data, "threshold", 0.35, where),
+                   video_threshold=_unit(data, "video_threshold", 0.0, where),
+                   target_false_alarm_rate=_unit(data, "target_false_alarm_rate", None, where),
+                   video_calibration=calibrations[0], interval_calibration=calibrations[1], entry=dict(data))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run's ``config.json``, checked.
+
+    Attributes:
+        model: the network settings.
+        training: the training settings (`vadpipe.model.train.TrainConfig`), None for a
+            hand-built run saved without them.
+        operating_point: the stored operating point, None when the run has none (the
+            paper's fixed threshold applies).
+        extraction: the feature extraction the run was trained on (``settings`` and
+            ``settings_key``, as `vadpipe.extract.settings` writes them), None for bare features.
+        data, validation, selection, calibration: the other sections as written (None if absent).
+        sections: the whole file as read, so that a writer can update one section and keep the rest.
+    """
+
+    model: ModelConfig
+    training: TrainConfig | None = None
+    operating_point: SavedOperatingPoint | None = None
+    extraction: Mapping[str, Any] | None = None
+    data: Mapping[str, Any] | None = None
+    validation: Mapping[str, Any] | None = None
+    selection: Mapping[str, Any] | None = None
+    calibration: Mapping[str, Any] | None = None
+    sections: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def block_len(self) -> int:
+        """The training block length L scoring must use (3, the paper's, for a run saved without training)."""
+        return 3 if self.training is None else self.training.block_len
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> "RunConfig":
+        """Check every section a later stage reads; ``where`` names the file in errors.
+
+        Raises:
+            CheckpointError: a foreign schema or an unusable section, naming it and the value.
+        """
+        from .train import TrainConfig  # train.py imports run folders: import it when parsing, not before
+
+        if not isinstance(data, Mapping) or data.get("schema_version") != RUN_SCHEMA_VERSION or "model" not in data:
+            raise CheckpointError(f"{where} is not a vadpipe run config (schema_version {RUN_SCHEMA_VERSION})")
+        try:
+            model = ModelConfig.from_dict(data["model"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{where}: bad model settings: {exc}") from exc
+        training = _section(data, "training", where)
+        if training is not None:
+            try:
+                training = TrainConfig.from_dict(training, model=data["model"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise CheckpointError(f"{where}: unusable training settings: {exc}") from exc
+        op = data.get("operating_point")
+        return cls(model=model, training=training,
+                   operating_point=None if op is None else SavedOperatingPoint.from_dict(op, where=where),
+                   **{key: _section(data, key, where)
+                      for key in ("extraction", "data", "validation", "selection", "calibration")},
+                   sections=dict(data))
+
+
