@@ -36,7 +36,8 @@ from torch.nn.utils.rnn import pad_sequence
 from vadpipe.model.data import open_training_set
 from vadpipe.model.losses import csl_loss
 from vadpipe.model.net import CSLTAL, ModelConfig
-from vadpipe.model.train import Batch, TrainConfig, batch_loss, iterate_batches, make_optimizer
+from vadpipe.model.samplers import Batch, iterate_batches
+from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer
 
 XD_TRAIN_VIDEOS = 3954
 ANOMALOUS_FRACTION = 1905 / 3954  # method.md §2: 48.2% violent

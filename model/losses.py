@@ -28,9 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NORMALIZATIONS", "WEIGHT_ASSIGNMENTS", "LossConfig", "LossTerms", "csl_loss", "top_k_mean"]
+__all__ = ["NORMALIZATIONS", "WEIGHT_ASSIGNMENTS", "LOSS_PARTS", "LossConfig", "LossTerms", "csl_loss", "top_k_mean"]
 
 NORMALIZATIONS = ("steps", "video")
+LOSS_PARTS = ("bce", "sparsity", "smoothness", "alignment", "mil")  # the weighted terms of the total
 
 # The paper's eq. 6 and its code use the same two numbers for opposite terms (method.md §5, Q2);
 # "code" is the configuration that produced the paper's results and is the default.
@@ -84,7 +85,7 @@ class LossTerms(NamedTuple):
     n_steps: int
 
     def as_floats(self) -> dict[str, float]:
-        names = ("total", "bce", "sparsity", "smoothness", "alignment", "mil")
+        names = ("total", *LOSS_PARTS)
         return {name: float(getattr(self, name).detach()) for name in names}
 
 

@@ -1,4 +1,5 @@
-"""Early stopping on held-out training videos: what it watches, from video labels only.
+"""Early stopping on held-out training videos: what it watches (video labels only) and the hook
+that keeps the best weights.
 
 The curve it reads comes from a *video scorer* the caller passes in: the product's one scoring
 function, `vadpipe.postprocess.scores.score_video`, handed over by `vadpipe.calibrated_training`
@@ -10,16 +11,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from vadpipe.errors import CheckpointError
+
 from .data import FeatureItem, FeatureSet, load_item
 from .losses import top_k_mean
 from .net import CSLTAL
+from .run import METRICS_FILE
+from .schedules import crossed
 
-__all__ = ["HELDOUT_LOSS", "ScoredVideo", "VideoScorer", "heldout_scores"]
+__all__ = ["HELDOUT_LOSS", "ScoredVideo", "VideoScorer", "heldout_scores", "EarlyStopping"]
 
 HELDOUT_LOSS = "heldout_loss"
 
@@ -78,3 +84,39 @@ def heldout_scores(model: CSLTAL, data: FeatureSet, *, scorer: VideoScorer, bloc
 
         auc = float(roc_auc_score(y, peak))
     return {HELDOUT_LOSS: loss, "heldout_peak_auc": auc}
+
+
+class EarlyStopping:
+    """Epoch hook: scores the held-out videos after each epoch that passes a multiple of
+    ``every_steps`` optimizer steps (and after the last), and keeps the weights with the lowest
+    held-out loss."""
+
+    def __init__(self, data: FeatureSet, *, scorer: VideoScorer, block_len: int, top_fraction: float,
+                 every_steps: int, n_batches: int) -> None:
+        self.data, self.scorer, self.block_len, self.top_fraction = data, scorer, block_len, top_fraction
+        self.every_steps, self.n_batches = every_steps, n_batches
+        self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # epoch, held-out loss, weights
+
+    def __call__(self, model: CSLTAL, *, epoch: int, last: bool) -> dict[str, float | None]:
+        if not (crossed(epoch, self.n_batches, self.every_steps) or last):
+            return {}
+        line = heldout_scores(model, self.data, scorer=self.scorer, block_len=self.block_len,
+                              top_fraction=self.top_fraction)
+        if self.best is None or line[HELDOUT_LOSS] < self.best[1]:
+            self.best = (epoch, line[HELDOUT_LOSS], {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return line
+
+    def restore(self, stored: tuple[int, dict[str, torch.Tensor]] | None, history: list[dict], *, where: Path) -> None:
+        """Take back the weights a checkpoint kept (``stored``: epoch, state dict) with their loss from ``history``."""
+        if stored is None:
+            return
+        loss = next((line.get(HELDOUT_LOSS) for line in history if line["epoch"] == stored[0]), None)
+        if loss is None:
+            raise CheckpointError(f"{where}: the checkpoint keeps the weights of epoch {stored[0]} but "
+                                  f"{METRICS_FILE} has no held-out loss for that epoch")
+        self.best = (stored[0], loss, stored[1])
+
+    @property
+    def kept(self) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(epoch, weights) of the best evaluation so far, as a checkpoint stores them."""
+        return None if self.best is None else (self.best[0], self.best[2])

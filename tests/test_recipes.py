@@ -15,7 +15,9 @@ from vadpipe.model.data import open_training_set
 from vadpipe.model.recipes import recipe_config
 from vadpipe.model.run import load_run
 from vadpipe.model.selection import heldout_scores
-from vadpipe.model.train import TrainConfig, batches_per_epoch, epoch_batches, lr_at_step, planned_epochs, resume, train
+from vadpipe.model.samplers import batches_per_epoch, epoch_batches
+from vadpipe.model.schedules import lr_at_step, planned_epochs
+from vadpipe.model.train import TrainConfig, resume, train
 from vadpipe.postprocess.scores import score_video
 
 from test_train import _frame_auc, _planted

@@ -17,7 +17,9 @@ from vadpipe.model.augment import view_indices
 from vadpipe.model.losses import LossConfig
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run
-from vadpipe.model.train import TrainConfig, ValidationSpec, batch_loss, lr_at_epoch, make_batch, resume, train
+from vadpipe.model.samplers import make_batch
+from vadpipe.model.schedules import lr_at_epoch
+from vadpipe.model.train import TrainConfig, ValidationSpec, batch_loss, resume, train
 
 DIM = 32
 SHIFTED_DIMS = 8
