@@ -38,20 +38,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
+from vadpipe.calibrated_training import train_calibrated
 from vadpipe.errors import DataError
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import load_item, parse_annotations, scan_features
-from vadpipe.model.recipes import recipe_config
+from vadpipe.recipes import RECIPES
 from vadpipe.postprocess.evaluate import evaluate_run, group_videos, json_ready
 from vadpipe.postprocess.metrics import clip_frame_labels, pooled_metrics, standard_entry
 from vadpipe.synth import SplitSize, SynthConfig, load_dataset, make_dataset
 
 SPLITS = {"train": SplitSize(normal=20, anomalous=20), "test": SplitSize(normal=10, anomalous=10)}
 SYNTH = SynthConfig(n_frames=(300, 600), anomaly_fraction=(0.05, 0.10))
-HOLDOUT = {"paper": None, "default": CalibrationSpec(holdout_fraction=0.25)}
 
 
 def dataset(root: Path, *, seed: int):
@@ -115,11 +114,11 @@ def run_one(features: Path, test_features: Path, test_annotations: Path, runs: P
     out = runs / name
     if out.exists():
         shutil.rmtree(out)
-    config = replace(recipe_config(recipe), align=align, seed=seed)
+    config = replace(RECIPES[recipe].training, align=align, seed=seed)
     began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = train_calibrated(features, out_dir=out, config=config, calibration=HOLDOUT[recipe])
+        run = train_calibrated(features, out_dir=out, config=config, calibration=RECIPES[recipe].calibration)
         seconds = time.perf_counter() - began
         report = evaluate_run(run, test_features, test_annotations, protocol="standard")
     summary = json.loads((run / "summary.json").read_text())

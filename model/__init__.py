@@ -2,8 +2,10 @@
 
 Typical use::
 
-    from vadpipe.model import recipe_config, train, load_run
-    run_dir = train("vadpipe-work/features", out_dir="vadpipe-work/runs/r1", config=recipe_config("paper"))
+    from vadpipe.model import TrainConfig, train, load_run
+    run_dir = train("vadpipe-work/features", out_dir="vadpipe-work/runs/r1", config=TrainConfig())  # the paper's
+
+The named recipes (training and calibration together) are `vadpipe.recipes`.
     model = load_run(run_dir).model
 """
 
@@ -22,7 +24,6 @@ from .data import (
 )
 from .losses import LossConfig, LossTerms, csl_loss
 from .net import CSLTAL, ModelConfig, ModelOutput
-from .recipes import RECIPES, recipe_config
 from .run import Run, latest_run, load_run, new_run_dir, save_run, set_latest
 from .train import TrainConfig, ValidationSpec, resume, train
 
@@ -46,8 +47,6 @@ __all__ = [
     "read_labels_csv",
     "parse_annotations",
     "TrainConfig",
-    "RECIPES",
-    "recipe_config",
     "ValidationSpec",
     "train",
     "resume",

@@ -70,7 +70,7 @@ _CHECKPOINT_STEPS = 50
 @dataclass(frozen=True)
 class TrainConfig:
     """Every training hyper-parameter; the defaults are the paper's configuration (method.md §9).
-    vadpipe's default recipe is :func:`vadpipe.model.recipes.recipe_config` ``("default")``.
+    vadpipe's default recipe is ``vadpipe.recipes.RECIPES["default"].training``.
 
     Args:
         model: network settings (``feature_dim`` is taken from the data when training).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -27,11 +26,10 @@ def demo(out_dir: Path | None, recipe: str, seed: int, device: str, quiet: bool)
     """Generate labelled synthetic videos, then extract, train, evaluate and detect on them."""
     from vadpipe.cmd_evaluate import detection_table, metrics_table
     from vadpipe.demo import DemoConfig, run_demo
-    from vadpipe.model.recipes import recipe_config
+    from vadpipe.recipes import recipe as named
 
-    config = DemoConfig(seed=seed)
-    if recipe == "paper":
-        config = replace(config, training=recipe_config("paper"), calibration=None)
+    chosen = named(recipe)
+    config = DemoConfig(seed=seed, training=chosen.training, calibration=chosen.calibration)
     console = Console(stderr=True)
     report = run_demo(out_dir or workspace_dir() / "demo", config=config, device=device,
                       progress=not quiet, say=lambda text: console.print(f"[bold]{text}[/]"))

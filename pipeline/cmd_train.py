@@ -17,19 +17,42 @@ from vadpipe.workspace import features_dir, runs_dir
 
 __all__ = ["train"]
 
-# Options that define a run; --resume takes them from the run's config.json instead.
-_RUN_OPTIONS = ("features", "labels_csv", "out_dir", "recipe", "batch_size", "lr", "lr_milestone", "lr_decay",
-                "schedule", "warmup_steps", "min_steps", "balanced", "w_mil", "early_stopping", "views", "align",
-                "block_len", "attention", "kernel_size", "loss_weights", "w_sparsity", "w_smooth", "w_align",
-                "loss_norm", "crops", "seed", "val_features", "annotations", "val_every", "holdout_fraction",
-                "operating_point", "target_false_alarm_rate", "train_annotations", "calibration",
-                "features_backbone")
+# The options that override one field of the recipe (`vadpipe.recipes`): option name -> field path.
+# They default to None (= the recipe's value); their help shows the registry's defaults.
+_FIELDS: dict[str, tuple[str, ...]] = {
+    "epochs": ("training", "epochs"), "min_steps": ("training", "min_steps"),
+    "batch_size": ("training", "batch_size"), "balanced": ("training", "balanced"), "lr": ("training", "lr"),
+    "schedule": ("training", "schedule"), "lr_milestone": ("training", "lr_milestone_epoch"),
+    "lr_decay": ("training", "lr_decay"), "warmup_steps": ("training", "warmup_steps"),
+    "views": ("training", "views"), "align": ("training", "align"), "block_len": ("training", "block_len"),
+    "attention": ("training", "model", "attention"), "kernel_size": ("training", "model", "kernel_size"),
+    "w_sparsity": ("training", "loss", "w_sparsity"), "w_smooth": ("training", "loss", "w_smooth"),
+    "w_align": ("training", "loss", "w_align"), "w_mil": ("training", "loss", "w_mil"),
+    "loss_norm": ("training", "loss", "normalize"), "early_stopping": ("training", "early_stopping"),
+    "seed": ("training", "seed"), "holdout_fraction": ("calibration", "holdout_fraction"),
+    "operating_point": ("calibration", "operating_point"),
+    "target_false_alarm_rate": ("calibration", "target_false_alarm_rate"),
+    "train_annotations": ("calibration", "annotations"), "calibration": ("calibration", "method"),
+}
+# Options that define a run; --resume takes them from the run's config.json instead (only --epochs may change).
+_RUN_OPTIONS = ("features", "labels_csv", "out_dir", "recipe", "loss_weights", "crops", "val_features", "annotations",
+                "val_every", "features_backbone", *(name for name in _FIELDS if name != "epochs"))
 # Options that only mean something when videos are held out for calibration.
-_CALIBRATION_OPTIONS = ("operating_point", "target_false_alarm_rate", "train_annotations", "calibration")
+_CALIBRATION_OPTIONS = tuple(name for name, path in _FIELDS.items()
+                             if path[0] == "calibration" and name != "holdout_fraction")
 
-# The share of training videos held out per recipe: the paper trains on every video (fixed threshold
-# 0.35); vadpipe's default holds out a quarter for early stopping and the operating point.
-_HOLDOUT = {"default": 0.25, "paper": 0.0}
+
+class _RecipeOption(click.Option):
+    """An option overriding one recipe field: its help ends with the registry's default(s)."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        from vadpipe.recipes import describe_default  # imports torch: only when help is shown
+
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        return record[0], f"{record[1]}  [default: {describe_default(_FIELDS[self.name])}]"
+
 
 _DIR = click.Path(path_type=Path, file_okay=False)
 _FILE = click.Path(path_type=Path, dir_okay=False, exists=True)
@@ -134,44 +157,43 @@ def _flags(ctx: click.Context, names: list[str]) -> str:
     return ", ".join("/".join(p.opts + p.secondary_opts) for p in ctx.command.params if p.name in names)
 
 
-def _recipe_config(recipe: str, *, epochs: int | None, min_steps: int | None, batch_size: int | None,
-                   balanced: bool | None, lr: float | None, schedule: str | None, lr_milestone: int | None,
-                   lr_decay: float | None, warmup_steps: int | None, views: str | None, align: bool | None,
-                   block_len: int, attention: str,
-                   kernel_size: int, loss_weights: str | None, w_sparsity: float | None, w_smooth: float | None,
-                   w_align: float | None, w_mil: float | None, loss_norm: str | None, early_stopping: bool | None,
-                   seed: int):
-    """The recipe's TrainConfig with the options the user gave (None: the recipe's value) applied."""
-    from dataclasses import replace
-
+def _recipe(ctx: click.Context, name: str):
+    """The recipe ``name`` with the options the user gave applied, and nothing else
+    (`vadpipe.recipes.Recipe.replaced`); refuses options that the result would ignore."""
     from vadpipe.model.losses import WEIGHT_ASSIGNMENTS
-    from vadpipe.model.net import ModelConfig
-    from vadpipe.model.recipes import recipe_config
+    from vadpipe.recipes import recipe
 
-    base = recipe_config(recipe)
-    if w_align is not None and not (base.align if align is None else align):
+    base = recipe(name)
+    given = {option: value for option, value in ctx.params.items() if option in _FIELDS and value is not None}
+    if "operating_point" in given:
+        given["operating_point"] = given["operating_point"].replace("-", "_")
+    changes: dict[str, dict] = {"training": {}, "model": {}, "loss": {}, "calibration": {}}
+    if ctx.params["loss_weights"]:
+        changes["loss"].update(WEIGHT_ASSIGNMENTS[ctx.params["loss_weights"]])
+    for option, value in given.items():
+        path = _FIELDS[option]
+        changes[path[1] if len(path) == 3 else path[0]][path[-1]] = value
+    training = {**vars(base.training), **changes["training"]}
+    if "w_align" in given and not training["align"]:
         raise ConfigError("--w-align weighs the alignment loss, which needs --align (two views per sample)")
-    schedule = schedule or base.schedule
-    if schedule == "cosine" and lr_milestone is not None:
+    if training["schedule"] == "cosine" and "lr_milestone" in given:
         raise ConfigError("--lr-milestone applies to --schedule multistep; cosine decays every step")
-    if schedule == "multistep" and warmup_steps is not None:
+    if training["schedule"] == "multistep" and "warmup_steps" in given:
         raise ConfigError("--warmup-steps applies to --schedule cosine")
-
-    def given(**values):
-        return {k: v for k, v in values.items() if v is not None}
-
-    loss = replace(base.loss, **(WEIGHT_ASSIGNMENTS[loss_weights] if loss_weights else {}))
-    try:
-        loss = replace(loss, **given(w_sparsity=w_sparsity, w_smooth=w_smooth, w_align=w_align, w_mil=w_mil,
-                                     normalize=loss_norm))
-        return replace(base, model=ModelConfig(attention=attention, kernel_size=kernel_size), loss=loss,
-                       schedule=schedule, block_len=block_len, seed=seed,
-                       **given(align=align, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
-                               balanced=balanced, lr=lr,
-                               lr_milestone_epoch=lr_milestone, lr_decay=lr_decay, warmup_steps=warmup_steps,
-                               early_stopping=early_stopping, views=views))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    holds_out = given.get("holdout_fraction", base.calibration and base.calibration.holdout_fraction) or 0
+    calibrating = [option for option in _CALIBRATION_OPTIONS if option in given]
+    if not holds_out and calibrating:
+        raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; drop {_flags(ctx, calibrating)}")
+    if given.get("operating_point") == "f1" and "target_false_alarm_rate" in given:
+        raise ConfigError("--target-false-alarm-rate applies to --operating-point false-alarms, not f1")
+    chosen = base.replaced(**changes)
+    if chosen.training.early_stopping and chosen.calibration is None:
+        if given.get("early_stopping"):
+            raise ConfigError("--early-stopping watches held-out videos; --holdout-fraction 0 holds out none")
+        click.secho("note: no videos held out (--holdout-fraction 0): no early stopping, the last "
+                    "epoch's weights are kept", fg="yellow", err=True)
+        chosen = chosen.replaced(training={"early_stopping": False})
+    return chosen
 
 
 @click.command("train")
@@ -191,83 +213,78 @@ def _recipe_config(recipe: str, *, epochs: int | None, min_steps: int | None, ba
                    "and cosine decay, early stopping on the held-out videos). paper: the authors' exact recipe (50 epochs, lr 1e-4 then 1e-5 after epoch "
                    "30, loss divided by the batch's steps), trained on every video with the fixed threshold 0.35. "
                    "The options below override single settings of the recipe.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Training epochs.  [default: 50]")
-@click.option("--min-steps", type=click.IntRange(min=0), default=None,
-              help="Train for at least this many optimizer steps (raises the epochs on small sets).  "
-                   "[default: 1500 (default recipe), 0 (paper)]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Samples (crop files) per step.  [default: 8]")
-@click.option("--balanced/--no-balanced", default=None,
-              help="Class-balanced batches (half normal, half anomalous).  [default: on (default recipe), off (paper)]")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Adam learning rate (the peak, with --schedule cosine).  [default: 1e-4]")
-@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None,
+@click.option("--epochs", type=click.IntRange(min=1), default=None, cls=_RecipeOption, help="Training epochs.")
+@click.option("--min-steps", type=click.IntRange(min=0), default=None, cls=_RecipeOption,
+              help="Train for at least this many optimizer steps (raises the epochs on small sets).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=_RecipeOption,
+              help="Samples (crop files) per step.")
+@click.option("--balanced/--no-balanced", default=None, cls=_RecipeOption,
+              help="Class-balanced batches (half normal, half anomalous).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, cls=_RecipeOption,
+              help="Adam learning rate (the peak, with --schedule cosine).")
+@click.option("--schedule", type=click.Choice(["multistep", "cosine"]), default=None, cls=_RecipeOption,
               help="multistep: lr x --lr-decay after --lr-milestone epochs (the authors' code); cosine: linear warm-up "
-                   "over --warmup-steps optimizer steps, then a cosine decay to lr x --lr-decay.  "
-                   "[default: cosine (default recipe), multistep (paper)]")
-@click.option("--lr-milestone", type=click.IntRange(min=0), default=None,
+                   "over --warmup-steps optimizer steps, then a cosine decay to lr x --lr-decay.")
+@click.option("--lr-milestone", type=click.IntRange(min=0), default=None, cls=_RecipeOption,
               help="--schedule multistep: epoch after which the lr is multiplied by --lr-decay "
-                   "(30: the authors' code; 10: the paper's text).  [default: 30]")
+                   "(30: the authors' code; 10: the paper's text).")
 @click.option("--lr-decay", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
-              help="Factor applied to the lr after --lr-milestone, or the cosine schedule's final share of the lr.  "
-                   "[default: 0.01 (default recipe), 0.1 (paper)]")
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=None,
-              help="--schedule cosine: optimizer steps of linear lr warm-up.  [default: 100]")
-@click.option("--views", type=click.Choice(["random", "phase"]), default=None,
+              cls=_RecipeOption,
+              help="Factor applied to the lr after --lr-milestone, or the cosine schedule's final share of the lr.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=None, cls=_RecipeOption,
+              help="--schedule cosine: optimizer steps of linear lr warm-up.")
+@click.option("--views", type=click.Choice(["random", "phase"]), default=None, cls=_RecipeOption,
               help="The two augmented views: random (one random row per block of --block-len, the authors') or "
-                   "phase (two different phase-shifted sub-sequences, the ones full-rate scoring interleaves).  "
-                   "[default: phase (default recipe), random (paper)]")
-@click.option("--align/--no-align", default=None,
-              help="Two views per sample and the alignment loss, or one view and none (Table 1's 'w/o align' row).  "
-                   "[default: off (default recipe), on (paper)]")
-@click.option("--block-len", type=click.IntRange(min=1), default=3, show_default=True,
+                   "phase (two different phase-shifted sub-sequences, the ones full-rate scoring interleaves).")
+@click.option("--align/--no-align", default=None, cls=_RecipeOption,
+              help="Two views per sample and the alignment loss, or one view and none (Table 1's 'w/o align' row).")
+@click.option("--block-len", type=click.IntRange(min=1), default=None, cls=_RecipeOption,
               help="Augmentation block length L: each view keeps one row per L rows (see --views).")
-@click.option("--attention", type=click.Choice(["mlp", "gated"]), default="mlp", show_default=True,
+@click.option("--attention", type=click.Choice(["mlp", "gated"]), default=None, cls=_RecipeOption,
               help="Attention head: mlp (the paper's) or gated.")
-@click.option("--kernel-size", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--kernel-size", type=click.IntRange(min=1), default=None, cls=_RecipeOption,
               help="Odd kernel size of the masked causal conv (active taps: the centre and before).")
 @click.option("--loss-weights", type=click.Choice(["code", "paper"]), default=None,
               help="Sparsity/smoothness weights: 'code' = 2e-3/2e-8 (the authors' code, both recipes), "
                    "'paper' = 2e-8/2e-3 (the paper's eq. 6, read literally).  [default: code]")
-@click.option("--w-sparsity", type=click.FloatRange(min=0), default=None,
+@click.option("--w-sparsity", type=click.FloatRange(min=0), default=None, cls=_RecipeOption,
               help="Sparsity weight (overrides --loss-weights).")
-@click.option("--w-smooth", type=click.FloatRange(min=0), default=None,
+@click.option("--w-smooth", type=click.FloatRange(min=0), default=None, cls=_RecipeOption,
               help="Smoothness weight (overrides --loss-weights).")
-@click.option("--w-align", type=click.FloatRange(min=0), default=None,
-              help="Alignment weight (with --align).  [default: 0.05 (default recipe), 0.5 (paper)]")
-@click.option("--w-mil", type=click.FloatRange(min=0), default=None,
-              help="Weight of the top-k MIL term on the weighted T-CAM.  [default: 1 (default recipe), 0 (paper)]")
-@click.option("--loss-norm", type=click.Choice(["steps", "video"]), default=None,
-              help="Divide the batch loss by its total step count (the authors' code) or per video.  "
-                   "[default: video (default recipe), steps (paper)]")
-@click.option("--early-stopping/--no-early-stopping", default=None,
+@click.option("--w-align", type=click.FloatRange(min=0), default=None, cls=_RecipeOption,
+              help="Alignment weight (with --align).")
+@click.option("--w-mil", type=click.FloatRange(min=0), default=None, cls=_RecipeOption,
+              help="Weight of the top-k MIL term on the weighted T-CAM.")
+@click.option("--loss-norm", type=click.Choice(["steps", "video"]), default=None, cls=_RecipeOption,
+              help="Divide the batch loss by its total step count (the authors' code) or per video.")
+@click.option("--early-stopping/--no-early-stopping", default=None, cls=_RecipeOption,
               help="Keep the weights with the lowest loss on the held-out training videos (video labels only) "
-                   "instead of the last ones; needs --holdout-fraction > 0.  "
-                   "[default: on (default recipe), off (paper)]")
+                   "instead of the last ones; needs --holdout-fraction > 0.")
 @click.option("--crops", default=None,
               help="Comma-separated crop indices to use, e.g. 0.  [default: every crop present]")
-@click.option("--seed", type=click.IntRange(min=0), default=1, show_default=True, help="Seeds init, order and views.")
+@click.option("--seed", type=click.IntRange(min=0), default=None, cls=_RecipeOption,
+              help="Seeds init, order and views.")
 @click.option("--val-features", type=_DIR, default=None,
               help="Held-out features to score during training (an XD-Violence root uses RGBTest/).")
 @click.option("--annotations", type=_FILE, default=None,
               help="XD-Violence annotations.txt for --val-features (absent videos are normal).")
 @click.option("--val-every", type=click.IntRange(min=1), default=1, show_default=True, help="Validate every N epochs.")
 @click.option("--holdout-fraction", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              cls=_RecipeOption,
               help="Share of each class's training videos held out (seeded by --seed) for early stopping, to choose "
                    "the detection thresholds and to calibrate scores; the saved model is the one trained without "
-                   "them. 0: train on every video and keep the paper's fixed threshold 0.35.  "
-                   "[default: 0.25 (default recipe), 0 (paper)]")
-@click.option("--operating-point", type=click.Choice(["false-alarms", "f1"]), default="false-alarms",
-              show_default=True,
+                   "them. 0: train on every video and keep the paper's fixed threshold 0.35.")
+@click.option("--operating-point", type=click.Choice(["false-alarms", "f1"]), default=None, cls=_RecipeOption,
               help="false-alarms: at most --target-false-alarm-rate of held-out normal videos get an interval, "
                    "as many held-out anomalous videos as possible do; f1: best interval F1 at IoU 0.3 on the "
                    "held-out videos (needs --train-annotations).")
-@click.option("--target-false-alarm-rate", type=click.FloatRange(min=0, max=1, max_open=True), default=0.05,
-              show_default=True,
+@click.option("--target-false-alarm-rate", type=click.FloatRange(min=0, max=1, max_open=True), default=None,
+              cls=_RecipeOption,
               help="Share of normal videos allowed to get an interval (--operating-point false-alarms).")
-@click.option("--train-annotations", type=_FILE, default=None,
+@click.option("--train-annotations", type=_FILE, default=None, cls=_RecipeOption,
               help="Frame annotations of the training videos (XD-Violence annotations.txt format): needed for "
                    "--operating-point f1; with them interval scores are calibrated against real hits.")
-@click.option("--calibration", type=click.Choice(["platt", "isotonic"]), default="platt", show_default=True,
+@click.option("--calibration", type=click.Choice(["platt", "isotonic"]), default=None, cls=_RecipeOption,
               help="Score calibration on the held-out videos: platt (logistic on the score's logit; fine with few "
                    "videos) or isotonic (needs hundreds).")
 @click.option("--features-backbone", type=click.Choice(list(BACKBONES)), default=None,
@@ -279,15 +296,9 @@ def _recipe_config(recipe: str, *, epochs: int | None, min_steps: int | None, ba
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None, out_dir: Path | None,
-          resume_dir: Path | None, recipe: str, epochs: int | None, min_steps: int | None, batch_size: int | None,
-          balanced: bool | None, lr: float | None, schedule: str | None, lr_milestone: int | None,
-          lr_decay: float | None, warmup_steps: int | None, views: str | None, align: bool | None, block_len: int,
-          attention: str, kernel_size: int, loss_weights: str | None, w_sparsity: float | None, w_smooth: float | None,
-          w_align: float | None, w_mil: float | None, loss_norm: str | None, early_stopping: bool | None,
-          crops: str | None, seed: int, val_features: Path | None, annotations: Path | None, val_every: int,
-          holdout_fraction: float | None,
-          operating_point: str, target_false_alarm_rate: float, train_annotations: Path | None, calibration: str,
-          features_backbone: str | None, json_out: Path | None, quiet: bool) -> None:
+          resume_dir: Path | None, recipe: str, loss_weights: str | None, crops: str | None,
+          val_features: Path | None, annotations: Path | None, val_every: int, features_backbone: str | None,
+          json_out: Path | None, quiet: bool, **fields: object) -> None:
     """Train the CSL-TAL model and write a run folder (weights, config, metrics, curves).
 
     --recipe default (vadpipe's) holds out a quarter of the training videos for early stopping and
@@ -295,9 +306,7 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
     (method.md §9) on every video. The run becomes the workspace's latest run (used by detect)
     when it lies in the workspace runs/ folder. Prints the run folder.
     """
-    from dataclasses import replace
-
-    from vadpipe.calibrated_training import CalibrationSpec, resume_calibrated, train_calibrated
+    from vadpipe.calibrated_training import resume_calibrated, train_calibrated
     from vadpipe.model.run import new_run_dir, set_latest
     from vadpipe.model.train import ValidationSpec
 
@@ -306,35 +315,11 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
             given = [name for name in _RUN_OPTIONS if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
             if given:
                 raise ConfigError(f"--resume continues a run with its own settings; drop {_flags(ctx, given)}")
-            run_dir = resume_calibrated(resume_dir, epochs=epochs, show_progress=not quiet)
+            run_dir = resume_calibrated(resume_dir, epochs=fields["epochs"], show_progress=not quiet)
         else:
-            given = [name for name in _CALIBRATION_OPTIONS
-                     if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
-            if holdout_fraction is None:
-                holdout_fraction = _HOLDOUT[recipe]
-            if holdout_fraction == 0 and given:
-                raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; "
-                                  f"drop {_flags(ctx, given)}")
-            if operating_point == "f1" and "target_false_alarm_rate" in given:
-                raise ConfigError("--target-false-alarm-rate applies to --operating-point false-alarms, not f1")
-            spec = None if holdout_fraction == 0 else CalibrationSpec(
-                holdout_fraction=holdout_fraction, operating_point=operating_point.replace("-", "_"),
-                target_false_alarm_rate=target_false_alarm_rate, annotations=train_annotations, method=calibration)
             if (val_features is None) != (annotations is None):
                 raise ConfigError("validation needs both --val-features and --annotations")
-            config = _recipe_config(recipe, epochs=epochs, min_steps=min_steps, batch_size=batch_size,
-                                    balanced=balanced, lr=lr, schedule=schedule, lr_milestone=lr_milestone,
-                                    lr_decay=lr_decay, warmup_steps=warmup_steps, views=views, align=align,
-                                    block_len=block_len, attention=attention, kernel_size=kernel_size,
-                                    loss_weights=loss_weights, w_sparsity=w_sparsity, w_smooth=w_smooth,
-                                    w_align=w_align, w_mil=w_mil, loss_norm=loss_norm,
-                                    early_stopping=early_stopping, seed=seed)
-            if config.early_stopping and spec is None:
-                if early_stopping:
-                    raise ConfigError("--early-stopping watches held-out videos; --holdout-fraction 0 holds out none")
-                click.secho("note: no videos held out (--holdout-fraction 0): no early stopping, the last "
-                            "epoch's weights are kept", fg="yellow", err=True)
-                config = replace(config, early_stopping=False)
+            chosen = _recipe(ctx, recipe)
             if features is None:
                 features = features_dir()
                 if not features.is_dir():
@@ -343,7 +328,7 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
             validation = None if val_features is None else ValidationSpec(val_features, annotations, val_every)
             run_dir = train_calibrated(features,
                                        out_dir=out_dir if out_dir is not None else new_run_dir(runs_dir()),
-                                       config=config, calibration=spec, labels_csv=labels_csv,
+                                       config=chosen.training, calibration=chosen.calibration, labels_csv=labels_csv,
                                        crops=_parse_crops(crops), validation=validation, show_progress=not quiet,
                                        features_backbone=features_backbone)
         if run_dir.resolve().parent == runs_dir().resolve():

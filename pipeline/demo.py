@@ -23,11 +23,11 @@ from vadpipe.extract.engines import choose_executor, extract_videos
 from vadpipe.extract.job import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import parse_annotations
-from vadpipe.model.recipes import recipe_config
 from vadpipe.model.run import load_run, set_latest
 from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.evaluate import evaluate_run
 from vadpipe.postprocess.intervals import OperatingPoint, write_intervals
+from vadpipe.recipes import RECIPES
 from vadpipe.synth import DEMO_SPLITS, SplitSize, SynthConfig, SynthDataset, make_dataset
 
 __all__ = ["DemoConfig", "DemoReport", "run_demo"]
@@ -40,8 +40,8 @@ class DemoConfig:
     seed: int = 0
     splits: dict[str, SplitSize] = field(default_factory=lambda: dict(DEMO_SPLITS))
     synth: SynthConfig = SynthConfig()
-    training: TrainConfig = field(default_factory=lambda: recipe_config("default"))
-    calibration: CalibrationSpec | None = CalibrationSpec()  # None: train on all, the paper's 0.35
+    training: TrainConfig = RECIPES["default"].training
+    calibration: CalibrationSpec | None = RECIPES["default"].calibration  # None: train on all, the paper's 0.35
     threshold: float | None = None  # None: the run's operating point; a number: that curve threshold, no gate
 
 

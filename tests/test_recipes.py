@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 
 from vadpipe.model.data import open_training_set
-from vadpipe.model.recipes import recipe_config
 from vadpipe.model.run import load_run
 from vadpipe.model.selection import heldout_scores
 from vadpipe.model.samplers import batches_per_epoch, epoch_batches
 from vadpipe.model.schedules import lr_at_step, planned_epochs
 from vadpipe.model.train import TrainConfig, resume, train
 from vadpipe.postprocess.scores import score_video
+from vadpipe.recipes import RECIPES, recipe
 
 from test_train import _frame_auc, _planted
 
@@ -128,18 +129,56 @@ def test_heldout_videos_must_not_be_trained_on(tmp_path: Path) -> None:
 
 
 def test_paper_recipe_is_the_authors_configuration() -> None:
-    paper = recipe_config("paper")
-    assert paper == TrainConfig()
+    from vadpipe.calibrated_training import CalibrationSpec
+    from vadpipe.errors import ConfigError
+
+    paper = recipe("paper").training
+    assert paper == TrainConfig() and recipe("paper").calibration is None  # every video trained on, fixed 0.35
+    assert recipe("default").calibration == CalibrationSpec(holdout_fraction=0.25)
     assert (paper.epochs, paper.batch_size, paper.lr, paper.lr_milestone_epoch, paper.loss.normalize,
             paper.loss.w_mil, paper.balanced, paper.schedule, paper.min_steps, paper.early_stopping) == \
         (50, 8, 1e-4, 30, "steps", 0.0, False, "multistep", 0, False)
-    default = recipe_config("default")
+    default = recipe("default").training
     assert default.model == paper.model and not default.align and default.block_len == 3
     assert (default.loss.w_sparsity, default.loss.w_smooth) == (2e-3, 2e-8)  # the paper's model and loss terms
     assert (default.views, default.loss.w_align, default.loss.w_mil, default.loss.normalize) == ("phase", 0.05, 1.0,
                                                                                                   "video")
-    with pytest.raises(ValueError, match="recipe must be one of"):
-        recipe_config("fast")
+    with pytest.raises(ConfigError, match="recipe must be one of default, paper, got 'fast'"):
+        recipe("fast")
+
+
+def test_a_recipe_changes_only_the_fields_asked_for() -> None:
+    from vadpipe.errors import ConfigError
+
+    base = recipe("default")
+    changed = base.replaced(training={"lr": 3e-4}, loss={"w_mil": 0.5}, calibration={"method": "isotonic"})
+    assert (changed.training.lr, changed.training.loss.w_mil, changed.calibration.method) == (3e-4, 0.5, "isotonic")
+    assert changed.training == replace(base.training, lr=3e-4, loss=replace(base.training.loss, w_mil=0.5))
+    assert changed.calibration.holdout_fraction == 0.25 and base.training.lr == 1e-4  # the registry is untouched
+    assert base.replaced(calibration={"holdout_fraction": 0}).calibration is None
+    held = recipe("paper").replaced(calibration={"holdout_fraction": 0.5})
+    assert held.calibration.holdout_fraction == 0.5 and held.training == recipe("paper").training
+    with pytest.raises(ConfigError, match="lr must be > 0"):
+        base.replaced(training={"lr": -1.0})
+
+
+def test_train_help_prints_the_registry_defaults_and_the_cli_applies_only_given_options(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vadpipe.cli import main
+    from vadpipe.cmd_train import train as command
+
+    assert list(command.params[[p.name for p in command.params].index("recipe")].type.choices) == list(RECIPES)
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    assert "[default: cosine (default recipe), multistep (paper)]" in text
+    assert "[default: 0.25 (default recipe), 0 (paper)]" in text and "[default: mlp]" in text
+    _planted(tmp_path / "feats", 4, seed=9)
+    result = CliRunner().invoke(main, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "run"),
+                                       "--recipe", "paper", "--epochs", "1", "--lr", "3e-4", "-q"])
+    assert result.exit_code == 0, result.output
+    saved = load_run(tmp_path / "run").config
+    assert saved.training == replace(recipe("paper").training, epochs=1, lr=3e-4,
+                                     model=replace(recipe("paper").training.model, feature_dim=saved.model.feature_dim))
 
 
 @pytest.mark.slow
@@ -148,7 +187,7 @@ def test_default_recipe_learns_the_planted_segments(tmp_path: Path) -> None:
     truth = _planted(tmp_path / "heldout", 12, seed=100)
     data = open_training_set(tmp_path / "train")
     heldout = data.videos[:6]
-    config = TrainConfig(**{**recipe_config("default").__dict__, "min_steps": 150, "warmup_steps": 20})
+    config = replace(recipe("default").training, min_steps=150, warmup_steps=20)
     run = train(tmp_path / "train", out_dir=tmp_path / "run", config=config,
                 videos=[v for v in data.videos if v not in heldout], heldout=heldout, scorer=score_video)
     assert _frame_auc(load_run(run).model, tmp_path / "heldout", truth) > 0.9
