@@ -117,7 +117,13 @@ def test_evaluate_refuses_a_cache_of_another_backbone_than_the_model_s(tmp_path)
     scratch = ExtractionSettings().with_weights(SCRATCH.weights_id)
     cache = replace(scan_features(_bare_features(tmp_path / "c")),
                     extraction={"settings": scratch.to_dict(), "settings_key": scratch.key()})
-    imagenet_run = {"model": {"feature_dim": 1024}, "backbone": {"id": IMAGENET.id, "source": "stated"}}
+    from vadpipe.model.run_config import RunConfig
+
+    def run(backbone: dict) -> RunConfig:
+        return RunConfig.from_dict({"schema_version": 1, "model": {"feature_dim": 1024}, "backbone": backbone},
+                                   where="config.json")
+
+    imagenet_run = run({"id": IMAGENET.id, "source": "stated"})
     with pytest.raises(ConfigError, match="trained on kinetics400-imagenet features, but .* holds kinetics400-scratch"):
         check_features_match_run(imagenet_run, cache)
-    check_features_match_run({"model": {"feature_dim": 1024}, "backbone": {"id": SCRATCH.id}}, cache)
+    check_features_match_run(run({"id": SCRATCH.id}), cache)
