@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import moving_frames, write_video  # noqa: E402
 
-from vadpipe.detect import _block_len, _encoder_for, run_extraction_settings  # noqa: E402
+from vadpipe.detect import _encoder_for, run_extraction_settings  # noqa: E402
 from vadpipe.extract.stream import parse_source  # noqa: E402
 from vadpipe.hooks import EventSink  # noqa: E402
 from vadpipe.model.run import load_run  # noqa: E402
@@ -93,7 +93,7 @@ def make_watch(args, urls: list[str], op: OperatingPoint, sink: EventSink, **con
     settings = run_extraction_settings(run)
     encoder, settings = _encoder_for(settings, weights=None, device=args.device)
     specs = [parse_source(u, name=f"cam{i}") for i, u in enumerate(urls)]
-    return Watch(specs, run, encoder, settings, op, WatchConfig(**config), block_len=_block_len(run), sinks=[sink],
+    return Watch(specs, run, encoder, settings, op, WatchConfig(**config), block_len=run.config.block_len, sinks=[sink],
                  log=lambda m: print(m, file=sys.stderr))
 
 
@@ -219,9 +219,9 @@ def bench_gate(args) -> dict:
     run = load_run(args.model)
     results = {}
     for label, vt in (("run_gate", None), ("no_gate", 0.0)):
-        op = OperatingPoint.for_run(run.config, where="run", video_threshold=vt)
+        op = OperatingPoint.for_run(run.config.operating_point, where="run", video_threshold=vt)
         if vt is None:
-            op = OperatingPoint.for_run(run.config, where="run")
+            op = OperatingPoint.for_run(run.config.operating_point, where="run")
         sink = Collect()
         w = make_watch(args, [str(args.video)], op, sink, lag="wait", gate_window=args.gate_window)
         w.run_until_done()  # the whole file, nothing dropped

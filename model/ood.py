@@ -222,14 +222,14 @@ def fit_run_distance(run_dir: Path | str, *, data: FeatureSet | None = None) -> 
     """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    recorded = config.get("data") or {}
+    recorded = config.data or {}
     if data is None:
         try:
             data = open_training_set(recorded["path"], labels_csv=recorded.get("labels_csv"),
                                      crops=recorded.get("crops_requested"))
         except KeyError:
             raise CheckpointError(f"{run_dir}/config.json does not record its training features") from None
-    heldout_names = list((config.get("calibration") or {}).get("heldout_videos") or ())
+    heldout_names = list((config.calibration or {}).get("heldout_videos") or ())
     trained = list(recorded.get("videos") or sorted(set(data.videos) - set(heldout_names)))
     distance = fit_distance(_video_crops(data, trained), _video_crops(data, heldout_names))
     save_distance(run_dir / OOD_FILE, distance)

@@ -102,7 +102,7 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
     closes the open events and clip files and exits. Exit status: 0 done, 1 every camera
     failed, 2 bad options or an unusable model, 130 interrupted.
     """
-    from vadpipe.detect import _block_len, _encoder_for, run_extraction_settings
+    from vadpipe.detect import _encoder_for, run_extraction_settings
     from vadpipe.extract.stream import parse_source
     from vadpipe.hooks import CommandHook, JsonLinesSink, WebhookHook
     from vadpipe.model.run import latest_run, load_run
@@ -118,7 +118,7 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
         raise ConfigError(f"--webhook must be an http:// or https:// URL, got {webhook!r}")
     run = load_run(model_dir or latest_run(runs_dir()))
     settings = run_extraction_settings(run, backbone=backbone)
-    op = OperatingPoint.for_run(run.config, where=f"{run.path}/config.json", threshold=threshold,
+    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run.path}/config.json", threshold=threshold,
                                 video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
     config = WatchConfig(batch_size=batch_size, queue_clips=queue_clips, lag=lag, gate_window=gate_window,
                          save_clips=save_clips, pre_roll_s=pre_roll, post_roll_s=post_roll, reconnect=reconnect,
@@ -136,7 +136,7 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
     if webhook:
         sinks.append(WebhookHook(webhook, log=say))
     scores_sink = JsonLinesSink(scores_file) if scores_file is not None else None
-    w = Watch(specs, run, encoder, settings, op, config, block_len=_block_len(run), sinks=sinks,
+    w = Watch(specs, run, encoder, settings, op, config, block_len=run.config.block_len, sinks=sinks,
               on_clip=scores_sink.send if scores_sink else None, log=say)
     say(f"watching {len(specs)} camera(s) with {run.path} (threshold {op.threshold:.3f}"
         + (f", video gate {op.video_threshold:.3f} over {gate_window} clips" if op.video_threshold > 0 else "")
