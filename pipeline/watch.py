@@ -52,7 +52,8 @@ from vadpipe.hooks import EventSink
 from vadpipe.model.run import Run
 from vadpipe.postprocess.events import EventTracker, OnlineCurve
 from vadpipe.postprocess.intervals import OperatingPoint, build_video_intervals
-from vadpipe.postprocess.online import OnlineScorer, SegmentHistory, combine_crops
+from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
+from vadpipe.postprocess.scores import combine_crops
 
 __all__ = ["WatchConfig", "CameraStatus", "Watch", "measure_throughput"]
 

@@ -21,7 +21,7 @@ Two places where offline scoring needs the whole sequence, and what this module 
   exactly the offline video score.
 
 Several crops per clip are scored side by side (one row each) and combined by
-`combine_crops`, `score_video`'s rule (the mean of the crops' weighted T-CAMs).
+`vadpipe.postprocess.scores.combine_crops`, `score_video`'s rule (the mean of the crops' weighted T-CAMs).
 """
 
 from __future__ import annotations
@@ -33,18 +33,9 @@ import numpy as np
 import torch
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.postprocess.scores import ClipScores, SequenceModel, score_sequences
+from vadpipe.postprocess.scores import ClipScores, SequenceModel, combine_crops, score_sequences
 
-__all__ = ["OnlineClipScore", "OnlineScorer", "SegmentHistory", "combine_crops"]
-
-
-def combine_crops(attention: np.ndarray, tcam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crops -> one score per clip, `vadpipe.postprocess.scores.score_video`'s rule applied to
-    (n_crops, T) per-crop scores: the curve is the mean over crops of each crop's weighted T-CAM
-    λ_c·a_c; attention and T-CAM are averaged beside it. Returns (attention, tcam, wtcam), each (T,)."""
-    att = np.asarray(attention, dtype=np.float32)
-    tc = np.asarray(tcam, dtype=np.float32)
-    return (att.mean(axis=0), tc.mean(axis=0), (att * tc).mean(axis=0).astype(np.float32, copy=False))
+__all__ = ["OnlineClipScore", "OnlineScorer", "SegmentHistory"]
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ __all__ = [
     "phase_rows",
     "score_sequence",
     "score_sequences",
+    "combine_crops",
     "score_video",
 ]
 
@@ -264,6 +265,24 @@ class VideoScores:
     crops: tuple[ClipScores, ...]
 
 
+def combine_crops(attention: np.ndarray, tcam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The crops' per-clip scores -> the video's: (n_crops, T) attention and T-CAM to (T,) each.
+
+    The one crop rule (see `score_video` for why): the curve is the mean over crops of each
+    crop's weighted T-CAM λ_c·a_c; attention and T-CAM are averaged beside it. Offline scoring
+    and live scoring (`vadpipe.postprocess.online`) both combine crops here.
+
+    Returns:
+        (attention, tcam, wtcam), each (T,) float32.
+    """
+    att = np.asarray(attention, dtype=np.float32)
+    tc = np.asarray(tcam, dtype=np.float32)
+    if att.ndim != 2 or att.shape != tc.shape:
+        raise DataError(f"attention and tcam must both be (n_crops, T), got {att.shape} and {tc.shape}")
+    return (att.mean(axis=0).astype(np.float32, copy=False), tc.mean(axis=0).astype(np.float32, copy=False),
+            (att * tc).mean(axis=0).astype(np.float32, copy=False))
+
+
 def score_video(
     model: SequenceModel,
     crops: Sequence[np.ndarray],
@@ -295,9 +314,8 @@ def score_video(
         lengths = sorted({len(np.asarray(c)) for c in crops})
         raise DataError(f"the crops of one video must have equal lengths, got {lengths} rows")
 
-    def mean(name: str) -> np.ndarray:
-        return np.mean([getattr(s, name) for s in scores], axis=0).astype(np.float32, copy=False)
-
-    return VideoScores(wtcam=mean("wtcam"), attention=mean("attention"), tcam=mean("tcam"),
+    attention, tcam, wtcam = combine_crops(np.stack([s.attention for s in scores]),
+                                           np.stack([s.tcam for s in scores]))
+    return VideoScores(wtcam=wtcam, attention=attention, tcam=tcam,
                        video_score=float(np.mean([s.video_score for s in scores])), rows=rows,
                        crops=tuple(scores))
