@@ -57,6 +57,7 @@ def bikes_run(tmp_path_factory, i3d_cpu):
     return root, run_dir, settings, encoder
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_real_footage_does_not_mark_its_held_out_segments(bikes_run):
     root, run_dir, settings, encoder = bikes_run
     distance = load_distance(run_dir)
@@ -68,6 +69,7 @@ def test_a_model_trained_on_real_footage_does_not_mark_its_held_out_segments(bik
     assert video.ood is not None and not video.ood.outside, video.ood
 
 
+@pytest.mark.slow
 def test_the_same_model_marks_other_footage(bikes_run, tmp_path):
     root, run_dir, settings, encoder = bikes_run
     other = write_video(tmp_path / "square.mp4", moving_frames(48, 160, 120))
