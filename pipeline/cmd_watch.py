@@ -11,6 +11,7 @@ import click
 
 from vadpipe.errors import ConfigError
 from vadpipe.extract.backbones import BACKBONES
+from vadpipe.ood_cli import ood_option
 from vadpipe.workspace import runs_dir
 
 __all__ = ["watch", "read_camera_config"]
@@ -89,18 +90,21 @@ def _unit_interval(ctx, param, value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Crops per I3D forward, gathered across cameras.")
 @click.option("--panel/--no-panel", default=None, help="Live panel on stderr [default: when stderr is a terminal].")
+@ood_option
 @click.option("-q", "--quiet", is_flag=True, help="No panel and no status lines.")
 def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | None, realtime: bool,
           events_file: Path | None, scores_file: Path | None, on_event: str | None, webhook: str | None,
           save_clips: Path | None, pre_roll: float, post_roll: float, threshold: float | None,
           video_threshold: float | None, min_duration: float, merge_gap: float, gate_window: int, lag: str,
           queue_clips: int, update_every: float, reconnect: bool, reconnect_for: float, open_timeout: float,
-          weights: Path | None, backbone: str | None, device: str, batch_size: int, panel: bool | None, quiet: bool) -> None:
+          weights: Path | None, backbone: str | None, device: str, batch_size: int, panel: bool | None, ood: str,
+          quiet: bool) -> None:
     """Score camera streams (rtsp/rtmp/http(s)/udp/srt URLs, /dev/videoN, files) as they arrive.
 
     Events go out as JSON lines (start, update, end, gap, summary, error). Ctrl-C or SIGTERM
     closes the open events and clip files and exits. Exit status: 0 done, 1 every camera
-    failed, 2 bad options or an unusable model, 130 interrupted.
+    failed, 2 bad options or an unusable model (or, with --ood error, a camera whose recent clips
+    are unlike the training footage), 130 interrupted.
     """
     from vadpipe.detect import _encoder_for, run_extraction_settings
     from vadpipe.extract.stream import parse_source
@@ -122,7 +126,8 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
                                 video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
     config = WatchConfig(batch_size=batch_size, queue_clips=queue_clips, lag=lag, gate_window=gate_window,
                          save_clips=save_clips, pre_roll_s=pre_roll, post_roll_s=post_roll, reconnect=reconnect,
-                         reconnect_for_s=reconnect_for, open_timeout_s=open_timeout, update_every_s=update_every)
+                         reconnect_for_s=reconnect_for, open_timeout_s=open_timeout, update_every_s=update_every,
+                         ood=ood)
     encoder, settings = _encoder_for(settings, weights=weights, device=device)
 
     def say(message: str) -> None:
@@ -173,6 +178,8 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
         if not quiet:
             say(f"{st.name}: {st.clips} clips scored, {st.dropped} dropped"
                 + (f"; failed: {st.error}" if st.error else ""))
+    if w.outside_error:
+        sys.exit(2)
     if interrupted or signalled:
         sys.exit(130)
     if all(st.state == "failed" for st in statuses):

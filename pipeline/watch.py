@@ -49,10 +49,12 @@ from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.stream import ClipItem, ClipQueue, FrameTimes, SourceSpec, StreamReader
 from vadpipe.hooks import EventSink
+from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.run import Run
 from vadpipe.postprocess.events import EventTracker, OnlineCurve
 from vadpipe.postprocess.intervals import OperatingPoint, build_video_intervals
 from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
+from vadpipe.postprocess.ood import LiveJudge, cannot_judge_line, outside_line
 from vadpipe.postprocess.scores import combine_crops
 
 __all__ = ["WatchConfig", "CameraStatus", "Watch", "measure_throughput"]
@@ -74,6 +76,9 @@ class WatchConfig:
             much outage (0: never).
         update_every_s: emit ``update`` events this often while an interval is open (0: never).
         history_clips: clips per segment kept for the exact summary.
+        ood: footage unlike the training set over the trailing ``gate_window`` clips: ``warn``
+            (an ``ood`` event and a warning line), ``error`` (the same, then the watch stops and
+            the command exits 2) or ``ignore`` (the ``ood`` event only).
     """
 
     batch_size: int = 8
@@ -89,10 +94,13 @@ class WatchConfig:
     open_timeout_s: float = 10.0
     update_every_s: float = 0.0
     history_clips: int = 50_000
+    ood: str = "warn"
 
     def __post_init__(self) -> None:
         if self.lag not in ("auto", "drop", "wait"):
             raise ConfigError(f"lag must be auto, drop or wait, got {self.lag!r}")
+        if self.ood not in ("warn", "error", "ignore"):
+            raise ConfigError(f"ood must be warn, error or ignore, got {self.ood!r}")
         for name in ("batch_size", "queue_clips", "gate_window", "history_clips"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -126,7 +134,8 @@ class _Segment:
     """Scoring state of one connection of one camera."""
 
     def __init__(self, index: int, times: FrameTimes, info: dict, run: Run, op: OperatingPoint,
-                 settings: ExtractionSettings, config: WatchConfig, block_len: int) -> None:
+                 settings: ExtractionSettings, config: WatchConfig, block_len: int,
+                 distance: FeatureDistance | None = None) -> None:
         self.index = index
         self.times = times
         self.info = info
@@ -136,6 +145,7 @@ class _Segment:
                                     merge_gap_s=op.merge_gap_s, video_threshold=op.video_threshold,
                                     time_of=self._time_of)
         self.history = SegmentHistory(block_len=block_len, max_clips=config.history_clips)
+        self.ood = LiveJudge(distance, window=config.gate_window) if distance is not None else None
         self.gate: deque[tuple[int, float]] = deque(maxlen=config.settle + 8)  # (row, gate score)
         self.arrivals: deque[tuple[int, int, float, float]] = deque(maxlen=config.settle + 64)
         self.dropped_at_start = 0
@@ -245,6 +255,10 @@ class Watch:
                                   read_timeout_s=max(config.open_timeout_s, 1.0), ring_s=ring)
             self.cameras.append(_Camera(spec, reader, q))
         self._reported_lag = False
+        self.distance = load_distance(run.path)
+        self.outside_error = False  # --ood error fired: the command exits 2
+        if self.distance is None and config.ood != "ignore":
+            log(f"note: {cannot_judge_line(run.path)}")
 
     # --- public --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -327,6 +341,8 @@ class Watch:
             return  # a clip of a segment already closed (shutdown)
         score = seg.scorer.push(features)
         seg.history.add(score, features, item.start_frame)
+        if seg.ood is not None:
+            self._judge_footage(cam, seg, features)
         row = score.row
         gate = seg.scorer.window_video_score() if self.op.video_threshold > 0 else 1.0
         seg.gate.append((row, gate))
@@ -348,6 +364,24 @@ class Watch:
                 self._emit(cam, seg, event)
         self._maybe_update(cam, seg)
 
+    def _judge_footage(self, cam: _Camera, seg: _Segment, features: np.ndarray) -> None:
+        """An ``ood`` event when the trailing window turns unlike the training footage, or back."""
+        changed = seg.ood.push(features)
+        if changed is None:
+            return
+        self._emit(cam, seg, {"event": "ood", "outside_training": changed.outside,
+                              "share_outside": round(changed.share_outside, 4), "window_clips": len(changed.clip_distances),
+                              "clip_threshold": changed.clip_threshold, "max_share": changed.max_share})
+        if not changed.outside or self.config.ood == "ignore":
+            return
+        line = outside_line(f"{cam.spec.name} (last {len(changed.clip_distances)} clips)", changed)
+        if self.config.ood == "error":
+            self.log(f"error: {line}")
+            self.outside_error = True
+            self.stop()
+        else:
+            self.log(f"warning: {line}")
+
     def _maybe_update(self, cam: _Camera, seg: _Segment) -> None:
         iv = seg.tracker.current
         every = self.config.update_every_s
@@ -363,7 +397,8 @@ class Watch:
             _, index, times, info = message
             if cam.segment is not None:
                 self._close_segment(cam, "superseded")
-            cam.segment = _Segment(index, times, info, self.run, self.op, self.settings, self.config, self.block_len)
+            cam.segment = _Segment(index, times, info, self.run, self.op, self.settings, self.config, self.block_len,
+                                   distance=self.distance)
             cam.segment.dropped_at_start = cam.queue.dropped
             cam.status.state = "live"
         elif kind == "segment_end":
@@ -403,7 +438,10 @@ class Watch:
     def _summary(self, cam: _Camera, seg: _Segment, reason: str) -> dict:
         dropped = cam.queue.dropped - seg.dropped_at_start
         summary = {"event": "summary", "reason": reason, "clips": len(seg.history), "frames": len(seg.times),
-                   "dropped_clips": dropped, "video_score": None, "intervals": None}
+                   "dropped_clips": dropped, "video_score": None, "intervals": None,
+                   "ood": None if seg.ood is None else {
+                       "share_outside": round(seg.ood.beyond / seg.ood.seen, 4) if seg.ood.seen else 0.0,
+                       "clips": seg.ood.seen, "outside_training": seg.ood.outside}}
         if len(seg.history) == 0 or not seg.history.complete or not seg.times.complete or dropped:
             return summary
         attention, tcam = seg.history.final_scores(self.run.model)

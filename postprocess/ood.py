@@ -10,6 +10,7 @@ measured on.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "judge_video",
     "judge_feature_set",
     "judge_run_features",
+    "LiveJudge",
     "outside_line",
     "cannot_judge_line",
     "validate_ood_entry",
@@ -75,6 +77,41 @@ def judge_video(distance: FeatureDistance, crops: Sequence[np.ndarray]) -> Video
     d = distance.clip_distances(crops)
     return VideoOOD(clip_distances=tuple(float(x) for x in d), clip_threshold=float(distance.threshold),
                     max_share=float(distance.max_share))
+
+
+class LiveJudge:
+    """`judge_video` over the trailing ``window`` clips of an endless stream (``vadpipe watch``).
+
+    ``push`` takes one clip's crops (n_crops, F) and returns the window's new `VideoOOD` when the
+    verdict changes (inside -> outside or back), else None. No verdict is given before
+    ``min_clips`` clips: a camera is not called outside on its first clip or two. ``seen`` and
+    ``beyond`` count every clip pushed, for the stream's summary.
+    """
+
+    def __init__(self, distance: FeatureDistance, *, window: int, min_clips: int = 8) -> None:
+        if window < 1 or min_clips < 1:
+            raise DataError(f"window and min_clips must be >= 1, got {window} and {min_clips}")
+        self.distance = distance
+        self.min_clips = min(min_clips, window)
+        self._distances: deque[float] = deque(maxlen=window)
+        self.outside = False
+        self.seen = 0
+        self.beyond = 0
+
+    def push(self, crops: np.ndarray) -> VideoOOD | None:
+        crops = np.asarray(crops)
+        d = float(self.distance.clip_distances([crops[c:c + 1] for c in range(len(crops))])[0])
+        self._distances.append(d)
+        self.seen += 1
+        self.beyond += d > self.distance.threshold
+        if len(self._distances) < self.min_clips:
+            return None
+        judgement = VideoOOD(clip_distances=tuple(self._distances), clip_threshold=float(self.distance.threshold),
+                             max_share=float(self.distance.max_share))
+        if judgement.outside == self.outside:
+            return None
+        self.outside = judgement.outside
+        return judgement
 
 
 def judge_feature_set(distance: FeatureDistance, features: FeatureSet) -> dict[str, VideoOOD]:

@@ -146,3 +146,25 @@ def test_the_plot_of_a_video_outside_the_training_footage_shows_it(tmp_path):
     marked = plot_scores(tmp_path / "marked.png", **common, outside=[(0.0, 3.2)],
                          warning="street.mp4: 100% of its clips are outside the training footage").read_bytes()
     assert marked[:8] == b"\x89PNG\r\n\x1a\n" and marked != plain
+
+
+def test_the_live_judge_turns_outside_when_the_window_does_and_back():
+    from vadpipe.postprocess.ood import LiveJudge
+
+    rng = np.random.default_rng(5)
+    distance = fit_distance(_videos(rng, 12), _videos(rng, 4))
+    judge = LiveJudge(distance, window=10, min_clips=4)
+    like = np.concatenate(list(_videos(rng, 1, clips=12).values())[0])
+    unlike = np.concatenate(list(_videos(rng, 1, clips=30, shift=2.0).values())[0])
+    changes = [judge.push(np.stack([row, row])) for row in like]  # two identical crops per clip
+    assert all(c is None for c in changes) and not judge.outside  # like footage: never a verdict change
+    changes = [judge.push(row[None]) for row in unlike]
+    turned = [k for k, c in enumerate(changes) if c is not None]
+    assert len(turned) == 1 and changes[turned[0]].outside and judge.outside
+    assert turned[0] < 10  # within one window of the change of scene
+    back = [judge.push(row[None]) for row in like]
+    flips = [c for c in back if c is not None]
+    assert len(flips) == 1 and not flips[0].outside and not judge.outside
+    assert judge.seen == 12 + 30 + 12 and judge.beyond >= 25
+    with pytest.raises(DataError, match="window and min_clips must be >= 1"):
+        LiveJudge(distance, window=0)

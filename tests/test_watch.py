@@ -448,3 +448,23 @@ def test_udp_mpegts_camera_delivers_every_frame_as_clips(tmp_path):
     clips = [i for i in items if isinstance(i, ClipItem)]
     assert [i[0] for i in items if not isinstance(i, ClipItem)] == ["segment", "segment_end", "finished"]
     assert [c.start_frame for c in clips] == [0, 16, 32, 48] and reader.stats.frames == 72
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["warn", "error"])
+def test_a_camera_unlike_the_training_footage_gets_an_ood_event(tiny_run, i3d_cpu, shared_dir, mode):
+    """The run saw synthetic plazas only; a real street (bikes.mp4) turns its window outside."""
+    run, _ = tiny_run
+    assert (run.path / "ood.safetensors").exists()
+    street = parse_source(str(shared_dir / "media" / "bikes.mp4"), name="street")
+    events, clips, log, w = _watch([street], run, i3d_cpu, OperatingPoint(), ood=mode)
+    ood = [e for e in events if e["event"] == "ood"]
+    assert ood and ood[0]["outside_training"] is True and ood[0]["share_outside"] > ood[0]["max_share"]
+    assert ood[0]["window_clips"] >= 8 and ood[0]["camera"] == "street"
+    lines = [line for line in log if "outside the training footage" in line]
+    assert len(lines) == 1 and lines[0].startswith("error: " if mode == "error" else "warning: ")
+    assert w.outside_error is (mode == "error")
+    if mode == "warn":  # the watch goes on to the end of the file
+        summary = next(e for e in events if e["event"] == "summary")
+        assert summary["clips"] == 15 and summary["ood"]["outside_training"] is True
+        assert summary["ood"]["share_outside"] > 0.5
