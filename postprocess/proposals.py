@@ -95,6 +95,16 @@ def _validate_count(value: int, name: str) -> None:
         raise ConfigError(f"{name} must be an integer >= 0 (frames), got {value!r}")
 
 
+def _span_mean(f: np.ndarray, start: int, end: int) -> float:
+    """The curve's mean over ``[start, end)``, kept inside the span's own range.
+
+    Summation rounding can put the mean of nearly equal (or subnormal) values a step outside
+    [min, max]; clipping keeps "a proposal's score is above the threshold its frames passed".
+    """
+    span = f[start:end]
+    return float(np.clip(span.mean(), span.min(), span.max()))
+
+
 def find_proposals(
     frame_curve: np.ndarray,
     *,
@@ -135,7 +145,7 @@ def find_proposals(
     proposals = []
     for run in scipy.ndimage.find_objects(labels)[:n_runs]:
         start, end = int(run[0].start), int(run[0].stop)
-        proposals.append(Proposal(start, end, float(f[start:end].mean())))
+        proposals.append(Proposal(start, end, _span_mean(f, start, end)))
     if merge_gap > 0:
         proposals = merge_proposals(
             proposals, f, should_merge=lambda a, b: b.start - a.end <= merge_gap
@@ -160,7 +170,7 @@ def merge_proposals(
     for p in proposals:
         if merged and should_merge(merged[-1], p):
             start = merged[-1].start
-            merged[-1] = Proposal(start, p.end, float(f[start : p.end].mean()))
+            merged[-1] = Proposal(start, p.end, _span_mean(f, start, p.end))
         else:
             merged.append(p)
     return merged

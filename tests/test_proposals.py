@@ -194,3 +194,12 @@ def test_find_proposals_properties(f, threshold, min_len, merge_gap) -> None:
         assert all(b.start - a.end > merge_gap for a, b in zip(props, props[1:]))
         if merge_gap == 0:
             np.testing.assert_array_equal(covered, above)
+
+
+def test_a_proposal_score_stays_inside_its_frames_range_despite_rounding():
+    # 0.1 + 0.1 + 0.1 = 0.30000000000000004, so the plain mean is a step above every frame
+    assert np.full(3, 0.1).mean() > 0.1
+    (prop,) = find_proposals(np.full(3, 0.1), threshold=0.05)
+    assert prop.score == 0.1
+    (merged,) = find_proposals(np.array([0.1, 0.1, 0.0, 0.1]), threshold=0.05, merge_gap=1)
+    assert 0.0 <= merged.score <= 0.1
