@@ -80,14 +80,19 @@ class DeviceOptions:
 class RayOptions:
     """A Ray cluster at ``address`` (``auto``, ``host:port``, ``ray://host:port``; None:
     ``$RAY_ADDRESS``, else a local instance) with at most ``max_tasks`` video tasks in flight
-    (None: the cluster's CPUs)."""
+    (None: the cluster's CPUs). A video task without a result ``task_timeout_s`` after it was
+    submitted (a stalled node) is cancelled and fails its video by name; an I3D actor that does
+    not start within it stops the run: no wait is unbounded."""
 
     address: str | None = None
     max_tasks: int | None = None
+    task_timeout_s: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.max_tasks is not None and self.max_tasks < 1:
             raise ConfigError(f"Ray video tasks in flight must be >= 1, got {self.max_tasks}")
+        if not self.task_timeout_s > 0:
+            raise ConfigError(f"the Ray task timeout must be > 0 s, got {self.task_timeout_s}")
 
 
 ExecutorOptions = ThreadOptions | DecodeProcessOptions | DeviceOptions | RayOptions

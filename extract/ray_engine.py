@@ -105,7 +105,7 @@ class I3DBatchEncoder:
 
 
 def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, settings_dict: dict,
-               batch_size: int, encoder: Any) -> VideoResult:
+               batch_size: int, encoder: Any, timeout_s: float) -> VideoResult:
     """Ray task: the video job for one video, its clips encoded by the ``encoder`` actor."""
     ray = import_ray()
     settings = ExtractionSettings.from_dict(settings_dict)
@@ -129,7 +129,7 @@ def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, set
             batches.append(encoder.encode.remote({"clips": np.concatenate(pending)}))
             pending.clear()
             if len(batches) > _IN_FLIGHT_BATCHES:  # keep decoding ahead, but only a little
-                ray.wait(batches, num_returns=len(batches) - _IN_FLIGHT_BATCHES, fetch_local=False)
+                ray.wait(batches, num_returns=len(batches) - _IN_FLIGHT_BATCHES, fetch_local=False, timeout=timeout_s)
 
         def emit(event: job.Event) -> bool:
             if isinstance(event, ClipDecoded):
@@ -150,7 +150,10 @@ def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, set
             return VideoResult(source, "failed", error=outcome["fail"])
         try:
             for ref in batches:
-                video.add_features(ray.get(ref)["features"], n_crops)
+                video.add_features(ray.get(ref, timeout=timeout_s)["features"], n_crops)
+        except ray.exceptions.GetTimeoutError:
+            return VideoResult(source, "failed", error=f"{src}: the I3D actor gave no result within {timeout_s:g} s "
+                                                       "(a stalled node?)")
         except ray.exceptions.RayError as exc:
             return VideoResult(source, "failed", error=f"{src}: the network actor failed: {_cause_line(exc)}")
         end = outcome["end"]
@@ -191,7 +194,7 @@ def run_on_ray(run: ExtractRun, options: RayOptions) -> None:
     ray = import_ray()
     started_ray = _init_ray(ray, options.address)
     try:
-        _run(ray, run, options.max_tasks)
+        _run(ray, run, options.max_tasks, options.task_timeout_s)
     finally:
         if started_ray:
             ray.shutdown()
@@ -209,9 +212,12 @@ def _start_encoders(ray, gpus: int, settings: ExtractionSettings, weights: Path 
             for _ in range(max(gpus, 1))]
 
 
-def _check_encoders(ray, actors: list) -> None:
+def _check_encoders(ray, actors: list, timeout_s: float) -> None:
     try:
-        ray.get([a.weights_id.remote() for a in actors])
+        ray.get([a.weights_id.remote() for a in actors], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError as exc:
+        raise ConfigError(f"the I3D actor did not start on the cluster within {timeout_s:g} s "
+                          "(no free CPU/GPU, or a stalled node)") from exc
     except ray.exceptions.RayError as exc:
         raise ConfigError(f"the I3D actor could not start on the cluster: {_cause_line(exc)}") from exc
 
@@ -225,7 +231,7 @@ def _cause_line(exc: BaseException) -> str:
     return _first_line(exc)
 
 
-def _run(ray, run: ExtractRun, max_tasks: int | None) -> None:
+def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
     settings, out_dir, report, collect = run.settings, run.out_dir, run.collect.report, run.collect
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
@@ -243,9 +249,13 @@ def _run(ray, run: ExtractRun, max_tasks: int | None) -> None:
     jobs: list[tuple[int, Path, str, str, int]] = []
     for i, (source, ref) in enumerate(zip(run.sources, hash_refs)):
         try:  # the local executors' checks and messages, in their order
-            sha = ray.get(ref)
+            sha = ray.get(ref, timeout=timeout_s)
             size = source.stat().st_size
             named = namer.name(source, sha)
+        except ray.exceptions.GetTimeoutError:
+            collect.take(i, Failed(source, f"{source}: its hash task gave no result within {timeout_s:g} s "
+                                           "(a stalled node?)"))
+            continue
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None) or exc
             collect.take(i, Failed(source, f"{source}: {getattr(cause, 'strerror', None) or _first_line(cause)}"))
@@ -270,7 +280,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None) -> None:
     # 3. one task per video, at most `limit` in flight, actors in turn
     actors = _start_encoders(ray, gpus, settings, run.weights)
     settings_dict = settings.to_dict()
-    in_flight: dict[Any, tuple[int, Path]] = {}
+    in_flight: dict[Any, tuple[int, Path, float]] = {}  # ref -> (index, source, deadline)
     pending = list(reversed(jobs))
     loop_started = time.perf_counter()
     checked = False
@@ -279,14 +289,23 @@ def _run(ray, run: ExtractRun, max_tasks: int | None) -> None:
             while pending and len(in_flight) < limit:
                 i, source, stem, sha, size = pending.pop()
                 ref = video_task.remote(str(source), stem, sha, size, str(out_dir), settings_dict, run.batch_size,
-                                        actors[i % len(actors)])
-                in_flight[ref] = (i, source)
+                                        actors[i % len(actors)], timeout_s)
+                in_flight[ref] = (i, source, time.monotonic() + timeout_s)
             if not checked:  # the first tasks start decoding while the actors load the network
-                _check_encoders(ray, actors)
+                _check_encoders(ray, actors, timeout_s)
                 checked = True
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            first_deadline = min(d for _, _, d in in_flight.values())
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, first_deadline - time.monotonic()))
+            if not ready:  # bounded: a task on a stalled node fails its video, the run goes on
+                now = time.monotonic()
+                for ref in [r for r, (_, _, d) in in_flight.items() if d <= now]:
+                    i, source, _ = in_flight.pop(ref)
+                    ray.cancel(ref, force=True)
+                    collect.take(i, Failed(source, f"{source}: its Ray task gave no result within {timeout_s:g} s "
+                                                   "(a stalled node?); cancelled"))
+                continue
             for ref in ready:
-                i, source = in_flight.pop(ref)
+                i, source, _ = in_flight.pop(ref)
                 try:
                     collect.add(i, ray.get(ref))
                 except ray.exceptions.RayTaskError as exc:
