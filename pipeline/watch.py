@@ -19,7 +19,9 @@ Events (one JSON object each; every one has ``event``, ``camera``, ``wall_time``
   ``stream_s`` (stream time when it was decided), ``score``, ``latency_s`` (from the arrival of
   its first frame), ``dropped_clips``, ``clip`` (its MP4 with --save-clips; null when the
   stream ended before the event was decided, so its packets are gone);
-* ``update`` (with ``update_every_s``): ``score`` now, ``peak`` so far;
+* ``update`` (with ``update_every_s``), only between an interval's ``start`` and ``end``:
+  ``start_frame``, ``start_s`` (of the interval), ``stream_s`` (its newest frame), ``score`` (the
+  curve there), ``peak`` so far;
 * ``end``: ``start_frame``, ``end_frame`` (exclusive), ``start_s``, ``end_s``, ``score`` (mean
   of the curve over the interval), ``peak``, ``reason`` (``"below threshold"``, or why the
   segment ended);
@@ -389,7 +391,7 @@ class Watch:
             return
         seg.last_update = time.monotonic()
         self._emit(cam, seg, {"event": "update", "start_frame": iv.start_frame, "start_s": iv.start_s,
-                              "score": seg.tracker.last_value, "peak": iv.peak})
+                              "stream_s": seg.tracker.last_s, "score": seg.tracker.last_value, "peak": iv.peak})
 
     def _control(self, cam: _Camera, message: tuple) -> None:
         kind = message[0]

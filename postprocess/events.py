@@ -14,9 +14,11 @@ The exact detect intervals of a finished segment come with its ``summary`` event
 `EventTracker` turns the curve into intervals by detect's rules, one frame at a time: runs of
 frames strictly above the threshold; a run starting at most ``merge_gap_s`` seconds after the
 previous one ended is merged into it (score = mean of the curve over the merged span); an
-interval is announced (``start``) once it is at least ``min_duration_s`` long and, with a video
-gate, when the trailing-window video score is at or above the gate at that moment; ``end`` is
-emitted when no later run can merge any more, or when the segment ends.
+interval is announced (``start``) at its first frame where it is at least ``min_duration_s`` long
+and, with a video gate, the trailing-window video score of that frame's clip is at or above the
+gate; ``end`` is emitted when no later run can merge any more, or when the segment ends. An
+interval the gate kept closed over every frame above the threshold is never announced (offline,
+a gated video reports no interval); once announced, it runs to its end whatever the gate does.
 """
 
 from __future__ import annotations
@@ -106,6 +108,7 @@ class OpenInterval:
     peak: float
     announced: bool = False
     closing: bool = False  # below the threshold since end_frame
+    gate_open: bool = True  # the video gate at its latest frame above the threshold
 
     def score(self) -> float:
         return self.total_at_end / max(self.end_frame - self.start_frame, 1)
@@ -128,6 +131,7 @@ class EventTracker:
         self.time_of = time_of
         self.current: OpenInterval | None = None
         self.last_value = 0.0
+        self.last_s = 0.0  # stream time of the latest frame fed
 
     def feed(self, frame: CurveFrame, *, gate_score: float) -> list[dict]:
         """One curve frame; ``gate_score`` is the trailing-window video score at its clip."""
@@ -135,7 +139,7 @@ class EventTracker:
         v = frame.value
         self.last_value = v
         iv = self.current
-        t = self.time_of(frame.frame)
+        t = self.last_s = self.time_of(frame.frame)
         if iv is not None and iv.closing and v > self.threshold:
             iv.closing = t - self._end_s(iv) > self.merge_gap_s  # False: merged into the open interval
             if iv.closing:
@@ -153,7 +157,8 @@ class EventTracker:
                 iv.end_frame = frame.frame + 1
                 iv.peak = max(iv.peak, v)
                 iv.closing = False
-            if not iv.announced and t - iv.start_s >= self.min_duration_s and gate_score >= self.video_threshold:
+            iv.gate_open = gate_score >= self.video_threshold
+            if not iv.announced and t - iv.start_s >= self.min_duration_s and iv.gate_open:
                 iv.announced = True
                 events.append({"event": "start", "start_frame": iv.start_frame, "start_s": iv.start_s,
                                "stream_s": t, "score": v})
@@ -167,7 +172,7 @@ class EventTracker:
 
     def _close(self, iv: OpenInterval, *, end_s: float) -> list[dict]:
         self.current = None
-        if not iv.announced and end_s - iv.start_s >= self.min_duration_s and not self._gated:
+        if not iv.announced and end_s - iv.start_s >= self.min_duration_s and iv.gate_open:
             iv.announced = True
             yield_start = {"event": "start", "start_frame": iv.start_frame, "start_s": iv.start_s,
                            "stream_s": end_s, "score": iv.peak}
@@ -175,12 +180,6 @@ class EventTracker:
         if not iv.announced:
             return []
         return [self._end_event(iv, end_s)]
-
-    @property
-    def _gated(self) -> bool:
-        return self.video_threshold > 0 and not self._gate_open
-
-    _gate_open = True
 
     def _end_event(self, iv: OpenInterval, end_s: float) -> dict:
         return {"event": "end", "start_frame": iv.start_frame, "end_frame": iv.end_frame,

@@ -100,6 +100,25 @@ def test_event_tracker_cuts_detects_intervals_from_the_same_curve(merge_gap, min
         assert s["start_s"] == e["start_s"] and s["stream_s"] >= s["start_s"] + min_duration - 1e-9
 
 
+def test_event_tracker_announces_only_what_the_video_gate_lets_through():
+    """Frames 10-39 above the threshold; the gate of each frame decides whether it is announced."""
+    curve = np.r_[np.zeros(10), np.full(30, 0.9), np.zeros(30)]
+
+    def run(gate):
+        tracker = EventTracker(threshold=0.5, merge_gap_s=0.2, video_threshold=0.6, time_of=lambda f: f / 25.0)
+        events = [e for f, v in enumerate(curve) for e in tracker.feed(CurveFrame(f, float(v), f // 16),
+                                                                       gate_score=gate(f))]
+        return events + tracker.finish(end_s_of_segment=lambda f: f / 25.0)
+
+    assert run(lambda f: 0.59) == []  # closed over the whole interval: nothing, not even at its end
+    opened = run(lambda f: 0.7 if f >= 25 else 0.1)  # opens mid-interval: announced from that frame
+    assert [e["event"] for e in opened] == ["start", "end"]
+    assert opened[0]["start_frame"] == 10 and opened[0]["stream_s"] == pytest.approx(25 / 25.0)
+    assert (opened[1]["start_frame"], opened[1]["end_frame"]) == (10, 40)
+    closes = run(lambda f: 0.7 if f < 12 else 0.1)  # closes after the start: the interval runs to its end
+    assert [e["event"] for e in closes] == ["start", "end"] and closes[1]["end_frame"] == 40
+
+
 def test_online_curve_follows_the_offline_spline_on_a_long_stream():
     import scipy.ndimage
 
@@ -248,6 +267,59 @@ def test_http_stream_scores_and_events_equal_detect(tiny_run, camera, i3d_cpu):
     assert w.statuses()[0].dropped == 0
 
 
+def _without_updates(events: list[dict]) -> list[dict]:
+    return [{k: v for k, v in e.items() if k not in ("wall_time", "latency_s", "dropped_clips")}
+            for e in events if e["event"] != "update"]
+
+
+def _assert_same_events(got, want, where="events"):
+    """Equal event lists: the same kinds, keys and integers, floats to 1e-5 (I3D batches may differ)."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and got.keys() == want.keys(), where
+        for k in want:
+            _assert_same_events(got[k], want[k], f"{where}.{k}")
+    elif isinstance(want, list):
+        assert isinstance(got, list) and len(got) == len(want), where
+        for i, (g, w) in enumerate(zip(got, want)):
+            _assert_same_events(g, w, f"{where}[{i}]")
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, abs=1e-5), where
+    else:
+        assert got == want, where
+
+
+@pytest.mark.slow
+def test_update_events_come_only_while_an_interval_is_open_and_change_nothing(tiny_run, camera, i3d_cpu):
+    run, _ = tiny_run
+    path, op, detected = camera
+    plain, _, _, _ = _watch([parse_source(str(path), name="lobby")], run, i3d_cpu, op, lag="wait")
+    events, clips, _, _ = _watch([parse_source(str(path), name="lobby")], run, i3d_cpu, op, lag="wait",
+                                 update_every_s=1e-6)  # an update after every scored clip of an open interval
+    _check_equal_to_detect(events, clips, detected)
+    _assert_same_events(_without_updates(events), _without_updates(plain))  # the closed events are unchanged
+    assert not any(e["event"] == "update" for e in plain)
+    updates = [e for e in events if e["event"] == "update"]
+    assert updates
+    open_interval, seen = None, []
+    for e in events:
+        if e["event"] == "start":
+            assert open_interval is None
+            open_interval, seen = e, []
+        elif e["event"] == "update":
+            assert open_interval is not None, "an update outside an interval"
+            assert e["start_frame"] == open_interval["start_frame"] and e["start_s"] == open_interval["start_s"]
+            assert e["stream_s"] >= open_interval["stream_s"] and 0.0 <= e["score"] <= e["peak"]
+            assert e["camera"] == "lobby" and e["segment"] == open_interval["segment"]
+            seen.append(e)
+        elif e["event"] == "end":
+            assert open_interval is not None and e["start_frame"] == open_interval["start_frame"]
+            peaks = [u["peak"] for u in seen]
+            assert peaks == sorted(peaks) and all(p <= e["peak"] + 1e-12 for p in peaks)
+            assert all(u["stream_s"] <= e["end_s"] for u in seen)
+            open_interval = None
+    assert open_interval is None
+
+
 @pytest.mark.slow
 def test_a_killed_server_is_reconnected_after_a_gap_event(tiny_run, camera, i3d_cpu):
     run, _ = tiny_run
@@ -349,11 +421,12 @@ def test_cli_watch_with_hooks_and_clips_survives_being_stopped(tiny_run, camera,
            "--threshold", "0.01", "--events", str(events), "--save-clips", str(clips), "--pre-roll", "1",
            "--webhook", f"http://127.0.0.1:{hook_server.server_address[1]}/hook",
            "--on-event", f"{sys.executable} -c \"import sys; open({str(hook_log)!r}, 'a').write(sys.stdin.read() + chr(10))\"",
-           "--device", "cpu", "--no-panel"]
+           "--update-every", "0.2", "--device", "cpu", "--no-panel"]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _wait_for(events, '"start"', proc)
+        _wait_for(events, '"update"', proc)  # --update-every: the open interval is reported on
         time.sleep(1.0)
         proc.send_signal(getattr(signal, how))
         out, err = proc.communicate(timeout=60)
@@ -370,6 +443,10 @@ def test_cli_watch_with_hooks_and_clips_survives_being_stopped(tiny_run, camera,
         assert proc.returncode == 130, err
         kinds = [e["event"] for e in lines]
         assert kinds[-2:] == ["end", "summary"] and lines[-2]["reason"] == "stopped"
+        at = [i for i, k in enumerate(kinds) if k == "update"]  # threshold 0.01: one interval, open until the stop
+        assert at and kinds.index("start") < at[0] and at[-1] < len(kinds) - 2
+        assert all(lines[i]["start_frame"] == start["start_frame"] and lines[i]["peak"] <= lines[-2]["peak"]
+                   for i in at)
         assert [e["event"] for e in _Collector.received][:1] == ["start"]
         assert {e["event"] for e in _Collector.received} >= {"start", "end", "summary"}
         hooked = [json.loads(line) for line in hook_log.read_text().splitlines() if line.strip()]
