@@ -1,19 +1,30 @@
-"""Training throughput: one epoch of the batched trainer vs the authors' one-sequence-at-a-time loop.
+"""Training speed: `vadpipe train --recipe paper` against the authors' trainer, epoch and model step.
 
-Usage: python bench/train.py [--videos 3954] [--crops 5] [--batch-size 8] [--max-batches N]
-                             [--threads N] [--dir DIR] [--keep]
+Usage: python bench/train.py [--videos 200] [--crops 5] [--repeats 3] [--epochs 2] [--max-batches N]
+                             [--threads N] [--loader-workers 4] [--dir DIR] [--keep]
 
-Builds an XD-Violence-sized synthetic training set on disk (by default 3,954 videos x 5 crops,
-T from 5 to 1,200 clips, median ~100, float32 (T, 1024): about 10 GB; scale it with --videos),
-then times the same epoch (same batches, views, model init and loss) twice, each in its own
-process so that its peak memory (max RSS) is its own:
+Builds a synthetic set in vadpipe's feature-cache format (records + ``<stem>__<crop>.npy``;
+``--videos`` x ``--crops`` crop files, T from 5 to 1,200 clips, median ~100, log-normal like
+XD-Violence, float32 (T, 1024); the defaults make 1,000 crop files, ~0.5 GB), then, for each
+repeat, runs three things in their own processes, in alternating order so that the machine's load
+falls on each alike:
 
-* batched: every view of a batch right-padded into one tensor, one forward (vadpipe's trainer);
-* loop:    every view through the model on its own, as the official code does, then the same
-           loss and one optimizer step per batch.
+* ``cli``:     ``vadpipe train --recipe paper --epochs E`` as a user runs it; the epoch time is
+               the run's own ``time_s`` in metrics.jsonl (the last epoch: the first pays one-time
+               kernel set-up), the checkpoint written after it is timed too.
+* ``authors``: the authors' trainer as method.md §1-§4 describes it: a ``DataLoader``
+               (``--loader-workers`` processes, 4 in their code) whose dataset ``np.load``\\s each
+               crop file per sample and cuts its views; per view one forward of their model (the
+               5-tap conv with its weight masked in place before every forward, the MLP head, the
+               classifier on Σ λ_t x_t), the loss summed over views in Python, ``loss.item()``
+               per step, ``torch.optim.Adam`` with its default (per-tensor) update. It starts from
+               vadpipe's initial weights on the same batches and views, so its losses must equal
+               vadpipe's: the bench prints both.
+* ``batched``: vadpipe's model step alone (`batch_loss`, backward, fused Adam) on the same batches,
+               already built, for the model-step ratio.
 
-Goal: batched >= 10x faster on CPU. --max-batches times only the first N batches of the epoch
-and extrapolates to the full epoch (the loop at full size takes hours on a laptop CPU).
+``--max-batches`` times only the first N batches of the authors' epoch (and of the batched model
+step) and scales to the full epoch by the number of feature rows, which the work follows.
 """
 
 from __future__ import annotations
@@ -21,26 +32,31 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.utils.rnn import pad_sequence
+import torch.nn.functional as F
+from torch import nn
 
-from vadpipe.model.data import open_training_set
-from vadpipe.model.losses import csl_loss
-from vadpipe.model.net import CSLTAL, ModelConfig
-from vadpipe.model.samplers import Batch, iterate_batches
+from vadpipe.extract.cache import CacheRecord, write_entry
+from vadpipe.model.augment import view_indices
+from vadpipe.model.data import FeatureSet, open_training_set
+from vadpipe.model.net import CSLTAL
+from vadpipe.model.samplers import epoch_batches, iterate_batches
 from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer
+from vadpipe.recipes import RECIPES
 
-XD_TRAIN_VIDEOS = 3954
 ANOMALOUS_FRACTION = 1905 / 3954  # method.md §2: 48.2% violent
+EPOCH = 1  # the epoch whose batches the authors' loop and the batched step run (the CLI's first)
 
 
 def clip_counts(n_videos: int, rng: np.random.Generator) -> np.ndarray:
@@ -51,124 +67,275 @@ def clip_counts(n_videos: int, rng: np.random.Generator) -> np.ndarray:
     return counts
 
 
+def _record(stem: str, n_clips: int, n_crops: int) -> CacheRecord:
+    return CacheRecord.from_dict({
+        "schema_version": 1, "stem": stem,
+        "source": {"path": f"/videos/{stem}.mp4", "size": 1, "sha256": "0" * 64},
+        "video": {"fps": 24.0, "n_frames": 16 * n_clips, "duration_s": 16 * n_clips / 24, "width": 640,
+                  "height": 360, "rotation": 0},
+        "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": [16 * i for i in range(n_clips)],
+                  "start_s": [16 * i / 24 for i in range(n_clips)],
+                  "end_s": [16 * (i + 1) / 24 for i in range(n_clips)]},
+        "crops": [f"crop{c}" for c in range(n_crops)],
+        "extractor": {"settings": {"clip_len": 16, "stride": 16}, "settings_key": "bench-train",
+                      "weights_sha256": "synthetic", "vadpipe_version": "bench"},
+        "status": "ok", "error": None,
+    })
+
+
 def build_dataset(folder: Path, *, n_videos: int, n_crops: int, seed: int) -> dict:
+    """A feature cache as `vadpipe extract` writes it, with the extraction stage's own writer."""
     rng = np.random.default_rng(seed)
     counts = clip_counts(n_videos, rng)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, n_clips in enumerate(counts):
-        tag = "B1-0-0" if rng.random() < ANOMALOUS_FRACTION else "A"
-        base = np.abs(rng.normal(0.0, 0.5, (int(n_clips), 1024))).astype(np.float32)
-        for crop in range(n_crops):
-            noise = rng.normal(0.0, 0.05, base.shape).astype(np.float32)
-            np.save(folder / f"v{i:05d}_label_{tag}__{crop}.npy", np.abs(base + noise))
-    return {"videos": n_videos, "crops": n_crops, "samples": n_videos * n_crops,
-            "clips_median": float(np.median(counts)), "clips_min": int(counts.min()), "clips_max": int(counts.max()),
+    for i, n_clips in enumerate(int(n) for n in counts):
+        stem = f"v{i:05d}_label_{'B1-0-0' if rng.random() < ANOMALOUS_FRACTION else 'A'}"
+        base = np.abs(rng.normal(0.0, 0.5, (n_clips, 1024))).astype(np.float32)
+        crops = [np.abs(base + rng.normal(0.0, 0.05, base.shape).astype(np.float32)) for _ in range(n_crops)]
+        write_entry(folder, _record(stem, n_clips, n_crops), crops, np.arange(16 * n_clips) / 24.0)
+    return {"videos": n_videos, "crops": n_crops, "files": n_videos * n_crops, "clips_median": float(np.median(counts)),
+            "clips_mean": float(counts.mean()), "clips_min": int(counts.min()), "clips_max": int(counts.max()),
             "bytes": int(sum(p.stat().st_size for p in folder.glob("*.npy")))}
 
 
-def looped_loss(model: CSLTAL, batch: Batch, *, config: TrainConfig):
-    """The official code's way: each view alone through the model; then the same loss on the results."""
-    n_samples, n_views = batch.labels.shape[0], batch.n_views
-    lengths = batch.mask.sum(1).tolist()
-    attention, scores = [], []
-    for row in range(n_samples * n_views):
-        out = model(batch.x[row : row + 1, : lengths[row // n_views]], with_tcam=False)
-        attention.append(out.attention[0])
-        scores.append(out.video_score[0])
-    padded = pad_sequence(attention, batch_first=True).view(n_samples, n_views, -1)
-    return csl_loss(padded, torch.stack(scores).view(n_samples, n_views), batch.labels, batch.mask, config=config.loss)
+# --------------------------------------------------------------------------- the authors' trainer
 
 
-def worker(mode: str, folder: Path, *, batch_size: int, max_batches: int | None, seed: int) -> dict:
-    """Time one epoch (or its first max_batches batches) in this process; print a JSON line."""
-    config = TrainConfig(batch_size=batch_size, seed=seed)
+class AuthorsSTPN(nn.Module):
+    """The authors' model.py: one (T', F) sequence per forward, a full 5-tap Conv1d whose weight is
+    masked in place at the start of every forward, no activation, the MLP attention head, the
+    classifier on Σ_t λ_t x_t of the raw features. Initialised from a vadpipe model."""
+
+    def __init__(self, start: CSLTAL) -> None:
+        super().__init__()
+        dim, kernel = start.config.feature_dim, start.config.kernel_size
+        self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
+        self.attention = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 256), nn.ReLU(),
+                                       nn.Linear(256, 1))
+        self.classifier = nn.Sequential(nn.Linear(dim, 512), nn.ReLU(), nn.Linear(512, 1))
+        mask = torch.zeros_like(self.conv.weight)
+        mask[..., : kernel // 2 + 1] = 1.0
+        self.register_buffer("mask", mask)
+        self.load_state_dict({**start.state_dict(), "mask": mask})
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.conv.weight.data *= self.mask
+        hidden = self.conv(x.t().unsqueeze(0))[0].t()
+        lam = torch.sigmoid(self.attention(hidden))[:, 0]
+        return lam, torch.sigmoid(self.classifier((lam.unsqueeze(1) * x).sum(0)))[0]
+
+
+def authors_loss(model: AuthorsSTPN, views: list[list[torch.Tensor]], labels: list[int], *, config: TrainConfig
+                 ) -> torch.Tensor:
+    """method.md §3 written out over the views: BCE mean over views, sparsity and smoothness summed
+    over views, alignment a mean over t summed over samples, all divided by the batch's steps N."""
+    w = config.loss
+    bce = sparsity = smoothness = alignment = 0.0
+    n_steps = n_views = 0
+    for sample, label in zip(views, labels):
+        lams = []
+        for view in sample:
+            lam, score = model(view)
+            bce = bce + F.binary_cross_entropy(score, torch.tensor(float(label)))
+            sparsity = sparsity + lam.abs().sum()
+            smoothness = smoothness + (lam[1:] - lam[:-1]).square().sum()
+            lams.append(lam)
+            n_steps, n_views = n_steps + view.shape[0], n_views + 1
+        if len(lams) == 2:
+            alignment = alignment + (lams[0] - lams[1]).square().mean()
+    return (bce / n_views + w.w_smooth * smoothness + w.w_sparsity * sparsity + w.w_align * alignment) / n_steps
+
+
+class AuthorsDataset(torch.utils.data.Dataset):
+    """Their XD_Violence dataset: np.load of the crop file per sample, then the views (drawn here
+    in advance from vadpipe's generator, so that both trainers see the same views)."""
+
+    def __init__(self, data: FeatureSet, order: list[int], views: list[np.ndarray]) -> None:
+        self.paths = [str(data.items[i].path) for i in order]
+        self.labels = [int(data.items[i].label) for i in order]
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], int]:
+        features = np.load(self.paths[index])
+        return [torch.from_numpy(features[rows]) for rows in self.views[index]], self.labels[index]
+
+
+def _zip(samples: list) -> tuple[list, list]:
+    return [s[0] for s in samples], [s[1] for s in samples]
+
+
+def epoch_plan(data: FeatureSet, config: TrainConfig) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The batches (sample indices) and every sample's views of epoch EPOCH, drawn exactly as
+    `iterate_batches` draws them."""
+    rng = np.random.default_rng([config.seed, EPOCH])
+    labels = [item.label for item in data.items]
+    batches = epoch_batches(labels, batch_size=config.batch_size, balanced=config.balanced, rng=rng)
+    views = [view_indices(data.items[i].n_steps, n_views=config.n_views, block_len=config.block_len, rng=rng,
+                          mode=config.views) for batch in batches for i in batch]
+    return batches, views
+
+
+def _rows(batch_views: list[np.ndarray]) -> int:
+    return sum(v.size for v in batch_views)
+
+
+def run_authors(data: FeatureSet, config: TrainConfig, *, max_batches: int | None, workers: int) -> dict:
+    batches, views = epoch_plan(data, config)
+    order = [int(i) for batch in batches for i in batch]
+    torch.manual_seed(config.seed)
+    model = AuthorsSTPN(CSLTAL(config.model))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    n_timed = len(batches) if max_batches is None else min(max_batches, len(batches))
+    sizes = [len(b) for b in batches[:n_timed]]
+    sampler = [list(range(sum(sizes[:i]), sum(sizes[: i + 1]))) for i in range(n_timed)]
+    loader = torch.utils.data.DataLoader(AuthorsDataset(data, order, views), batch_sampler=sampler,
+                                         num_workers=workers, collate_fn=_zip)
+    losses, model_s = [], 0.0
     began = time.perf_counter()
-    data = open_training_set(folder)
-    scan_s = time.perf_counter() - began
-    torch.manual_seed(seed)
-    model = CSLTAL(ModelConfig(feature_dim=data.feature_dim))
+    for sample_views, labels in loader:  # creating the iterator starts the workers, as every epoch does
+        step_began = time.perf_counter()
+        optimizer.zero_grad()
+        loss = authors_loss(model, sample_views, labels, config=config)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        model_s += time.perf_counter() - step_began
+    seconds = time.perf_counter() - began
+    scale = _rows(views) / _rows(views[: sum(sizes)])
+    return {"batches": n_timed, "batches_per_epoch": len(batches), "seconds": seconds,
+            "epoch_seconds": seconds * scale, "model_step_seconds": model_s * scale, "losses": losses,
+            "workers": workers}
+
+
+def run_batched(data: FeatureSet, config: TrainConfig, *, max_batches: int | None) -> dict:
+    """vadpipe's model step alone, on the same (already built) batches."""
+    batches, views = epoch_plan(data, config)
+    n_timed = len(batches) if max_batches is None else min(max_batches, len(batches))
+    built = [b for _, b in zip(range(n_timed), iterate_batches(data, config=config, epoch=EPOCH))]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = CSLTAL(config.model)
     optimizer = make_optimizer(model, config=config)
-    step = batch_loss if mode == "batched" else (lambda m, b, loss_config: looped_loss(m, b, config=config))
-
-    # warm-up on a throw-away batch: the first Adam step and first kernels pay one-time costs
-    warm = next(iterate_batches(data, config=config, epoch=0))
-    optimizer.zero_grad()
-    step(model, warm, loss_config=config.loss).total.backward()
-    optimizer.step()
-
-    n_total = math.ceil(len(data.items) / batch_size)
-    n_batches, n_steps, padded = 0, 0, 0
     losses = []
     began = time.perf_counter()
-    for batch in iterate_batches(data, config=config, epoch=1):
+    for batch in built:
         optimizer.zero_grad(set_to_none=True)
-        terms = step(model, batch, loss_config=config.loss)
+        terms = batch_loss(model, batch, loss_config=config.loss)
         terms.total.backward()
         optimizer.step()
-        losses.append(float(terms.total.detach()))
-        n_batches += 1
-        n_steps += terms.n_steps
-        padded += batch.x.shape[0] * batch.x.shape[1]
-        if max_batches is not None and n_batches >= max_batches:
-            break
+        losses.append(terms.total.detach())
     seconds = time.perf_counter() - began
-    return {"mode": mode, "batches": n_batches, "batches_per_epoch": n_total, "seconds": seconds,
-            "epoch_seconds": seconds * n_total / n_batches, "steps": n_steps, "padding_efficiency": n_steps / padded,
-            "scan_seconds": scan_s, "mean_loss": float(np.mean(losses)),
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads()}
+    scale = _rows(views) / _rows(views[: sum(len(b) for b in batches[:n_timed])])
+    return {"batches": n_timed, "model_step_seconds": seconds * scale, "losses": [float(v) for v in losses]}
+
+
+def run_cli(folder: Path, *, epochs: int, out: Path) -> dict:
+    """`vadpipe train --recipe paper` in a fresh process; the epochs' own timing from metrics.jsonl."""
+    vadpipe = Path(sys.executable).with_name("vadpipe")
+    cmd = [str(vadpipe), "train", "--features", str(folder), "--out", str(out), "--recipe", "paper",
+           "--epochs", str(epochs), "-q"]
+    began = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    timing = [line.get("timing", {}) for line in lines]
+    result = {"wall": wall, "epoch_times": [line["time_s"] for line in lines], "timing": timing,
+              "first_epoch_loss": lines[0]["loss"]}
+    shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def worker(mode: str, folder: Path, *, max_batches: int | None, workers: int) -> dict:
+    data = open_training_set(folder)
+    config = RECIPES["paper"].training
+    config = replace(config, model=replace(config.model, feature_dim=data.feature_dim))
+    if mode == "authors":
+        return run_authors(data, config, max_batches=max_batches, workers=workers)
+    return run_batched(data, config, max_batches=max_batches)
+
+
+def _load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=int, default=XD_TRAIN_VIDEOS, help="videos in the synthetic set")
+    parser.add_argument("--videos", type=int, default=200, help="videos in the synthetic set")
     parser.add_argument("--crops", type=int, default=5, help="crops per video (each is one sample)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-batches", type=int, default=None, help="time only this many batches, extrapolate")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of the CLI run (the last one is timed)")
+    parser.add_argument("--max-batches", type=int, default=None,
+                        help="time only this many batches of the authors' loop and the model step, scale to the epoch")
+    parser.add_argument("--loader-workers", type=int, default=4, help="DataLoader workers of the authors' loop")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--dir", type=Path, default=None, help="where to build the features (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the generated features")
-    parser.add_argument("--worker", choices=["batched", "loop"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["authors", "batched"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
     if args.worker:
-        result = worker(args.worker, args.dir, batch_size=args.batch_size, max_batches=args.max_batches, seed=args.seed)
-        print(json.dumps(result))
+        print(json.dumps(worker(args.worker, args.dir, max_batches=args.max_batches, workers=args.loader_workers)))
         return
 
-    folder = args.dir or Path(tempfile.mkdtemp(prefix="vadpipe-bench-train-"))
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+    root = Path(tempfile.mkdtemp(prefix="vadpipe-bench-train-"))
+    folder = args.dir or root / "features"
     try:
-        began = time.perf_counter()
-        info = build_dataset(folder, n_videos=args.videos, n_crops=args.crops, seed=args.seed)
-        print(f"synthetic set: {info['videos']} videos x {info['crops']} crops = {info['samples']} samples, "
-              f"T {info['clips_min']}..{info['clips_max']} (median {info['clips_median']:.0f}), "
-              f"{info['bytes'] / 2**30:.2f} GiB, built in {time.perf_counter() - began:.0f} s", flush=True)
-        results = {}
-        for mode in ("batched", "loop"):
-            cmd = [sys.executable, __file__, "--worker", mode, "--dir", str(folder),
-                   "--batch-size", str(args.batch_size), "--seed", str(args.seed)]
-            if args.max_batches:
-                cmd += ["--max-batches", str(args.max_batches)]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            output = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            r = results[mode] = json.loads(output.splitlines()[-1])
-            timed = ("one epoch" if r["batches"] == r["batches_per_epoch"]
-                     else f"{r['batches']} of {r['batches_per_epoch']} batches")
-            print(f"{mode:>8}: {r['seconds']:.1f} s for {timed} -> {r['epoch_seconds']:.1f} s/epoch, "
-                  f"{r['steps'] / r['seconds']:.0f} steps/s, mean loss {r['mean_loss']:.6f}, "
-                  f"peak RSS {r['peak_rss_mb']:.0f} MB, {r['threads']} threads", flush=True)
-        b, lp = results["batched"], results["loop"]
-        print(f"speed-up batched vs loop: {lp['epoch_seconds'] / b['epoch_seconds']:.2f}x (goal >= 10x); "
-              f"padding efficiency of the batched tensors {b['padding_efficiency']:.0%} "
-              f"(the model packs valid rows, so padding costs memory, not compute); "
-              f"scan of the set {b['scan_seconds']:.1f} s")
+        if not any(folder.glob("*.json")):
+            began = time.perf_counter()
+            info = build_dataset(folder, n_videos=args.videos, n_crops=args.crops, seed=args.seed)
+            print(f"synthetic cache: {info['videos']} videos x {info['crops']} crops = {info['files']} crop files, "
+                  f"T {info['clips_min']}..{info['clips_max']} (median {info['clips_median']:.0f}, mean "
+                  f"{info['clips_mean']:.0f}), {info['bytes'] / 2**30:.2f} GiB, built in "
+                  f"{time.perf_counter() - began:.0f} s", flush=True)
+        common = ["--dir", str(folder), "--loader-workers", str(args.loader_workers)]
+        common += ["--max-batches", str(args.max_batches)] if args.max_batches else []
+        common += ["--threads", str(args.threads)] if args.threads else []
+
+        def sub(mode: str) -> dict:
+            out = subprocess.run([sys.executable, __file__, "--worker", mode, *common], check=True,
+                                 capture_output=True, text=True, env=env).stdout
+            return json.loads(out.splitlines()[-1])
+
+        rows = []
+        for repeat in range(args.repeats):
+            modes = ["cli", "authors", "batched"] if repeat % 2 == 0 else ["batched", "authors", "cli"]
+            got = {}
+            for mode in modes:
+                before = _load()
+                got[mode] = (run_cli(folder, epochs=args.epochs, out=root / f"run{repeat}") if mode == "cli"
+                             else sub(mode))
+                got[mode]["load"] = before
+            cli, authors, batched = got["cli"], got["authors"], got["batched"]
+            epoch_s = cli["epoch_times"][-1]
+            n = min(len(authors["losses"]), len(batched["losses"]))
+            diff = max(abs(a - b) / abs(b) for a, b in zip(authors["losses"][:n], batched["losses"][:n]))
+            rows.append({"cli_epoch": epoch_s, "authors_epoch": authors["epoch_seconds"],
+                         "authors_model": authors["model_step_seconds"], "batched_model": batched["model_step_seconds"]})
+            timed = ("one epoch" if authors["batches"] == authors["batches_per_epoch"]
+                     else f"{authors['batches']} of {authors['batches_per_epoch']} batches, scaled by rows")
+            print(f"repeat {repeat + 1}: vadpipe train --recipe paper: epochs {cli['epoch_times']} s "
+                  f"(command {cli['wall']:.0f} s, {cli['load']}); authors' trainer ({authors['workers']} loader "
+                  f"workers, {timed}): {authors['epoch_seconds']:.1f} s/epoch, of which model steps "
+                  f"{authors['model_step_seconds']:.1f} s ({authors['load']}); vadpipe model steps "
+                  f"{batched['model_step_seconds']:.1f} s/epoch ({batched['load']}); "
+                  f"epoch ratio {authors['epoch_seconds'] / epoch_s:.1f}x, model-step ratio "
+                  f"{authors['model_step_seconds'] / batched['model_step_seconds']:.1f}x; "
+                  f"per-batch losses authors vs vadpipe: max relative difference {diff:.1e} over {n} batches",
+                  flush=True)
+        for name, num, den in (("epoch (end to end)", "authors_epoch", "cli_epoch"),
+                               ("model step", "authors_model", "batched_model")):
+            ratios = [r[num] / r[den] for r in rows]
+            print(f"{name}: authors' / vadpipe's = median {statistics.median(ratios):.1f}x "
+                  f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x over {len(rows)} repeats; goal >= 10x)")
+        print(f"threads {torch.get_num_threads() if not args.threads else args.threads}; now {_load()}")
     finally:
-        if not args.keep and args.dir is None:
-            shutil.rmtree(folder, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

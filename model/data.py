@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 import warnings
 from collections import Counter, defaultdict
@@ -39,6 +40,7 @@ __all__ = [
     "labels_from_annotations",
     "open_training_set",
     "load_item",
+    "preload",
     "read_labels_csv",
     "parse_annotations",
     "XD_CLIP_LEN",
@@ -424,6 +426,27 @@ def load_item(item: FeatureItem, *, feature_dim: int) -> np.ndarray:
         raise DataError(f"{item.path} changed since it was scanned: shape {array.shape}, "
                         f"expected {(item.n_steps, feature_dim)}")
     return np.asarray(array, dtype=np.float32)
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):  # not a POSIX system: assume little
+        return 4 << 30
+
+
+def preload(data: FeatureSet, *, max_bytes: int | None = None) -> tuple[np.ndarray, ...] | None:
+    """Every sample's (T, F) features read into memory once, in ``data.items`` order, when they
+    take at most ``max_bytes`` (default: a quarter of the machine's memory); else None, and each
+    batch reads its files (the XD-Violence training set is ~11 GB).
+
+    An epoch then costs no file reads: the authors' loader reads every crop file once per epoch.
+    """
+    budget = _memory_bytes() // 4 if max_bytes is None else max_bytes
+    needed = sum(item.n_steps for item in data.items) * data.feature_dim * 4
+    if needed > budget:
+        return None
+    return tuple(load_item(item, feature_dim=data.feature_dim) for item in data.items)
 
 
 def parse_annotations(path: Path | str) -> dict[str, list[tuple[int, int]]]:

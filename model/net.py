@@ -11,6 +11,7 @@ with ``B * max(T)``, and padded steps cannot leak into any sum.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -78,42 +79,87 @@ class ModelOutput(NamedTuple):
         return self.attention * self.tcam
 
 
-class MaskedCausalConv1d(nn.Conv1d):
-    """Conv1d over time whose taps after the centre are masked to zero (functionally).
+class MaskedCausalConv1d(nn.Module):
+    """Conv1d over time whose taps after the centre are masked to zero, holding only the active taps.
 
     Equivalent to the authors' ``conv1d(x, weight * mask, bias, padding=k//2)`` with the mask
     on taps ``0 .. k//2``, but computed only on the active taps and on packed rows: output
-    ``t = bias + sum_j W_j x_{t-k//2+j}`` with zeros before the start of each sequence. The
-    weight keeps the full (F, F, k) shape and PyTorch's default init (fan-in over all k taps,
-    as in the original); the masked taps are zeroed at init and never receive a gradient.
+    ``t = bias + sum_j W_j x_{t-k//2+j}`` with zeros before the start of each sequence.
+
+    The parameter ``taps`` is the ``(F, (k//2+1)·F)`` matrix of the active taps, laid out as the
+    packed forward multiplies it (column ``j·F + i`` is tap ``j`` of input ``i``): no copy of the
+    weight per step, no gradient or Adam moments for the masked taps (a third of the model's
+    parameters at k=5). ``weight`` is the full ``(F, F, k)`` tensor with zero masked taps, and it is
+    what ``state_dict`` holds and loads, so weights files keep the nn.Conv1d layout. The init is
+    PyTorch's default Conv1d init (fan-in over all k taps, as in the original), drawn on the full
+    tensor with the same random numbers as ``nn.Conv1d``.
     """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
-        super().__init__(channels, channels, kernel_size, padding=kernel_size // 2)
+        super().__init__()
+        self.channels, self.kernel_size = channels, kernel_size
         self.n_active = kernel_size // 2 + 1
-        tap_mask = torch.zeros(1, 1, kernel_size)
-        tap_mask[..., : self.n_active] = 1.0
-        self.register_buffer("tap_mask", tap_mask, persistent=False)
-        with torch.no_grad():
-            self.weight.mul_(self.tap_mask)
+        self.padding = kernel_size // 2
+        full = torch.empty(channels, channels, kernel_size)
+        bias = torch.empty(channels)
+        nn.init.kaiming_uniform_(full, a=math.sqrt(5))  # nn.Conv1d.reset_parameters, same draws
+        bound = 1 / math.sqrt(channels * kernel_size)
+        nn.init.uniform_(bias, -bound, bound)
+        self.taps = nn.Parameter(self.pack(full))
+        self.bias = nn.Parameter(bias)
+
+    def pack(self, full: Tensor) -> Tensor:
+        """The ``(F, F, k)`` conv weight's active taps as the ``(F, n_active·F)`` ``taps`` matrix."""
+        return full[:, :, : self.n_active].permute(0, 2, 1).reshape(self.channels, -1).contiguous()
+
+    @property
+    def weight(self) -> Tensor:
+        """The full ``(F, F, k)`` weight, masked taps zero (differentiable, a new tensor)."""
+        active = self.taps.view(self.channels, self.n_active, self.channels).permute(0, 2, 1)
+        return F.pad(active, (0, self.kernel_size - self.n_active))
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        weight = self.weight
+        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
+        destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
+                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+        key = prefix + "weight"
+        if key in state_dict:
+            full = state_dict.pop(key)
+            expected = (self.channels, self.channels, self.kernel_size)
+            if tuple(full.shape) != expected:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(full.shape)}, "
+                                  f"the shape in current model is {expected}.")
+                return
+            state_dict[prefix + "taps"] = self.pack(full)  # the masked taps are ignored, as the mask does
+        elif strict:
+            missing_keys.append(key)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "taps" in missing_keys:
+            missing_keys.remove(prefix + "taps")
 
     def forward_packed(self, x: Tensor, positions: Tensor) -> Tensor:
         """Args: x (N, F) rows of several sequences back to back; positions (N,) step index of
         each row inside its own sequence. Returns (N, F)."""
-        pad = self.n_active - 1
-        columns = []
+        pad, n_rows, dim = self.n_active - 1, x.shape[0], x.shape[1]
+        columns = x.new_empty(n_rows, self.n_active * dim)  # [x_{t-pad} .. x_t], one copy of each lag
         for lag in range(pad, -1, -1):  # tap j sees lag = pad - j
+            block = columns[:, (pad - lag) * dim : (pad - lag + 1) * dim]
             if lag == 0:
-                columns.append(x)
-            else:
-                shifted = torch.cat([x.new_zeros(min(lag, x.shape[0]), x.shape[1]), x[:-lag]])
-                columns.append(shifted * (positions >= lag).unsqueeze(1).to(x.dtype))
-        weight = self.weight[:, :, : self.n_active].permute(0, 2, 1).reshape(self.out_channels, -1)
-        return F.linear(torch.cat(columns, dim=1), weight, self.bias)
+                block.copy_(x)
+                continue
+            shift = min(lag, n_rows)
+            block[:shift].zero_()
+            block[shift:].copy_(x[: n_rows - shift])
+            block.masked_fill_((positions < lag).unsqueeze(1), 0.0)  # before each sequence's start
+        return F.linear(columns, self.taps, self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (B, F, T) as for nn.Conv1d (all steps valid). Returns (B, F, T)."""
-        return F.conv1d(x, self.weight * self.tap_mask, self.bias, padding=self.padding)
+        return F.conv1d(x, self.weight, self.bias, padding=self.padding)
 
 
 class _MLPAttention(nn.Sequential):
@@ -195,5 +241,5 @@ class CSLTAL(nn.Module):
         return ModelOutput(attention, video_score, tcam)
 
     def num_parameters(self) -> int:
-        """Trainable parameters, counting the full k-tap conv tensor as the original code prints."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Parameters, counting the full k-tap conv tensor as the original code prints."""
+        return sum(v.numel() for v in self.state_dict().values())

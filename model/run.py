@@ -267,11 +267,14 @@ def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam
     steps = state.get("adam_steps", {})
     opt["state"] = {}
     for index, (name, _) in enumerate(model.named_parameters()):
-        if name in steps:
+        saved, convert = name, (lambda t: t)
+        if name == "conv.taps" and name not in steps:  # written when the conv's parameter was its full weight
+            saved, convert = "conv.weight", model.conv.pack
+        if saved in steps:
             try:
-                opt["state"][index] = {"step": torch.tensor(float(steps[name])),
-                                       "exp_avg": tensors[f"adam.{name}.exp_avg"],
-                                       "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"]}
+                opt["state"][index] = {"step": torch.tensor(float(steps[saved])),
+                                       "exp_avg": convert(tensors[f"adam.{saved}.exp_avg"]),
+                                       "exp_avg_sq": convert(tensors[f"adam.{saved}.exp_avg_sq"])}
             except KeyError as exc:
                 raise CheckpointError(f"checkpoint {path} lacks the Adam state {exc.args[0]}") from None
     optimizer.load_state_dict(opt)

@@ -105,13 +105,19 @@ def epoch_batches(labels: Sequence[int], *, batch_size: int, balanced: bool,
     return batches
 
 
-def iterate_batches(data: FeatureSet, *, config: TrainConfig, epoch: int) -> Iterator[Batch]:
-    """The batches of one epoch (see :func:`epoch_batches`), with fresh random views."""
+def iterate_batches(data: FeatureSet, *, config: TrainConfig, epoch: int,
+                    features: Sequence[np.ndarray] | None = None) -> Iterator[Batch]:
+    """The batches of one epoch (see :func:`epoch_batches`), with fresh random views.
+
+    ``features``: every item's array in ``data.items`` order (see :func:`vadpipe.model.data.preload`);
+    None reads each sample's file when its batch is made.
+    """
     rng = np.random.default_rng([config.seed, epoch])
     labels = [item.label for item in data.items]
     for indices in epoch_batches(labels, batch_size=config.batch_size, balanced=config.balanced, rng=rng):
         items = [data.items[i] for i in indices]
-        arrays = [load_item(item, feature_dim=data.feature_dim) for item in items]
+        arrays = ([features[i] for i in indices] if features is not None
+                  else [load_item(item, feature_dim=data.feature_dim) for item in items])
         views = [view_indices(a.shape[0], n_views=config.n_views, block_len=config.block_len, rng=rng,
                               mode=config.views) for a in arrays]
         yield make_batch(arrays, views, [item.label for item in items])

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from vadpipe._version import __version__
@@ -26,7 +27,7 @@ from vadpipe.extract.fileio import remove_stale_temps
 
 from .augment import VIEW_MODES
 from .curves import plot_curves
-from .data import DataWarning, FeatureSet, open_training_set
+from .data import DataWarning, FeatureSet, open_training_set, preload
 from .history import read_metrics, summarize, write_metrics
 from .losses import LOSS_PARTS, LossConfig, LossTerms, csl_loss
 from .net import CSLTAL, ModelConfig
@@ -179,20 +180,23 @@ def make_optimizer(model: CSLTAL, *, config: TrainConfig) -> torch.optim.Adam:
 
 
 def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSet, *, config: TrainConfig, epoch: int,
-                on_step: Callable[[dict[str, float]], None] | None = None, total_epochs: int | None = None
-                ) -> dict[str, float]:
+                on_step: Callable[[dict[str, float]], None] | None = None, total_epochs: int | None = None,
+                features: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     """One pass over ``data`` (1-based ``epoch`` of ``total_epochs``, default :func:`planned_epochs`);
     returns the mean of each loss part over its batches and the epoch's last ``lr``.
 
-    ``on_step`` receives each batch's loss parts (``LossTerms.as_floats``), e.g. for a progress bar.
+    ``on_step`` receives each batch's loss parts (``LossTerms.as_floats``), e.g. for a progress bar;
+    without it the parts are summed as tensors and read once, at the end of the epoch.
+    ``features``: the items' arrays already in memory (`vadpipe.model.data.preload`), None to read files.
     """
     model.train()
     per_epoch = batches_per_epoch([item.label for item in data.items], batch_size=config.batch_size,
                                   balanced=config.balanced)
     total_steps = per_epoch * (total_epochs if total_epochs is not None else planned_epochs(config, per_epoch))
-    sums = dict.fromkeys(("total", *LOSS_PARTS), 0.0)
+    names = ("total", *LOSS_PARTS)
+    sums = torch.zeros(len(names), dtype=torch.float64)  # float64 like the Python floats they replace
     lr, n_batches = lr_at_epoch(epoch, config=config), 0
-    for batch in iterate_batches(data, config=config, epoch=epoch):
+    for batch in iterate_batches(data, config=config, epoch=epoch, features=features):
         lr = lr_at_step((epoch - 1) * per_epoch + n_batches + 1, epoch=epoch, total_steps=total_steps, config=config)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -201,12 +205,12 @@ def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSe
         terms.total.backward()
         optimizer.step()
         n_batches += 1
-        values = terms.as_floats()
-        for name, value in values.items():
-            sums[name] += value
+        values = torch.stack([getattr(terms, name).detach() for name in names]).double()
+        sums += values
         if on_step is not None:
-            on_step(values)
-    losses = {("loss" if name == "total" else f"loss_{name}"): value / n_batches for name, value in sums.items()}
+            on_step(dict(zip(names, values.tolist())))
+    losses = {("loss" if name == "total" else f"loss_{name}"): value / n_batches
+              for name, value in zip(names, sums.tolist())}
     return {**losses, "lr": lr}
 
 
@@ -267,13 +271,14 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
         history = read_metrics(run_dir, up_to_epoch=start)
         if stopper is not None:
             stopper.restore(load_best(run_dir), history, where=run_dir)
+    features = preload(data) if start < total_epochs else None  # read once, not once per epoch
     with ProgressReporter(show_progress, n_batches, total_epochs) as reporter:
         for epoch in range(start + 1, total_epochs + 1):
             began = time.perf_counter()
             last = epoch == total_epochs
             on_step = reporter.start_epoch(epoch)
             line = {"epoch": epoch, **train_epoch(model, optimizer, data, config=config, epoch=epoch, on_step=on_step,
-                                                   total_epochs=total_epochs)}
+                                                   total_epochs=total_epochs, features=features)}
             for hook in hooks:
                 line.update(hook(model, epoch=epoch, last=last))
             line["time_s"] = round(time.perf_counter() - began, 3)

@@ -54,17 +54,35 @@ def test_conv_is_causal_and_sees_the_current_step() -> None:
 def test_masked_taps_are_zero_and_get_no_gradient_and_init_follows_pytorch() -> None:
     torch.manual_seed(0)
     conv = MaskedCausalConv1d(32, 5)
+    torch.manual_seed(0)
+    reference = torch.nn.Conv1d(32, 32, 5, padding=2)  # PyTorch's default init, fan-in over all 5 taps (§1.1)
     assert conv.weight[:, :, 3:].abs().max() == 0
-    bound = 1 / math.sqrt(32 * 5)  # PyTorch's default Conv1d init, fan-in over all 5 taps (§1.1)
-    active = conv.weight[:, :, :3]
-    assert active.abs().max() <= bound and active.abs().max() > 0.95 * bound
-    assert conv.bias.abs().max() <= bound
+    torch.testing.assert_close(conv.weight[:, :, :3], reference.weight[:, :, :3], rtol=0, atol=0)
+    torch.testing.assert_close(conv.bias, reference.bias, rtol=0, atol=0)
+    bound = 1 / math.sqrt(32 * 5)
+    assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
+    # only the active taps are parameters: no gradient, no Adam moments for the masked ones
+    assert [(name, tuple(p.shape)) for name, p in conv.named_parameters()] == [("taps", (32, 96)), ("bias", (32,))]
     optimizer = torch.optim.Adam(conv.parameters(), lr=0.1)
     conv.forward_packed(torch.randn(7, 32), torch.arange(7)).square().sum().backward()
-    assert conv.weight.grad[:, :, 3:].abs().max() == 0
+    assert conv.taps.grad.abs().max() > 0
     optimizer.step()
     assert conv.weight[:, :, 3:].abs().max() == 0
-    assert "tap_mask" not in conv.state_dict()
+    assert set(conv.state_dict()) == {"weight", "bias"} and conv.state_dict()["weight"].shape == (32, 32, 5)
+
+
+def test_state_dict_keeps_the_conv1d_layout_and_ignores_masked_taps_on_load() -> None:
+    source, target = _model(seed=0), _model(seed=1)
+    state = source.state_dict()
+    foreign = dict(state, **{"conv.weight": state["conv.weight"].clone()})
+    foreign["conv.weight"][:, :, 3:] = 7.0  # the authors' saved weights hold garbage there (method.md §1.1)
+    target.load_state_dict(foreign)
+    for name, value in state.items():
+        torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    with pytest.raises(RuntimeError, match=r"size mismatch for conv\.weight"):
+        _model(dim=8).load_state_dict(state)
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\) in state_dict: \"conv\.weight\""):
+        target.load_state_dict({k: v for k, v in state.items() if k != "conv.weight"})
 
 
 @pytest.mark.parametrize("attention", ["mlp", "gated"])
