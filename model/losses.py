@@ -17,6 +17,12 @@ each sample's share of that sum is divided by its own ``B·K·T'_b`` instead of 
 the batch no longer shrinks the shares of the short ones (its per-step terms weigh as much as
 theirs; its BCE and MIL terms, like every video's, are divided by its own length). Both agree
 when all lengths in the batch are equal.
+
+With K = 2 views the code divides the BCE and MIL terms by K twice (a mean over the B·K views,
+then the normalisation by K·T'), the sparsity and smoothness sums by K once: a second view
+halves the classification signal against the sparsity pull on the attention.
+``view_scaling="code"`` keeps that (the paper recipe); ``"once"`` divides BCE and MIL by K once,
+like the other terms (identical when K = 1).
 """
 
 from __future__ import annotations
@@ -28,9 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NORMALIZATIONS", "WEIGHT_ASSIGNMENTS", "LOSS_PARTS", "LossConfig", "LossTerms", "csl_loss", "top_k_mean"]
+__all__ = ["NORMALIZATIONS", "VIEW_SCALINGS", "WEIGHT_ASSIGNMENTS", "LOSS_PARTS", "LossConfig", "LossTerms", "csl_loss", "top_k_mean"]
 
 NORMALIZATIONS = ("steps", "video")
+VIEW_SCALINGS = ("code", "once")
 LOSS_PARTS = ("bce", "sparsity", "smoothness", "alignment", "mil")  # the weighted terms of the total
 
 # The paper's eq. 6 and its code use the same two numbers for opposite terms (method.md §5, Q2);
@@ -51,6 +58,7 @@ class LossConfig:
     normalize: str = "steps"
     w_mil: float = 0.0
     mil_top_fraction: float = 1 / 16
+    view_scaling: str = "code"
 
     def __post_init__(self) -> None:
         for name in ("w_sparsity", "w_smooth", "w_align", "w_mil"):
@@ -61,6 +69,8 @@ class LossConfig:
             raise ValueError(f"mil_top_fraction must be in (0, 1], got {self.mil_top_fraction}")
         if self.normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+        if self.view_scaling not in VIEW_SCALINGS:
+            raise ValueError(f"view_scaling must be one of {VIEW_SCALINGS}, got {self.view_scaling!r}")
 
     @classmethod
     def from_assignment(cls, assignment: str = "code", **overrides: float | str) -> "LossConfig":
@@ -138,7 +148,8 @@ def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tenso
 
     # Per-sample raw terms, each a (B,) tensor whose sum over b is the code's batch term.
     targets = labels.to(dtype).unsqueeze(1).expand(batch, n_views)
-    bce = F.binary_cross_entropy(video_score, targets, reduction="none").sum(1) / (batch * n_views)
+    per_view = batch * n_views if config.view_scaling == "code" else batch  # "once": the normalisation divides by K
+    bce = F.binary_cross_entropy(video_score, targets, reduction="none").sum(1) / per_view
     sparsity = lam.abs().sum((1, 2))
     pairs = (mask[:, 1:] & mask[:, :-1]).to(dtype).unsqueeze(1)
     smoothness = ((lam[:, :, 1:] - lam[:, :, :-1]).square() * pairs).sum((1, 2))
@@ -152,7 +163,7 @@ def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tenso
             raise ValueError(f"the MIL term needs the weighted T-CAM shaped like the attention {tuple(attention.shape)}")
         view_mask = mask.unsqueeze(1).expand(batch, n_views, steps).reshape(batch * n_views, steps)
         top = top_k_mean(wtcam.reshape(batch * n_views, steps), view_mask, fraction=config.mil_top_fraction)
-        mil = F.binary_cross_entropy(top.view(batch, n_views), targets, reduction="none").sum(1) / (batch * n_views)
+        mil = F.binary_cross_entropy(top.view(batch, n_views), targets, reduction="none").sum(1) / per_view
     else:
         mil = torch.zeros_like(lengths)
 

@@ -28,7 +28,8 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "attention": ("training", "model", "attention"), "kernel_size": ("training", "model", "kernel_size"),
     "w_sparsity": ("training", "loss", "w_sparsity"), "w_smooth": ("training", "loss", "w_smooth"),
     "w_align": ("training", "loss", "w_align"), "w_mil": ("training", "loss", "w_mil"),
-    "loss_norm": ("training", "loss", "normalize"), "early_stopping": ("training", "early_stopping"),
+    "loss_norm": ("training", "loss", "normalize"), "view_scaling": ("training", "loss", "view_scaling"),
+    "early_stopping": ("training", "early_stopping"),
     "seed": ("training", "seed"), "holdout_fraction": ("calibration", "holdout_fraction"),
     "operating_point": ("calibration", "operating_point"),
     "target_false_alarm_rate": ("calibration", "target_false_alarm_rate"),
@@ -257,6 +258,9 @@ def _recipe(ctx: click.Context, name: str):
               help="Weight of the top-k MIL term on the weighted T-CAM.")
 @click.option("--loss-norm", type=click.Choice(["steps", "video"]), default=None, cls=_RecipeOption,
               help="Divide the batch loss by its total step count (the authors' code) or per video.")
+@click.option("--view-scaling", type=click.Choice(["code", "once"]), default=None, cls=_RecipeOption,
+              help="With two views (--align): code divides the BCE and MIL terms by the view count twice and "
+                   "sparsity/smoothness once (the authors' code); once divides every term by it once.")
 @click.option("--early-stopping/--no-early-stopping", default=None, cls=_RecipeOption,
               help="Keep the weights with the lowest loss on the held-out training videos (video labels only) "
                    "instead of the last ones; needs --holdout-fraction > 0.")

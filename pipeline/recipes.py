@@ -90,7 +90,7 @@ def _default_training() -> TrainConfig:
     paper = TrainConfig()
     return replace(
         paper,
-        loss=replace(paper.loss, normalize="video", w_mil=1.0, w_align=0.05),
+        loss=replace(paper.loss, normalize="video", w_mil=1.0, w_align=0.05, view_scaling="once"),
         align=False,
         views="phase",
         schedule="cosine",

@@ -135,3 +135,30 @@ def test_mil_gradient_reaches_only_the_top_steps() -> None:
     nonzero = (wtcam.grad != 0).nonzero().tolist()
     assert nonzero == [[0, 0, 0], [0, 1, 1], [1, 0, 0], [1, 1, 1]]
     assert wtcam.grad[0, 0, 0] < 0 < wtcam.grad[1, 0, 0]  # raise the anomalous peak, lower the normal one
+
+
+def test_view_scaling_once_divides_bce_and_mil_by_the_view_count_once() -> None:
+    # the code (the paper recipe): the BCE is a mean over the B*K = 4 views, then divided by N = K * sum T'
+    wt = torch.tensor([[[0.2, 0.9, 0.1], [0.6, 0.3, 0.0]], [[0.2, 0.1, 0.0], [0.1, 0.3, 0.0]]])
+    terms = {s: csl_loss(ATTENTION, SCORES, LABELS, MASK, wtcam=wt,
+                         config=LossConfig(w_sparsity=1.0, w_mil=1.0, mil_top_fraction=0.5, view_scaling=s)).as_floats()
+             for s in ("code", "once")}
+    sum_bce = -math.log(0.5) - math.log(0.8) - math.log(0.8) - math.log(0.5)  # the 4 views' BCE, summed
+    sum_mil = -math.log(0.9) - math.log(0.6) - math.log(1 - 0.2) - math.log(1 - 0.3)
+    assert terms["code"]["bce"] == pytest.approx(sum_bce / (2 * 2) / N, rel=1e-6)  # / (B*K) / (K*ΣT'): K twice
+    assert terms["once"]["bce"] == pytest.approx(sum_bce / 2 / N, rel=1e-6)  # / B / (K*ΣT'): K once
+    assert terms["once"]["mil"] == pytest.approx(sum_mil / 2 / N, rel=1e-6)
+    assert terms["once"]["mil"] == pytest.approx(2 * terms["code"]["mil"], rel=1e-6)
+    assert terms["once"]["sparsity"] == terms["code"]["sparsity"] == pytest.approx(SPARSITY / N, rel=1e-6)
+    # per video: sample b's share is divided by B*K*T'_b; "once" leaves one factor K less on BCE
+    video = {s: csl_loss(ATTENTION, SCORES, LABELS, MASK, config=LossConfig(normalize="video", view_scaling=s))
+             .as_floats()["bce"] for s in ("code", "once")}
+    share = (-math.log(0.5) - math.log(0.8)) / 2  # sample 0's two views over B = 2 (sample 1 is the same sum)
+    assert video["once"] == pytest.approx(share / 12 + share / 8, rel=1e-6)
+    assert video["once"] == pytest.approx(2 * video["code"], rel=1e-6)
+    # one view: both scalings are the same loss
+    one = [float(csl_loss(ATTENTION[:, :1], SCORES[:, :1], LABELS, MASK, config=LossConfig(view_scaling=s)).total)
+           for s in ("code", "once")]
+    assert one[0] == one[1]
+    with pytest.raises(ValueError, match="view_scaling must be one of"):
+        LossConfig(view_scaling="twice")

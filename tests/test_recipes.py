@@ -143,6 +143,7 @@ def test_paper_recipe_is_the_authors_configuration() -> None:
     assert (default.loss.w_sparsity, default.loss.w_smooth) == (2e-3, 2e-8)  # the paper's model and loss terms
     assert (default.views, default.loss.w_align, default.loss.w_mil, default.loss.normalize) == ("phase", 0.05, 1.0,
                                                                                                   "video")
+    assert paper.loss.view_scaling == "code" and default.loss.view_scaling == "once"  # with --align: K once
     with pytest.raises(ConfigError, match="recipe must be one of default, paper, got 'fast'"):
         recipe("fast")
 
