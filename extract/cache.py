@@ -344,6 +344,7 @@ def write_entry(out_dir: Path, record: CacheRecord, features: Sequence[np.ndarra
     out_dir = Path(out_dir)
     stem = record.stem
     written: list[Path] = []
+    text = ""
     try:
         entries = []
         for crop, feats in enumerate(features):
@@ -359,14 +360,28 @@ def write_entry(out_dir: Path, record: CacheRecord, features: Sequence[np.ndarra
         record = dataclasses.replace(record, features=tuple(entries), frame_times_file=tpath.name,
                                      record_sha256="")
         record = dataclasses.replace(record, record_sha256=record.checksum())
-        atomic_write_text(record_path(out_dir, stem), json.dumps(record.to_dict(), indent=1))
-    except OSError as exc:
+        text = json.dumps(record.to_dict(), indent=1)
+        atomic_write_text(record_path(out_dir, stem), text)
+    except BaseException as exc:
         # no half entry: the files already renamed into place are useless without their record
+        # (a write error, or an interrupt: Ctrl-C, a Ray task cancelled by its interrupted driver);
+        # an interrupt just after the record's rename leaves the entry complete
+        if not isinstance(exc, OSError) and text and _reads(record_path(out_dir, stem)) == text:
+            raise
         for path in written:
             with contextlib.suppress(OSError):
                 path.unlink(missing_ok=True)
-        raise CacheError(f"cannot write features of {stem} into {out_dir}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise CacheError(f"cannot write features of {stem} into {out_dir}: {exc.strerror or exc}") from exc
+        raise
     return record
+
+
+def _reads(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except (OSError, ValueError):
+        return None
 
 
 def load_features(out_dir: Path, record: CacheRecord, crop: int = 0, *, verify: bool = True) -> np.ndarray:

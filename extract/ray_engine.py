@@ -43,6 +43,7 @@ from .weights import load_i3d
 __all__ = ["I3DBatchEncoder", "run_on_ray", "import_ray"]
 
 _IN_FLIGHT_BATCHES = 2  # batches a video task may have queued at its actor (bounds object store use)
+_CANCEL_WAIT_S = 30.0  # how long an interrupted driver waits for its cancelled tasks to end
 
 
 def import_ray():
@@ -284,6 +285,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
     pending = list(reversed(jobs))
     loop_started = time.perf_counter()
     checked = False
+    interrupted = False
     try:
         while pending or in_flight:
             while pending and len(in_flight) < limit:
@@ -315,15 +317,30 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
                     collect.take(i, Failed(source, f"{source}: unexpected error in its Ray task: {_cause_line(exc)}"))
                 except ray.exceptions.RayError as exc:  # worker or node lost: this video only
                     collect.take(i, Failed(source, f"{source}: its Ray task was lost: {_first_line(exc)}"))
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
     finally:
-        for ref in in_flight:
-            ray.cancel(ref)
+        _stop_tasks(ray, list(in_flight))
         report.loop_s = time.perf_counter() - loop_started
-        try:
-            busy = ray.get([a.busy_s.remote() for a in actors], timeout=10)
-            report.network_s = sum(busy) / len(actors)
-        except Exception:  # a dead actor: only the timing is lost
-            pass
+        if not interrupted:
+            try:
+                busy = ray.get([a.busy_s.remote() for a in actors], timeout=10)
+                report.network_s = sum(busy) / len(actors)
+            except Exception:  # a dead actor: only the timing is lost
+                pass
         report.input_wait_s = max(0.0, report.loop_s - report.network_s)
         for a in actors:  # free the GPUs now, not when the driver exits
             ray.kill(a)
+
+
+def _stop_tasks(ray, refs: list) -> None:
+    """Cancel the video tasks still running (Ctrl-C, or an error that stops the run) and wait,
+    at most ``_CANCEL_WAIT_S``, for them to end: a cancelled task gets a KeyboardInterrupt, which
+    releases its video's claim and removes an entry it was writing (or leaves it complete), so
+    the driver exits with nothing of its run still running or held. A task that does not end
+    in time is killed with its job when the driver disconnects."""
+    for ref in refs:
+        ray.cancel(ref)
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT_S, fetch_local=False)
