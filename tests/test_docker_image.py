@@ -1,5 +1,6 @@
 """The Docker image, run as a user would: version, offline extraction by a non-root user from a
-read-only video (same features as the host), detect with a run trained on the host, exit codes.
+read-only video (same features as the host), detect with a run trained on the host, exit codes,
+and a two-container Ray cluster on the host network (the same cache as the host's local engine).
 
 Runs under ``make docker-test`` (docker/test.sh builds the image and sets $VADPIPE_DOCKER_IMAGE);
 skipped otherwise. Every container runs with ``--network none --read-only``: the weights must be
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -21,7 +24,7 @@ import pytest
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.synth import SplitSize, SynthConfig, make_dataset
 
-from conftest import SHARED
+from conftest import SHARED, moving_frames, write_video
 
 IMAGE = os.environ.get("VADPIPE_DOCKER_IMAGE", "")
 DOCKER = os.environ.get("DOCKER", "docker")
@@ -150,3 +153,86 @@ def test_bad_input_exit_codes(tmp_path):
     assert "/nowhere" in proc.stderr and "Traceback" not in proc.stderr
     # an unknown subcommand: 2 (click's usage error)
     assert docker_run("frobnicate").returncode == 2
+
+
+def machine_address() -> str:
+    """The address Ray gives this machine: that of its default route (Ray turns a loopback
+    ``--address`` into it before connecting, so a cluster bound to 127.0.0.1 cannot be joined
+    while the machine has another address); 127.0.0.1 on a machine without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("8.8.8.8", 80))  # as Ray does: no packet is sent, this only picks the route
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def ray_node(name: str, ip: str, args: list[str], mounts: list[Path]) -> list[str]:
+    """``docker run -d`` of one Ray node from the image (``ray start --block``) on the host network;
+    every other port Ray opens is free and its own, so two nodes share the host's ports."""
+    agent, grpc, env_agent, metrics = free_ports(4)
+    cmd = [DOCKER, "run", "-d", "--label", LABEL, "--name", name, "--network", "host", "--shm-size", "512m",
+           "--user", f"{USER[0]}:{USER[1]}", "-e", "RAY_AUTH_MODE=disabled", "--entrypoint", "ray"]
+    for path in mounts:  # the "shared file system": the same path on every node
+        cmd += ["-v", f"{path}:{path}"]
+    return [*cmd, IMAGE, "start", "--block", "--node-ip-address", ip, "--disable-usage-stats",
+            "--object-store-memory", str(200 * 2**20), "--min-worker-port", "0", "--max-worker-port", "0",
+            "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
+            "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics), *args]
+
+
+def test_a_two_container_ray_cluster_gives_the_local_engines_cache(tmp_path):
+    """A head container (no CPUs: it schedules nothing) and a worker container of 2 CPUs, both from
+    the image on the host network; ``vadpipe extract --engine ray`` run in the head container puts
+    every task and the I3D actor in the worker container, and writes the host's cache, byte for byte."""
+    t0 = time.monotonic()
+    videos = tmp_path / "videos"
+    for i in range(4):
+        write_video(videos / f"v{i}.mp4", moving_frames(32, 96, 64, seed=20 + i))
+    out = writable(tmp_path / "out")
+    ip = machine_address()
+    (port,) = free_ports(1)
+    tag = uuid.uuid4().hex[:8]
+    head, worker = f"{LABEL}-ray-head-{tag}", f"{LABEL}-ray-worker-{tag}"
+    try:
+        ok(subprocess.run(ray_node(head, ip, ["--head", "--port", str(port), "--num-cpus", "0",
+                                              "--include-dashboard", "false"], [videos, out]),
+                          capture_output=True, text=True, timeout=120))
+        ok(subprocess.run(ray_node(worker, ip, ["--address", f"{ip}:{port}", "--num-cpus", "2"], [videos, out]),
+                          capture_output=True, text=True, timeout=120))
+        proc = subprocess.run([DOCKER, "exec", head, "vadpipe", "extract", str(videos), "--out", str(out / "cache"),
+                               "--engine", "ray", "--address", f"{ip}:{port}", "--json", str(out / "report.json"),
+                               "-q"], capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            logs = [subprocess.run([DOCKER, "logs", "--tail", "20", c], capture_output=True, text=True)
+                    for c in (head, worker)]
+            raise AssertionError((proc.returncode, proc.stderr[-3000:], [lg.stdout + lg.stderr for lg in logs]))
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", head, worker], capture_output=True, timeout=120)
+    took = time.monotonic() - t0
+    report = json.loads((out / "report.json").read_text())
+    assert report["counts"] == {"ok": 4} and report["clips_computed"] == 8, report["counts"]
+    ok(host_run("extract", str(videos), "--out", str(tmp_path / "host"), "-q"))
+    mine, theirs = snapshot(out / "cache"), snapshot(tmp_path / "host")
+    assert sorted(mine) == sorted(theirs) and len(mine) == 4 * 3
+    same = sorted(n for n in mine if mine[n] == theirs[n])
+    print(f"\ndocker-test: two-container Ray cluster at {ip}:{port}: {len(same)}/{len(mine)} cache files "
+          f"byte-identical to the host's local engine; cluster run {took:.0f} s")
+    assert same == sorted(mine), sorted(set(mine) - set(same))
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every cache file (features, frame times, records), by name."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
+            if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")}
