@@ -79,6 +79,43 @@ class ModelOutput(NamedTuple):
         return self.attention * self.tcam
 
 
+class _TapsProduct(torch.autograd.Function):
+    """``out[n] = bias + Σ_j W_j rows[r_j(n)]`` with ``flat[n, j] = r_j(n)·J + j`` (an index past the
+    rows' products reads zeros: a step before its sequence's start).
+
+    Forward: one ``(U, F) @ (F, J·F)`` product of every distinct row with every tap, then J
+    gathers. Backward: J scatter-adds of the output gradient onto those products, then one
+    ``(J·F, U) @ (U, F)`` product for the taps' gradient. Two views of a training sample share
+    about a third of their rows, and each is multiplied once; nothing else is copied."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, taps: Tensor, bias: Tensor, flat: Tensor) -> Tensor:  # noqa: D102
+        n_taps, out_dim, in_dim = taps.shape
+        products = rows.new_empty(rows.shape[0] + 1, n_taps * out_dim)  # + one row of zeros
+        torch.mm(rows, taps.view(n_taps * out_dim, in_dim).t(), out=products[:-1])
+        products[-1].zero_()
+        table = products.view(-1, out_dim)
+        out = table.index_select(0, flat[:, -1])
+        for tap in range(n_taps - 1):
+            out += table.index_select(0, flat[:, tap])
+        out += bias
+        ctx.save_for_backward(rows, taps, flat)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # noqa: D102
+        rows, taps, flat = ctx.saved_tensors
+        n_taps, out_dim, in_dim = taps.shape
+        table = grad.new_zeros((rows.shape[0] + 1) * n_taps, out_dim)
+        for tap in range(n_taps):
+            table.index_add_(0, flat[:, tap], grad)
+        d_products = table.view(rows.shape[0] + 1, n_taps * out_dim)[:-1]
+        d_rows = d_products.mm(taps.view(n_taps * out_dim, in_dim)) if ctx.needs_input_grad[0] else None
+        d_taps = d_products.t().mm(rows).view_as(taps) if ctx.needs_input_grad[1] else None
+        d_bias = grad.sum(0) if ctx.needs_input_grad[2] else None
+        return d_rows, d_taps, d_bias, None
+
+
 class MaskedCausalConv1d(nn.Module):
     """Conv1d over time whose taps after the centre are masked to zero, holding only the active taps.
 
@@ -86,13 +123,12 @@ class MaskedCausalConv1d(nn.Module):
     on taps ``0 .. k//2``, but computed only on the active taps and on packed rows: output
     ``t = bias + sum_j W_j x_{t-k//2+j}`` with zeros before the start of each sequence.
 
-    The parameter ``taps`` is the ``(F, (k//2+1)·F)`` matrix of the active taps, laid out as the
-    packed forward multiplies it (column ``j·F + i`` is tap ``j`` of input ``i``): no copy of the
-    weight per step, no gradient or Adam moments for the masked taps (a third of the model's
-    parameters at k=5). ``weight`` is the full ``(F, F, k)`` tensor with zero masked taps, and it is
-    what ``state_dict`` holds and loads, so weights files keep the nn.Conv1d layout. The init is
-    PyTorch's default Conv1d init (fan-in over all k taps, as in the original), drawn on the full
-    tensor with the same random numbers as ``nn.Conv1d``.
+    The parameter ``taps`` holds the active taps, ``(k//2+1, F, F)``, ``taps[j] = W_j``: no copy
+    of the weight per step, no gradient or Adam moments for the masked taps (a third of the
+    model's parameters at k=5). ``weight`` is the full ``(F, F, k)`` tensor with zero masked taps,
+    and it is what ``state_dict`` holds and loads, so weights files keep the nn.Conv1d layout.
+    The init is PyTorch's default Conv1d init (fan-in over all k taps, as in the original), drawn
+    on the full tensor with the same random numbers as ``nn.Conv1d``.
     """
 
     def __init__(self, channels: int, kernel_size: int) -> None:
@@ -109,14 +145,13 @@ class MaskedCausalConv1d(nn.Module):
         self.bias = nn.Parameter(bias)
 
     def pack(self, full: Tensor) -> Tensor:
-        """The ``(F, F, k)`` conv weight's active taps as the ``(F, n_active·F)`` ``taps`` matrix."""
-        return full[:, :, : self.n_active].permute(0, 2, 1).reshape(self.channels, -1).contiguous()
+        """The ``(F, F, k)`` conv weight's active taps as the ``(n_active, F, F)`` ``taps``."""
+        return full[:, :, : self.n_active].permute(2, 0, 1).contiguous()
 
     @property
     def weight(self) -> Tensor:
         """The full ``(F, F, k)`` weight, masked taps zero (differentiable, a new tensor)."""
-        active = self.taps.view(self.channels, self.n_active, self.channels).permute(0, 2, 1)
-        return F.pad(active, (0, self.kernel_size - self.n_active))
+        return F.pad(self.taps.permute(1, 2, 0), (0, self.kernel_size - self.n_active))
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         weight = self.weight
@@ -141,21 +176,19 @@ class MaskedCausalConv1d(nn.Module):
         if prefix + "taps" in missing_keys:
             missing_keys.remove(prefix + "taps")
 
-    def forward_packed(self, x: Tensor, positions: Tensor) -> Tensor:
-        """Args: x (N, F) rows of several sequences back to back; positions (N,) step index of
-        each row inside its own sequence. Returns (N, F)."""
-        pad, n_rows, dim = self.n_active - 1, x.shape[0], x.shape[1]
-        columns = x.new_empty(n_rows, self.n_active * dim)  # [x_{t-pad} .. x_t], one copy of each lag
-        for lag in range(pad, -1, -1):  # tap j sees lag = pad - j
-            block = columns[:, (pad - lag) * dim : (pad - lag + 1) * dim]
-            if lag == 0:
-                block.copy_(x)
-                continue
-            shift = min(lag, n_rows)
-            block[:shift].zero_()
-            block[shift:].copy_(x[: n_rows - shift])
-            block.masked_fill_((positions < lag).unsqueeze(1), 0.0)  # before each sequence's start
-        return F.linear(columns, self.taps, self.bias)
+    def forward_packed(self, x: Tensor, positions: Tensor, source: Tensor | None = None) -> Tensor:
+        """Args: x (U, F) feature rows; positions (N,) step index of each output row inside its
+        own sequence, the sequences back to back; source (N,) the row of x each step reads (None:
+        step n reads row n). Returns (N, F)."""
+        n_steps = positions.shape[0]
+        source = torch.arange(n_steps, device=x.device) if source is None else source
+        outside = x.shape[0] * self.n_active  # the zero row of _TapsProduct's products
+        flat = torch.empty(n_steps, self.n_active, dtype=torch.long, device=x.device)
+        for tap in range(self.n_active):  # tap j sees lag = n_active - 1 - j
+            lag = self.n_active - 1 - tap
+            earlier = torch.cat([source.new_zeros(min(lag, n_steps)), source[: n_steps - lag]]) if lag else source
+            flat[:, tap] = torch.where(positions >= lag, earlier * self.n_active + tap, outside + tap)
+        return _TapsProduct.apply(x, self.taps, self.bias, flat)
 
     def forward(self, x: Tensor) -> Tensor:
         """Args: x (B, F, T) as for nn.Conv1d (all steps valid). Returns (B, F, T)."""
@@ -216,28 +249,51 @@ class CSLTAL(nn.Module):
         batch, steps, _ = x.shape
         if mask is None:
             mask = torch.ones(batch, steps, dtype=torch.bool, device=x.device)
-        elif mask.shape != (batch, steps) or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be a bool tensor of shape {(batch, steps)}, "
-                             f"got {mask.dtype} {tuple(mask.shape)}")
-        elif steps > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
+        self._check_mask(mask, (batch, steps))
+        packed = x[mask]  # (N, F), row-major: each sequence's steps back to back
+        return self._forward_packed(packed, None, mask, with_tcam=with_tcam)
+
+    def forward_rows(self, rows: Tensor, source: Tensor, mask: Tensor, *, with_tcam: bool = True) -> ModelOutput:
+        """The forward of ``x = rows[source]`` (right-padded by ``mask``) without building x: each
+        distinct row goes through the conv's product (and the T-CAM's classifier) once.
+
+        Args:
+            rows: (U, F) feature rows; source: (B, T) long, the row step t of sequence b reads
+                (any valid index on padding); mask: (B, T) bool, right-padded.
+        """
+        if rows.ndim != 2 or rows.shape[1] != self.config.feature_dim:
+            raise ValueError(f"rows must be (U, {self.config.feature_dim}), got {tuple(rows.shape)}")
+        if source.ndim != 2 or source.dtype != torch.long:
+            raise ValueError(f"source must be a (B, T) long tensor, got {source.dtype} {tuple(source.shape)}")
+        self._check_mask(mask, tuple(source.shape))
+        return self._forward_packed(rows, source[mask], mask, with_tcam=with_tcam)
+
+    @staticmethod
+    def _check_mask(mask: Tensor, shape: tuple[int, int]) -> None:
+        if mask.shape != shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor of shape {shape}, got {mask.dtype} {tuple(mask.shape)}")
+        if shape[1] > 1 and bool((mask[:, 1:] & ~mask[:, :-1]).any()):
             raise ValueError("mask must be right-padded: True on a prefix of each row, then False")
 
-        packed = x[mask]  # (N, F), row-major: each sequence's steps back to back
-        positions = torch.arange(steps, device=x.device).expand(batch, steps)[mask]
-        rows = torch.arange(batch, device=x.device).unsqueeze(1).expand(batch, steps)[mask]
+    def _forward_packed(self, rows: Tensor, source: Tensor | None, mask: Tensor, *, with_tcam: bool) -> ModelOutput:
+        """``rows`` (U, F); step n of the packed valid steps reads ``rows[source[n]]`` (None: row n)."""
+        batch, steps = mask.shape
+        device = rows.device
+        positions = torch.arange(steps, device=device).expand(batch, steps)[mask]
+        sequence = torch.arange(batch, device=device).unsqueeze(1).expand(batch, steps)[mask]
+        columns = torch.arange(positions.shape[0], device=device) if source is None else source
 
-        hidden = self.conv.forward_packed(packed, positions)  # no activation after the conv (§1.1)
+        hidden = self.conv.forward_packed(rows, positions, source)  # no activation after the conv (§1.1)
         lam = torch.sigmoid(self.attention(hidden)).squeeze(1)  # (N,)
-        # Σ_t λ_t x_t per sequence, as one (B, N) @ (N, F) product (scatter-adds are slow on CPU)
-        columns = torch.arange(packed.shape[0], device=x.device)
-        pooled = x.new_zeros(batch, packed.shape[0]).index_put((rows, columns), lam) @ packed
-        video_score = torch.sigmoid(self.classifier(pooled)).squeeze(1)
+        # Σ_t λ_t x_t per sequence, as one (B, U) @ (U, F) product (scatter-adds are slow on CPU)
+        weights = rows.new_zeros(batch, rows.shape[0]).index_put((sequence, columns), lam, accumulate=True)
+        video_score = torch.sigmoid(self.classifier(weights @ rows)).squeeze(1)
 
-        attention = x.new_zeros(batch, steps).masked_scatter(mask, lam)
+        attention = rows.new_zeros(batch, steps).masked_scatter(mask, lam)
         tcam = None
         if with_tcam:
-            tcam_packed = torch.sigmoid(self.classifier(packed)).squeeze(1)
-            tcam = x.new_zeros(batch, steps).masked_scatter(mask, tcam_packed)
+            per_row = torch.sigmoid(self.classifier(rows)).squeeze(1)
+            tcam = rows.new_zeros(batch, steps).masked_scatter(mask, per_row if source is None else per_row[source])
         return ModelOutput(attention, video_score, tcam)
 
     def num_parameters(self) -> int:

@@ -23,20 +23,32 @@ __all__ = ["Batch", "make_batch", "batches_per_epoch", "epoch_batches", "iterate
 
 @dataclass(frozen=True)
 class Batch:
-    """One training batch. x: (B*K, T, F) float32, views of sample b at rows b*K .. b*K+K-1;
-    mask: (B, T) bool, valid steps of sample b (shared by its views); labels: (B,) float32."""
+    """One training batch, its views not copied out of their rows.
 
-    x: Tensor
+    rows: (U, F) float32, every feature row some view of the batch uses, once (the two random
+    views of a sample share about a third of their rows); source: (B*K, T) long, view row r's
+    step t is ``rows[source[r, t]]`` (0 on padding); the views of sample b are rows b*K .. b*K+K-1;
+    mask: (B, T) bool, valid steps of sample b (shared by its views); labels: (B,) float32.
+    """
+
+    rows: Tensor
+    source: Tensor
     mask: Tensor
     labels: Tensor
 
     @property
     def n_views(self) -> int:
-        return self.x.shape[0] // self.labels.shape[0]
+        return self.source.shape[0] // self.labels.shape[0]
+
+    @property
+    def x(self) -> Tensor:
+        """(B*K, T, F) the views right-padded with zeros, the layout `CSLTAL.forward` takes."""
+        valid = self.mask.repeat_interleave(self.n_views, dim=0)
+        return self.rows[self.source] * valid.unsqueeze(2).to(self.rows.dtype)
 
 
 def make_batch(arrays: Sequence[np.ndarray], views: Sequence[np.ndarray], labels: Sequence[int]) -> Batch:
-    """Right-pad the views of several samples into one Batch.
+    """Collect the views of several samples into one Batch, right-padded.
 
     Args:
         arrays: per sample a (T_b, F) float32 array.
@@ -46,13 +58,18 @@ def make_batch(arrays: Sequence[np.ndarray], views: Sequence[np.ndarray], labels
     n_views = views[0].shape[0]
     lengths = [v.shape[1] for v in views]
     steps = max(lengths)
-    x = np.zeros((len(arrays) * n_views, steps, arrays[0].shape[1]), dtype=np.float32)
+    used = [np.unique(v, return_inverse=True) for v in views]
+    rows = np.empty((sum(u.size for u, _ in used), arrays[0].shape[1]), dtype=np.float32)
+    source = np.zeros((len(arrays) * n_views, steps), dtype=np.int64)
     mask = np.zeros((len(arrays), steps), dtype=bool)
-    for b, (array, idx) in enumerate(zip(arrays, views)):
-        for k in range(n_views):
-            x[b * n_views + k, : lengths[b]] = array[idx[k]]
+    start = 0
+    for b, (array, (distinct, inverse)) in enumerate(zip(arrays, used)):
+        np.take(array, distinct, axis=0, out=rows[start : start + distinct.size])
+        source[b * n_views : (b + 1) * n_views, : lengths[b]] = start + inverse.reshape(n_views, lengths[b])
         mask[b, : lengths[b]] = True
-    return Batch(torch.from_numpy(x), torch.from_numpy(mask), torch.tensor(labels, dtype=torch.float32))
+        start += distinct.size
+    return Batch(torch.from_numpy(rows), torch.from_numpy(source), torch.from_numpy(mask),
+                 torch.tensor(labels, dtype=torch.float32))
 
 
 def _class_counts(labels: np.ndarray) -> tuple[int, int]:

@@ -158,10 +158,11 @@ class TrainConfig:
 
 
 def batch_loss(model: CSLTAL, batch: Batch, *, loss_config: LossConfig) -> LossTerms:
-    """One forward pass over every view of the batch, then the CSL-TAL loss."""
+    """One forward pass over every view of the batch (each distinct feature row once), then the CSL-TAL loss."""
     n_samples, n_views = batch.labels.shape[0], batch.n_views
     with_mil = loss_config.w_mil > 0
-    out = model(batch.x, batch.mask.repeat_interleave(n_views, dim=0), with_tcam=with_mil)
+    out = model.forward_rows(batch.rows, batch.source, batch.mask.repeat_interleave(n_views, dim=0),
+                             with_tcam=with_mil)
     wtcam = out.weighted_tcam.view(n_samples, n_views, -1) if with_mil else None
     return csl_loss(out.attention.view(n_samples, n_views, -1), out.video_score.view(n_samples, n_views),
                     batch.labels, batch.mask, config=loss_config, wtcam=wtcam)

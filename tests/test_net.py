@@ -62,13 +62,51 @@ def test_masked_taps_are_zero_and_get_no_gradient_and_init_follows_pytorch() -> 
     bound = 1 / math.sqrt(32 * 5)
     assert conv.weight.abs().max() <= bound and conv.weight.abs().max() > 0.95 * bound
     # only the active taps are parameters: no gradient, no Adam moments for the masked ones
-    assert [(name, tuple(p.shape)) for name, p in conv.named_parameters()] == [("taps", (32, 96)), ("bias", (32,))]
+    assert [(name, tuple(p.shape)) for name, p in conv.named_parameters()] == [("taps", (3, 32, 32)), ("bias", (32,))]
     optimizer = torch.optim.Adam(conv.parameters(), lr=0.1)
     conv.forward_packed(torch.randn(7, 32), torch.arange(7)).square().sum().backward()
     assert conv.taps.grad.abs().max() > 0
     optimizer.step()
     assert conv.weight[:, :, 3:].abs().max() == 0
     assert set(conv.state_dict()) == {"weight", "bias"} and conv.state_dict()["weight"].shape == (32, 32, 5)
+
+
+def test_conv_on_shared_rows_equals_the_conv_on_copies_with_exact_gradients() -> None:
+    torch.manual_seed(0)
+    conv = MaskedCausalConv1d(6, 5).double()
+    rows = torch.randn(7, 6, dtype=torch.float64, requires_grad=True)
+    # two sequences of 4 and 3 steps reading shared rows (as two views of one sample do)
+    source, positions = torch.tensor([0, 2, 3, 5, 1, 2, 6]), torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    copies = rows[source]
+    torch.testing.assert_close(conv.forward_packed(rows, positions, source), conv.forward_packed(copies, positions))
+    assert torch.autograd.gradcheck(lambda r, t, b: _conv_with(conv, t, b).forward_packed(r, positions, source),
+                                    (rows, conv.taps, conv.bias))
+
+
+def _conv_with(conv: MaskedCausalConv1d, taps: torch.Tensor, bias: torch.Tensor) -> MaskedCausalConv1d:
+    """The same conv computing with the given (gradcheck's) tensors."""
+    clone = MaskedCausalConv1d.__new__(MaskedCausalConv1d)
+    clone.__dict__.update(conv.__dict__)
+    clone._parameters = {"taps": taps, "bias": bias}
+    return clone
+
+
+@pytest.mark.parametrize("attention", ["mlp", "gated"])
+def test_forward_rows_equals_the_forward_of_the_copied_rows(attention: str) -> None:
+    model = _model(attention=attention)
+    torch.manual_seed(2)
+    rows = torch.rand(9, 16)
+    source = torch.tensor([[0, 1, 3, 4], [0, 2, 3, 5], [6, 7, 8, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]).bool()
+    fast, plain = model.forward_rows(rows, source, mask), model(rows[source], mask)
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b)
+    fast.video_score.sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    plain.video_score.sum().backward()
+    for a, p in zip(fast_grads, model.parameters()):
+        torch.testing.assert_close(a, p.grad)
 
 
 def test_state_dict_keeps_the_conv1d_layout_and_ignores_masked_taps_on_load() -> None:

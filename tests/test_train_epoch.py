@@ -134,13 +134,16 @@ def test_preloaded_features_make_the_same_batches_as_reading_files(tmp_path: Pat
 
 
 class _FullWeightConv(nn.Conv1d):
-    """The conv vadpipe had before: the full (F, F, k) parameter, sliced to its active taps per forward."""
+    """The conv vadpipe had before: the full (F, F, k) parameter, sliced to its active taps per
+    forward, on every view step's own copy of its row."""
 
     def __init__(self, channels: int, kernel_size: int) -> None:
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2)
         self.n_active = kernel_size // 2 + 1
 
-    def forward_packed(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    def forward_packed(self, x: torch.Tensor, positions: torch.Tensor, source: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        x = x if source is None else x[source]  # one copy per view step
         pad, columns = self.n_active - 1, []
         for lag in range(pad, -1, -1):
             if lag == 0:
@@ -153,7 +156,9 @@ class _FullWeightConv(nn.Conv1d):
 
 
 @pytest.mark.parametrize("recipe", ["paper", "default"])
-def test_active_taps_conv_trains_bit_for_bit_like_the_full_weight_conv(tmp_path: Path, recipe: str) -> None:
+def test_active_taps_conv_trains_like_the_full_weight_conv(tmp_path: Path, recipe: str) -> None:
+    """The conv's products on shared rows sum in another order than before: equal to float
+    rounding after 6 Adam steps (the recipes' behaviour is unchanged)."""
     data = open_training_set(_features(tmp_path / "f", [40, 7, 21, 5, 33, 12, 18, 9], seed=3))
     config = replace(RECIPES[recipe].training, batch_size=4, model=ModelConfig(feature_dim=DIM))
     torch.manual_seed(config.seed)
@@ -162,6 +167,7 @@ def test_active_taps_conv_trains_bit_for_bit_like_the_full_weight_conv(tmp_path:
     before = CSLTAL(config.model)
     before.conv = _FullWeightConv(DIM, 5)
     before.load_state_dict(model.state_dict())  # the same init (tested in test_net), full layout
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
     optimizers = [make_optimizer(m, config=config) for m in (model, before)]
     for epoch in (1, 2):
         for batch in iterate_batches(data, config=config, epoch=epoch):
@@ -171,7 +177,8 @@ def test_active_taps_conv_trains_bit_for_bit_like_the_full_weight_conv(tmp_path:
                 optimizer.step()
     after, reference = model.state_dict(), before.state_dict()
     for name, value in reference.items():
-        torch.testing.assert_close(after[name], value, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(after[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    assert (after["conv.weight"] - initial["conv.weight"]).abs().max() > 1e-5  # it did train
 
 
 def test_resume_reads_checkpoints_of_the_full_weight_layout(tmp_path: Path) -> None:
@@ -192,9 +199,9 @@ def test_resume_reads_checkpoints_of_the_full_weight_layout(tmp_path: Path) -> N
     state = json.loads(state_file.read_text())
     tensors = load_safetensors((half / "checkpoint" / state["tensors"]).read_bytes())
     for kind in ("exp_avg", "exp_avg_sq"):
-        taps = tensors.pop(f"adam.conv.taps.{kind}")  # (F, 3F): tap j of input i at column j*F + i
+        taps = tensors.pop(f"adam.conv.taps.{kind}")  # (3, F, F): taps[j] = W_j
         full = torch.zeros(DIM, DIM, 5)
-        full[:, :, :3] = taps.view(DIM, 3, DIM).permute(0, 2, 1)
+        full[:, :, :3] = taps.permute(1, 2, 0)
         tensors[f"adam.conv.weight.{kind}"] = full
     state["adam_steps"]["conv.weight"] = state["adam_steps"].pop("conv.taps")
     data = save_safetensors(tensors)
