@@ -13,9 +13,16 @@ file's own bitrate, looping), watched in-process by `vadpipe.watch.Watch` with a
         RSS every 10 s over a long run (lag policy on: the drops keep memory flat); prints the
         table and the slope of a line fitted to the second half (--trim-samples: also after
         malloc_trim, i.e. without the free pages glibc keeps).
-    python bench/live.py gate --model RUN --video LONG_NORMAL.mp4
-        false alarms of the live video gate on long normal footage: events per hour with the
-        run's operating point, gate on vs off (--video-threshold 0).
+    python bench/live.py gate --model RUN [--video LONG_NORMAL.mp4 | --synth-minutes 6]
+            [--gate-windows 16,32,64,128] [--runtime openvino]
+        false alarms of the live video gate on long normal footage: `start` events per hour at
+        the run's operating point, without the gate and with it over each trailing window; then
+        the same at a curve threshold low enough to fire on the footage (--probe-quantile of its
+        clip scores), to see what the gate removes when the curve alone would alarm.
+        Without --video, one long normal plaza is rendered by vadpipe.synth (the demo's look,
+        a seed no demo video uses). I3D runs once: the first watch records every clip's
+        features (keyed by a hash of the clip's pixels), and each setting is a full watch of the
+        file whose encoder replays them, so all settings score the same features.
 
 Prints JSON on stdout; say the machine's load (uptime) when quoting a figure.
 """
@@ -215,22 +222,110 @@ def bench_soak(args) -> dict:
             "samples": samples, "load": os.getloadavg()}
 
 
+class RecordingEncoder:
+    """An encoder that records each clip's features by a hash of its pixels (``replay=False``), or
+    serves the recorded ones (``replay=True``); clips it never saw (watch's throughput probe on
+    a blank batch) go to the real network. Every setting then scores the same I3D features."""
+
+    def __init__(self, encoder) -> None:
+        self.encoder = encoder
+        self.device = encoder.device
+        self.features: dict[bytes, np.ndarray] = {}
+        self.replay = False
+        self.computed = 0  # clips the real network ran on (crops)
+        self.seconds = 0.0
+
+    @staticmethod
+    def _key(crop) -> bytes:
+        import hashlib
+
+        return hashlib.blake2b(crop.numpy().tobytes(), digest_size=16).digest()
+
+    def __call__(self, clips):
+        keys = [self._key(c) for c in clips]
+        if self.replay and all(k in self.features for k in keys):
+            return np.stack([self.features[k] for k in keys])
+        t0 = time.perf_counter()
+        out = self.encoder(clips)
+        self.seconds += time.perf_counter() - t0
+        self.computed += len(clips)
+        if not self.replay:
+            self.features.update(zip(keys, out))
+        return out
+
+
+def long_normal_video(folder: Path, minutes: float, seed: int) -> Path:
+    """One normal plaza of ``minutes`` (the demo's look: vadpipe.synth defaults, 25 fps)."""
+    from vadpipe.synth import SynthConfig, render_video
+
+    config = SynthConfig()
+    n = int(round(minutes * 60 * config.fps))
+    path = folder / f"normal_plaza_{n}f_seed{seed}.mp4"
+    if not path.exists():
+        render_video(path, n_frames=n, anomaly=None, config=config, seed=seed)
+    return path
+
+
+def _gate_row(label: str, op: OperatingPoint, window: int, sink: Collect, clips: list[dict], seconds: float) -> dict:
+    summary = next(e for e in sink.events if e["event"] == "summary")
+    hours = summary["frames"] / 25.0 / 3600
+    starts = [e for e in sink.events if e["event"] == "start"]
+    ends = [e for e in sink.events if e["event"] == "end"]
+    gate = np.array([c["gate_score"] for c in clips if "gate_score" in c])
+    wtcam = np.array([c["wtcam"] for c in clips])
+    vt = op.video_threshold
+    return {"setting": label, "threshold": round(op.threshold, 4), "video_threshold": round(vt, 4),
+            "gate_window_clips": window if vt > 0 else None, "events": len(starts),
+            "events_per_hour": round(len(starts) / hours, 1), "alarm_s": round(sum(e["end_s"] - e["start_s"] for e in ends), 2),
+            "clips": summary["clips"], "footage_min": round(hours * 60, 2),
+            "clips_above_threshold": int((wtcam > op.threshold).sum()), "max_clip_score": round(float(wtcam.max()), 4),
+            "gate_open_share": round(float(np.mean(gate >= vt)), 4) if gate.size else None,
+            "gate_score": {"min": round(float(gate.min()), 4), "median": round(float(np.median(gate)), 4),
+                           "max": round(float(gate.max()), 4)} if gate.size else None,
+            "offline_video_score": summary["video_score"], "wall_s": round(seconds, 1)}
+
+
 def bench_gate(args) -> dict:
+    from dataclasses import replace
+
     run = load_run(args.model)
-    results = {}
-    for label, vt in (("run_gate", None), ("no_gate", 0.0)):
-        op = OperatingPoint.for_run(run.config.operating_point, where="run", video_threshold=vt)
-        if vt is None:
-            op = OperatingPoint.for_run(run.config.operating_point, where="run")
-        sink = Collect()
-        w = make_watch(args, [str(args.video)], op, sink, lag="wait", gate_window=args.gate_window)
+    saved = OperatingPoint.for_run(run.config.operating_point, where="run")
+    if saved.video_threshold <= 0:
+        raise SystemExit(f"{args.model}: the run's operating point has no video gate (video_threshold 0)")
+    video = args.video or long_normal_video(args.work, args.synth_minutes, args.synth_seed)
+    settings = replace(run_extraction_settings(run), runtime=args.runtime)
+    encoder, settings = _encoder_for(settings, weights=None, device=args.device)
+    recorder = RecordingEncoder(encoder)
+    windows = [int(w) for w in args.gate_windows.split(",")]
+
+    def watch(label: str, op: OperatingPoint, window: int) -> dict:
+        sink, clips = Collect(), []
+        t0 = time.perf_counter()
+        w = Watch([parse_source(str(video), name="plaza")], run, recorder, settings, op,
+                  WatchConfig(lag="wait", gate_window=window, batch_size=args.batch_size), block_len=run.config.block_len,
+                  sinks=[sink], on_clip=clips.append, log=lambda m: print(m, file=sys.stderr))
         w.run_until_done()  # the whole file, nothing dropped
-        starts = [e for e in sink.events if e["event"] == "start"]
-        clips = w.statuses()[0].clips
-        hours = clips * 16 / 25 / 3600
-        results[label] = {"video_threshold": op.video_threshold, "threshold": op.threshold, "starts": len(starts),
-                          "footage_h": round(hours, 4), "events_per_hour": len(starts) / hours if hours else None}
-    return {"bench": "gate", "gate_window": args.gate_window, **results, "load": os.getloadavg()}
+        recorder.replay = True  # every later setting scores the recorded features
+        row = _gate_row(label, op, window, sink, clips, time.perf_counter() - t0)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        return row, clips
+
+    results = []
+    first, clips = watch("no_gate", replace(saved, video_threshold=0.0), windows[0])
+    results.append(first)
+    results += [watch(f"gate_{w}", saved, w)[0] for w in windows]
+    # the same footage at a curve threshold low enough to fire on it (its 98th percentile clip
+    # score): what the gate removes when the curve alone would alarm
+    probe = float(np.quantile([c["wtcam"] for c in clips], args.probe_quantile))
+    low = replace(saved, threshold=probe, method="manual")
+    results.append(watch("no_gate_low_threshold", replace(low, video_threshold=0.0), windows[0])[0])
+    results += [watch(f"gate_{w}_low_threshold", low, w)[0] for w in windows]
+    return {"bench": "gate", "video": str(video), "runtime": args.runtime, "threshold": saved.threshold,
+            "video_threshold": saved.video_threshold, "min_duration_s": saved.min_duration_s,
+            "merge_gap_s": saved.merge_gap_s, "probe_threshold": probe, "probe_quantile": args.probe_quantile,
+            "i3d_clips_computed": recorder.computed,
+            "i3d_s_per_clip": round(recorder.seconds / max(recorder.computed, 1), 3),
+            "settings": results, "load": os.getloadavg()}
 
 
 def main() -> None:
@@ -244,7 +339,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--video", type=Path)
-    parser.add_argument("--gate-window", type=int, default=64)
+    parser.add_argument("--gate-windows", default="16,32,64,128",
+                        help="gate: trailing windows (clips) to compare, from the same features")
+    parser.add_argument("--synth-minutes", type=float, default=6.0, help="gate: length of the rendered normal plaza")
+    parser.add_argument("--synth-seed", type=int, default=9001)
+    parser.add_argument("--probe-quantile", type=float, default=0.98,
+                        help="gate: also run at this quantile of the footage's clip scores as the curve threshold")
+    parser.add_argument("--runtime", choices=["torch", "openvino"], default="torch",
+                        help="gate: I3D runtime (openvino: about half the CPU time, features equal to rounding)")
     parser.add_argument("--work", type=Path, default=Path("bench-live"))
     parser.add_argument("--trim-samples", action="store_true",
                         help="soak: also report RSS after malloc_trim at each sample (live memory)")
