@@ -5,9 +5,10 @@ The video job is ``vadpipe.extract.job``'s, cut into Ray pieces:
 1. hash tasks (one CPU each) read every video for its sha256, in parallel on the cluster;
 2. the driver names the cache entries in input order (``EntryNamer``, so the names are the
    local executors'), drops in-run duplicates and skips entries that are complete and current;
-3. one video task per remaining video (one CPU) claims the entry (``claim_entry``: lock, skip
-   when complete and current), decodes and crops the clips, sends each batch (``clips_per_batch``)
-   to an ``I3DBatchEncoder`` actor, and writes the entry;
+3. once the actors are up, one video task per remaining video (one CPU) claims the entry
+   (``claim_entry``: lock, skip when complete and current; held by another run: the driver
+   waits and looks again, without a task), decodes and crops the clips, sends each batch
+   (``clips_per_batch``) to an ``I3DBatchEncoder`` actor, and writes the entry;
 4. the driver's ``Collector`` takes the results, writes ``failures.jsonl`` and the report.
 
 There is one encoder actor per GPU of the cluster (``num_gpus=1`` each), or a single CPU actor
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -44,6 +46,8 @@ __all__ = ["I3DBatchEncoder", "run_on_ray", "import_ray"]
 
 _IN_FLIGHT_BATCHES = 2  # batches a video task may have queued at its actor (bounds object store use)
 _CANCEL_WAIT_S = 30.0  # how long an interrupted driver waits for its cancelled tasks to end
+_RECLAIM_S = 1.0  # how often the driver looks at a video another run holds
+_CONNECT_S = 10.0  # for the cluster's address to accept a connection
 
 
 def import_ray():
@@ -106,16 +110,20 @@ class I3DBatchEncoder:
 
 
 def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, settings_dict: dict,
-               batch_size: int, encoder: Any, timeout_s: float) -> VideoResult:
-    """Ray task: the video job for one video, its clips encoded by the ``encoder`` actor."""
+               batch_size: int, encoder: Any, timeout_s: float) -> VideoResult | None:
+    """Ray task: the video job for one video, its clips encoded by the ``encoder`` actor; None
+    when another process (another driver's task, a local run) holds the video's claim."""
     ray = import_ray()
     settings = ExtractionSettings.from_dict(settings_dict)
     out = Path(out_dir)
     src = Path(source)
     n_crops = len(settings.crop_names)
     per_batch = job.clips_per_batch(batch_size, n_crops)
-    # blocking: another process computing this video finishes it first, and then it is skipped
-    claim = job.claim_entry(out, stem, source_sha256=sha256, settings=settings, wait=True)
+    # not blocking: a task waiting for another run's lock would hold a CPU that run may need
+    # (for its actor), so the driver waits instead and asks again (``_Waiting``)
+    claim = job.claim_entry(out, stem, source_sha256=sha256, settings=settings, wait=False)
+    if claim is None:
+        return None
     if isinstance(claim, cache.CacheRecord):
         return VideoResult(source, "skipped", stem, claim.clips.count)
     try:
@@ -168,11 +176,34 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200]
 
 
+def _check_reachable(address: str | None) -> None:
+    """Fail at once, naming the address, when nothing answers at a ``host:port`` cluster address:
+    ``ray.init`` would retry an unreachable GCS for minutes (seen: more than 5). Ray dials the
+    machine's own address for a loopback one, so a cluster bound to 127.0.0.1 is unreachable too."""
+    if not address or address == "auto" or "://" in address:
+        return
+    try:  # the address Ray will dial (private, hence guarded: without it the check is skipped)
+        from ray._private.services import canonicalize_bootstrap_address
+
+        dialled = canonicalize_bootstrap_address(address)
+        host, _, port = dialled.rpartition(":")
+        target = (host.strip("[]"), int(port))
+    except Exception:
+        return
+    try:
+        socket.create_connection(target, timeout=_CONNECT_S).close()
+    except OSError as exc:
+        via = f" (Ray dials {dialled} for {address}: start the cluster on this machine's address, " \
+              "not on 127.0.0.1)" if dialled != address else ""
+        raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}{via}") from exc
+
+
 def _init_ray(ray, address: str | None) -> bool:
     """Connect (``address``: ``auto``, ``ray://...``, ``host:port``) or start a local instance;
     True when this call started Ray (and so must shut it down)."""
     if ray.is_initialized():
         return False
+    _check_reachable(address)
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a local instance for this run only
@@ -283,20 +314,30 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
     settings_dict = settings.to_dict()
     in_flight: dict[Any, tuple[int, Path, float]] = {}  # ref -> (index, source, deadline)
     pending = list(reversed(jobs))
+    by_index = {j[0]: j for j in jobs}
+    waiting = _Waiting(out_dir, settings, timeout_s)
     loop_started = time.perf_counter()
-    checked = False
     interrupted = False
     try:
-        while pending or in_flight:
+        # the actors hold their CPU/GPU before any video task takes one: tasks that wait for an
+        # actor no node has room for would never end (two drivers on one cluster)
+        _check_encoders(ray, actors, timeout_s)
+        while pending or in_flight or waiting:
+            for i, event in waiting.due():  # videos another run held: done by it, or free now
+                if event is None:
+                    pending.append(by_index[i])
+                else:
+                    collect.take(i, event)
             while pending and len(in_flight) < limit:
                 i, source, stem, sha, size = pending.pop()
                 ref = video_task.remote(str(source), stem, sha, size, str(out_dir), settings_dict, run.batch_size,
                                         actors[i % len(actors)], timeout_s)
                 in_flight[ref] = (i, source, time.monotonic() + timeout_s)
-            if not checked:  # the first tasks start decoding while the actors load the network
-                _check_encoders(ray, actors, timeout_s)
-                checked = True
-            first_deadline = min(d for _, _, d in in_flight.values())
+            if not in_flight:  # only videos another run holds are left (or none: the loop ends)
+                if waiting:
+                    time.sleep(max(0.0, waiting.next_due() - time.monotonic()))
+                continue
+            first_deadline = min(min(d for _, _, d in in_flight.values()), waiting.next_due())
             ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=max(0.0, first_deadline - time.monotonic()))
             if not ready:  # bounded: a task on a stalled node fails its video, the run goes on
                 now = time.monotonic()
@@ -309,7 +350,11 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
             for ref in ready:
                 i, source, _ = in_flight.pop(ref)
                 try:
-                    collect.add(i, ray.get(ref))
+                    result = ray.get(ref)
+                    if result is None:  # another run holds the video
+                        waiting.add(i, by_index[i])
+                    else:
+                        collect.add(i, result)
                 except ray.exceptions.RayTaskError as exc:
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, CacheError):  # the cache is unwritable: stop, as locally
@@ -332,6 +377,47 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
         report.input_wait_s = max(0.0, report.loop_s - report.network_s)
         for a in actors:  # free the GPUs now, not when the driver exits
             ray.kill(a)
+
+
+class _Waiting:
+    """Videos whose claim another run held when their task ran. The driver (which sees the shared
+    cache too) looks again every ``_RECLAIM_S``: the entry complete -> ``Skipped``; the claim free
+    -> None (submit the task again); still held after ``timeout_s`` -> ``Failed``."""
+
+    def __init__(self, out_dir: Path, settings: ExtractionSettings, timeout_s: float) -> None:
+        self._out, self._settings, self._timeout_s = out_dir, settings, timeout_s
+        self._videos: dict[int, tuple[tuple[int, Path, str, str, int], float, float]] = {}  # i -> job, since, due
+
+    def __bool__(self) -> bool:
+        return bool(self._videos)
+
+    def add(self, i: int, video_job: tuple[int, Path, str, str, int]) -> None:
+        since = self._videos[i][1] if i in self._videos else time.monotonic()
+        self._videos[i] = (video_job, since, time.monotonic() + _RECLAIM_S)
+
+    def next_due(self) -> float:
+        return min((due for _, _, due in self._videos.values()), default=float("inf"))
+
+    def due(self) -> list[tuple[int, Skipped | Failed | None]]:
+        now, out = time.monotonic(), []
+        for i, (video_job, since, due) in sorted(self._videos.items()):
+            if due > now:
+                continue
+            _, source, stem, sha, _ = video_job
+            claim = job.claim_entry(self._out, stem, source_sha256=sha, settings=self._settings, wait=False)
+            if isinstance(claim, cache.CacheRecord):
+                out.append((i, Skipped(source, stem, claim.clips.count)))
+            elif claim is not None:
+                claim.release()
+                out.append((i, None))
+            elif now - since > self._timeout_s:
+                out.append((i, Failed(source, f"{source}: another run has held its cache entry for more than "
+                                              f"{self._timeout_s:g} s (a stalled run?)")))
+            else:
+                self._videos[i] = (video_job, since, now + _RECLAIM_S)
+                continue
+            del self._videos[i]
+        return out
 
 
 def _stop_tasks(ray, refs: list) -> None:

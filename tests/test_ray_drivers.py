@@ -1,7 +1,8 @@
 """The driver's side of the Ray engine: ``vadpipe extract --engine ray --address ...`` run as a
 subprocess against a real multi-node cluster on this machine (``ray.cluster_utils.Cluster``: a
 head and two worker nodes, each with its own raylet and object store), interrupted
-(SIGINT), killed (SIGKILL), and run twice at once on one cache (two users on one cluster).
+(SIGINT), killed (SIGKILL), run twice at once on one cache (two users on one cluster), and
+pointed at an address where no cluster answers.
 
 The videos are extracted at the CLI's full 224 px geometry (the command has no smaller one), so
 they are few and short. Every test checks the cache against the local engine's, byte for byte.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -306,3 +308,36 @@ def test_two_drivers_on_one_cache_compute_each_video_once(cluster, videos, refer
     assert held_locks(out) == [] and not list(out.glob(".*.tmp"))
     print(f"\ntwo drivers: computed {sorted(computed[0])} / {sorted(computed[1])}; "
           f"{time.monotonic() - t0:.0f} s")
+
+
+def _machine_address() -> str:
+    """The address of this machine's default route, as Ray picks it; 127.0.0.1 without one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("8.8.8.8", 80))  # no packet is sent: this only picks the route
+            return s.getsockname()[0]
+        except OSError:
+            return "127.0.0.1"
+
+
+def test_an_unreachable_cluster_address_fails_at_once(videos, tmp_path):
+    """``ray.init`` retries an unreachable cluster for minutes; the driver checks the address first
+    and exits with status 2 naming it: nothing listening, and a cluster bound to 127.0.0.1 (a
+    listener stands in for its GCS), which Ray dials at the machine's own address."""
+    ip = _machine_address()
+    if ip == "127.0.0.1":
+        pytest.skip("this machine has no address but loopback: Ray dials 127.0.0.1 itself")
+    with socket.socket() as closed, socket.socket() as loopback_gcs:
+        closed.bind((ip, 0))  # a port nothing listens on
+        loopback_gcs.bind(("127.0.0.1", 0))
+        loopback_gcs.listen()
+        cases = {f"{ip}:{closed.getsockname()[1]}": "",
+                 f"127.0.0.1:{loopback_gcs.getsockname()[1]}": "start the cluster on this machine's address"}
+        for address, hint in cases.items():
+            t0 = time.monotonic()
+            proc = subprocess.run(extract_cmd(videos, tmp_path / "cache", address), capture_output=True, text=True,
+                                  timeout=120)
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            assert f"error: cannot reach the Ray cluster at {address}: " in proc.stderr and hint in proc.stderr
+            assert "Traceback" not in proc.stderr
+            print(f"\n{address}: exit 2 after {time.monotonic() - t0:.1f} s: {proc.stderr.strip().splitlines()[-1]}")
