@@ -49,7 +49,7 @@ step precision 60 "$py" bench/precision.py --device cuda --batch-size 32 --repea
 step extract 180 "$py" bench/extract.py --device cuda --precision fp32,bf16 --decode-procs 0,4,all \
   --size 1280x720 --seconds 8 --copies 8 --batch-size 32
 if [ -f bench/live.py ]; then step live 60 "$py" bench/live.py --device cuda; fi
-step train 60 "$py" bench/train.py --videos 400 --max-batches 20
+step train 60 "$py" bench/train.py --videos 100 --repeats 1 --max-batches 20
 
 "$py" - "$out" <<'PY'
 import json, sys
