@@ -319,8 +319,8 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
     loop_started = time.perf_counter()
     interrupted = False
     try:
-        # the actors hold their CPU/GPU before any video task takes one: tasks that wait for an
-        # actor no node has room for would never end (two drivers on one cluster)
+        # the actors hold their CPU/GPU before any video task takes one: tasks waiting for an
+        # actor no node has room for would hold their CPUs until the timeout (two drivers)
         _check_encoders(ray, actors, timeout_s)
         while pending or in_flight or waiting:
             for i, event in waiting.due():  # videos another run held: done by it, or free now
