@@ -80,3 +80,27 @@ def test_damaged_record_raises_for_readers_and_is_recomputed_by_the_extractor(tm
         list(cache.iter_records(tmp_path))
     assert cache.reusable_record(tmp_path, "walk", source_sha256="a" * 64, settings_key="0123456789abcdef") is None
     assert cache.StemAssigner(tmp_path).assign(Path("/elsewhere/walk.mp4"), "d" * 64) == "walk"
+
+
+@pytest.mark.parametrize("after_record", [False, True])
+def test_an_interrupted_write_leaves_no_half_entry(tmp_path: Path, monkeypatch, after_record: bool) -> None:
+    """Ctrl-C (or a Ray task cancelled by its interrupted driver) while an entry is written: before
+    the record is in place, the feature and frame-time files already renamed are removed; just
+    after, the entry is kept, complete. The interrupt goes on either way."""
+    real = cache.atomic_write_text
+
+    def interrupted(path, text):
+        if after_record:
+            real(path, text)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache, "atomic_write_text", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path, _head())
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if after_record:
+        assert names == ["walk.json", "walk.times.npy", "walk__0.npy"]
+        rec = cache.read_record(tmp_path / "walk.json")
+        assert cache.entry_problem(tmp_path, rec, source_sha256="a" * 64, settings_key="0123456789abcdef") is None
+    else:
+        assert names == []
