@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,10 +46,13 @@ def ray_env():
     machine may see this cluster as its ``auto`` one)."""
     root = Path(tempfile.mkdtemp(prefix="vprd-", dir="/tmp"))
     (root / "ray").mkdir()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "disabled")
-        mp.setenv("RAY_TMPDIR", str(root))
-        yield root
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_AUTH_MODE", "disabled")
+            mp.setenv("RAY_TMPDIR", str(root))
+            yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
