@@ -12,6 +12,12 @@ averaged), and prints mean, min and max over seeds of frame AUC, frame AP, inter
 supervised linear probe's AP (bench/long_videos.py's ceiling) and each seed's share of it.
 
 Trainings run ``--jobs`` at a time, one thread each. The runs stay under DIR/SET/runs/.
+
+``--ensembles K`` also scores, per set and variant, the K-member ensembles of consecutive seeds
+(cyclically: with seeds 1-5 and K = 3, {1,2,3}, {2,3,4}, ..., {5,1,2}) of the runs just trained,
+through the same `score_video` (`vadpipe.model.ensemble.Ensemble`): frame AUC and AP only, since
+those members were trained with different held-out splits and have no common operating point
+(``vadpipe train --ensemble K`` trains its members on one split and calibrates their mean).
 """
 
 from __future__ import annotations
@@ -52,16 +58,22 @@ def variant_recipe(name: str, seed: int):
     return RECIPES[recipe].replaced(training={**training, "seed": seed}, loss=loss or None)
 
 
-def run_one(bench: BenchSet, runs: Path, variant: str, seed: int) -> dict:
+def run_one(bench: BenchSet, runs: Path, variant: str, seed: int, reuse: bool = False) -> dict:
     out = runs / f"{variant}-s{seed}"
-    if out.exists():
-        shutil.rmtree(out)
+    done = out / "bench_seconds.json"
     chosen = variant_recipe(variant, seed)
-    began = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        run = train_calibrated(bench.train, out_dir=out, config=chosen.training, calibration=chosen.calibration)
-        seconds = time.perf_counter() - began
+        if reuse and (out / "ood.safetensors").is_file():  # a finished run of an earlier invocation
+            run = out
+            seconds = json.loads(done.read_text())["train_s"] if done.is_file() else float("nan")
+        else:
+            if out.exists():
+                shutil.rmtree(out)
+            began = time.perf_counter()
+            run = train_calibrated(bench.train, out_dir=out, config=chosen.training, calibration=chosen.calibration)
+            seconds = time.perf_counter() - began
+            done.write_text(json.dumps({"train_s": seconds}))
         report = evaluate_run(run, bench.test, bench.test_annotations, protocol="standard")
     detection = report["detection"]
     return {"set": bench.name, "variant": variant, "seed": seed, "train_s": round(seconds, 1),
@@ -70,6 +82,26 @@ def run_one(bench: BenchSet, runs: Path, variant: str, seed: int) -> dict:
             "normal_flagged": detection["normal_videos_flagged"], "normal_videos": detection["normal_videos"],
             "anomalous_flagged": detection["anomalous_videos_flagged"],
             "anomalous_videos": detection["anomalous_videos"]}
+
+
+def posthoc_ensembles(bench: BenchSet, runs: Path, variant: str, seeds: list[int], size: int) -> list[dict]:
+    from vadpipe.model.data import parse_annotations, scan_features
+    from vadpipe.model.ensemble import Ensemble
+    from vadpipe.model.run import load_run
+    from vadpipe.postprocess.evaluate import evaluate_model
+
+    loaded = {seed: load_run(runs / f"{variant}-s{seed}") for seed in seeds}
+    features = scan_features(bench.test, split="test")
+    truth = parse_annotations(bench.test_annotations)
+    rows = []
+    for i in range(len(seeds)):
+        chosen = [seeds[(i + k) % len(seeds)] for k in range(size)]
+        model = Ensemble([loaded[s].model for s in chosen]).eval()
+        report = evaluate_model(model, features, truth, protocol="standard",
+                                block_len=loaded[chosen[0]].config.block_len)
+        rows.append({"set": bench.name, "variant": f"{variant} x{size}", "seeds": chosen,
+                     "frame_auc": report["frame"]["auc"], "frame_ap": report["frame"]["ap"]})
+    return rows
 
 
 def _job(args: tuple) -> dict:
@@ -109,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--variants", nargs="+", default=["default", "paper", "paper-noalign"], choices=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
+    parser.add_argument("--reuse", action="store_true",
+                        help="evaluate finished runs of an earlier invocation instead of training them again")
+    parser.add_argument("--ensembles", type=int, default=0,
+                        help="also score post-hoc ensembles of this many consecutive seeds (0: none)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -125,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         s = sets["long"]
         probes["long"] = probe_ceiling(s.train, s.test, parse_annotations(s.train_annotations),
                                        parse_annotations(s.test_annotations), seed=0)["frame_ap"]
-    jobs = [(s, args.dir.absolute() / s.name / "runs", v, seed) for s in sets.values() for v in args.variants
-            for seed in args.seeds]
+    jobs = [(s, args.dir.absolute() / s.name / "runs", v, seed, args.reuse) for s in sets.values()
+            for v in args.variants for seed in args.seeds]
     print(f"{len(jobs)} trainings, {args.jobs} at a time", flush=True)
     rows = []
     with ProcessPoolExecutor(max(1, min(args.jobs, len(jobs)))) as pool:
@@ -137,9 +173,25 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['normal_flagged']}/{row['normal_videos']}  [{row['train_s']:.0f} s]", flush=True)
     print()
     print(table(rows, probes))
+    ensembles = []
+    if args.ensembles > 1:
+        torch.set_num_threads(max(1, args.jobs))
+        for s in sets.values():
+            for v in args.variants:
+                ensembles += posthoc_ensembles(s, args.dir.absolute() / s.name / "runs", v, args.seeds, args.ensembles)
+        print("\npost-hoc ensembles of consecutive seeds (frame AUC / AP; no operating point):")
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for row in ensembles:
+            groups.setdefault((row["set"], row["variant"]), []).append(row)
+        for (name, variant), group in groups.items():
+            ap = [r["frame_ap"] for r in group]
+            probe = probes.get(name)
+            print(f"{name:<6} {variant:<16} {len(group):>2}  AUC {_mmm([r['frame_auc'] for r in group])}  "
+                  f"AP {_mmm(ap)}  max-min {max(ap) - min(ap):.3f}"
+                  + (f"  min AP/probe {min(ap) / probe:.0%}" if probe else ""))
     print(f"\ntotal {(time.perf_counter() - began) / 60:.1f} min; load {os.getloadavg()[0]:.1f}")
     if args.json is not None:
-        args.json.write_text(json.dumps(json_ready({"runs": rows, "probes": probes}), indent=1))
+        args.json.write_text(json.dumps(json_ready({"runs": rows, "probes": probes, "ensembles": ensembles}), indent=1))
     return 0
 
 

@@ -30,6 +30,7 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError
 from vadpipe.extract.fileio import atomic_write_bytes, atomic_write_text, sha256_bytes
 
+from .ensemble import Ensemble
 from .net import CSLTAL
 from .run_config import RUN_SCHEMA_VERSION, RunConfig
 
@@ -44,6 +45,7 @@ __all__ = [
     "LATEST_FILE",
     "Run",
     "load_run",
+    "ensemble_size",
     "read_run_config",
     "latest_run",
     "set_latest",
@@ -74,7 +76,7 @@ class Run:
 
     path: Path
     config: RunConfig
-    model: CSLTAL
+    model: CSLTAL | Ensemble
 
 
 def write_json(path: Path, data: object) -> None:
@@ -109,14 +111,14 @@ def _parse_tensors(data: bytes, path: Path, *, what: str) -> dict[str, torch.Ten
         raise CheckpointError(f"{what} {path} is not a readable safetensors file: {exc}") from exc
 
 
-def save_weights(model: CSLTAL, path: Path) -> None:
+def save_weights(model: CSLTAL | Ensemble, path: Path) -> None:
     """Model weights as safetensors, with the model config in the metadata."""
     metadata = {"format": "pt", "vadpipe_version": __version__, "model": json.dumps(model.config.to_dict())}
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     atomic_write_bytes(Path(path), save_safetensors(state, metadata=metadata))
 
 
-def save_run(run_dir: Path | str, model: CSLTAL, *, config: dict | None = None) -> Path:
+def save_run(run_dir: Path | str, model: CSLTAL | Ensemble, *, config: dict | None = None) -> Path:
     """Write a loadable run folder: ``config.json`` and ``weights.safetensors``.
 
     Args:
@@ -151,6 +153,18 @@ def read_run_config(run_dir: Path | str) -> RunConfig:
     return RunConfig.from_dict(read_json(path, what="run config"), where=str(path))
 
 
+def ensemble_size(config: RunConfig, *, where: Path) -> int:
+    """Members of the run's model: its ``ensemble`` section's ``size`` (1 without one: every run
+    written before ensembles, and every single-seed run)."""
+    section = config.sections.get("ensemble")
+    if section is None:
+        return 1
+    size = section.get("size") if isinstance(section, dict) else None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise CheckpointError(f"{where}: ensemble.size must be an integer >= 1, got {size!r}")
+    return size
+
+
 def load_run(run_dir: Path | str) -> Run:
     """Load a run folder's final weights into a fresh model (CPU, eval mode).
 
@@ -161,7 +175,8 @@ def load_run(run_dir: Path | str) -> Run:
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist")
     config = read_run_config(run_dir)
-    model = CSLTAL(config.model)
+    size = ensemble_size(config, where=run_dir / CONFIG_FILE)
+    model = CSLTAL(config.model) if size == 1 else Ensemble.empty(config.model, size)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the run did not finish; "

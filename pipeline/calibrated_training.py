@@ -26,7 +26,7 @@ from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.model.data import DataWarning, FeatureSet, load_item, open_training_set, parse_annotations
 from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION, training_backbone
-from vadpipe.model.run import Run, load_run, read_run_config, write_json
+from vadpipe.model.run import WEIGHTS_FILE, Run, load_run, read_run_config, write_json
 from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
 from vadpipe.postprocess.calibration import (
     CALIBRATION_METHODS,
@@ -125,8 +125,16 @@ def train_calibrated(
     validation: ValidationSpec | None = None,
     show_progress: bool = False,
     features_backbone: str | None = None,
+    ensemble: int = 1,
+    jobs: int | None = None,
 ) -> Path:
     """Train a run and store its operating point in its ``config.json``.
+
+    ``ensemble`` > 1 trains that many members (seeds ``config.seed + 1000·k``, so member 0 is
+    the single run of ``config.seed``) on the same training videos, each with early stopping on
+    the same held-out ones, ``jobs`` of them side by side (default: one per core, at most the
+    members); the run is their `vadpipe.model.ensemble.Ensemble`, whose averaged curve the
+    operating point is then chosen on.
 
     With ``calibration``, the training videos are split per class (seeded with
     ``config.seed``), the model is trained on the larger part, and `calibrate_run` chooses
@@ -144,6 +152,12 @@ def train_calibrated(
     backbone = training_backbone(data.extraction, stated=features_backbone, features=features)
     if backbone["source"] == "unknown":
         warnings.warn(backbone["note"], DataWarning, stacklevel=2)
+    if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
+        raise ConfigError(f"ensemble must be an integer >= 1 (members), got {ensemble!r}")
+    if ensemble > 1:
+        return _train_ensemble(features, out_dir=Path(out_dir), config=config, calibration=calibration,
+                               labels_csv=labels_csv, crops=crops, validation=validation, data=data,
+                               backbone=backbone, size=ensemble, jobs=jobs, show_progress=show_progress)
     if calibration is None:
         run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
                         validation=validation, show_progress=show_progress, extra_config={SECTION: backbone},
@@ -161,6 +175,89 @@ def train_calibrated(
     calibrate_run(run_dir, data=data)
     fit_run_distance(run_dir, data=data)  # outside-footage check, threshold from the held-out videos
     return run_dir
+
+
+def member_seeds(seed: int, size: int) -> list[int]:
+    """The seeds of an ensemble's members: the run's own seed first."""
+    return [seed + 1000 * k for k in range(size)]
+
+
+def _member_job(job: tuple) -> str:
+    """Train (or finish) one member in its own folder; a finished member is kept as it is."""
+    import torch
+
+    member_dir, features, config, labels_csv, crops, validation, videos, heldout, extra, threads = job
+    if threads:
+        torch.set_num_threads(threads)
+    member_dir = Path(member_dir)
+    if (member_dir / WEIGHTS_FILE).is_file():
+        return str(member_dir)
+    if (member_dir / "config.json").is_file():
+        return str(resume(member_dir, scorer=score_video))
+    if member_dir.exists():  # killed before its config was written
+        import shutil
+        shutil.rmtree(member_dir)
+    return str(train(features, out_dir=member_dir, config=config, labels_csv=labels_csv, crops=crops,
+                     validation=validation, videos=videos, heldout=heldout, extra_config=extra, scorer=score_video))
+
+
+def _train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, calibration: CalibrationSpec | None,
+                    labels_csv: Path | str | None, crops: Sequence[int] | None, validation: ValidationSpec | None,
+                    data: FeatureSet, backbone: dict, size: int, jobs: int | None, show_progress: bool) -> Path:
+    """Members under ``out_dir/members/seed-<s>/`` (each a run folder), then the ensemble run in
+    ``out_dir``; rerunning it on the same folder finishes the members that are not done."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    from vadpipe.model.ensemble import Ensemble
+    from vadpipe.model.run import SUMMARY_FILE, read_json, save_run
+
+    if (out_dir / WEIGHTS_FILE).exists():
+        raise CheckpointError(f"{out_dir} already holds a run; choose another --out")
+    labels = {item.video: int(item.label) for item in data.items}
+    if calibration is None:
+        videos, heldout, request = None, None, {SECTION: backbone}
+    else:
+        videos, heldout = stratified_holdout(labels, fraction=calibration.holdout_fraction, seed=config.seed)
+        request = {SECTION: backbone,
+                   "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
+    seeds = member_seeds(config.seed, size)
+    members = [out_dir / "members" / f"seed-{seed}" for seed in seeds]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_jobs = max(1, min(size, jobs if jobs is not None else cores))
+    threads = max(1, cores // n_jobs) if n_jobs > 1 else 0
+    payload = [(m, features, replace(config, seed=seed), labels_csv, crops, validation, videos, heldout, request,
+                threads) for m, seed in zip(members, seeds)]
+    if show_progress:
+        print(f"training {size} ensemble members ({', '.join(f'seed {s}' for s in seeds)}), {n_jobs} at a time",
+              flush=True)
+    if n_jobs == 1:
+        for job in payload:
+            _member_job(job)
+    else:
+        import multiprocessing
+        with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            list(pool.map(_member_job, payload))
+    nets = [load_run(m).model for m in members]
+    first = dict(read_run_config(members[0]).sections)
+    first["ensemble"] = {"size": size, "seeds": seeds,
+                         "members": [str(m.relative_to(out_dir)) for m in members],
+                         "rule": "the curve is the mean of the members' weighted T-CAMs (score_video)"}
+    first.pop("operating_point", None)
+    with torch.no_grad():
+        save_run(out_dir, Ensemble(nets), config=first)
+    summaries = [read_json(m / SUMMARY_FILE, what="member summary") for m in members]
+    write_json(out_dir / SUMMARY_FILE, {**summaries[0], "members": [
+        {"seed": seed, "selected_epoch": summary.get("selected_epoch"), "last_epoch": summary.get("last_epoch")}
+        for seed, summary in zip(seeds, summaries)]})
+    if calibration is None:
+        _store_operating_point(out_dir, fixed_operating_point())
+    else:
+        calibrate_run(out_dir, data=data)
+    fit_run_distance(out_dir, data=data)
+    return out_dir
 
 
 def resume_calibrated(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:

@@ -37,7 +37,7 @@ _FIELDS: dict[str, tuple[str, ...]] = {
 }
 # Options that define a run; --resume takes them from the run's config.json instead (only --epochs may change).
 _RUN_OPTIONS = ("features", "labels_csv", "out_dir", "recipe", "loss_weights", "crops", "val_features", "annotations",
-                "val_every", "features_backbone", *(name for name in _FIELDS if name != "epochs"))
+                "val_every", "features_backbone", "ensemble", *(name for name in _FIELDS if name != "epochs"))
 # Options that only mean something when videos are held out for calibration.
 _CALIBRATION_OPTIONS = tuple(name for name, path in _FIELDS.items()
                              if path[0] == "calibration" and name != "holdout_fraction")
@@ -264,6 +264,10 @@ def _recipe(ctx: click.Context, name: str):
 @click.option("--early-stopping/--no-early-stopping", default=None, cls=_RecipeOption,
               help="Keep the weights with the lowest loss on the held-out training videos (video labels only) "
                    "instead of the last ones; needs --holdout-fraction > 0.")
+@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train this many members (seeds --seed + 1000 k) on the same videos, side by side where cores "
+                   "allow, and save them as one run whose curve is the mean of theirs: one weak seed no longer "
+                   "decides the detector. Costs N trainings.")
 @click.option("--crops", default=None,
               help="Comma-separated crop indices to use, e.g. 0.  [default: every crop present]")
 @click.option("--seed", type=click.IntRange(min=0), default=None, cls=_RecipeOption,
@@ -302,7 +306,7 @@ def _recipe(ctx: click.Context, name: str):
 def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None, out_dir: Path | None,
           resume_dir: Path | None, recipe: str, loss_weights: str | None, crops: str | None,
           val_features: Path | None, annotations: Path | None, val_every: int, features_backbone: str | None,
-          json_out: Path | None, quiet: bool, **fields: object) -> None:
+          json_out: Path | None, quiet: bool, ensemble: int, **fields: object) -> None:
     """Train the CSL-TAL model and write a run folder (weights, config, metrics, curves).
 
     --recipe default (vadpipe's) holds out a quarter of the training videos for early stopping and
@@ -334,7 +338,7 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
                                        out_dir=out_dir if out_dir is not None else new_run_dir(runs_dir()),
                                        config=chosen.training, calibration=chosen.calibration, labels_csv=labels_csv,
                                        crops=_parse_crops(crops), validation=validation, show_progress=not quiet,
-                                       features_backbone=features_backbone)
+                                       features_backbone=features_backbone, ensemble=ensemble)
         if run_dir.resolve().parent == runs_dir().resolve():
             set_latest(runs_dir(), run_dir)
         summary = _print_summary(run_dir)

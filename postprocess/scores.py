@@ -201,25 +201,36 @@ def score_sequences(
         mask[b, : len(rows)] = True
 
     device, dtype = _model_device_dtype(model)
+    # An ensemble (vadpipe.model.ensemble) is scored member by member on the same batch; each
+    # member's weighted T-CAM λ_m·a_m is formed first and the members' curves are averaged.
+    members = list(getattr(model, "members", None) or [model])
+    attention = np.zeros((len(members), len(jobs), max_len), dtype=np.float32)
+    tcam = np.zeros_like(attention)
+    video = np.zeros((len(members), len(jobs)), dtype=np.float32)
     with torch.inference_mode():
-        out = model(
-            torch.from_numpy(x).to(device=device, dtype=dtype), torch.from_numpy(mask).to(device)
-        )
-        attention = out.attention.float().cpu().numpy().reshape(len(jobs), max_len)
-        tcam = out.tcam.float().cpu().numpy().reshape(len(jobs), max_len)
-        video = out.video_score.float().cpu().numpy().reshape(len(jobs))
+        xt, mt = torch.from_numpy(x).to(device=device, dtype=dtype), torch.from_numpy(mask).to(device)
+        for m, member in enumerate(members):
+            out = member(xt, mt)
+            attention[m] = out.attention.float().cpu().numpy().reshape(len(jobs), max_len)
+            tcam[m] = out.tcam.float().cpu().numpy().reshape(len(jobs), max_len)
+            video[m] = out.video_score.float().cpu().numpy().reshape(len(jobs))
 
     results: list[ClipScores] = []
     b = 0
     for plan in plans:
         rows = np.concatenate(plan)
         order = np.argsort(rows, kind="stable")
-        att = np.concatenate([attention[b + k, : len(r)] for k, r in enumerate(plan)])[order]
-        tc = np.concatenate([tcam[b + k, : len(r)] for k, r in enumerate(plan)])[order]
+        att = np.stack([np.concatenate([attention[m, b + k, : len(r)] for k, r in enumerate(plan)])[order]
+                        for m in range(len(members))])
+        tc = np.stack([np.concatenate([tcam[m, b + k, : len(r)] for k, r in enumerate(plan)])[order]
+                       for m in range(len(members))])
         # Mean over phases: each phase is a full view of the video, none is privileged.
-        score = float(video[b : b + len(plan)].mean())
+        score = float(video[:, b : b + len(plan)].mean(axis=1).mean())
         b += len(plan)
-        results.append(ClipScores(att, tc, att * tc, score, rows[order]))
+        if len(members) == 1:
+            results.append(ClipScores(att[0], tc[0], att[0] * tc[0], score, rows[order]))
+        else:
+            results.append(ClipScores(att.mean(axis=0), tc.mean(axis=0), (att * tc).mean(axis=0), score, rows[order]))
     return results
 
 
@@ -265,12 +276,15 @@ class VideoScores:
     crops: tuple[ClipScores, ...]
 
 
-def combine_crops(attention: np.ndarray, tcam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def combine_crops(attention: np.ndarray, tcam: np.ndarray,
+                  wtcam: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The crops' per-clip scores -> the video's: (n_crops, T) attention and T-CAM to (T,) each.
 
     The one crop rule (see `score_video` for why): the curve is the mean over crops of each
     crop's weighted T-CAM λ_c·a_c; attention and T-CAM are averaged beside it. Offline scoring
-    and live scoring (`vadpipe.postprocess.online`) both combine crops here.
+    and live scoring (`vadpipe.postprocess.online`) both combine crops here. ``wtcam`` gives
+    each crop's weighted T-CAM when it is not its attention times its T-CAM (an ensemble's
+    crop curve is the mean of its members' λ_m·a_m); default λ_c·a_c.
 
     Returns:
         (attention, tcam, wtcam), each (T,) float32.
@@ -279,8 +293,11 @@ def combine_crops(attention: np.ndarray, tcam: np.ndarray) -> tuple[np.ndarray, 
     tc = np.asarray(tcam, dtype=np.float32)
     if att.ndim != 2 or att.shape != tc.shape:
         raise DataError(f"attention and tcam must both be (n_crops, T), got {att.shape} and {tc.shape}")
+    weighted = att * tc if wtcam is None else np.asarray(wtcam, dtype=np.float32)
+    if weighted.shape != att.shape:
+        raise DataError(f"wtcam must be (n_crops, T) like the attention {att.shape}, got {weighted.shape}")
     return (att.mean(axis=0).astype(np.float32, copy=False), tc.mean(axis=0).astype(np.float32, copy=False),
-            (att * tc).mean(axis=0).astype(np.float32, copy=False))
+            weighted.mean(axis=0).astype(np.float32, copy=False))
 
 
 def score_video(
@@ -315,7 +332,7 @@ def score_video(
         raise DataError(f"the crops of one video must have equal lengths, got {lengths} rows")
 
     attention, tcam, wtcam = combine_crops(np.stack([s.attention for s in scores]),
-                                           np.stack([s.tcam for s in scores]))
+                                           np.stack([s.tcam for s in scores]), np.stack([s.wtcam for s in scores]))
     return VideoScores(wtcam=wtcam, attention=attention, tcam=tcam,
                        video_score=float(np.mean([s.video_score for s in scores])), rows=rows,
                        crops=tuple(scores))
