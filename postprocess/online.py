@@ -71,6 +71,9 @@ class OnlineScorer:
             raise ConfigError(f"block_len must be an integer >= 1, got {block_len!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ConfigError(f"window must be an integer >= 1 (clips), got {window!r}")
+        if getattr(model, "members", None) is not None:
+            raise ConfigError(f"live scoring takes a single-model run; this run is an ensemble of "
+                              f"{len(model.members)} members (vadpipe train --ensemble): score its videos with detect")
         self.model = model
         self.block_len = block_len
         self.window = window

@@ -103,3 +103,11 @@ def test_train_calibrated_trains_the_members_on_one_split_and_calibrates_their_m
     assert (run_dir / "ood.safetensors").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [m["seed"] for m in summary["members"]] == [3, 1003]
+
+
+def test_live_scoring_refuses_an_ensemble_with_one_line() -> None:
+    from vadpipe.errors import ConfigError
+    from vadpipe.postprocess.online import OnlineScorer
+
+    with pytest.raises(ConfigError, match="ensemble of 2 members"):
+        OnlineScorer(Ensemble(_members(2)))

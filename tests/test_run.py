@@ -142,7 +142,7 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     assert config["model"]["attention"] == "gated"
     assert config["training"]["n_views"] == 1 and config["training"]["lr_milestone_epoch"] == 1
     assert config["training"]["loss"] == {"w_sparsity": 2e-8, "w_smooth": 0.5, "w_align": 0.5, "normalize": "steps",
-                                          "w_mil": 0.0, "mil_top_fraction": 1 / 16}
+                                          "w_mil": 0.0, "mil_top_fraction": 1 / 16, "view_scaling": "code"}
     assert config["operating_point"]["method"] == "fixed"  # the paper's recipe trains on every video
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["lr"] for x in lines] == [1e-4, pytest.approx(1e-5)]

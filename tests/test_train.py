@@ -163,7 +163,8 @@ def test_training_finds_the_planted_segments(tmp_path: Path) -> None:
     assert config["schema_version"] == 1 and config["extraction"] is None
     assert config["model"] == {"attention": "mlp", "feature_dim": DIM, "kernel_size": 5}
     assert config["training"]["loss"] == {"w_sparsity": 2e-3, "w_smooth": 2e-8, "w_align": 0.5,
-                                          "normalize": "steps", "w_mil": 0.0, "mil_top_fraction": 1 / 16}
+                                          "normalize": "steps", "w_mil": 0.0, "mil_top_fraction": 1 / 16,
+                                          "view_scaling": "code"}
     assert (config["training"]["seed"], config["training"]["n_views"], config["training"]["batch_size"]) == (1, 2, 8)
     assert config["data"]["videos_per_class"] == {"normal": 16, "anomalous": 16}
     assert config["validation"]["every_epochs"] == 10 and config["vadpipe_version"]
