@@ -111,3 +111,19 @@ def test_live_scoring_refuses_an_ensemble_with_one_line() -> None:
 
     with pytest.raises(ConfigError, match="ensemble of 2 members"):
         OnlineScorer(Ensemble(_members(2)))
+
+
+def test_train_warns_when_a_run_finds_no_heldout_anomaly() -> None:
+    import click
+    from click.testing import CliRunner
+
+    from vadpipe.cmd_train import _warn_weak
+
+    @click.command()
+    @click.argument("found", type=int)
+    def show(found: int) -> None:
+        _warn_weak({"heldout": {"anomalous_videos": 5, "anomalous_videos_flagged": found}})
+
+    assert "finds none of the 5 held-out anomalous videos" in CliRunner().invoke(show, ["0"]).output
+    assert CliRunner().invoke(show, ["4"]).output == ""
+    _warn_weak(None)  # a run without held-out videos (the paper recipe): nothing to say
