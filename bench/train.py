@@ -1,6 +1,6 @@
 """Training speed: `vadpipe train --recipe paper` against the authors' trainer, epoch and model step.
 
-Usage: python bench/train.py [--videos 200] [--crops 5] [--repeats 3] [--epochs 1] [--max-batches N]
+Usage: python bench/train.py [--videos 200] [--crops 5] [--repeats 3] [--max-batches N]
                              [--threads N] [--loader-workers 4] [--dir DIR] [--keep]
 
 Builds a synthetic set in vadpipe's feature-cache format (records + ``<stem>__<crop>.npy``;
@@ -10,7 +10,7 @@ repeat, runs three things in their own processes, in alternating order so that t
 falls on each alike:
 
 * ``vadpipe``:  the training loop of ``vadpipe train --recipe paper`` (`vadpipe.model.train.train`
-               with the paper recipe: scan, features read into memory once, epochs, checkpoints;
+               with the paper recipe: the features read into memory once, one epoch, the checkpoint;
                the command adds start-up and, after training, the outside-footage fit); the epoch
                time is the run's own ``time_s`` in metrics.jsonl plus one checkpoint as written
                after each epoch.
@@ -36,6 +36,7 @@ import copy
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,11 +53,11 @@ from torch import nn
 
 from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.augment import view_indices
-from vadpipe.model.data import FeatureSet, open_training_set
+from vadpipe.model.data import FeatureSet, open_training_set, preload
 from vadpipe.model.net import CSLTAL
 from vadpipe.model.samplers import epoch_batches, iterate_batches
-from vadpipe.model.run import load_run, save_checkpoint
-from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer, train
+from vadpipe.model.run import save_checkpoint
+from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer, train_epoch
 from vadpipe.recipes import RECIPES
 
 ANOMALOUS_FRACTION = 1905 / 3954  # method.md §2: 48.2% violent
@@ -199,21 +200,22 @@ def run_authors(data: FeatureSet, config: TrainConfig, *, max_batches: int | Non
     spare = copy.deepcopy(model)  # warm-up on a copy: the first step's one-time kernel set-up, not timed
     authors_loss(spare, *_zip([dataset[i] for i in sampler[0]]), config=config).backward()
     torch.optim.Adam(spare.parameters(), lr=config.lr).step()
-    losses, model_s = [], 0.0
-    began = time.perf_counter()
+    losses, model_s, model_cpu = [], 0.0, 0.0
+    began, cpu = time.perf_counter(), _cpu()
     for sample_views, labels in loader:  # creating the iterator starts the workers, as every epoch does
-        step_began = time.perf_counter()
+        step_began, step_cpu = time.perf_counter(), time.process_time()
         optimizer.zero_grad()
         loss = authors_loss(model, sample_views, labels, config=config)
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
         model_s += time.perf_counter() - step_began
-    seconds = time.perf_counter() - began
+        model_cpu += time.process_time() - step_cpu
+    seconds, cpu = time.perf_counter() - began, _cpu() - cpu  # the workers have finished: their CPU counts
     scale = _rows(views) / _rows(views[: sum(sizes)])
     return {"batches": n_timed, "batches_per_epoch": len(batches), "seconds": seconds,
-            "epoch_seconds": seconds * scale, "model_step_seconds": model_s * scale, "losses": losses,
-            "workers": workers}
+            "epoch_s": seconds * scale, "epoch_cpu": cpu * scale, "model_s": model_s * scale,
+            "model_cpu": model_cpu * scale, "losses": losses, "workers": workers}
 
 
 def run_batched(data: FeatureSet, config: TrainConfig, *, max_batches: int | None) -> dict:
@@ -229,42 +231,51 @@ def run_batched(data: FeatureSet, config: TrainConfig, *, max_batches: int | Non
     make_optimizer(spare, config=config).step()
     optimizer = make_optimizer(model, config=config)
     losses = []
-    began = time.perf_counter()
+    began, cpu = time.perf_counter(), time.process_time()
     for batch in built:
         optimizer.zero_grad(set_to_none=True)
         terms = batch_loss(model, batch, loss_config=config.loss)
         terms.total.backward()
         optimizer.step()
         losses.append(terms.total.detach())
-    seconds = time.perf_counter() - began
+    seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     scale = _rows(views) / _rows(views[: sum(len(b) for b in batches[:n_timed])])
-    return {"batches": n_timed, "model_step_seconds": seconds * scale, "losses": [float(v) for v in losses]}
+    return {"batches": n_timed, "model_s": seconds * scale, "model_cpu": cpu * scale,
+            "losses": [float(v) for v in losses]}
 
 
-def run_vadpipe(folder: Path, config: TrainConfig, *, epochs: int) -> dict:
-    """The training loop `vadpipe train --recipe paper` runs (`vadpipe.model.train.train`: scan,
-    preload, epochs, checkpoints); its epochs' own timing from metrics.jsonl, plus one checkpoint
-    written after an epoch (outside the epoch's time_s)."""
+def _cpu() -> float:
+    """CPU seconds of this process and its finished children (the DataLoader's workers)."""
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
+
+
+def run_vadpipe(data: FeatureSet, config: TrainConfig) -> dict:
+    """The epoch of `vadpipe train --recipe paper`: `train_epoch` on the features read into memory
+    once (`preload`), as `vadpipe.model.train` runs it (its wall time is the run's ``time_s``), then
+    the checkpoint written after it."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = CSLTAL(config.model)
+    optimizer = make_optimizer(model, config=config)
+    features = preload(data)
+    began, cpu = time.perf_counter(), _cpu()
+    line = train_epoch(model, optimizer, data, config=config, epoch=EPOCH)
+    epoch_s, epoch_cpu = time.perf_counter() - began, _cpu() - cpu
     with tempfile.TemporaryDirectory(prefix="vadpipe-bench-run-") as tmp:
-        began = time.perf_counter()
-        run = train(folder, out_dir=Path(tmp) / "run", config=replace(config, epochs=epochs))
-        wall = time.perf_counter() - began
-        lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-        model = load_run(run).model
-        optimizer = make_optimizer(model, config=config)
-        began = time.perf_counter()
-        save_checkpoint(run, epoch=epochs, model=model, optimizer=optimizer)
-        checkpoint_s = time.perf_counter() - began
-    return {"wall": wall, "epoch_times": [line["time_s"] for line in lines], "checkpoint_s": checkpoint_s,
-            "losses": [line["loss"] for line in lines]}
+        began, cpu = time.perf_counter(), _cpu()
+        save_checkpoint(Path(tmp), epoch=EPOCH, model=model, optimizer=optimizer)
+        checkpoint_s, checkpoint_cpu = time.perf_counter() - began, _cpu() - cpu
+    return {"epoch_s": epoch_s, "epoch_cpu": epoch_cpu, "checkpoint_s": checkpoint_s,
+            "checkpoint_cpu": checkpoint_cpu, "loss": line["loss"], "in_memory": features is not None}
 
 
-def worker(mode: str, folder: Path, *, max_batches: int | None, workers: int, epochs: int) -> dict:
+def worker(mode: str, folder: Path, *, max_batches: int | None, workers: int) -> dict:
     data = open_training_set(folder)
     config = RECIPES["paper"].training
     config = replace(config, model=replace(config.model, feature_dim=data.feature_dim))
     if mode == "vadpipe":
-        return run_vadpipe(folder, config, epochs=epochs)
+        return run_vadpipe(data, config)
     if mode == "authors":
         return run_authors(data, config, max_batches=max_batches, workers=workers)
     return run_batched(data, config, max_batches=max_batches)
@@ -279,7 +290,6 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=200, help="videos in the synthetic set")
     parser.add_argument("--crops", type=int, default=5, help="crops per video (each is one sample)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=1, help="epochs of vadpipe's run (the last one is timed)")
     parser.add_argument("--max-batches", type=int, default=None,
                         help="time only this many batches of the authors' loop and the model step, scale to the epoch")
     parser.add_argument("--loader-workers", type=int, default=4, help="DataLoader workers of the authors' loop")
@@ -292,8 +302,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.dir, max_batches=args.max_batches, workers=args.loader_workers,
-                                epochs=args.epochs)))
+        print(json.dumps(worker(args.worker, args.dir, max_batches=args.max_batches, workers=args.loader_workers)))
         return
 
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
@@ -307,7 +316,7 @@ def main() -> None:
                   f"T {info['clips_min']}..{info['clips_max']} (median {info['clips_median']:.0f}, mean "
                   f"{info['clips_mean']:.0f}), {info['bytes'] / 2**30:.2f} GiB, built in "
                   f"{time.perf_counter() - began:.0f} s", flush=True)
-        common = ["--dir", str(folder), "--loader-workers", str(args.loader_workers), "--epochs", str(args.epochs)]
+        common = ["--dir", str(folder), "--loader-workers", str(args.loader_workers)]
         common += ["--max-batches", str(args.max_batches)] if args.max_batches else []
         common += ["--threads", str(args.threads)] if args.threads else []
 
@@ -323,24 +332,26 @@ def main() -> None:
                 before = _load()
                 got[mode] = {**sub(mode), "load": before}
             ours, authors, batched = got["vadpipe"], got["authors"], got["batched"]
-            epoch_s = ours["epoch_times"][-1] + ours["checkpoint_s"]
             n = min(len(authors["losses"]), len(batched["losses"]))
             diff = max(abs(a - b) / abs(b) for a, b in zip(authors["losses"][:n], batched["losses"][:n]))
-            rows.append({"ours_epoch": epoch_s, "authors_epoch": authors["epoch_seconds"],
-                         "authors_model": authors["model_step_seconds"], "batched_model": batched["model_step_seconds"]})
+            row = {"epoch_s": (authors["epoch_s"], ours["epoch_s"] + ours["checkpoint_s"]),
+                   "epoch_cpu": (authors["epoch_cpu"], ours["epoch_cpu"] + ours["checkpoint_cpu"]),
+                   "model_s": (authors["model_s"], batched["model_s"]),
+                   "model_cpu": (authors["model_cpu"], batched["model_cpu"])}
+            rows.append(row)
             timed = ("one epoch" if authors["batches"] == authors["batches_per_epoch"]
                      else f"{authors['batches']} of {authors['batches_per_epoch']} batches, scaled by rows")
-            print(f"repeat {repeat + 1}: vadpipe's training loop (--recipe paper): epoch time_s "
-                  f"{ours['epoch_times'][-1]:.1f} s + checkpoint {ours['checkpoint_s']:.1f} s "
-                  f"({ours['load']}); authors' trainer ({authors['workers']} loader workers, {timed}): "
-                  f"{authors['epoch_seconds']:.1f} s/epoch, of which model steps {authors['model_step_seconds']:.1f} s "
-                  f"({authors['load']}); vadpipe's model steps alone {batched['model_step_seconds']:.1f} s/epoch "
-                  f"({batched['load']}); epoch ratio {authors['epoch_seconds'] / epoch_s:.1f}x, model-step ratio "
-                  f"{authors['model_step_seconds'] / batched['model_step_seconds']:.1f}x; per-batch losses, authors' "
-                  f"vs vadpipe's: max relative difference {diff:.1e} over {n} batches", flush=True)
-        for name, num, den in (("epoch (end to end)", "authors_epoch", "ours_epoch"),
-                               ("model step", "authors_model", "batched_model")):
-            ratios = [r[num] / r[den] for r in rows]
+            print(f"repeat {repeat + 1}: vadpipe's epoch (--recipe paper, features in memory: {ours['in_memory']}) "
+                  f"{ours['epoch_s']:.1f} s wall / {ours['epoch_cpu']:.1f} CPU s + checkpoint "
+                  f"{ours['checkpoint_s']:.1f} s ({ours['load']}); authors' trainer ({authors['workers']} loader "
+                  f"workers, {timed}) {authors['epoch_s']:.1f} s / {authors['epoch_cpu']:.1f} CPU s per epoch, "
+                  f"model steps {authors['model_s']:.1f} s / {authors['model_cpu']:.1f} CPU s ({authors['load']}); "
+                  f"vadpipe's model steps {batched['model_s']:.1f} s / {batched['model_cpu']:.1f} CPU s "
+                  f"({batched['load']}); per-batch losses, authors' vs vadpipe's: max relative difference "
+                  f"{diff:.1e} over {n} batches", flush=True)
+        for key, name in (("epoch_s", "epoch, wall"), ("epoch_cpu", "epoch, CPU seconds"),
+                          ("model_s", "model step, wall"), ("model_cpu", "model step, CPU seconds")):
+            ratios = [a / b for a, b in (r[key] for r in rows)]
             print(f"{name}: authors' / vadpipe's = median {statistics.median(ratios):.1f}x "
                   f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x over {len(rows)} repeats; goal >= 10x)")
         print(f"threads {torch.get_num_threads() if not args.threads else args.threads}; now {_load()}")
