@@ -7,13 +7,11 @@ Builds a synthetic set in vadpipe's feature-cache format (records + ``<stem>__<c
 ``--videos`` x ``--crops`` crop files, T from 5 to 1,200 clips, median ~100, log-normal like
 XD-Violence, float32 (T, 1024); the defaults make 1,000 crop files, ~0.5 GB), then, for each
 repeat, runs three things in their own processes, in alternating order so that the machine's load
-falls on each alike:
+falls on each alike, and prints wall and CPU seconds (with the DataLoader workers') and the ratios:
 
-* ``vadpipe``:  the training loop of ``vadpipe train --recipe paper`` (`vadpipe.model.train.train`
-               with the paper recipe: the features read into memory once, one epoch, the checkpoint;
-               the command adds start-up and, after training, the outside-footage fit); the epoch
-               time is the run's own ``time_s`` in metrics.jsonl plus one checkpoint as written
-               after each epoch.
+* ``vadpipe``:  the epoch of ``vadpipe train --recipe paper``: `train_epoch` (what
+               `vadpipe.model.train` runs each epoch; its wall time is the run's ``time_s``) on the
+               features read into memory once (`preload`), plus the checkpoint written after it.
 * ``authors``: the authors' trainer as method.md §1-§4 describes it: a ``DataLoader``
                (``--loader-workers`` processes, 4 in their code) whose dataset ``np.load``\\s each
                crop file per sample and cuts its views; per view one forward of their model (the
