@@ -446,8 +446,7 @@ class Watch:
                        "clips": seg.ood.seen, "outside_training": seg.ood.outside}}
         if len(seg.history) == 0 or not seg.history.complete or not seg.times.complete or dropped:
             return summary
-        attention, tcam = seg.history.final_scores(self.run.model)
-        att, tc, wtcam = combine_crops(attention, tcam)
+        att, tc, wtcam = combine_crops(*seg.history.final_scores(self.run.model))
         video_score = seg.history.final_video_score(self.run.model, seg.scorer)
         times = seg.times.array()
         fps = seg.info.get("fps") or (1.0 / float(np.median(np.diff(times))) if len(times) > 1 else 25.0)

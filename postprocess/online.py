@@ -22,6 +22,8 @@ Two places where offline scoring needs the whole sequence, and what this module 
 
 Several crops per clip are scored side by side (one row each) and combined by
 `vadpipe.postprocess.scores.combine_crops`, `score_video`'s rule (the mean of the crops' weighted T-CAMs).
+An ensemble run (`vadpipe.model.ensemble`) is scored member by member on the same window, and a
+crop's weighted T-CAM is the mean of the members' λ_m·a_m, as `score_sequences` forms it offline.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class OnlineClipScore:
     row: int
     attention_crops: np.ndarray
     tcam_crops: np.ndarray
+    wtcam_crops: np.ndarray
     attention: float
     tcam: float
     wtcam: float
@@ -61,7 +64,8 @@ class OnlineScorer:
     """Incremental full-rate scorer of one stream (one camera segment).
 
     Args:
-        model: the run's model (`vadpipe.model.net.CSLTAL`, eval mode).
+        model: the run's model (`vadpipe.model.net.CSLTAL` or `vadpipe.model.ensemble.Ensemble`,
+            eval mode).
         block_len: the training block length L (phase count).
         window: clips in the trailing window of `window_video_score` (the live video gate).
     """
@@ -71,16 +75,14 @@ class OnlineScorer:
             raise ConfigError(f"block_len must be an integer >= 1, got {block_len!r}")
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise ConfigError(f"window must be an integer >= 1 (clips), got {window!r}")
-        if getattr(model, "members", None) is not None:
-            raise ConfigError(f"live scoring takes a single-model run; this run is an ensemble of "
-                              f"{len(model.members)} members (vadpipe train --ensemble): score its videos with detect")
         self.model = model
+        self.members = list(getattr(model, "members", None) or [model])
         self.block_len = block_len
         self.window = window
         self.context = model.config.kernel_size // 2  # earlier rows of the same phase the conv sees
         self._recent: deque[np.ndarray] = deque(maxlen=self.context * block_len)
-        self._weighted: deque[tuple[int, np.ndarray]] = deque(maxlen=window)  # (phase, λ·x (C, F))
-        self._totals: dict[int, np.ndarray] = {}  # phase -> sum of λ·x over the whole segment
+        self._weighted: deque[tuple[int, np.ndarray]] = deque(maxlen=window)  # (phase, λ_m·x (M, C, F))
+        self._totals: dict[int, np.ndarray] = {}  # phase -> sum of λ_m·x over the whole segment
         self._device, self._dtype = _model_device_dtype(model)
         self.rows = 0
 
@@ -98,20 +100,26 @@ class OnlineScorer:
                 if L * j <= len(self._recent)]
         window = np.stack(back + [x], axis=1)  # (C, n, F)
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(window).to(self._device, self._dtype))
-            att = out.attention[:, -1].float().cpu().numpy()
-            tcam = out.tcam[:, -1].float().cpu().numpy()
+            xt = torch.from_numpy(window).to(self._device, self._dtype)
+            outs = [member(xt) for member in self.members]
+            att = np.stack([o.attention[:, -1].float().cpu().numpy() for o in outs])  # (M, C)
+            tcam = np.stack([o.tcam[:, -1].float().cpu().numpy() for o in outs])
         self._recent.append(x)
-        weighted = att[:, None] * x
+        weighted = att[:, :, None] * x  # (M, C, F)
         self._weighted.append((t % L, weighted))
         self._totals[t % L] = self._totals[t % L] + weighted if t % L in self._totals else weighted.copy()
         self.rows += 1
-        a, c, w = combine_crops(att[:, None], tcam[:, None])
-        return OnlineClipScore(t, att, tcam, float(a[0]), float(c[0]), float(w[0]))
+        if len(self.members) == 1:
+            att_c, tcam_c, wtcam_c = att[0], tcam[0], att[0] * tcam[0]
+        else:
+            att_c, tcam_c, wtcam_c = att.mean(axis=0), tcam.mean(axis=0), (att * tcam).mean(axis=0)
+        a, c, w = combine_crops(att_c[:, None], tcam_c[:, None], wtcam_c[:, None])
+        return OnlineClipScore(t, att_c, tcam_c, wtcam_c, float(a[0]), float(c[0]), float(w[0]))
 
     def window_video_score(self) -> float:
         """The video score over the last ``window`` clips: per phase ``g(sum λ_t x_t)``, averaged over
-        the phases present and over the crops (offline's definition, restricted to the window).
+        the phases present, the crops and an ensemble's members (offline's definition, restricted
+        to the window).
         This is the live video gate."""
         pooled: dict[int, np.ndarray] = {}
         for phase, wx in self._weighted:
@@ -125,10 +133,11 @@ class OnlineScorer:
     def _video_score(self, pooled: dict[int, np.ndarray]) -> float:
         if not pooled:
             return 0.0
-        x = torch.from_numpy(np.stack(list(pooled.values()))).to(self._device, self._dtype)  # (P, C, F)
+        x = torch.from_numpy(np.stack(list(pooled.values()))).to(self._device, self._dtype)  # (P, M, C, F)
         with torch.inference_mode():
-            scores = torch.sigmoid(self.model.classifier(x)).float().cpu().numpy()
-        return float(scores.mean())
+            scores = [torch.sigmoid(member.classifier(x[:, m])).float().cpu().numpy()
+                      for m, member in enumerate(self.members)]
+        return float(np.mean(scores))
 
 
 class SegmentHistory:
@@ -142,6 +151,7 @@ class SegmentHistory:
         self.max_clips = max_clips
         self.attention: list[np.ndarray] = []
         self.tcam: list[np.ndarray] = []
+        self.wtcam: list[np.ndarray] = []
         self.start_frames: list[int] = []
         self._head: list[np.ndarray] = []
         self.complete = True
@@ -151,10 +161,12 @@ class SegmentHistory:
             return
         if len(self.attention) >= self.max_clips:
             self.complete = False
-            self.attention.clear(), self.tcam.clear(), self.start_frames.clear(), self._head.clear()
+            for kept in (self.attention, self.tcam, self.wtcam, self.start_frames, self._head):
+                kept.clear()
             return
         self.attention.append(score.attention_crops)
         self.tcam.append(score.tcam_crops)
+        self.wtcam.append(score.wtcam_crops)
         self.start_frames.append(int(start_frame))
         if len(self._head) < 2 * self.block_len:
             self._head.append(np.asarray(features, dtype=np.float32))
@@ -162,13 +174,14 @@ class SegmentHistory:
     def __len__(self) -> int:
         return len(self.attention)
 
-    def final_scores(self, model: SequenceModel) -> tuple[np.ndarray, np.ndarray]:
-        """(n_crops, T) attention and T-CAM of the whole segment, as offline full-rate scoring gives."""
+    def final_scores(self, model: SequenceModel) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(n_crops, T) attention, T-CAM and weighted T-CAM of the whole segment, as offline
+        full-rate scoring gives them (the arguments of `combine_crops`)."""
         if len(self.attention) <= 2 * self.block_len:
             crops = np.stack(self._head, axis=1)  # (C, T, F)
             scored: list[ClipScores] = score_sequences(model, list(crops), mode="full", block_len=self.block_len)
-            return np.stack([s.attention for s in scored]), np.stack([s.tcam for s in scored])
-        return np.stack(self.attention, axis=1), np.stack(self.tcam, axis=1)
+            return tuple(np.stack([getattr(s, name) for s in scored]) for name in ("attention", "tcam", "wtcam"))
+        return np.stack(self.attention, axis=1), np.stack(self.tcam, axis=1), np.stack(self.wtcam, axis=1)
 
     def final_video_score(self, model: SequenceModel, scorer: OnlineScorer) -> float:
         """The offline video score of the whole segment (re-scored from the head rows when short)."""

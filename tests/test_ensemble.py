@@ -105,14 +105,6 @@ def test_train_calibrated_trains_the_members_on_one_split_and_calibrates_their_m
     assert [m["seed"] for m in summary["members"]] == [3, 1003]
 
 
-def test_live_scoring_refuses_an_ensemble_with_one_line() -> None:
-    from vadpipe.errors import ConfigError
-    from vadpipe.postprocess.online import OnlineScorer
-
-    with pytest.raises(ConfigError, match="ensemble of 2 members"):
-        OnlineScorer(Ensemble(_members(2)))
-
-
 def test_train_warns_when_a_run_finds_no_heldout_anomaly() -> None:
     import click
     from click.testing import CliRunner

@@ -27,6 +27,7 @@ from vadpipe.detect import detect_videos, run_extraction_settings
 from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.stream import ClipItem, ClipQueue, parse_source
 from vadpipe.hooks import EventSink
+from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run
 from vadpipe.postprocess.events import CurveFrame, EventTracker, OnlineCurve
@@ -45,10 +46,12 @@ CAMERA_FRAMES = 168  # 10 clips and 8 frames left over
 
 # --- pure functions: no I3D ------------------------------------------------------------------
 
+@pytest.mark.parametrize("members", [1, 3], ids=["model", "ensemble"])
 @pytest.mark.parametrize("n_rows", [1, 4, 6, 7, 11, 20])
-def test_online_scorer_equals_offline_full_rate_scoring(n_rows):
+def test_online_scorer_equals_offline_full_rate_scoring(n_rows, members):
     torch.manual_seed(n_rows)
-    model = CSLTAL(ModelConfig(feature_dim=16)).eval()
+    nets = [CSLTAL(ModelConfig(feature_dim=16)).eval() for _ in range(members)]
+    model = nets[0] if members == 1 else Ensemble(nets).eval()
     rng = np.random.default_rng(n_rows)
     crops = rng.normal(size=(2, n_rows, 16)).astype(np.float32)
     offline = score_sequences(model, list(crops), mode="full")
@@ -64,9 +67,15 @@ def test_online_scorer_equals_offline_full_rate_scoring(n_rows):
         for c in range(2):
             np.testing.assert_allclose([s.attention_crops[c] for s in online], offline[c].attention, atol=1e-6)
             np.testing.assert_allclose([s.tcam_crops[c] for s in online], offline[c].tcam, atol=1e-6)
-    att, tcam = history.final_scores(model)  # short segments: re-scored whole, as offline
+    if n_rows > 6:
+        for c in range(2):
+            np.testing.assert_allclose([s.wtcam_crops[c] for s in online], offline[c].wtcam, atol=1e-6)
+    att, tcam, wtcam = history.final_scores(model)  # short segments: re-scored whole, as offline
     np.testing.assert_allclose(att, np.stack([o.attention for o in offline]), atol=1e-6)
     np.testing.assert_allclose(tcam, np.stack([o.tcam for o in offline]), atol=1e-6)
+    np.testing.assert_allclose(wtcam, np.stack([o.wtcam for o in offline]), atol=1e-6)
+    if members > 1:  # the members' λ_m·a_m averaged, not the product of averages
+        assert not np.allclose(wtcam, att * tcam, atol=1e-6)
     video = np.mean([o.video_score for o in offline])
     assert history.final_video_score(model, scorer) == pytest.approx(video, abs=1e-6)
     if n_rows > 6:
@@ -318,6 +327,33 @@ def test_update_events_come_only_while_an_interval_is_open_and_change_nothing(ti
             assert all(u["stream_s"] <= e["end_s"] for u in seen)
             open_interval = None
     assert open_interval is None
+
+
+@pytest.mark.slow
+def test_an_ensemble_run_is_watched_with_detects_numbers(tiny_run, camera, i3d_cpu, tmp_path):
+    """An ensemble's live curve is the mean of its members' λ_m·a_m, clip by clip, as detect's."""
+    from vadpipe.model.run import save_run
+
+    run, root = tiny_run
+    path = camera[0]
+    torch.manual_seed(3)
+    other = CSLTAL(run.model.config).eval()  # a second, differently initialised member
+    sections = {k: v for k, v in json.loads((run.path / "config.json").read_text()).items()
+                if k not in ("model", "schema_version", "vadpipe_version")}
+    save_run(tmp_path / "ens", Ensemble([run.model, other]), config={**sections, "ensemble": {"size": 2}})
+    ensemble = load_run(tmp_path / "ens")
+    assert len(ensemble.model.members) == 2
+    settings = run_extraction_settings(ensemble)
+    first = detect_videos([path], ensemble, cache_dir=root / "cache", settings=settings,
+                          operating_point=OperatingPoint(), encoder=i3d_cpu[0], progress=False).document.videos[0]
+    wtcam = np.array([c.wtcam for c in first.clips])
+    op = OperatingPoint(threshold=float(np.sort(wtcam)[len(wtcam) // 2]), method="manual")
+    detected = detect_videos([path], ensemble, cache_dir=root / "cache", settings=settings, operating_point=op,
+                             encoder=i3d_cpu[0], progress=False).document.videos[0]
+    assert detected.intervals
+    assert not np.allclose(wtcam, [c.attention * c.tcam for c in first.clips], atol=1e-6)  # not mean(λ)·mean(a)
+    events, clips, _, _ = _watch([parse_source(str(path), name="lobby")], ensemble, i3d_cpu, op, lag="wait")
+    _check_equal_to_detect(events, clips, detected)
 
 
 @pytest.mark.slow
