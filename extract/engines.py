@@ -118,7 +118,7 @@ class ExtractRun:
 
 def choose_executor(*, engine: str = "local", device: str | None = None, devices: str | Sequence[str] | None = None,
                     decode_processes: int | None = None, address: str | None = None,
-                    ray_tasks: int | None = None) -> ExecutorOptions:
+                    ray_tasks: int | None = None, ray_task_timeout_s: float | None = None) -> ExecutorOptions:
     """The executor the CLI's options ask for, refusing options of another executor.
 
     Local: several ``devices`` -> ``DeviceOptions``; else ``decode_processes`` 0 -> a thread,
@@ -135,9 +135,12 @@ def choose_executor(*, engine: str = "local", device: str | None = None, devices
                               "or its CPUs when it has none")
         if decode_processes is not None:
             raise ConfigError("--decode-procs is for the local engine: on Ray, --ray-tasks caps the video tasks")
-        return RayOptions(address=address, max_tasks=ray_tasks)
+        timeout = {} if ray_task_timeout_s is None else {"task_timeout_s": ray_task_timeout_s}
+        return RayOptions(address=address, max_tasks=ray_tasks, **timeout)
     if address is not None:
         raise ConfigError("--address is for the Ray engine: add --engine ray")
+    if ray_task_timeout_s is not None:
+        raise ConfigError("--ray-task-timeout is for the Ray engine: add --engine ray")
     if ray_tasks is not None:
         raise ConfigError("--ray-tasks is for the Ray engine: add --engine ray (locally: --decode-procs)")
     if decode_processes is not None and decode_processes < 0:

@@ -62,6 +62,11 @@ def print_report(report) -> None:
                    "process. [default: CPU cores - 1 on CUDA (shared between --devices), 0 on CPU]")
 @click.option("--ray-tasks", type=click.IntRange(min=1), default=None,
               help="With --engine ray: video tasks in flight [default: the cluster's CPUs].")
+@click.option("--ray-task-timeout", "ray_task_timeout", type=click.FloatRange(min=0, min_open=True), default=None,
+              metavar="SECONDS",
+              help="With --engine ray: a video task without a result this long after it was submitted (a stalled "
+                   "node) is cancelled and fails its video by name; an I3D actor not started by then stops the run "
+                   "[default: 1800].")
 @click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="local: this machine; ray: a Ray cluster (pip install 'vadpipe[ray]'), the cache on a "
                    "path every node sees.")
@@ -92,7 +97,7 @@ def print_report(report) -> None:
 @click.pass_context
 def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int,
             stride: int | None, fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None,
-            decode_procs: int | None, ray_tasks: int | None, engine: str, address: str | None, precision: str,
+            decode_procs: int | None, ray_tasks: int | None, ray_task_timeout: float | None, engine: str, address: str | None, precision: str,
             runtime: str, backbone: str | None, profile: str | None, weights: Path | None, strict: bool, json_out: Path | None, quiet: bool) -> None:
     """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
 
@@ -123,7 +128,7 @@ def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, c
         settings = ExtractionSettings(**geometry, decoder=decoder, precision=precision, runtime=runtime,
                                       backbone=found.backbone.id)
     executor = choose_executor(engine=engine, device=device, devices=devices, decode_processes=decode_procs,
-                               address=address, ray_tasks=ray_tasks)
+                               address=address, ray_tasks=ray_tasks, ray_task_timeout_s=ray_task_timeout)
     report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, executor=executor,
                             weights=weights, batch_size=batch_size, progress=not quiet)
     print_report(report)

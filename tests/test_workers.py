@@ -190,6 +190,7 @@ def test_device_lists_are_validated():
     (dict(decode_processes=-1), "decode processes must be >= 0"),
     (dict(address="auto"), "--address is for the Ray engine"),
     (dict(ray_tasks=4), "--ray-tasks is for the Ray engine"),
+    (dict(ray_task_timeout_s=60.0), "--ray-task-timeout is for the Ray engine"),
     (dict(devices="cpu,cpu", device="cpu"), "--device or --devices"),
     (dict(engine="ray", devices="0,1"), "--devices is for the local engine"),
     (dict(engine="ray", device="cuda:1"), "--device is for the local engine"),
@@ -206,6 +207,7 @@ def test_executor_options_are_chosen_and_checked(tmp_path):
     assert choose_executor(devices="cpu,cpu", decode_processes=0) == DeviceOptions(("cpu", "cpu"), 0)
     assert choose_executor(devices="cpu") == ThreadOptions(device="cpu")  # one device: no device processes
     assert choose_executor(engine="ray", ray_tasks=3) == RayOptions(max_tasks=3)
+    assert choose_executor(engine="ray", ray_task_timeout_s=60.0) == RayOptions(task_timeout_s=60.0)
     for build, match in [(lambda: RayOptions(max_tasks=0), "Ray video tasks in flight must be >= 1, got 0"),
                          (lambda: DecodeProcessOptions(processes=0), "decode processes must be >= 1, got 0"),
                          (lambda: DeviceOptions(()), "at least one device")]:
@@ -243,6 +245,10 @@ def test_cli_has_the_engine_options_and_passes_them_on(tmp_path):
     assert bad.exit_code == 2 and "--decode-procs" in bad.stderr
     bad = CliRunner().invoke(main, args + ["--ray-tasks", "2"])
     assert bad.exit_code == 2 and "--ray-tasks is for the Ray engine" in bad.stderr
+    bad = CliRunner().invoke(main, args + ["--ray-task-timeout", "60"])
+    assert bad.exit_code == 2 and "--ray-task-timeout is for the Ray engine" in bad.stderr
+    bad = CliRunner().invoke(main, args + ["--engine", "ray", "--ray-task-timeout", "0"])
+    assert bad.exit_code == 2 and "--ray-task-timeout" in bad.stderr
 
 
 @pytest.mark.slow
