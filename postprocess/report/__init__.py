@@ -4,9 +4,26 @@
 what browsers cannot play, scripts and styles) that opens from the file system with no server
 and no network. The pages export the reviewer's verdicts as a labels CSV for
 ``vadpipe train --labels`` and an annotations file for ``--annotations``.
+
+The names are re-exported lazily (as in `vadpipe.postprocess`): the CLI reads `PROXY_MODES`
+for its options, and every command would otherwise pay for importing torch and scikit-learn
+through the report builder before doing anything.
 """
 
-from vadpipe.postprocess.report.build import ReportOptions, ReportResult, build_report, load_intervals
-from vadpipe.postprocess.report.media import PROXY_MODES
+from __future__ import annotations
 
-__all__ = ["PROXY_MODES", "ReportOptions", "ReportResult", "build_report", "load_intervals"]
+import importlib
+from typing import Any
+
+_EXPORTS = {"ReportOptions": "build", "ReportResult": "build", "build_report": "build",
+            "load_intervals": "build", "PROXY_MODES": "media"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    globals()[name] = value
+    return value
