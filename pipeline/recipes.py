@@ -25,7 +25,10 @@ sparsity and smoothness losses and their weights, and changes how they are optim
   scoring interleaves), and so no alignment loss: on the benchmark, training on two views per
   sample collapsed in 2 of 5 runs on a fresh set, with or without the alignment term, and was
   worse on average on both sets (``--align`` turns it back on, with two phase views and weight
-  0.05: at the paper's 0.5 the term outweighs the BCE 4x with 8 videos a batch);
+  0.05: at the paper's 0.5 the term outweighs the BCE 4x with 8 videos a batch; and
+  ``view_scaling="once"``: the two views' BCE and MIL are divided by the view count once, not
+  twice as in the authors' code, which halves the classification signal against the sparsity
+  pull on the attention; bench/quality.py measures it);
 * the schedule is counted in optimizer steps: at least ``min_steps`` of them (the paper's 50
   epochs are kept when they are more), a linear warm-up, then a cosine decay;
 * a quarter of each class's training videos is held out: the weights kept are those with the
