@@ -253,7 +253,9 @@ def test_sigint_stops_the_run_cleanly_and_the_rerun_resumes(cluster, videos, ref
     wait_for(lambda: not cluster_work(cluster), 60, f"the run's tasks to stop: {cluster_work(cluster)}")
     done = check_cache(out, reference)
     ok = {r["stem"] for r in report["results"] if r["status"] == "ok"}
-    assert ok == done and 1 <= len(done) < N_VIDEOS, (ok, done)
+    # a task may finish its entry after the driver stopped collecting results: that video is in the
+    # cache, complete, without an "ok" in the interrupted report, and the rerun skips it
+    assert ok <= done and 1 <= len(done) < N_VIDEOS, (ok, done)
     print(f"\nSIGINT: exit {rc} after {took_exit:.1f} s, {len(done)}/{N_VIDEOS} finished: {sorted(done)}")
     rerun_resumes(videos, out, cluster.address, reference, done, tmp_path)
     print(f"SIGINT test {time.monotonic() - t0:.0f} s")
