@@ -28,6 +28,7 @@ ray = pytest.importorskip("ray")
 from filelock import FileLock, Timeout  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
 from conftest import moving_frames, write_video  # noqa: E402
+from test_ray_cluster import _descendants  # noqa: E402
 from test_workers import snapshot  # noqa: E402
 from vadpipe.extract import cache  # noqa: E402
 from vadpipe.extract.job import LOCK_DIR  # noqa: E402
@@ -164,22 +165,6 @@ def cluster_work(c: Cluster) -> list[str]:
             if cmd.startswith(RAY_TASK):
                 found.append(f"{pid}: {cmd[:60]}")
     return found
-
-
-def _descendants(pid: int) -> list[int]:
-    parents: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parents[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                pass
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(ch for ch, pp in parents.items() if pp == p)
-    return out
 
 
 def _gone(pid: int) -> bool:
