@@ -44,18 +44,20 @@ from vadpipe.calibrated_training import train_calibrated  # noqa: E402
 from vadpipe.postprocess.evaluate import evaluate_run, json_ready  # noqa: E402
 from vadpipe.recipes import RECIPES  # noqa: E402
 
-# name -> (recipe, training overrides, loss overrides); ``training`` may hold "ensemble"
-VARIANTS: dict[str, tuple[str, dict, dict]] = {
-    "default": ("default", {}, {}),
-    "paper": ("paper", {}, {}),
-    "paper-noalign": ("paper", {"align": False}, {}),
-    "default-align": ("default", {"align": True}, {}),
+# name -> (recipe, training overrides, loss overrides, members: None = the recipe's)
+VARIANTS: dict[str, tuple[str, dict, dict, int | None]] = {
+    "default": ("default", {}, {}, None),
+    "default-single": ("default", {}, {}, 1),
+    "paper": ("paper", {}, {}, None),
+    "paper-noalign": ("paper", {"align": False}, {}, None),
+    "default-align": ("default", {"align": True}, {}, 1),
+    "default-align-x4": ("default", {"align": True}, {}, None),
 }
 
 
 def variant_recipe(name: str, seed: int):
-    recipe, training, loss = VARIANTS[name]
-    return RECIPES[recipe].replaced(training={**training, "seed": seed}, loss=loss or None)
+    recipe, training, loss, members = VARIANTS[name]
+    return RECIPES[recipe].replaced(training={**training, "seed": seed}, loss=loss or None, ensemble=members)
 
 
 def run_one(bench: BenchSet, runs: Path, variant: str, seed: int, reuse: bool = False) -> dict:
@@ -68,10 +70,11 @@ def run_one(bench: BenchSet, runs: Path, variant: str, seed: int, reuse: bool = 
             run = out
             seconds = json.loads(done.read_text())["train_s"] if done.is_file() else float("nan")
         else:
-            if out.exists():
-                shutil.rmtree(out)
+            if out.exists() and not (out / "members").is_dir():  # an unfinished ensemble keeps its finished
+                shutil.rmtree(out)                                # members, as vadpipe train --out does
             began = time.perf_counter()
-            run = train_calibrated(bench.train, out_dir=out, config=chosen.training, calibration=chosen.calibration)
+            run = train_calibrated(bench.train, out_dir=out, config=chosen.training, calibration=chosen.calibration,
+                                   ensemble=chosen.ensemble, jobs=1)
             seconds = time.perf_counter() - began
             done.write_text(json.dumps({"train_s": seconds}))
         report = evaluate_run(run, bench.test, bench.test_annotations, protocol="standard")

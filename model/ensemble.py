@@ -1,8 +1,8 @@
-"""Several CSL-TAL networks trained alike with different seeds, scored as one.
+"""Several CSL-TAL networks trained alike (different seeds, and cross-fitted on different folds of
+the training videos, see `vadpipe.ensemble_training`), scored as one.
 
-One training run can be weak (its attention saturates, or early stopping on a dozen held-out
-videos keeps a poor epoch); the mean of a few members' weighted T-CAMs is not held hostage by
-one of them. An `Ensemble` is only a container: `vadpipe.postprocess.scores.score_video`, the
+One training run can be weak (which videos it was trained on, its init); the mean of a few
+members' weighted T-CAMs is not held hostage by one of them. An `Ensemble` is only a container: `vadpipe.postprocess.scores.score_video`, the
 one scoring function, runs each member and averages their weighted T-CAMs (λ_m·a_m, never
 mean(λ)·mean(a)), so detect, evaluate, calibration and watch all score an ensemble the same way.
 Its weights are one safetensors file (``members.<i>.<name>``), its size is the run config's

@@ -176,7 +176,8 @@ def load_run(run_dir: Path | str) -> Run:
         raise CheckpointError(f"run folder {run_dir} does not exist")
     config = read_run_config(run_dir)
     size = ensemble_size(config, where=run_dir / CONFIG_FILE)
-    model = CSLTAL(config.model) if size == 1 else Ensemble.empty(config.model, size)
+    # an ensemble section means an Ensemble, even of one (a cross-fitted run that left members out)
+    model = CSLTAL(config.model) if "ensemble" not in config.sections else Ensemble.empty(config.model, size)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing: the run did not finish; "

@@ -49,9 +49,12 @@ from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_video
 
 __all__ = ["RELIABILITY_FILE", "CalibrationSpec", "train_calibrated", "resume_calibrated", "calibrate_run",
-           "heldout_videos", "fixed_operating_point"]
+           "heldout_videos", "fixed_operating_point", "store_operating_point"]
 
 RELIABILITY_FILE = "reliability.png"
+_CROSS_FIT_NOTE = ("every training video was scored by the cross-fitted member that held it out; the thresholds "
+                   "were chosen on those out-of-fold curves and apply to the members' mean curve, whose normal-video "
+                   "peaks are lower: false alarms at or below the held-out rate")
 _MODEL_NOTE = ("the run's weights were trained without the held-out videos; the thresholds and calibrations "
                "were measured on exactly these weights")
 
@@ -130,11 +133,12 @@ def train_calibrated(
 ) -> Path:
     """Train a run and store its operating point in its ``config.json``.
 
-    ``ensemble`` > 1 trains that many members (seeds ``config.seed + 1000·k``, so member 0 is
-    the single run of ``config.seed``) on the same training videos, each with early stopping on
-    the same held-out ones, ``jobs`` of them side by side (default: one per core, at most the
-    members); the run is their `vadpipe.model.ensemble.Ensemble`, whose averaged curve the
-    operating point is then chosen on.
+    ``ensemble`` > 1 trains that many members cross-fitted on as many folds of the training
+    videos (`vadpipe.ensemble_training`: member k holds out fold k), ``jobs`` of them side by side
+    (default: one per core, at most the members); the run is their
+    `vadpipe.model.ensemble.Ensemble`, whose averaged curve the operating point is then chosen for,
+    on every training video scored by the member that held it out. ``calibration.holdout_fraction``
+    is then 1/K and not used.
 
     With ``calibration``, the training videos are split per class (seeded with
     ``config.seed``), the model is trained on the larger part, and `calibrate_run` chooses
@@ -155,14 +159,16 @@ def train_calibrated(
     if not isinstance(ensemble, int) or isinstance(ensemble, bool) or ensemble < 1:
         raise ConfigError(f"ensemble must be an integer >= 1 (members), got {ensemble!r}")
     if ensemble > 1:
-        return _train_ensemble(features, out_dir=Path(out_dir), config=config, calibration=calibration,
-                               labels_csv=labels_csv, crops=crops, validation=validation, data=data,
-                               backbone=backbone, size=ensemble, jobs=jobs, show_progress=show_progress)
+        from vadpipe.ensemble_training import train_ensemble  # it builds on this module
+
+        return train_ensemble(features, out_dir=Path(out_dir), config=config, calibration=calibration,
+                              labels_csv=labels_csv, crops=crops, validation=validation, data=data,
+                              backbone=backbone, size=ensemble, jobs=jobs, show_progress=show_progress)
     if calibration is None:
         run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
                         validation=validation, show_progress=show_progress, extra_config={SECTION: backbone},
                         scorer=score_video)
-        _store_operating_point(run_dir, fixed_operating_point())
+        store_operating_point(run_dir, fixed_operating_point())
         fit_run_distance(run_dir, data=data)  # outside-footage check, threshold cross-fitted (no held-out videos)
         return run_dir
     labels = {item.video: int(item.label) for item in data.items}
@@ -177,93 +183,16 @@ def train_calibrated(
     return run_dir
 
 
-def member_seeds(seed: int, size: int) -> list[int]:
-    """The seeds of an ensemble's members: the run's own seed first."""
-    return [seed + 1000 * k for k in range(size)]
-
-
-def _member_job(job: tuple) -> str:
-    """Train (or finish) one member in its own folder; a finished member is kept as it is."""
-    import torch
-
-    member_dir, features, config, labels_csv, crops, validation, videos, heldout, extra, threads = job
-    if threads:
-        torch.set_num_threads(threads)
-    member_dir = Path(member_dir)
-    if (member_dir / WEIGHTS_FILE).is_file():
-        return str(member_dir)
-    if (member_dir / "config.json").is_file():
-        return str(resume(member_dir, scorer=score_video))
-    if member_dir.exists():  # killed before its config was written
-        import shutil
-        shutil.rmtree(member_dir)
-    return str(train(features, out_dir=member_dir, config=config, labels_csv=labels_csv, crops=crops,
-                     validation=validation, videos=videos, heldout=heldout, extra_config=extra, scorer=score_video))
-
-
-def _train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, calibration: CalibrationSpec | None,
-                    labels_csv: Path | str | None, crops: Sequence[int] | None, validation: ValidationSpec | None,
-                    data: FeatureSet, backbone: dict, size: int, jobs: int | None, show_progress: bool) -> Path:
-    """Members under ``out_dir/members/seed-<s>/`` (each a run folder), then the ensemble run in
-    ``out_dir``; rerunning it on the same folder finishes the members that are not done."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-
-    import torch
-
-    from vadpipe.model.ensemble import Ensemble
-    from vadpipe.model.run import SUMMARY_FILE, read_json, save_run
-
-    if (out_dir / WEIGHTS_FILE).exists():
-        raise CheckpointError(f"{out_dir} already holds a run; choose another --out")
-    labels = {item.video: int(item.label) for item in data.items}
-    if calibration is None:
-        videos, heldout, request = None, None, {SECTION: backbone}
-    else:
-        videos, heldout = stratified_holdout(labels, fraction=calibration.holdout_fraction, seed=config.seed)
-        request = {SECTION: backbone,
-                   "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
-    seeds = member_seeds(config.seed, size)
-    members = [out_dir / "members" / f"seed-{seed}" for seed in seeds]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    n_jobs = max(1, min(size, jobs if jobs is not None else cores))
-    threads = max(1, cores // n_jobs) if n_jobs > 1 else 0
-    payload = [(m, features, replace(config, seed=seed), labels_csv, crops, validation, videos, heldout, request,
-                threads) for m, seed in zip(members, seeds)]
-    if show_progress:
-        print(f"training {size} ensemble members ({', '.join(f'seed {s}' for s in seeds)}), {n_jobs} at a time",
-              flush=True)
-    if n_jobs == 1:
-        for job in payload:
-            _member_job(job)
-    else:
-        import multiprocessing
-        with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            list(pool.map(_member_job, payload))
-    nets = [load_run(m).model for m in members]
-    first = dict(read_run_config(members[0]).sections)
-    first["ensemble"] = {"size": size, "seeds": seeds,
-                         "members": [str(m.relative_to(out_dir)) for m in members],
-                         "rule": "the curve is the mean of the members' weighted T-CAMs (score_video)"}
-    first.pop("operating_point", None)
-    with torch.no_grad():
-        save_run(out_dir, Ensemble(nets), config=first)
-    summaries = [read_json(m / SUMMARY_FILE, what="member summary") for m in members]
-    write_json(out_dir / SUMMARY_FILE, {**summaries[0], "members": [
-        {"seed": seed, "selected_epoch": summary.get("selected_epoch"), "last_epoch": summary.get("last_epoch")}
-        for seed, summary in zip(seeds, summaries)]})
-    if calibration is None:
-        _store_operating_point(out_dir, fixed_operating_point())
-    else:
-        calibrate_run(out_dir, data=data)
-    fit_run_distance(out_dir, data=data)
-    return out_dir
-
-
 def resume_calibrated(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:
     """Continue a run from its last checkpoint (`vadpipe.model.train.resume`, early stopping with
     `score_video`), then choose its operating point again (a no-op without held-out videos) and refit the
     outside-footage check."""
+    from vadpipe.ensemble_training import REQUEST_FILE, resume_ensemble  # it builds on this module
+
+    if (Path(run_dir) / REQUEST_FILE).is_file():
+        if epochs is not None:
+            raise ConfigError(f"{run_dir} is an ensemble run: it resumes with its own settings; drop --epochs")
+        return resume_ensemble(run_dir, show_progress=show_progress)
     run_dir = resume(run_dir, epochs=epochs, show_progress=show_progress, scorer=score_video)
     calibrate_run(run_dir)
     fit_run_distance(run_dir)
@@ -278,15 +207,16 @@ def _heldout_set(data: FeatureSet, videos: Collection[str], where: Path) -> Feat
     return replace(data, items=tuple(item for item in data.items if item.video in wanted))
 
 
-def heldout_videos(run: Run, data: FeatureSet, annotations: Mapping[str, list] | None) -> list[HeldoutVideo]:
-    """Score every held-out video exactly as `vadpipe detect` does (`score_video` at full rate),
-    its curve zoomed to frame rate."""
-    block_len = run.config.block_len
+def heldout_videos(model: Any, data: FeatureSet, annotations: Mapping[str, list] | None, *,
+                   block_len: int) -> list[HeldoutVideo]:
+    """Score every video of ``data`` exactly as `vadpipe detect` does (`score_video` at full rate,
+    with ``model``: the run's, or the cross-fitted member that held the videos out), its curve
+    zoomed to frame rate."""
     labels = {item.video: int(item.label) for item in data.items}
     videos = []
     for video in group_videos(data):
         arrays = [load_item(item, feature_dim=data.feature_dim) for item in video.crops]
-        scores = score_video(run.model, arrays, mode="full", block_len=block_len)
+        scores = score_video(model, arrays, mode="full", block_len=block_len)
         curve = interpolate_to_frames(scores.wtcam, clip_len=video.clip_len)
         frames = (video.start_frames[:, None] + np.arange(video.clip_len)[None, :]).ravel()
         truth = None
@@ -296,6 +226,27 @@ def heldout_videos(run: Run, data: FeatureSet, annotations: Mapping[str, list] |
                 truth = tuple(annotations.get(key, ()))
         videos.append(HeldoutVideo(video.name, labels[video.name], scores.video_score, curve, frames, truth))
     return videos
+
+
+def _out_of_fold(run: Run, request: Mapping[str, Any], data: FeatureSet, annotations: Mapping[str, list] | None,
+                 where: Path) -> tuple[list[HeldoutVideo], list[str]]:
+    """The held-out videos scored by the model that never trained on them: the run's own, or for a
+    cross-fitted ensemble (``request["folds"]``) each fold by its member."""
+    block_len = run.config.block_len
+    if "folds" not in request:
+        names = list(request["heldout_videos"])
+        return heldout_videos(run.model, _heldout_set(data, names, where), annotations, block_len=block_len), names
+    members = list(run.model.members)
+    videos, names = [], []
+    for fold in request["folds"]:
+        member = int(fold["member"])
+        if not 0 <= member < len(members):
+            raise CheckpointError(f"{where}: calibration fold of member {member}, but the run has {len(members)}")
+        fold_names = list(fold["videos"])
+        videos += heldout_videos(members[member], _heldout_set(data, fold_names, where), annotations,
+                                 block_len=block_len)
+        names += fold_names
+    return videos, names
 
 
 def _interval_examples(videos: Sequence[HeldoutVideo], detections: Sequence[VideoDetections],
@@ -337,7 +288,6 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
     where = run_dir / "config.json"
     try:
         spec = CalibrationSpec.from_dict(request)
-        heldout_names = list(request["heldout_videos"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: unusable calibration request: {exc}") from None
     if data is None:
@@ -345,7 +295,10 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
         data = open_training_set(recorded["path"], labels_csv=recorded.get("labels_csv"),
                                  crops=recorded.get("crops_requested"))
     annotations = parse_annotations(spec.annotations) if spec.annotations else None
-    videos = heldout_videos(run, _heldout_set(data, heldout_names, where), annotations)
+    try:
+        videos, heldout_names = _out_of_fold(run, request, data, annotations, where)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: unusable calibration request: {exc}") from None
     choice = choose_operating_point(videos, method=spec.operating_point,
                                     target_false_alarm_rate=spec.target_false_alarm_rate)
     detections = heldout_detections(videos, choice)
@@ -383,10 +336,10 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
         "seed": request.get("seed"),
         "calibration_method": spec.method,
         "annotations": str(spec.annotations) if spec.annotations else None,
-        "model": _MODEL_NOTE,
+        "model": _CROSS_FIT_NOTE if "folds" in request else _MODEL_NOTE,
         "notes": list(choice.notes),
     }
-    _store_operating_point(run_dir, entry)
+    store_operating_point(run_dir, entry)
     plot_reliability(run_dir / RELIABILITY_FILE, [
         ("video score -> P(video is anomalous)", video_scores, video_labels, video_cal, spec.method),
         ("interval score -> P(" + ("hit" if with_truth else "in an anomalous video") + ")",
@@ -395,7 +348,7 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
     return entry
 
 
-def _store_operating_point(run_dir: Path, entry: dict[str, Any]) -> None:
+def store_operating_point(run_dir: Path, entry: dict[str, Any]) -> None:
     config = dict(read_run_config(run_dir).sections)
     config["operating_point"] = entry
     write_json(Path(run_dir) / "config.json", config)

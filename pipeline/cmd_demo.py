@@ -29,7 +29,7 @@ def demo(out_dir: Path | None, recipe: str, seed: int, device: str, quiet: bool)
     from vadpipe.recipes import recipe as named
 
     chosen = named(recipe)
-    config = DemoConfig(seed=seed, training=chosen.training, calibration=chosen.calibration)
+    config = DemoConfig(seed=seed, training=chosen.training, calibration=chosen.calibration, ensemble=chosen.ensemble)
     console = Console(stderr=True)
     report = run_demo(out_dir or workspace_dir() / "demo", config=config, device=device,
                       progress=not quiet, say=lambda text: console.print(f"[bold]{text}[/]"))

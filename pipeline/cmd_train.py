@@ -34,10 +34,11 @@ _FIELDS: dict[str, tuple[str, ...]] = {
     "operating_point": ("calibration", "operating_point"),
     "target_false_alarm_rate": ("calibration", "target_false_alarm_rate"),
     "train_annotations": ("calibration", "annotations"), "calibration": ("calibration", "method"),
+    "ensemble": ("ensemble",),
 }
 # Options that define a run; --resume takes them from the run's config.json instead (only --epochs may change).
 _RUN_OPTIONS = ("features", "labels_csv", "out_dir", "recipe", "loss_weights", "crops", "val_features", "annotations",
-                "val_every", "features_backbone", "ensemble", *(name for name in _FIELDS if name != "epochs"))
+                "val_every", "features_backbone", *(name for name in _FIELDS if name != "epochs"))
 # Options that only mean something when videos are held out for calibration.
 _CALIBRATION_OPTIONS = tuple(name for name, path in _FIELDS.items()
                              if path[0] == "calibration" and name != "holdout_fraction")
@@ -126,7 +127,20 @@ def _print_summary(run_dir: Path) -> dict:
                    err=True)
     last = summary["last_epoch"]
     click.echo(f"last epoch ({last['epoch']}): loss {last['loss']:.4g}", err=True)
-    if summary.get("selected_epoch") is not None:
+    members = summary.get("members")
+    if members:
+        section = config.sections.get("ensemble") or {}
+        how = "cross-fitted, each on its own held-out fold" if section.get("cross_fitted") else "on every video"
+        click.echo(f"ensemble: {section.get('size', len(members))} of {len(members)} members kept ({how})", err=True)
+        for k, member in enumerate(members):
+            auc = member.get("heldout_peak_auc")
+            line = f"  member {k} (seed {member['seed']}): "
+            line += (f"weights of epoch {member['selected_epoch']}" if member.get("selected_epoch") is not None
+                     else "last epoch's weights")
+            line += "" if auc is None else f", held-out peak AUC {auc:.2f}"
+            line += "" if member.get("kept", True) else " - left out (no better than chance on its fold)"
+            click.echo(line, err=True)
+    elif summary.get("selected_epoch") is not None:
         click.echo(f"early stopping kept the weights of epoch {summary['selected_epoch']} "
                    "(lowest loss on the held-out videos)", err=True)
     if summary["last_validation"]:
@@ -148,7 +162,7 @@ def _warn_weak(entry: dict | None) -> None:
     heldout = (entry or {}).get("heldout") or {}
     if heldout.get("anomalous_videos") and not heldout.get("anomalous_videos_flagged"):
         click.secho(f"warning: at its operating point this run finds none of the {heldout['anomalous_videos']} "
-                    "held-out anomalous videos; it may be a weak seed: train another --seed, or --ensemble 3",
+                    "held-out anomalous videos; it may be a weak seed: train another --seed, or more --ensemble members",
                     fg="yellow", err=True)
 
 
@@ -183,6 +197,7 @@ def _recipe(ctx: click.Context, name: str):
     changes: dict[str, dict] = {"training": {}, "model": {}, "loss": {}, "calibration": {}}
     if ctx.params["loss_weights"]:
         changes["loss"].update(WEIGHT_ASSIGNMENTS[ctx.params["loss_weights"]])
+    ensemble = given.pop("ensemble", None)
     for option, value in given.items():
         path = _FIELDS[option]
         changes[path[1] if len(path) == 3 else path[0]][path[-1]] = value
@@ -199,7 +214,11 @@ def _recipe(ctx: click.Context, name: str):
         raise ConfigError(f"--holdout-fraction 0 holds out no videos to calibrate on; drop {_flags(ctx, calibrating)}")
     if given.get("operating_point") == "f1" and "target_false_alarm_rate" in given:
         raise ConfigError("--target-false-alarm-rate applies to --operating-point false-alarms, not f1")
-    chosen = base.replaced(**changes)
+    chosen = base.replaced(**changes, ensemble=ensemble)
+    if chosen.ensemble > 1 and chosen.calibration is not None and "holdout_fraction" in given:
+        raise ConfigError(f"--ensemble {chosen.ensemble} cross-fits its members: each holds out one of "
+                          f"{chosen.ensemble} folds (1/{chosen.ensemble} of the videos); drop --holdout-fraction, "
+                          "or pass --ensemble 1")
     if chosen.training.early_stopping and chosen.calibration is None:
         if given.get("early_stopping"):
             raise ConfigError("--early-stopping watches held-out videos; --holdout-fraction 0 holds out none")
@@ -276,10 +295,12 @@ def _recipe(ctx: click.Context, name: str):
 @click.option("--early-stopping/--no-early-stopping", default=None, cls=_RecipeOption,
               help="Keep the weights with the lowest loss on the held-out training videos (video labels only) "
                    "instead of the last ones; needs --holdout-fraction > 0.")
-@click.option("--ensemble", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Train this many members (seeds --seed + 1000 k) on the same videos, side by side where cores "
-                   "allow, and save them as one run whose curve is the mean of theirs: one weak seed no longer "
-                   "decides the detector. Costs N trainings.")
+@click.option("--ensemble", type=click.IntRange(min=1, max=99), default=None, cls=_RecipeOption,
+              help="Train this many members (seeds 100·--seed + k), side by side where cores allow, and save them "
+                   "as one run whose curve is the mean of theirs. With held-out videos they are cross-fitted: "
+                   "member k holds out fold k of as many folds, every video is trained on by the others and "
+                   "helps choose the operating point; a member no better than chance on its fold is left out. "
+                   "Costs N trainings; 1: one run on one held-out split.")
 @click.option("--crops", default=None,
               help="Comma-separated crop indices to use, e.g. 0.  [default: every crop present]")
 @click.option("--seed", type=click.IntRange(min=0), default=None, cls=_RecipeOption,
@@ -318,7 +339,7 @@ def _recipe(ctx: click.Context, name: str):
 def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None, out_dir: Path | None,
           resume_dir: Path | None, recipe: str, loss_weights: str | None, crops: str | None,
           val_features: Path | None, annotations: Path | None, val_every: int, features_backbone: str | None,
-          json_out: Path | None, quiet: bool, ensemble: int, **fields: object) -> None:
+          json_out: Path | None, quiet: bool, **fields: object) -> None:
     """Train the CSL-TAL model and write a run folder (weights, config, metrics, curves).
 
     --recipe default (vadpipe's) holds out a quarter of the training videos for early stopping and
@@ -350,7 +371,7 @@ def train(ctx: click.Context, *, features: Path | None, labels_csv: Path | None,
                                        out_dir=out_dir if out_dir is not None else new_run_dir(runs_dir()),
                                        config=chosen.training, calibration=chosen.calibration, labels_csv=labels_csv,
                                        crops=_parse_crops(crops), validation=validation, show_progress=not quiet,
-                                       features_backbone=features_backbone, ensemble=ensemble)
+                                       features_backbone=features_backbone, ensemble=chosen.ensemble)
         if run_dir.resolve().parent == runs_dir().resolve():
             set_latest(runs_dir(), run_dir)
         summary = _print_summary(run_dir)

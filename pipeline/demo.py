@@ -42,6 +42,7 @@ class DemoConfig:
     synth: SynthConfig = SynthConfig()
     training: TrainConfig = RECIPES["default"].training
     calibration: CalibrationSpec | None = RECIPES["default"].calibration  # None: train on all, the paper's 0.35
+    ensemble: int = RECIPES["default"].ensemble  # members (cross-fitted when calibrating)
     threshold: float | None = None  # None: the run's operating point; a number: that curve threshold, no gate
 
 
@@ -79,15 +80,20 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
                                     executor=executor, encoder=encoder, progress=progress)
                for name in config.splits}
 
-    held = (f", {config.calibration.holdout_fraction:.0%} of the videos held out to choose the operating point"
-            if config.calibration is not None else "")
+    if config.calibration is None:
+        held = "" if config.ensemble == 1 else f", {config.ensemble} members"
+    elif config.ensemble > 1:
+        held = (f", {config.ensemble} members cross-fitted on {config.ensemble} folds: each holds one out, "
+                "every video helps choose the operating point")
+    else:
+        held = f", {config.calibration.holdout_fraction:.0%} of the videos held out to choose the operating point"
     length = f"{config.training.epochs} epochs"
     if config.training.min_steps:
         length += f" or {config.training.min_steps} optimizer steps, whichever is more"
     say(f"[3/5] training ({length}{held})")
     runs = root / "runs"
     run_dir = train_calibrated(features["train"], out_dir=runs / "demo", config=config.training,
-                               calibration=config.calibration, show_progress=progress)
+                               calibration=config.calibration, show_progress=progress, ensemble=config.ensemble)
     set_latest(runs, run_dir)
 
     say("[4/5] evaluating on the test videos (standard protocol, and the decisions at the operating point)")

@@ -52,6 +52,7 @@ __all__ = [
     "CalibrationWarning",
     "ScoreCalibrator",
     "fit_calibrator",
+    "stratified_folds",
     "stratified_holdout",
     "HeldoutVideo",
     "OperatingChoice",
@@ -250,6 +251,33 @@ def stratified_holdout(labels: Mapping[str, int], *, fraction: float, seed: int)
         held += [names[i] for i in order[:k]]
         train += [names[i] for i in order[k:]]
     return sorted(train), sorted(held)
+
+
+def stratified_folds(labels: Mapping[str, int], *, folds: int, seed: int) -> list[list[str]]:
+    """Split videos into ``folds`` disjoint held-out folds with each class spread evenly
+    (scikit-learn's shuffled `StratifiedKFold` over the sorted names, seeded): a cross-fitted
+    ensemble's member k holds out fold k and trains on the others, so every video is trained on
+    by ``folds - 1`` members and held out by one.
+
+    Raises:
+        ConfigError: ``folds`` < 2, or a class with fewer than ``folds`` videos.
+
+    Example:
+        >>> [len(f) for f in stratified_folds({f"v{i}": i % 2 for i in range(8)}, folds=4, seed=0)]
+        [2, 2, 2, 2]
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise ConfigError(f"folds must be an integer >= 2, got {folds!r}")
+    names = sorted(labels)
+    y = np.array([int(labels[name]) for name in names])
+    for label, word in ((0, "normal"), (1, "anomalous")):
+        if int((y == label).sum()) < folds:
+            raise ConfigError(f"{folds} cross-fitted folds need at least {folds} {word} training videos, "
+                              f"got {int((y == label).sum())}")
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [sorted(names[i] for i in held) for _, held in splitter.split(names, y)]
 
 
 # --- choosing the operating point -----------------------------------------------------------

@@ -394,7 +394,7 @@ def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration
     held = data.__class__(**{**data.__dict__, "items": tuple(i for i in data.items if i.video in heldout)})
     op = OperatingPoint.for_run(run.config.operating_point, where="config.json")
 
-    calibration = {v.name: v for v in heldout_videos(run, held, None)}
+    calibration = {v.name: v for v in heldout_videos(run.model, held, None, block_len=run.config.block_len)}
     assert sorted(calibration) == sorted(heldout) and len(heldout) == 4
     for video in group_videos(held):
         assert len(video.crops) == 5

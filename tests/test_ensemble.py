@@ -78,31 +78,90 @@ def test_an_ensemble_run_round_trips_and_single_runs_still_load(tmp_path: Path) 
         Ensemble([members[0], CSLTAL(replace(CONFIG, feature_dim=8))])
 
 
-def test_train_calibrated_trains_the_members_on_one_split_and_calibrates_their_mean(tmp_path: Path) -> None:
-    from vadpipe.calibrated_training import member_seeds, train_calibrated
+def _small_recipe(seed: int):
     from vadpipe.recipes import recipe
 
-    _planted(tmp_path / "train", 16, seed=0)
     chosen = recipe("default")
-    config = replace(chosen.training, min_steps=40, warmup_steps=5, select_every_steps=20, seed=3)
+    return replace(chosen.training, min_steps=40, warmup_steps=5, select_every_steps=20, seed=seed), chosen.calibration
+
+
+def test_train_calibrated_cross_fits_the_members_and_calibrates_on_every_video(tmp_path: Path) -> None:
+    from vadpipe.calibrated_training import heldout_videos, train_calibrated
+    from vadpipe.ensemble_training import member_seeds
+    from vadpipe.model.data import open_training_set
+    from vadpipe.postprocess.calibration import stratified_folds
+
+    _planted(tmp_path / "train", 16, seed=0)
+    config, calibration = _small_recipe(3)
     run_dir = train_calibrated(tmp_path / "train", out_dir=tmp_path / "run", config=config,
-                               calibration=chosen.calibration, ensemble=2, jobs=1)
+                               calibration=calibration, ensemble=2, jobs=1)
     run = load_run(run_dir)
-    assert isinstance(run.model, Ensemble) and member_seeds(3, 2) == [3, 1003]
+    data = open_training_set(tmp_path / "train")
+    everyone = sorted(data.videos)
+    folds = stratified_folds({i.video: int(i.label) for i in data.items}, folds=2, seed=3)
+    assert sorted(folds[0] + folds[1]) == everyone and not set(folds[0]) & set(folds[1])
     section = run.config.sections["ensemble"]
-    assert section["size"] == 2 and section["seeds"] == [3, 1003]
-    heldout = run.config.calibration["heldout_videos"]
-    for member, seed in zip(section["members"], section["seeds"]):  # each member: same split, its own seed
+    assert isinstance(run.model, Ensemble) and section["cross_fitted"] and section["size"] == 2
+    assert section["seeds"] == member_seeds(3, 2) == [300, 301]
+    for k, member in enumerate(section["members"]):  # member k: its own seed, holds out fold k, trains on the rest
         member_run = load_run(run_dir / member)
-        assert member_run.config.training.seed == seed
-        assert member_run.config.calibration["heldout_videos"] == heldout
+        assert member_run.config.training.seed == section["seeds"][k]
+        assert member_run.config.calibration["heldout_videos"] == folds[k]
+        assert member_run.config.data["videos"] == folds[1 - k]
         for name, tensor in member_run.model.state_dict().items():
-            index = section["members"].index(member)
-            assert torch.equal(run.model.members[index].state_dict()[name], tensor)
-    assert run.config.operating_point is not None and run.config.operating_point.method == "false_alarms"
+            assert torch.equal(run.model.members[k].state_dict()[name], tensor)
+    # the ensemble saw every video; every video, scored by the member that held it out, chose the operating point
+    assert run.config.data["videos"] == everyone
+    assert run.config.calibration["folds"] == [{"member": 0, "videos": folds[0]}, {"member": 1, "videos": folds[1]}]
+    op = run.config.operating_point
+    assert op is not None and op.method == "false_alarms"
+    held = op.entry["heldout"]
+    assert sorted(held["videos"]) == everyone and held["normal_videos"] == held["anomalous_videos"] == 8
+    fold0 = replace(data, items=tuple(i for i in data.items if i.video in folds[0]))
+    oof = heldout_videos(run.model.members[0], fold0, None, block_len=run.config.block_len)
+    whole = heldout_videos(run.model, fold0, None, block_len=run.config.block_len)
+    assert not all(np.array_equal(a.curve, b.curve) for a, b in zip(oof, whole))  # out-of-fold is not the mean
     assert (run_dir / "ood.safetensors").is_file()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert [m["seed"] for m in summary["members"]] == [3, 1003]
+    assert [m["seed"] for m in summary["members"]] == [300, 301] and all(m["kept"] for m in summary["members"])
+    assert all(m["heldout_peak_auc"] > 0.5 for m in summary["members"])
+
+
+def test_a_member_no_better_than_chance_on_its_fold_is_left_out(tmp_path: Path) -> None:
+    """A member whose curve ranks its held-out videos backwards (its classifier's output negated,
+    so its peak AUC is 1 - a learnt one's) is left out of the finished run, with a warning, and its
+    fold takes no part in the operating point; rerunning on the folder keeps the finished members."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from vadpipe.calibrated_training import train_calibrated
+    from vadpipe.model.data import DataWarning
+
+    _planted(tmp_path / "train", 16, seed=0)
+    config, calibration = _small_recipe(3)
+    first = train_calibrated(tmp_path / "train", out_dir=tmp_path / "first", config=config,
+                             calibration=calibration, ensemble=2, jobs=1)
+    again = tmp_path / "again"
+    shutil.copytree(first / "members", again / "members")  # finished members, as a killed run leaves them
+    weights = again / "members" / "member-1" / "weights.safetensors"
+    tensors = load_file(weights)
+    for name in ("classifier.2.weight", "classifier.2.bias"):
+        tensors[name] = -tensors[name]
+    save_file(tensors, weights)
+    with pytest.warns(DataWarning, match=r"member 1 \(seed 301\) ranks its own held-out videos no better than chance"):
+        run_dir = train_calibrated(tmp_path / "train", out_dir=again, config=config, calibration=calibration,
+                                   ensemble=2, jobs=1)
+    run = load_run(run_dir)
+    section = run.config.sections["ensemble"]
+    assert section["size"] == 1 and section["members"] == ["members/member-0"] and section["trained"] == 2
+    assert section["left_out"][0]["member"] == "members/member-1" and section["left_out"][0]["heldout_peak_auc"] <= 0.5
+    assert len(run.model.members) == 1
+    for name, tensor in load_run(first / "members" / "member-0").model.state_dict().items():
+        assert torch.equal(run.model.members[0].state_dict()[name], tensor)  # member 0 kept as it was
+    folds = run.config.calibration["folds"]
+    assert len(folds) == 1 and folds[0]["member"] == 0
+    assert sorted(run.config.operating_point.entry["heldout"]["videos"]) == folds[0]["videos"]
 
 
 def test_train_warns_when_a_run_finds_no_heldout_anomaly() -> None:

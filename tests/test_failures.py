@@ -638,6 +638,7 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
 
     monkeypatch.setattr(importlib.import_module("vadpipe.model.train"), "train_epoch", interrupted)
     result = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r"), "-q",
+                                       "--ensemble", "1",  # one member: trained in this process
                                        "--features-backbone", "kinetics400-scratch"])  # no unknown-origin warning
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
     monkeypatch.setattr(importlib.import_module("vadpipe.extract.encoder").ClipEncoder, "__call__", interrupted)
@@ -651,9 +652,9 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
 # --- 2. training survives a kill ---------------------------------------------------------------------
 
 
-# the default recipe: 2 balanced steps per epoch on the 6 trained videos, 750 epochs to reach 1,500 steps, and
-# early stopping on the 2 held-out ones, so resume must restore the kept best weights too
-_TRAIN_ARGS = ["--batch-size", "4", "--seed", "7", "-q"]
+# the default recipe with one member: 2 balanced steps per epoch on the 6 trained videos, 750 epochs to reach
+# 1,500 steps, and early stopping on the 2 held-out ones, so resume must restore the kept best weights too
+_TRAIN_ARGS = ["--batch-size", "4", "--seed", "7", "--ensemble", "1", "-q"]
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -703,6 +704,44 @@ def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
     _same_run(killed_dir, tmp_path / "ref")
     assert json.loads((killed_dir / "summary.json").read_text())["selected_epoch"] is not None
     assert not list(killed_dir.rglob(".*.tmp"))
+
+
+def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, one_thread):
+    """SIGKILL to the driver of a cross-fitted run while its members train (its pool's workers
+    live on until their member ends): --resume waits for them through the members' locks, keeps
+    the finished members, resumes the others, and the run equals an uninterrupted one."""
+    feats = _bare_features(tmp_path / "feats", n_videos=8, n_clips=32, dim=64)
+    args = ["--batch-size", "4", "--seed", "7", "--ensemble", "2", "--min-steps", "300", "-q"]
+    killed_dir = tmp_path / "killed"
+    vadpipe = [sys.executable, "-m", "vadpipe", "train"]
+    killed = subprocess.Popen([*vadpipe, "--features", str(feats), "--out", str(killed_dir), *args],
+                              env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = killed_dir / "members" / "member-1" / "checkpoint" / "state.json"
+    deadline = time.monotonic() + 300
+    while not (state.is_file() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 2):
+        assert killed.poll() is None, killed.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert not (killed_dir / "weights.safetensors").exists(), "the run finished before it could be killed"
+    resumed = CliRunner().invoke(main, ["train", "--resume", str(killed_dir), "-q"])
+    assert resumed.exit_code == 0, resumed.output
+    reference = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"), *args])
+    assert reference.exit_code == 0, reference.output
+    wa, wb = (load_file(str(d / "weights.safetensors")) for d in (killed_dir, tmp_path / "ref"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    for member in ("member-0", "member-1"):
+        _same_run(killed_dir / "members" / member, tmp_path / "ref" / "members" / member)
+    ops = [json.loads((d / "config.json").read_text())["operating_point"] for d in (killed_dir, tmp_path / "ref")]
+    assert ops[0]["threshold"] == ops[1]["threshold"] and ops[0]["heldout"] == ops[1]["heldout"]
+    again = CliRunner().invoke(main, ["train", "--resume", str(killed_dir), "-q"])
+    assert again.exit_code == 2 and "finished ensemble run" in again.output
+    unfinished = tmp_path / "unfinished"  # what a kill before any member trained leaves: the request only
+    unfinished.mkdir()
+    shutil.copy(killed_dir / "ensemble_request.json", unfinished / "ensemble_request.json")
+    other = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(unfinished), *args, "--seed", "8"])
+    assert other.exit_code == 2 and "unfinished ensemble run with other settings" in other.output
 
 
 def test_train_killed_before_its_first_checkpoint_resumes_from_scratch(tmp_path):
