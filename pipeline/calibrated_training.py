@@ -26,7 +26,7 @@ from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.model.data import DataWarning, FeatureSet, load_item, open_training_set, parse_annotations
 from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION, training_backbone
-from vadpipe.model.run import WEIGHTS_FILE, Run, load_run, read_run_config, write_json
+from vadpipe.model.run import Run, load_run, read_run_config, write_json
 from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
 from vadpipe.postprocess.calibration import (
     CALIBRATION_METHODS,

@@ -41,7 +41,8 @@ from vadpipe.model.data import DataWarning, FeatureSet
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION
-from vadpipe.model.run import SUMMARY_FILE, WEIGHTS_FILE, load_run, read_json, read_run_config, save_run, write_json
+from vadpipe.model.run import (CHECKPOINT_DIR, SUMMARY_FILE, WEIGHTS_FILE, load_run, read_json, read_run_config,
+                               save_run, write_json)
 from vadpipe.model.selection import heldout_scores
 from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
 from vadpipe.postprocess.calibration import stratified_folds
@@ -103,16 +104,16 @@ def _fold_count(labels: dict[str, int], size: int) -> int:
     return smallest
 
 
-def _screen(members: list[Path], folds: list[list[str]] | None, data: FeatureSet, config: TrainConfig
+def _screen(nets: list[torch.nn.Module], folds: list[list[str]] | None, data: FeatureSet, config: TrainConfig
             ) -> list[float | None]:
     """Each member's peak AUC on its own held-out fold (None without folds or with one class)."""
     if folds is None:
-        return [None] * len(members)
+        return [None] * len(nets)
     aucs = []
-    for member, fold in zip(members, folds):
+    for net, fold in zip(nets, folds):
         wanted = set(fold)
         held = replace(data, items=tuple(item for item in data.items if item.video in wanted))
-        line = heldout_scores(load_run(member).model, held, scorer=score_video, block_len=config.block_len,
+        line = heldout_scores(net, held, scorer=score_video, block_len=config.block_len,
                               top_fraction=config.loss.mil_top_fraction)
         aucs.append(line["heldout_peak_auc"])
     return aucs
@@ -123,6 +124,7 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
                    data: FeatureSet, backbone: dict, size: int, jobs: int | None, show_progress: bool) -> Path:
     """Members under ``out_dir/members/member-<k>/`` (each a run folder), then the ensemble run in
     ``out_dir``; rerunning it on the same folder keeps the finished members and finishes the rest.
+    Once the run is saved the members' checkpoints are removed (their weights, metrics and configs stay).
 
     Returns:
         ``out_dir``.
@@ -175,7 +177,8 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
         with ProcessPoolExecutor(n_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
             list(pool.map(_member_job, payload))
 
-    aucs = _screen(members, folds, data, config)
+    nets = [load_run(member).model for member in members]
+    aucs = _screen(nets, folds, data, config)
     kept = [k for k, auc in enumerate(aucs) if auc is None or auc > 0.5]
     if not kept:
         warnings.warn(f"every member ranks its held-out videos no better than chance (peak AUC "
@@ -204,7 +207,7 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
                                    "holdout_fraction": 1 / size,
                                    "folds": [{"member": i, "videos": folds[k]} for i, k in enumerate(kept)]}
     with torch.no_grad():
-        save_run(out_dir, Ensemble([load_run(members[k]).model for k in kept]), config=sections)
+        save_run(out_dir, Ensemble([nets[k] for k in kept]), config=sections)
     summaries = [read_json(m / SUMMARY_FILE, what="member summary") for m in members]
     write_json(out_dir / SUMMARY_FILE, {**summaries[kept[0]], "members": [
         {"seed": seed, "selected_epoch": summary.get("selected_epoch"), "last_epoch": summary.get("last_epoch"),
@@ -215,6 +218,8 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
     else:
         calibrate_run(out_dir, data=data)
     fit_run_distance(out_dir, data=data)
+    for member in members:  # a finished ensemble is not resumed: its members' optimizer states only take disk
+        shutil.rmtree(member / CHECKPOINT_DIR, ignore_errors=True)
     return out_dir
 
 
@@ -234,7 +239,8 @@ def resume_ensemble(run_dir: Path | str, *, show_progress: bool = False) -> Path
         validation = None if request["validation"] is None else ValidationSpec(
             Path(request["validation"]["features"]), Path(request["validation"]["annotations"]),
             request["validation"]["every_epochs"])
-        features, labels_csv, crops, size = request["features"], request["labels_csv"], request["crops"], request["size"]
+        features, labels_csv, crops = request["features"], request["labels_csv"], request["crops"]
+        size = request["size"]
         backbone = request["features_backbone"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: unusable ensemble request: {exc}") from None

@@ -99,7 +99,8 @@ class Recipe:
                     spec = replace(spec or CalibrationSpec(), **calibration)
         except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
             raise ConfigError(str(exc)) from exc
-        return replace(self, training=config, calibration=spec, ensemble=self.ensemble if ensemble is None else ensemble)
+        members = self.ensemble if ensemble is None else ensemble
+        return replace(self, training=config, calibration=spec, ensemble=members)
 
 
 def _default_training() -> TrainConfig:

@@ -105,6 +105,7 @@ def test_train_calibrated_cross_fits_the_members_and_calibrates_on_every_video(t
     assert section["seeds"] == member_seeds(3, 2) == [300, 301]
     for k, member in enumerate(section["members"]):  # member k: its own seed, holds out fold k, trains on the rest
         member_run = load_run(run_dir / member)
+        assert not (run_dir / member / "checkpoint").exists()  # a finished run's members keep no optimizer state
         assert member_run.config.training.seed == section["seeds"][k]
         assert member_run.config.calibration["heldout_videos"] == folds[k]
         assert member_run.config.data["videos"] == folds[1 - k]

@@ -678,20 +678,24 @@ def one_thread():
 
 
 @pytest.mark.slow
+def _sigkill_after_two_epochs(process: subprocess.Popen, state: Path) -> None:
+    """SIGKILL ``process`` once the checkpoint ``state`` records epoch 2 (it must not end first)."""
+    deadline = time.monotonic() + 300
+    while not (state.is_file() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 2):
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
     feats = _bare_features(tmp_path / "feats", n_videos=8, n_clips=32, dim=64)
     killed_dir = tmp_path / "killed"
     vadpipe = [sys.executable, "-m", "vadpipe", "train"]
     killed = subprocess.Popen([*vadpipe, "--features", str(feats), "--out", str(killed_dir), *_TRAIN_ARGS],
                               env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    state = killed_dir / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 300
-    while not (state.is_file() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 2):
-        assert killed.poll() is None, killed.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.002)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    _sigkill_after_two_epochs(killed, killed_dir / "checkpoint" / "state.json")
     assert not (killed_dir / "weights.safetensors").exists(), "the run finished before it could be killed"
     (killed_dir / ".metrics.jsonl.999999999.x.tmp").write_bytes(b"half")  # what a kill mid-write leaves
     resumed = subprocess.Popen([*vadpipe, "--resume", str(killed_dir), "-q"], env=one_thread,
@@ -716,14 +720,7 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     vadpipe = [sys.executable, "-m", "vadpipe", "train"]
     killed = subprocess.Popen([*vadpipe, "--features", str(feats), "--out", str(killed_dir), *args],
                               env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    state = killed_dir / "members" / "member-1" / "checkpoint" / "state.json"
-    deadline = time.monotonic() + 300
-    while not (state.is_file() and json.loads(state.read_text() or "{}").get("epoch", 0) >= 2):
-        assert killed.poll() is None, killed.stderr.read()
-        assert time.monotonic() < deadline
-        time.sleep(0.005)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    _sigkill_after_two_epochs(killed, killed_dir / "members" / "member-1" / "checkpoint" / "state.json")
     assert not (killed_dir / "weights.safetensors").exists(), "the run finished before it could be killed"
     resumed = CliRunner().invoke(main, ["train", "--resume", str(killed_dir), "-q"])
     assert resumed.exit_code == 0, resumed.output
@@ -740,7 +737,8 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     unfinished = tmp_path / "unfinished"  # what a kill before any member trained leaves: the request only
     unfinished.mkdir()
     shutil.copy(killed_dir / "ensemble_request.json", unfinished / "ensemble_request.json")
-    other = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(unfinished), *args, "--seed", "8"])
+    other = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(unfinished), *args,
+                                      "--seed", "8"])
     assert other.exit_code == 2 and "unfinished ensemble run with other settings" in other.output
 
 
