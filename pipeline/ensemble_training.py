@@ -191,8 +191,10 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
 
     sections = dict(read_run_config(members[kept[0]]).sections)
     sections.pop("operating_point", None)
-    sections["data"] = {**sections["data"], "videos": sorted(labels),
-                        "n_videos": len(labels), "n_samples": len(data.items)}
+    sections["data"] = {**sections["data"], **data.summary(), "videos": sorted(labels)}  # what the ensemble saw
+    if folds is not None and sections.get("selection"):
+        sections["selection"] = {**sections["selection"], "videos": None,
+                                 "per_member": "each member early-stopped on its own held-out fold (calibration.folds)"}
     sections["ensemble"] = {
         "size": len(kept), "seeds": [seeds[k] for k in kept],
         "members": [str(members[k].relative_to(out_dir)) for k in kept],

@@ -185,13 +185,18 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
     assert run_dir.parent == workspace / "runs" and latest_run(workspace / "runs") == run_dir
     run = load_run(run_dir)
     assert run.config.extraction == {"settings": {"clip_len": 16}, "settings_key": "abc123"}
-    assert run.config.data["label_sources"] == {"folder": 2}
+    assert run.config.data["label_sources"] == {"folder": 4}  # the cross-fitted members together saw all 4
     training = run.config.training
     assert (training.schedule, training.balanced, training.early_stopping, training.loss.normalize,
             training.loss.w_mil, training.min_steps) == ("cosine", True, True, "video", 1.0, 1500)
-    # the other 2 of the 4 videos (one per class) were held out for early stopping and the operating point
+    # 2 videos of each class: 2 cross-fitted members (not 4), each holding out one video per class for early
+    # stopping; all 4 videos, each scored by the member that held it out, chose the operating point
+    assert "training 2 cross-fitted members instead of 4" in result.stderr
+    folds = run.config.calibration["folds"]
+    assert [len(f["videos"]) for f in folds] == [2, 2] and run.config.sections["ensemble"]["size"] == 2
     heldout = run.config.operating_point.entry["heldout"]["videos"]
-    assert len(heldout) == 2 and run.config.selection["videos"] == heldout
+    assert sorted(heldout) == sorted(folds[0]["videos"] + folds[1]["videos"]) and len(set(heldout)) == 4
+    assert run.config.selection["videos"] is None
     assert "last epoch (1500): loss" in result.stderr  # 1 balanced batch per epoch, 1,500 steps
 
 
