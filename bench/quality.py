@@ -13,11 +13,18 @@ supervised linear probe's AP (bench/long_videos.py's ceiling) and each seed's sh
 
 Trainings run ``--jobs`` at a time, one thread each. The runs stay under DIR/SET/runs/.
 
+Variants: ``default`` is the default recipe as ``vadpipe train`` runs it (four members cross-fitted
+on four folds, `vadpipe.ensemble_training`), ``default-single`` the same with one member
+(``--ensemble 1``), ``paper`` and ``paper-noalign`` the authors' recipe, ``default-align`` one
+member with ``--align``, ``default-align-x4`` four cross-fitted members with ``--align``. A run
+folder holding finished members of an unfinished ensemble is finished, not retrained.
+
 ``--ensembles K`` also scores, per set and variant, the K-member ensembles of consecutive seeds
 (cyclically: with seeds 1-5 and K = 3, {1,2,3}, {2,3,4}, ..., {5,1,2}) of the runs just trained,
 through the same `score_video` (`vadpipe.model.ensemble.Ensemble`): frame AUC and AP only, since
-those members were trained with different held-out splits and have no common operating point
-(``vadpipe train --ensemble K`` trains its members on one split and calibrates their mean).
+those runs were trained with different held-out splits and have no common operating point
+(``vadpipe train --ensemble K`` cross-fits its members and calibrates their mean on every
+training video, each scored by the member that held it out).
 """
 
 from __future__ import annotations
