@@ -20,6 +20,17 @@ def shared_dir() -> Path:
     return SHARED
 
 
+def sigint_as_in_a_terminal() -> None:
+    """``preexec_fn`` for a child a test will SIGINT: give it SIGINT's default action.
+
+    A shell without job control starts background commands (``make test &``, CI runners) with
+    SIGINT ignored, the child inherits that, and Python then never raises KeyboardInterrupt, so
+    the command under test would run to the end; a user's Ctrl-C reaches a foreground job."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def moving_frames(n_frames: int, width: int, height: int, *, seed: int = 0) -> np.ndarray:
     """(n, H, W, 3) uint8: a textured background with a bright square moving across it."""
     rng = np.random.default_rng(seed)

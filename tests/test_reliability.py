@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import moving_frames, write_video
+from conftest import moving_frames, sigint_as_in_a_terminal, write_video
 
 pytestmark = pytest.mark.slow  # vadpipe extract subprocesses with the real I3D
 
@@ -70,7 +70,8 @@ def test_sigkill_then_resume_gives_a_byte_identical_cache(inputs, reference, tmp
 
 def test_sigint_stops_cleanly_with_a_summary(inputs, tmp_path):
     out = tmp_path / "cache"
-    proc = subprocess.Popen(_cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_terminal)
     _wait_for("clip0.json", out, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
