@@ -34,8 +34,11 @@ test: setup setup-browser
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
-# hadolint lints docker/; the import contract ([tool.importlinter]) keeps stages from importing later ones
+# ruff formats and lints the tree (pyproject.toml [tool.ruff]); hadolint lints docker/; the import
+# contract ([tool.importlinter]) keeps stages from importing later ones
 lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/hadolint docker/Dockerfile
 	$(PY) .ci/lint_imports.py
 

@@ -73,9 +73,16 @@ def run_one(job: tuple) -> dict:
         run = train_calibrated(bench.train, out_dir=out, config=chosen.training, calibration=chosen.calibration)
         report = evaluate_run(run, bench.test, bench.test_annotations, protocol="standard")
     detection = report["detection"]
-    return {"set": name, "form": form, "seed": seed, "frame_ap": report["frame"]["ap"],
-            "frame_auc": report["frame"]["auc"], "interval_f1": detection["intervals"]["iou_0.3"]["f1"],
-            "normal_flagged": detection["normal_videos_flagged"], "normal_videos": detection["normal_videos"]}
+    return {
+        "set": name,
+        "form": form,
+        "seed": seed,
+        "frame_ap": report["frame"]["ap"],
+        "frame_auc": report["frame"]["auc"],
+        "interval_f1": detection["intervals"]["iou_0.3"]["f1"],
+        "normal_flagged": detection["normal_videos_flagged"],
+        "normal_videos": detection["normal_videos"],
+    }
 
 
 def main() -> None:
@@ -92,8 +99,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     ap = [r["frame_ap"] for r in rows]
-    print(f"{args.set} alignment on {args.form}: frame AP {np.mean(ap):.3f} [{min(ap):.3f}, {max(ap):.3f}], "
-          f"normal flagged {sum(r['normal_flagged'] for r in rows)}/{sum(r['normal_videos'] for r in rows)}")
+    print(
+        f"{args.set} alignment on {args.form}: frame AP {np.mean(ap):.3f} [{min(ap):.3f}, {max(ap):.3f}], "
+        f"normal flagged {sum(r['normal_flagged'] for r in rows)}/{sum(r['normal_videos'] for r in rows)}"
+    )
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ def make_video(path: Path, minutes: float, width: int, height: int, fps: int = 2
         s.options = {"preset": "ultrafast"}
         for i in range(int(minutes * 60 * fps)):
             x = (3 * i) % width
-            frame = np.ascontiguousarray(bg[:, x:x + width])
+            frame = np.ascontiguousarray(bg[:, x : x + width])
             for p in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 c.mux(p)
         for p in s.encode():
@@ -64,12 +64,24 @@ def main() -> None:
         print(f"{'minutes':>8} {'frames':>8} {'clips':>6} {'wall s':>8} {'clips/s':>8} {'peak RSS MiB':>13}")
         for minutes in args.minutes:
             video = make_video(root / f"long-{minutes:g}min.mp4", minutes, args.width, args.height)
-            cmd = [sys.executable, "-c",
-                   "import resource, sys; from vadpipe.cli import main\n"
-                   "try:\n    main()\nexcept SystemExit:\n    pass\n"
-                   "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)",
-                   "detect", str(video), "--model", str(model), "--cache", str(root / f"cache-{minutes:g}"),
-                   "--out", str(root / f"intervals-{minutes:g}.json"), "--device", args.device, "-q"]
+            cmd = [
+                sys.executable,
+                "-c",
+                "import resource, sys; from vadpipe.cli import main\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)",
+                "detect",
+                str(video),
+                "--model",
+                str(model),
+                "--cache",
+                str(root / f"cache-{minutes:g}"),
+                "--out",
+                str(root / f"intervals-{minutes:g}.json"),
+                "--device",
+                args.device,
+                "-q",
+            ]
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - t

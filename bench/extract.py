@@ -107,8 +107,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32", help="comma-separated: fp32,bf16,fp16")
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--decode-procs", default="0", help="comma-separated decode process counts; all = cores - 1 "
-                    "(Ray: video tasks in flight, 0 = the cluster's CPUs)")
+    ap.add_argument(
+        "--decode-procs",
+        default="0",
+        help="comma-separated decode process counts; all = cores - 1 "
+        "(Ray: video tasks in flight, 0 = the cluster's CPUs)",
+    )
     ap.add_argument("--devices", default=None, help="one process per device, e.g. 0,1 or cpu,cpu")
     ap.add_argument("--engine", default="local", choices=["local", "ray"])
     ap.add_argument("--address", default=None, help="Ray cluster (with --engine ray)")
@@ -139,11 +143,15 @@ def main() -> None:
         settings = ExtractionSettings().with_weights(ident)
         fps, n = bench_decode(video, settings)
         clips = n // settings.clip_len
-        print(f"device {device}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
-              f"video {video.name} {width}x{height}: {n} frames, {clips} clips x {args.copies}; {_load()}")
+        print(
+            f"device {device}, batch {args.batch_size}, torch threads {torch.get_num_threads()}, "
+            f"video {video.name} {width}x{height}: {n} frames, {clips} clips x {args.copies}; {_load()}"
+        )
         print(f"decode+preprocess alone (1 process): {fps:8.1f} frames/s = {fps / settings.clip_len:7.2f} clips/s")
-        print(f"{'engine / what':45s} {'precision':9s} {'workers':>7s} {'clips/s':>9s} "
-              f"{'of net alone':>12s} {'net waited':>10s} {'net busy':>8s}")
+        print(
+            f"{'engine / what':45s} {'precision':9s} {'workers':>7s} {'clips/s':>9s} "
+            f"{'of net alone':>12s} {'net waited':>10s} {'net busy':>8s}"
+        )
         for precision in precisions:
             encoder = ClipEncoder(model, device, precision)
             net = bench_network(encoder, args.batch_size, args.net_batches)
@@ -151,10 +159,14 @@ def main() -> None:
             for workers in workers_list:
                 s = ExtractionSettings(precision=precision)
                 ray = args.engine == "ray"
-                executor = choose_executor(engine=args.engine, devices=args.devices, address=args.address,
-                                           device=None if ray or args.devices else args.device,
-                                           decode_processes=None if ray else workers,
-                                           ray_tasks=(workers or None) if ray else None)
+                executor = choose_executor(
+                    engine=args.engine,
+                    devices=args.devices,
+                    address=args.address,
+                    device=None if ray or args.devices else args.device,
+                    decode_processes=None if ray else workers,
+                    ray_tasks=(workers or None) if ray else None,
+                )
                 common = dict(settings=s, batch_size=args.batch_size, executor=executor, progress=False)
                 extract_videos([warm], out_dir=tmp / "warm-cache", **common)
                 shutil.rmtree(tmp / "warm-cache")
@@ -164,9 +176,11 @@ def main() -> None:
                 e2e = report.clips_computed * n_dev / max(report.loop_s, 1e-9)
                 busy = report.network_s / max(report.loop_s, 1e-9)
                 where = f"{args.engine} end to end on {args.devices or device}"
-                print(f"{where:45s} {precision:9s} "
-                      f"{'auto' if workers is None else workers:>7} {e2e:9.2f} {e2e / (net * n_dev):12.0%} "
-                      f"{report.input_wait_share:10.0%} {busy:8.0%}")
+                print(
+                    f"{where:45s} {precision:9s} "
+                    f"{'auto' if workers is None else workers:>7} {e2e:9.2f} {e2e / (net * n_dev):12.0%} "
+                    f"{report.input_wait_share:10.0%} {busy:8.0%}"
+                )
         print(f"after: {_load()}")
 
 

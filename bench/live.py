@@ -35,7 +35,6 @@ import os
 import resource
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -100,8 +99,17 @@ def make_watch(args, urls: list[str], op: OperatingPoint, sink: EventSink, **con
     settings = run_extraction_settings(run)
     encoder, settings = _encoder_for(settings, weights=None, device=args.device)
     specs = [parse_source(u, name=f"cam{i}") for i, u in enumerate(urls)]
-    return Watch(specs, run, encoder, settings, op, WatchConfig(**config), block_len=run.config.block_len, sinks=[sink],
-                 log=lambda m: print(m, file=sys.stderr))
+    return Watch(
+        specs,
+        run,
+        encoder,
+        settings,
+        op,
+        WatchConfig(**config),
+        block_len=run.config.block_len,
+        sinks=[sink],
+        log=lambda m: print(m, file=sys.stderr),
+    )
 
 
 def timed(w: Watch, seconds: float, on_tick=None) -> None:
@@ -125,17 +133,31 @@ def bench_latency(args) -> dict:
     # pass, and every connection opens an interval at its first scored clip (threshold 0.01)
     proc, port = serve(path, 8.0, loop=False)
     sink = Collect()
-    w = make_watch(args, [f"http://127.0.0.1:{port}/"], OperatingPoint(threshold=0.01, method="manual"), sink,
-                   batch_size=args.batch_size, queue_clips=2)
+    w = make_watch(
+        args,
+        [f"http://127.0.0.1:{port}/"],
+        OperatingPoint(threshold=0.01, method="manual"),
+        sink,
+        batch_size=args.batch_size,
+        queue_clips=2,
+    )
     try:
         timed(w, args.seconds)
     finally:
         proc.kill()
     lat = [e["latency_s"] for e in sink.events if e["event"] == "start" and e.get("latency_s") is not None]
-    return {"bench": "latency", "device": str(w.encoder.device), "starts": len(lat),
-            "latency_s": {"median": float(np.median(lat)) if lat else None, "min": min(lat, default=None),
-                          "max": max(lat, default=None)},
-            "i3d_clips_per_s": w.capacity_clips_s, "load": os.getloadavg()}
+    return {
+        "bench": "latency",
+        "device": str(w.encoder.device),
+        "starts": len(lat),
+        "latency_s": {
+            "median": float(np.median(lat)) if lat else None,
+            "min": min(lat, default=None),
+            "max": max(lat, default=None),
+        },
+        "i3d_clips_per_s": w.capacity_clips_s,
+        "load": os.getloadavg(),
+    }
 
 
 def _sustains(args, n: int) -> tuple[bool, dict]:
@@ -143,8 +165,14 @@ def _sustains(args, n: int) -> tuple[bool, dict]:
     servers = [serve(path, 8.0) for _ in range(n)]
     sink = Collect()
     try:
-        w = make_watch(args, [f"http://127.0.0.1:{p}/" for _, p in servers], OperatingPoint(), sink,
-                       batch_size=args.batch_size, queue_clips=4)
+        w = make_watch(
+            args,
+            [f"http://127.0.0.1:{p}/" for _, p in servers],
+            OperatingPoint(),
+            sink,
+            batch_size=args.batch_size,
+            queue_clips=4,
+        )
         timed(w, args.seconds)
     finally:
         for proc, _ in servers:
@@ -152,8 +180,12 @@ def _sustains(args, n: int) -> tuple[bool, dict]:
     st = w.statuses()
     dropped = sum(s.dropped for s in st)
     scored = sum(s.clips for s in st)
-    return dropped == 0 and scored > 0, {"streams": n, "scored": scored, "dropped": dropped,
-                                         "i3d_clips_per_s": w.capacity_clips_s}
+    return dropped == 0 and scored > 0, {
+        "streams": n,
+        "scored": scored,
+        "dropped": dropped,
+        "i3d_clips_per_s": w.capacity_clips_s,
+    }
 
 
 def bench_streams(args) -> dict:
@@ -174,8 +206,15 @@ def bench_streams(args) -> dict:
         ok, info = _sustains(args, mid)
         trials.append(info)
         ok_n, bad_n = (mid, bad_n) if ok else (ok_n, mid)
-    return {"bench": "streams", "device": args.device, "fps": 25, "sustained_streams": ok_n,
-            "seconds_per_trial": args.seconds, "trials": trials, "load": os.getloadavg()}
+    return {
+        "bench": "streams",
+        "device": args.device,
+        "fps": 25,
+        "sustained_streams": ok_n,
+        "seconds_per_trial": args.seconds,
+        "trials": trials,
+        "load": os.getloadavg(),
+    }
 
 
 def bench_soak(args) -> dict:
@@ -190,16 +229,28 @@ def bench_soak(args) -> dict:
         now = time.monotonic() - t0
         if now - last[0] >= 10:
             last[0] = now
-            samples.append((round(now, 1), round(rss_mb(), 1),
-                            round(trimmed_rss_mb(), 1) if args.trim_samples else None))
-            print(json.dumps({"t_s": samples[-1][0], "rss_mb": samples[-1][1], "rss_after_trim_mb": samples[-1][2],
-                              "clips": sum(s.clips for s in w.statuses()),
-                              "dropped": sum(s.dropped for s in w.statuses())}), file=sys.stderr, flush=True)
+            samples.append(
+                (round(now, 1), round(rss_mb(), 1), round(trimmed_rss_mb(), 1) if args.trim_samples else None)
+            )
+            print(
+                json.dumps(
+                    {
+                        "t_s": samples[-1][0],
+                        "rss_mb": samples[-1][1],
+                        "rss_after_trim_mb": samples[-1][2],
+                        "clips": sum(s.clips for s in w.statuses()),
+                        "dropped": sum(s.dropped for s in w.statuses()),
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
             sink.events.clear()  # the bench's own list must not be what grows
 
     try:
-        w = make_watch(args, [f"http://127.0.0.1:{p}/" for _, p in servers], OperatingPoint(), sink,
-                       batch_size=args.batch_size)
+        w = make_watch(
+            args, [f"http://127.0.0.1:{p}/" for _, p in servers], OperatingPoint(), sink, batch_size=args.batch_size
+        )
         timed(w, args.minutes * 60, on_tick=tick)
     finally:
         for proc, _ in servers:
@@ -212,14 +263,27 @@ def bench_soak(args) -> dict:
         return float(np.polyfit([s[0] for s in half], [s[k] for s in half], 1)[0] * 60)
 
     st = w.statuses()
-    return {"bench": "soak", "device": str(w.encoder.device), "minutes": args.minutes, "streams": args.streams,
-            "clips": sum(s.clips for s in st), "dropped": sum(s.dropped for s in st),
-            "rss_mb": {"first": samples[0][1] if samples else None, "max": max(s[1] for s in samples) if samples else None,
-                       "last": samples[-1][1] if samples else None},
-            "rss_after_trim_mb": ({"first": samples[0][2], "max": max(s[2] for s in samples),
-                                   "last": samples[-1][2]} if samples and args.trim_samples else None),
-            "slope_mb_per_min_second_half": {"rss": slope(1), "after_trim": slope(2)},
-            "samples": samples, "load": os.getloadavg()}
+    return {
+        "bench": "soak",
+        "device": str(w.encoder.device),
+        "minutes": args.minutes,
+        "streams": args.streams,
+        "clips": sum(s.clips for s in st),
+        "dropped": sum(s.dropped for s in st),
+        "rss_mb": {
+            "first": samples[0][1] if samples else None,
+            "max": max(s[1] for s in samples) if samples else None,
+            "last": samples[-1][1] if samples else None,
+        },
+        "rss_after_trim_mb": (
+            {"first": samples[0][2], "max": max(s[2] for s in samples), "last": samples[-1][2]}
+            if samples and args.trim_samples
+            else None
+        ),
+        "slope_mb_per_min_second_half": {"rss": slope(1), "after_trim": slope(2)},
+        "samples": samples,
+        "load": os.getloadavg(),
+    }
 
 
 class RecordingEncoder:
@@ -274,15 +338,29 @@ def _gate_row(label: str, op: OperatingPoint, window: int, sink: Collect, clips:
     gate = np.array([c["gate_score"] for c in clips if "gate_score" in c])
     wtcam = np.array([c["wtcam"] for c in clips])
     vt = op.video_threshold
-    return {"setting": label, "threshold": round(op.threshold, 4), "video_threshold": round(vt, 4),
-            "gate_window_clips": window if vt > 0 else None, "events": len(starts),
-            "events_per_hour": round(len(starts) / hours, 1), "alarm_s": round(sum(e["end_s"] - e["start_s"] for e in ends), 2),
-            "clips": summary["clips"], "footage_min": round(hours * 60, 2),
-            "clips_above_threshold": int((wtcam > op.threshold).sum()), "max_clip_score": round(float(wtcam.max()), 4),
-            "gate_open_share": round(float(np.mean(gate >= vt)), 4) if gate.size else None,
-            "gate_score": {"min": round(float(gate.min()), 4), "median": round(float(np.median(gate)), 4),
-                           "max": round(float(gate.max()), 4)} if gate.size else None,
-            "offline_video_score": summary["video_score"], "wall_s": round(seconds, 1)}
+    return {
+        "setting": label,
+        "threshold": round(op.threshold, 4),
+        "video_threshold": round(vt, 4),
+        "gate_window_clips": window if vt > 0 else None,
+        "events": len(starts),
+        "events_per_hour": round(len(starts) / hours, 1),
+        "alarm_s": round(sum(e["end_s"] - e["start_s"] for e in ends), 2),
+        "clips": summary["clips"],
+        "footage_min": round(hours * 60, 2),
+        "clips_above_threshold": int((wtcam > op.threshold).sum()),
+        "max_clip_score": round(float(wtcam.max()), 4),
+        "gate_open_share": round(float(np.mean(gate >= vt)), 4) if gate.size else None,
+        "gate_score": {
+            "min": round(float(gate.min()), 4),
+            "median": round(float(np.median(gate)), 4),
+            "max": round(float(gate.max()), 4),
+        }
+        if gate.size
+        else None,
+        "offline_video_score": summary["video_score"],
+        "wall_s": round(seconds, 1),
+    }
 
 
 def bench_gate(args) -> dict:
@@ -301,9 +379,18 @@ def bench_gate(args) -> dict:
     def watch(label: str, op: OperatingPoint, window: int) -> dict:
         sink, clips = Collect(), []
         t0 = time.perf_counter()
-        w = Watch([parse_source(str(video), name="plaza")], run, recorder, settings, op,
-                  WatchConfig(lag="wait", gate_window=window, batch_size=args.batch_size), block_len=run.config.block_len,
-                  sinks=[sink], on_clip=clips.append, log=lambda m: print(m, file=sys.stderr))
+        w = Watch(
+            [parse_source(str(video), name="plaza")],
+            run,
+            recorder,
+            settings,
+            op,
+            WatchConfig(lag="wait", gate_window=window, batch_size=args.batch_size),
+            block_len=run.config.block_len,
+            sinks=[sink],
+            on_clip=clips.append,
+            log=lambda m: print(m, file=sys.stderr),
+        )
         w.run_until_done()  # the whole file, nothing dropped
         recorder.replay = True  # every later setting scores the recorded features
         row = _gate_row(label, op, window, sink, clips, time.perf_counter() - t0)
@@ -320,12 +407,21 @@ def bench_gate(args) -> dict:
     low = replace(saved, threshold=probe, method="manual")
     results.append(watch("no_gate_low_threshold", replace(low, video_threshold=0.0), windows[0])[0])
     results += [watch(f"gate_{w}_low_threshold", low, w)[0] for w in windows]
-    return {"bench": "gate", "video": str(video), "runtime": args.runtime, "threshold": saved.threshold,
-            "video_threshold": saved.video_threshold, "min_duration_s": saved.min_duration_s,
-            "merge_gap_s": saved.merge_gap_s, "probe_threshold": probe, "probe_quantile": args.probe_quantile,
-            "i3d_clips_computed": recorder.computed,
-            "i3d_s_per_clip": round(recorder.seconds / max(recorder.computed, 1), 3),
-            "settings": results, "load": os.getloadavg()}
+    return {
+        "bench": "gate",
+        "video": str(video),
+        "runtime": args.runtime,
+        "threshold": saved.threshold,
+        "video_threshold": saved.video_threshold,
+        "min_duration_s": saved.min_duration_s,
+        "merge_gap_s": saved.merge_gap_s,
+        "probe_threshold": probe,
+        "probe_quantile": args.probe_quantile,
+        "i3d_clips_computed": recorder.computed,
+        "i3d_s_per_clip": round(recorder.seconds / max(recorder.computed, 1), 3),
+        "settings": results,
+        "load": os.getloadavg(),
+    }
 
 
 def main() -> None:
@@ -339,20 +435,36 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=12.0)
     parser.add_argument("--streams", type=int, default=1)
     parser.add_argument("--video", type=Path)
-    parser.add_argument("--gate-windows", default="16,32,64,128",
-                        help="gate: trailing windows (clips) to compare, from the same features")
+    parser.add_argument(
+        "--gate-windows",
+        default="16,32,64,128",
+        help="gate: trailing windows (clips) to compare, from the same features",
+    )
     parser.add_argument("--synth-minutes", type=float, default=6.0, help="gate: length of the rendered normal plaza")
     parser.add_argument("--synth-seed", type=int, default=9001)
-    parser.add_argument("--probe-quantile", type=float, default=0.98,
-                        help="gate: also run at this quantile of the footage's clip scores as the curve threshold")
-    parser.add_argument("--runtime", choices=["torch", "openvino"], default="torch",
-                        help="gate: I3D runtime (openvino: about half the CPU time, features equal to rounding)")
+    parser.add_argument(
+        "--probe-quantile",
+        type=float,
+        default=0.98,
+        help="gate: also run at this quantile of the footage's clip scores as the curve threshold",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=["torch", "openvino"],
+        default="torch",
+        help="gate: I3D runtime (openvino: about half the CPU time, features equal to rounding)",
+    )
     parser.add_argument("--work", type=Path, default=Path("bench-live"))
-    parser.add_argument("--trim-samples", action="store_true",
-                        help="soak: also report RSS after malloc_trim at each sample (live memory)")
+    parser.add_argument(
+        "--trim-samples",
+        action="store_true",
+        help="soak: also report RSS after malloc_trim at each sample (live memory)",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    result = {"latency": bench_latency, "streams": bench_streams, "soak": bench_soak, "gate": bench_gate}[args.what](args)
+    result = {"latency": bench_latency, "streams": bench_streams, "soak": bench_soak, "gate": bench_gate}[args.what](
+        args
+    )
     print(json.dumps(result, indent=2))
 
 

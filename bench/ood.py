@@ -61,21 +61,22 @@ def _alternatives(train_rows: np.ndarray):
 
     def knn(bank, k):
         def dist(x):
-            d2 = (x ** 2).sum(1)[:, None] + (bank ** 2).sum(1)[None] - 2 * x @ bank.T
+            d2 = (x**2).sum(1)[:, None] + (bank**2).sum(1)[None] - 2 * x @ bank.T
             return np.sqrt(np.sort(np.maximum(d2, 0), axis=1)[:, k - 1])
+
         return dist
 
     mean, white, _ = fit_whitening(train_rows)
     oas = OAS().fit(train_rows)
     values, vectors = np.linalg.eigh(oas.covariance_)
     pca = PCA(n_components=min(64, len(train_rows) // 4), whiten=True, random_state=0).fit(train_rows)
-    bank = pca.transform(train_rows)
+    bank_knn = knn(pca.transform(train_rows), 5)
     return {
         "mahalanobis LW (stored)": mahalanobis(mean, white),
         "mahalanobis OAS": mahalanobis(oas.location_, vectors / np.sqrt(np.maximum(values, 1e-12))),
         "1-NN raw": knn(train_rows, 1),
         "5-NN raw": knn(train_rows, 5),
-        f"5-NN PCA-{pca.n_components_} whitened": (lambda x, d=knn(bank, 5): d(pca.transform(x))),
+        f"5-NN PCA-{pca.n_components_} whitened": (lambda x: bank_knn(pca.transform(x))),
     }
 
 
@@ -130,12 +131,16 @@ def main() -> None:
         distance = fit_distance({v: train_all[v] for v in fit}, {v: train_all[v] for v in held})
         rows.append((f"refit, held-out split seed {seed}", distance, *shares(distance, test), *shares(distance, real)))
 
-    print(f"\ndemo model {run_dir}: {stored.fit_videos} videos ({stored.fit_clips} clips) fitted, threshold "
-          f"{stored.threshold:.2f} = {stored.quantile:.0%} quantile of {stored.threshold_clips} clips of "
-          f"{stored.threshold_videos} held-out videos; a video is outside when > {stored.max_share:.0%} of its "
-          f"clips are beyond")
-    print(f"{'fit':34s} {'threshold':>9s} | {'test clips flagged':>18s} {'test videos':>11s} | "
-          f"{'real clips flagged':>18s} {'real videos':>11s}")
+    print(
+        f"\ndemo model {run_dir}: {stored.fit_videos} videos ({stored.fit_clips} clips) fitted, threshold "
+        f"{stored.threshold:.2f} = {stored.quantile:.0%} quantile of {stored.threshold_clips} clips of "
+        f"{stored.threshold_videos} held-out videos; a video is outside when > {stored.max_share:.0%} of its "
+        f"clips are beyond"
+    )
+    print(
+        f"{'fit':34s} {'threshold':>9s} | {'test clips flagged':>18s} {'test videos':>11s} | "
+        f"{'real clips flagged':>18s} {'real videos':>11s}"
+    )
     for name, d, tc, tv, tn, rc, rv, rn in rows:
         print(f"{name:34s} {d.threshold:9.2f} | {tc:18.1%} {f'{tv}/{tn}':>11s} | {rc:18.1%} {f'{rv}/{rn}':>11s}")
     for what, videos in (("test", test), ("real", real)):
@@ -143,17 +148,24 @@ def main() -> None:
         print(f"stored fit, {what} clip distances: median {np.median(d):.2f}, min {d.min():.2f}, max {d.max():.2f}")
     refits = np.array([(r[2], r[5]) for r in rows[1:]])
     if len(refits):
-        print(f"refits: test clips flagged {refits[:, 0].mean():.1%} (min {refits[:, 0].min():.1%}, max "
-              f"{refits[:, 0].max():.1%}); real clips flagged {refits[:, 1].mean():.1%} (min "
-              f"{refits[:, 1].min():.1%}, max {refits[:, 1].max():.1%})")
+        print(
+            f"refits: test clips flagged {refits[:, 0].mean():.1%} (min {refits[:, 0].min():.1%}, max "
+            f"{refits[:, 0].max():.1%}); real clips flagged {refits[:, 1].mean():.1%} (min "
+            f"{refits[:, 1].min():.1%}, max {refits[:, 1].max():.1%})"
+        )
 
     if args.compare:
-        print(f"\ndistances compared, threshold = {CLIP_QUANTILE:.0%} quantile of held-out clips, "
-              f"{1 + args.seeds} held-out splits (mean, min-max)")
-        print(f"{'distance':30s} | {'test clips flagged':>22s} | {'real clips flagged':>22s} | {'AUROC test vs real':>20s}")
+        print(
+            f"\ndistances compared, threshold = {CLIP_QUANTILE:.0%} quantile of held-out clips, "
+            f"{1 + args.seeds} held-out splits (mean, min-max)"
+        )
+        print(
+            f"{'distance':30s} | {'test clips flagged':>22s} | {'real clips flagged':>22s} | {'AUROC test vs real':>20s}"
+        )
         splits = [(sorted(set(train_all) - heldout), sorted(heldout))]
-        splits += [stratified_holdout(labels, fraction=config["calibration"]["holdout_fraction"], seed=s)
-                   for s in seeds]
+        splits += [
+            stratified_holdout(labels, fraction=config["calibration"]["holdout_fraction"], seed=s) for s in seeds
+        ]
         results: dict[str, list[tuple[float, float, float]]] = {}
         stack = lambda videos: np.concatenate([np.mean(c, axis=0) for c in videos.values()])  # noqa: E731
         test_rows, real_rows = stack(test), stack(real)
@@ -167,8 +179,10 @@ def main() -> None:
         for name, values in results.items():
             v = np.array(values)
             cells = [f"{v[:, i].mean():6.1%} ({v[:, i].min():.0%}-{v[:, i].max():.0%})" for i in range(2)]
-            print(f"{name:30s} | {cells[0]:>22s} | {cells[1]:>22s} | "
-                  f"{v[:, 2].mean():.3f} ({v[:, 2].min():.3f}-{v[:, 2].max():.3f})")
+            print(
+                f"{name:30s} | {cells[0]:>22s} | {cells[1]:>22s} | "
+                f"{v[:, 2].mean():.3f} ({v[:, 2].min():.3f}-{v[:, 2].max():.3f})"
+            )
 
 
 if __name__ == "__main__":

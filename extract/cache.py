@@ -170,13 +170,14 @@ class CacheRecord:
         if rec.schema_version != SCHEMA_VERSION:
             raise CacheError(f"{where}: field 'schema_version' must be {SCHEMA_VERSION}, got {rec.schema_version!r}")
         if rec.status not in RECORD_STATUSES:
-            raise CacheError(f"{where}: field 'status' must be one of {', '.join(RECORD_STATUSES)}, "
-                             f"got {rec.status!r}")
+            raise CacheError(f"{where}: field 'status' must be one of {', '.join(RECORD_STATUSES)}, got {rec.status!r}")
         clips = rec.clips
         for name in ("start_frames", "start_s", "end_s"):
             if len(getattr(clips, name)) != clips.count:
-                raise CacheError(f"{where}: field 'clips.{name}' lists {len(getattr(clips, name))} values "
-                                 f"for clips.count = {clips.count}")
+                raise CacheError(
+                    f"{where}: field 'clips.{name}' lists {len(getattr(clips, name))} values "
+                    f"for clips.count = {clips.count}"
+                )
         return rec
 
     def to_dict(self) -> dict[str, Any]:
@@ -221,19 +222,21 @@ def _check(value: Any, annotation: str, path: str, where: str) -> Any:
     if nested is not None:
         return _fields(nested, value, path + ".", where)
     if base.startswith("tuple["):
-        item = base[len("tuple["):-len(", ...]")]
+        item = base[len("tuple[") : -len(", ...]")]
         if not isinstance(value, list):
             raise CacheError(f"{where}: field {path!r} must be a list, got {_short(value)}")
         return tuple(_check(v, item, f"{path}[{i}]", where) for i, v in enumerate(value))
-    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-          "float": lambda v: isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v),
-          "str": lambda v: isinstance(v, str),
-          "Mapping[str, Any]": lambda v: isinstance(v, dict)}[base](value)
+    ok = {
+        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "float": lambda v: isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v),
+        "str": lambda v: isinstance(v, str),
+        "Mapping[str, Any]": lambda v: isinstance(v, dict),
+    }[base](value)
     if not ok:
-        what = {"Mapping[str, Any]": "an object", "float": "a finite number", "int": "an integer",
-                "str": "a string"}[base]
-        raise CacheError(f"{where}: field {path!r} must be {what}{' or null' if optional else ''}, "
-                         f"got {_short(value)}")
+        what = {"Mapping[str, Any]": "an object", "float": "a finite number", "int": "an integer", "str": "a string"}[
+            base
+        ]
+        raise CacheError(f"{where}: field {path!r} must be {what}{' or null' if optional else ''}, got {_short(value)}")
     return MappingProxyType(copy.deepcopy(value)) if isinstance(value, dict) else value
 
 
@@ -261,8 +264,13 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-_NESTED = {"SourceInfo": SourceInfo, "VideoMeta": VideoMeta, "ClipGeometry": ClipGeometry,
-           "ExtractorInfo": ExtractorInfo, "FeatureFile": FeatureFile}
+_NESTED = {
+    "SourceInfo": SourceInfo,
+    "VideoMeta": VideoMeta,
+    "ClipGeometry": ClipGeometry,
+    "ExtractorInfo": ExtractorInfo,
+    "FeatureFile": FeatureFile,
+}
 
 
 def read_record(path: Path) -> CacheRecord | None:
@@ -337,8 +345,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def write_entry(out_dir: Path, record: CacheRecord, features: Sequence[np.ndarray],
-                frame_times: np.ndarray) -> CacheRecord:
+def write_entry(
+    out_dir: Path, record: CacheRecord, features: Sequence[np.ndarray], frame_times: np.ndarray
+) -> CacheRecord:
     """Atomically write the feature files, frame times and finally the record; returns the record
     as written (its ``features``, ``frame_times_file`` and ``record_sha256`` filled in)."""
     out_dir = Path(out_dir)
@@ -352,13 +361,15 @@ def write_entry(out_dir: Path, record: CacheRecord, features: Sequence[np.ndarra
             path = feature_path(out_dir, stem, crop)
             atomic_write_bytes(path, data)
             written.append(path)
-            entries.append(FeatureFile(file=path.name, crop=crop, sha256=sha256_bytes(data),
-                                       shape=tuple(int(n) for n in feats.shape)))
+            entries.append(
+                FeatureFile(
+                    file=path.name, crop=crop, sha256=sha256_bytes(data), shape=tuple(int(n) for n in feats.shape)
+                )
+            )
         tpath = times_path(out_dir, stem)
         atomic_write_bytes(tpath, _npy_bytes(np.asarray(frame_times, dtype=np.float64)))
         written.append(tpath)
-        record = dataclasses.replace(record, features=tuple(entries), frame_times_file=tpath.name,
-                                     record_sha256="")
+        record = dataclasses.replace(record, features=tuple(entries), frame_times_file=tpath.name, record_sha256="")
         record = dataclasses.replace(record, record_sha256=record.checksum())
         text = json.dumps(record.to_dict(), indent=1)
         atomic_write_text(record_path(out_dir, stem), text)

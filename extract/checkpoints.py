@@ -79,7 +79,7 @@ def _proto_fields(buf: bytes) -> list[tuple[int, int | bytes]]:
             value, pos = struct.unpack_from("<Q", buf, pos)[0], pos + 8
         elif wire == 2:
             n, pos = _varint(buf, pos)
-            value, pos = buf[pos:pos + n], pos + n
+            value, pos = buf[pos : pos + n], pos + n
         elif wire == 5:
             value, pos = struct.unpack_from("<I", buf, pos)[0], pos + 4
         else:
@@ -106,9 +106,15 @@ def _entry(name: str, value: bytes) -> IndexEntry:
         if field == 7:
             raise ValueError(f"{name}: sliced tensors are not supported")
         fields[field] = v
-    return IndexEntry(name=name, dtype=int(fields.get(1, 0)), shape=_shape(fields.get(2, b"")),
-                      shard_id=int(fields.get(3, 0)), offset=int(fields.get(4, 0)), size=int(fields.get(5, 0)),
-                      crc32c=int(fields.get(6, 0)))
+    return IndexEntry(
+        name=name,
+        dtype=int(fields.get(1, 0)),
+        shape=_shape(fields.get(2, b"")),
+        shard_id=int(fields.get(3, 0)),
+        offset=int(fields.get(4, 0)),
+        size=int(fields.get(5, 0)),
+        crc32c=int(fields.get(6, 0)),
+    )
 
 
 def _block(data: bytes, offset: int, size: int) -> bytes:
@@ -118,7 +124,7 @@ def _block(data: bytes, offset: int, size: int) -> bytes:
         raise ValueError("block runs past the end of the file")
     kind = data[end]
     (crc,) = struct.unpack_from("<I", data, end + 1)
-    if masked_crc32c(data[offset:end + 1]) != crc:
+    if masked_crc32c(data[offset : end + 1]) != crc:
         raise ValueError(f"block at {offset} fails its checksum")
     if kind != 0:
         raise ValueError(f"block at {offset} is compressed (type {kind}); only uncompressed tables are supported")
@@ -138,9 +144,9 @@ def _block_entries(block: bytes) -> list[tuple[bytes, bytes]]:
         vlen, pos = _varint(block, pos)
         if shared > len(key) or pos + own + vlen > limit:
             raise ValueError("corrupt block entry")
-        key = key[:shared] + block[pos:pos + own]
+        key = key[:shared] + block[pos : pos + own]
         pos += own
-        entries.append((key, block[pos:pos + vlen]))
+        entries.append((key, block[pos : pos + vlen]))
         pos += vlen
     return entries
 

@@ -20,8 +20,30 @@ from vadpipe.errors import ConfigError, DecodeError
 __all__ = ["Frame", "VideoInfo", "DecodeLog", "VIDEO_EXTENSIONS", "MIN_SIDE", "open_frames", "resample_fps"]
 
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".mts", ".m2ts",
-     ".3gp", ".ogv", ".vob", ".asf", ".dav", ".h264", ".264", ".hevc", ".h265"}
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".avi",
+        ".mkv",
+        ".webm",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+        ".flv",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".3gp",
+        ".ogv",
+        ".vob",
+        ".asf",
+        ".dav",
+        ".h264",
+        ".264",
+        ".hevc",
+        ".h265",
+    }
 )
 MIN_SIDE = 16  # smaller frames cannot carry a meaningful 224x224 crop, even upscaled
 
@@ -101,8 +123,11 @@ class _PyAVFrames:
         if not self.container.streams.video:
             audio = bool(self.container.streams.audio)
             self.container.close()
-            raise DecodeError(f"{path}: no video stream (audio only)" if audio else
-                              f"{path}: no video stream found (a truncated file, or not a video)")
+            raise DecodeError(
+                f"{path}: no video stream (audio only)"
+                if audio
+                else f"{path}: no video stream found (a truncated file, or not a video)"
+            )
         fmt = self.container.format.name
         if fmt.endswith("_pipe") or fmt in _IMAGE_FORMATS:
             self.container.close()
@@ -121,8 +146,15 @@ class _PyAVFrames:
         self._first = self._first_frame()
         rotation = int(round(self._first.rotation or 0)) if self._first is not None else 0
         width, height = (cc.width, cc.height) if rotation % 180 == 0 else (cc.height, cc.width)
-        self.info = VideoInfo(width=width, height=height, fps=fps, rotation=rotation, codec=cc.name,
-                              declared_frames=int(self.stream.frames or 0), declared_duration_s=duration)
+        self.info = VideoInfo(
+            width=width,
+            height=height,
+            fps=fps,
+            rotation=rotation,
+            codec=cc.name,
+            declared_frames=int(self.stream.frames or 0),
+            declared_duration_s=duration,
+        )
         if self._first is not None:
             _check_size(width, height, path)
 
@@ -176,8 +208,13 @@ class _PyAVFrames:
                 self.log.truncated_detail = f"{self.n_packets} of the {declared} frames its index lists are in the file"
             return
         tb = self.stream.time_base
-        duration = (float(self.stream.duration * tb) if self.stream.duration is not None and tb is not None else
-                    self.container.duration / 1e6 if self.container.duration else None)
+        duration = (
+            float(self.stream.duration * tb)
+            if self.stream.duration is not None and tb is not None
+            else self.container.duration / 1e6
+            if self.container.duration
+            else None
+        )
         if duration is None or self.last_packet_end_s is None:
             return
         start = float(self.stream.start_time * tb) if self.stream.start_time is not None and tb is not None else 0.0
@@ -242,8 +279,15 @@ class _DecordFrames:
         width, height = (w, h) if rotation % 180 == 0 else (h, w)
         n = len(self.reader)
         fps = float(self.reader.get_avg_fps() or 0.0)
-        self.info = VideoInfo(width=width, height=height, fps=fps, rotation=rotation, codec="decord",
-                              declared_frames=n, declared_duration_s=n / fps if fps else None)
+        self.info = VideoInfo(
+            width=width,
+            height=height,
+            fps=fps,
+            rotation=rotation,
+            codec="decord",
+            declared_frames=n,
+            declared_duration_s=n / fps if fps else None,
+        )
         if n:
             _check_size(width, height, path)
 

@@ -104,8 +104,16 @@ class _Error:  # device process -> parent: a run-stopping error (VadpipeError su
     message: str
 
 
-def _device_main(conn: Connection, sources: list[str], out_dir: str, settings_dict: dict, weights: str,
-                 device: str, batch_size: int, decode_processes: int) -> None:
+def _device_main(
+    conn: Connection,
+    sources: list[str],
+    out_dir: str,
+    settings_dict: dict,
+    weights: str,
+    device: str,
+    batch_size: int,
+    decode_processes: int,
+) -> None:
     """Process per device: run one in-process executor on the shard, streaming each result to the parent."""
     # the parent turns Ctrl-C into one SIGTERM per device process: stop cleanly, as on Ctrl-C
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -122,12 +130,22 @@ def _device_main(conn: Connection, sources: list[str], out_dir: str, settings_di
         except OSError:  # the parent is gone (killed): stop, releasing the locks on the way out
             raise SystemExit(1) from None
 
-    executor = (DecodeProcessOptions(device=device, processes=decode_processes) if decode_processes
-                else ThreadOptions(device=device))
+    executor = (
+        DecodeProcessOptions(device=device, processes=decode_processes)
+        if decode_processes
+        else ThreadOptions(device=device)
+    )
     try:
-        report = extract_videos([Path(s) for s in sources], out_dir=Path(out_dir),
-                                settings=ExtractionSettings.from_dict(settings_dict), executor=executor,
-                                weights=Path(weights), batch_size=batch_size, progress=False, on_result=send)
+        report = extract_videos(
+            [Path(s) for s in sources],
+            out_dir=Path(out_dir),
+            settings=ExtractionSettings.from_dict(settings_dict),
+            executor=executor,
+            weights=Path(weights),
+            batch_size=batch_size,
+            progress=False,
+            on_result=send,
+        )
         conn.send(_Done(report.interrupted, report.network_s, report.input_wait_s, report.loop_s))
     except VadpipeError as exc:
         conn.send(_Error(type(exc).__name__, str(exc)))
@@ -179,12 +197,26 @@ def run_on_devices(run: ExtractRun, options: DeviceOptions) -> None:
         for dev, shard in zip(devs, shard_videos(run.sources, len(devs))):
             if not shard:
                 continue
-            n_decode = (options.decode_processes if options.decode_processes is not None
-                        else default_workers(torch.device(dev), n_devices=len(devs)))
+            n_decode = (
+                options.decode_processes
+                if options.decode_processes is not None
+                else default_workers(torch.device(dev), n_devices=len(devs))
+            )
             parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_device_main, name=f"vadpipe-extract-{dev}",
-                               args=(child, [str(s) for s in shard], str(run.out_dir), run.settings.to_dict(),
-                                     str(run.weights_file), dev, run.batch_size, n_decode))
+            proc = ctx.Process(
+                target=_device_main,
+                name=f"vadpipe-extract-{dev}",
+                args=(
+                    child,
+                    [str(s) for s in shard],
+                    str(run.out_dir),
+                    run.settings.to_dict(),
+                    str(run.weights_file),
+                    dev,
+                    run.batch_size,
+                    n_decode,
+                ),
+            )
             proc.start()
             child.close()
             children.append((proc, parent, dev, shard))

@@ -37,8 +37,9 @@ class ClipEncoder:
     are decided in ``inference.inference_network``.
     """
 
-    def __init__(self, model: InceptionI3d, device: torch.device, precision: str = "fp32", *,
-                 runtime: str = "torch") -> None:
+    def __init__(
+        self, model: InceptionI3d, device: torch.device, precision: str = "fp32", *, runtime: str = "torch"
+    ) -> None:
         self.device = device
         self.precision = precision
         self.runtime = runtime
@@ -48,10 +49,10 @@ class ClipEncoder:
         return self._network(clips)
 
 
-def load_encoder(settings: ExtractionSettings, *, weights: Path | None = None,
-                 device: str | None = None) -> tuple[ClipEncoder, ExtractionSettings]:
+def load_encoder(
+    settings: ExtractionSettings, *, weights: Path | None = None, device: str | None = None
+) -> tuple[ClipEncoder, ExtractionSettings]:
     """I3D on the chosen device, and ``settings`` stamped with the identity of the weights loaded."""
     dev = select_device(device)
     model, weights_id = load_i3d(weights, device=dev, backbone=settings.backbone)
-    return (ClipEncoder(model, dev, settings.precision, runtime=settings.runtime),
-            settings.with_weights(weights_id))
+    return (ClipEncoder(model, dev, settings.precision, runtime=settings.runtime), settings.with_weights(weights_id))

@@ -30,8 +30,17 @@ if TYPE_CHECKING:  # the executors import torch: only when one runs (the CLI's -
     from .encoder import ClipEncoder
     from .job import Collector, ExtractReport, VideoResult
 
-__all__ = ["ENGINES", "ThreadOptions", "DecodeProcessOptions", "DeviceOptions", "RayOptions",
-           "ExecutorOptions", "ExtractRun", "choose_executor", "extract_videos"]
+__all__ = [
+    "ENGINES",
+    "ThreadOptions",
+    "DecodeProcessOptions",
+    "DeviceOptions",
+    "RayOptions",
+    "ExecutorOptions",
+    "ExtractRun",
+    "choose_executor",
+    "extract_videos",
+]
 
 ENGINES = ("local", "ray")
 
@@ -116,9 +125,16 @@ class ExtractRun:
     collect: Collector
 
 
-def choose_executor(*, engine: str = "local", device: str | None = None, devices: str | Sequence[str] | None = None,
-                    decode_processes: int | None = None, address: str | None = None,
-                    ray_tasks: int | None = None, ray_task_timeout_s: float | None = None) -> ExecutorOptions:
+def choose_executor(
+    *,
+    engine: str = "local",
+    device: str | None = None,
+    devices: str | Sequence[str] | None = None,
+    decode_processes: int | None = None,
+    address: str | None = None,
+    ray_tasks: int | None = None,
+    ray_task_timeout_s: float | None = None,
+) -> ExecutorOptions:
     """The executor the CLI's options ask for, refusing options of another executor.
 
     Local: several ``devices`` -> ``DeviceOptions``; else ``decode_processes`` 0 -> a thread,
@@ -131,8 +147,10 @@ def choose_executor(*, engine: str = "local", device: str | None = None, devices
         if devices:
             raise ConfigError("--devices is for the local engine: on Ray every GPU of the cluster gets an I3D actor")
         if explicit_device:
-            raise ConfigError("--device is for the local engine: on Ray the I3D actors use the cluster's GPUs, "
-                              "or its CPUs when it has none")
+            raise ConfigError(
+                "--device is for the local engine: on Ray the I3D actors use the cluster's GPUs, "
+                "or its CPUs when it has none"
+            )
         if decode_processes is not None:
             raise ConfigError("--decode-procs is for the local engine: on Ray, --ray-tasks caps the video tasks")
         timeout = {} if ray_task_timeout_s is None else {"task_timeout_s": ray_task_timeout_s}
@@ -202,8 +220,10 @@ def extract_videos(
     inputs = list(inputs)
     for path in [out_dir, *inputs]:
         if _URL.match(str(path)):
-            raise ConfigError(f"{path}: URLs (s3://, gs://, ...) are not supported; the cache needs atomic renames "
-                              "and file locks: mount the bucket or use a shared file system path")
+            raise ConfigError(
+                f"{path}: URLs (s3://, gs://, ...) are not supported; the cache needs atomic renames "
+                "and file locks: mount the bucket or use a shared file system path"
+            )
     in_process = isinstance(executor, _IN_PROCESS)
     if encoder is not None and not in_process:
         raise ConfigError("a ready encoder runs in this process: use ThreadOptions or DecodeProcessOptions")
@@ -228,8 +248,15 @@ def extract_videos(
     if sources:
         with Collector(report, out_dir=out_dir, total=len(sources), progress=progress, on_result=on_result) as collect:
             # other processes and Ray nodes work in other folders: they get absolute paths
-            run = ExtractRun(sources=sources, out_dir=out_dir.resolve(), settings=settings, batch_size=batch_size,
-                             weights=weights, weights_file=weights_file, collect=collect)
+            run = ExtractRun(
+                sources=sources,
+                out_dir=out_dir.resolve(),
+                settings=settings,
+                batch_size=batch_size,
+                weights=weights,
+                weights_file=weights_file,
+                collect=collect,
+            )
             try:
                 _execute(executor, run, encoder)
             except KeyboardInterrupt:

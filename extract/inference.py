@@ -40,8 +40,14 @@ from .i3d import InceptionI3d, fold_batch_norm
 from .settings import RUNTIMES
 from .transforms import to_unit_range
 
-__all__ = ["AUTOCAST_DTYPES", "RUNTIMES", "cpu_has_native_bf16", "check_precision", "check_runtime",
-           "inference_network"]
+__all__ = [
+    "AUTOCAST_DTYPES",
+    "RUNTIMES",
+    "cpu_has_native_bf16",
+    "check_precision",
+    "check_runtime",
+    "inference_network",
+]
 
 Network = Callable[[torch.Tensor], np.ndarray]  # uint8 (N, 3, T, S, S) on the CPU -> (N, 1024) float32
 
@@ -78,8 +84,10 @@ def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        raise ConfigError("bf16 on this CPU would be emulated (no AVX512-BF16 or AMX-BF16 units), which is "
-                          "slower than fp32; use --precision fp32")
+        raise ConfigError(
+            "bf16 on this CPU would be emulated (no AVX512-BF16 or AMX-BF16 units), which is "
+            "slower than fp32; use --precision fp32"
+        )
 
 
 def check_runtime(runtime: str, device: torch.device) -> None:
@@ -96,8 +104,7 @@ def check_runtime(runtime: str, device: torch.device) -> None:
             raise ConfigError("the openvino runtime is not installed: pip install 'vadpipe[openvino]'") from None
 
 
-def inference_network(model: InceptionI3d, device: torch.device, precision: str, *,
-                      runtime: str = "torch") -> Network:
+def inference_network(model: InceptionI3d, device: torch.device, precision: str, *, runtime: str = "torch") -> Network:
     """The network ready to turn uint8 clips into features on ``device`` with ``precision``.
 
     The caller's ``model`` is left untouched (the folded copy is separate). On CUDA the batch is
@@ -159,10 +166,16 @@ def _onnx_file(net: InceptionI3d, clip_len: int = 16, size: int = 224) -> Path:
         buf = io.BytesIO()
         with warnings.catch_warnings():  # the tracer notes the Python-side SAME padding: fixed for this shape
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Features(net).eval(), (torch.zeros(1, 3, clip_len, size, size),), buf,
-                              input_names=["clips"], output_names=["features"],
-                              dynamic_axes={"clips": {0: "batch"}, "features": {0: "batch"}},
-                              dynamo=False, opset_version=17)
+            torch.onnx.export(
+                _Features(net).eval(),
+                (torch.zeros(1, 3, clip_len, size, size),),
+                buf,
+                input_names=["clips"],
+                output_names=["features"],
+                dynamic_axes={"clips": {0: "batch"}, "features": {0: "batch"}},
+                dynamo=False,
+                opset_version=17,
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_writer(path) as f:
             f.write(buf.getvalue())
@@ -174,8 +187,10 @@ def _openvino_network(net: InceptionI3d, precision: str) -> Network:
     import openvino as ov
 
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-              "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+    }
     requests: dict[tuple[int, int, int], object] = {}
 
     def run(clips: torch.Tensor) -> np.ndarray:

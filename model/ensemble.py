@@ -38,7 +38,7 @@ class Ensemble(torch.nn.Module):
         return self.members[0].config
 
     @classmethod
-    def empty(cls, config: ModelConfig, size: int) -> "Ensemble":
+    def empty(cls, config: ModelConfig, size: int) -> Ensemble:
         """``size`` fresh members (to load saved weights into)."""
         return cls([CSLTAL(config) for _ in range(size)])
 

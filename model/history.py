@@ -42,6 +42,6 @@ def summarize(history: list[dict], *, selected_epoch: int | None = None) -> dict
         "best_epoch": best,
         "selected_epoch": selected_epoch,
         "note": "best_epoch picks, per validation metric, the epoch where it was highest (on the validation set); "
-                "selected_epoch is the epoch whose weights were saved (early stopping on held-out training "
-                "videos; null: the last epoch)",
+        "selected_epoch is the epoch whose weights were saved (early stopping on held-out training "
+        "videos; null: the last epoch)",
     }

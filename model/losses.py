@@ -34,7 +34,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["NORMALIZATIONS", "VIEW_SCALINGS", "WEIGHT_ASSIGNMENTS", "LOSS_PARTS", "LossConfig", "LossTerms", "csl_loss", "top_k_mean"]
+__all__ = [
+    "NORMALIZATIONS",
+    "VIEW_SCALINGS",
+    "WEIGHT_ASSIGNMENTS",
+    "LOSS_PARTS",
+    "LossConfig",
+    "LossTerms",
+    "csl_loss",
+    "top_k_mean",
+]
 
 NORMALIZATIONS = ("steps", "video")
 VIEW_SCALINGS = ("code", "once")
@@ -73,7 +82,7 @@ class LossConfig:
             raise ValueError(f"view_scaling must be one of {VIEW_SCALINGS}, got {self.view_scaling!r}")
 
     @classmethod
-    def from_assignment(cls, assignment: str = "code", **overrides: float | str) -> "LossConfig":
+    def from_assignment(cls, assignment: str = "code", **overrides: float | str) -> LossConfig:
         """The sparsity/smoothness weights as assigned by the authors' ``code`` or the ``paper`` text."""
         if assignment not in WEIGHT_ASSIGNMENTS:
             raise ValueError(f"assignment must be one of {tuple(WEIGHT_ASSIGNMENTS)}, got {assignment!r}")
@@ -114,8 +123,15 @@ def top_k_mean(scores: Tensor, mask: Tensor, *, fraction: float) -> Tensor:
     return (ranked.masked_fill(~take, 0.0)).sum(1) / k.to(scores.dtype)
 
 
-def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tensor, *, config: LossConfig,
-             wtcam: Tensor | None = None) -> LossTerms:
+def csl_loss(
+    attention: Tensor,
+    video_score: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    *,
+    config: LossConfig,
+    wtcam: Tensor | None = None,
+) -> LossTerms:
     """The batch loss of CSL-TAL.
 
     Args:
@@ -160,7 +176,9 @@ def csl_loss(attention: Tensor, video_score: Tensor, labels: Tensor, mask: Tenso
 
     if config.w_mil > 0:
         if wtcam is None or wtcam.shape != attention.shape:
-            raise ValueError(f"the MIL term needs the weighted T-CAM shaped like the attention {tuple(attention.shape)}")
+            raise ValueError(
+                f"the MIL term needs the weighted T-CAM shaped like the attention {tuple(attention.shape)}"
+            )
         view_mask = mask.unsqueeze(1).expand(batch, n_views, steps).reshape(batch * n_views, steps)
         top = top_k_mean(wtcam.reshape(batch * n_views, steps), view_mask, fraction=config.mil_top_fraction)
         mil = F.binary_cross_entropy(top.view(batch, n_views), targets, reduction="none").sum(1) / per_view

@@ -53,7 +53,7 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         unknown = set(data) - {"attention", "feature_dim", "kernel_size"}
         if unknown:
             raise ValueError(f"unknown ModelConfig keys: {sorted(unknown)}")
@@ -158,21 +158,32 @@ class MaskedCausalConv1d(nn.Module):
         destination[prefix + "weight"] = weight if keep_vars else weight.detach()
         destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool,
-                              missing_keys: list, unexpected_keys: list, error_msgs: list) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
         key = prefix + "weight"
         if key in state_dict:
             full = state_dict.pop(key)
             expected = (self.channels, self.channels, self.kernel_size)
             if tuple(full.shape) != expected:
-                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(full.shape)}, "
-                                  f"the shape in current model is {expected}.")
+                error_msgs.append(
+                    f"size mismatch for {key}: copying a param with shape {tuple(full.shape)}, "
+                    f"the shape in current model is {expected}."
+                )
                 return
             state_dict[prefix + "taps"] = self.pack(full)  # the masked taps are ignored, as the mask does
         elif strict:
             missing_keys.append(key)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         if prefix + "taps" in missing_keys:
             missing_keys.remove(prefix + "taps")
 

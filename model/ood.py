@@ -110,7 +110,9 @@ class FeatureDistance:
         """(T,) Mahalanobis distance of each row of ``features`` (T, F)."""
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.feature_dim:
-            raise DataError(f"features of shape {x.shape} do not fit a distance fitted on {self.feature_dim}-d features")
+            raise DataError(
+                f"features of shape {x.shape} do not fit a distance fitted on {self.feature_dim}-d features"
+            )
         return np.linalg.norm((x - self.mean) @ self.whitening, axis=1)
 
     def clip_distances(self, crops: VideoCrops) -> np.ndarray:
@@ -121,11 +123,20 @@ class FeatureDistance:
 
     def summary(self) -> dict[str, Any]:
         """The JSON-able settings and provenance (everything but the tensors)."""
-        return {"method": _METHOD, "feature_dim": self.feature_dim, "threshold": self.threshold,
-                "quantile": self.quantile, "max_share": self.max_share, "threshold_from": self.threshold_from,
-                "shrinkage": self.shrinkage, "fit_videos": self.fit_videos, "fit_clips": self.fit_clips,
-                "threshold_videos": self.threshold_videos, "threshold_clips": self.threshold_clips,
-                "threshold_video_shares": dict(self.threshold_video_shares)}
+        return {
+            "method": _METHOD,
+            "feature_dim": self.feature_dim,
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+            "max_share": self.max_share,
+            "threshold_from": self.threshold_from,
+            "shrinkage": self.shrinkage,
+            "fit_videos": self.fit_videos,
+            "fit_clips": self.fit_clips,
+            "threshold_videos": self.threshold_videos,
+            "threshold_clips": self.threshold_clips,
+            "threshold_video_shares": dict(self.threshold_video_shares),
+        }
 
 
 def fit_whitening(features: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -154,9 +165,14 @@ def _quantile(values: np.ndarray, quantile: float) -> float:
     return float(np.quantile(values, quantile, method="linear"))
 
 
-def fit_distance(train: Mapping[str, VideoCrops], heldout: Mapping[str, VideoCrops] | None = None, *,
-                 quantile: float = CLIP_QUANTILE, max_share: float = MAX_SHARE,
-                 folds: int = CROSS_FIT_FOLDS) -> FeatureDistance:
+def fit_distance(
+    train: Mapping[str, VideoCrops],
+    heldout: Mapping[str, VideoCrops] | None = None,
+    *,
+    quantile: float = CLIP_QUANTILE,
+    max_share: float = MAX_SHARE,
+    folds: int = CROSS_FIT_FOLDS,
+) -> FeatureDistance:
     """Fit the distance on the clips of ``train`` and set its threshold.
 
     Args:
@@ -195,10 +211,19 @@ def fit_distance(train: Mapping[str, VideoCrops], heldout: Mapping[str, VideoCro
     threshold = _quantile(pooled, quantile)
     shares = {name: float(np.mean(d > threshold)) for name, d in sorted(measured.items())}
     return FeatureDistance(
-        mean=mean, whitening=whitening, threshold=threshold, quantile=quantile, max_share=max_share,
-        threshold_from=source, shrinkage=shrinkage, fit_videos=len(train),
-        fit_clips=sum(len(crops[0]) for crops in train.values()), threshold_videos=len(measured),
-        threshold_clips=int(pooled.size), threshold_video_shares=shares)
+        mean=mean,
+        whitening=whitening,
+        threshold=threshold,
+        quantile=quantile,
+        max_share=max_share,
+        threshold_from=source,
+        shrinkage=shrinkage,
+        fit_videos=len(train),
+        fit_clips=sum(len(crops[0]) for crops in train.values()),
+        threshold_videos=len(measured),
+        threshold_clips=int(pooled.size),
+        threshold_video_shares=shares,
+    )
 
 
 def _video_crops(data: FeatureSet, videos: Sequence[str]) -> dict[str, list[np.ndarray]]:
@@ -225,8 +250,9 @@ def fit_run_distance(run_dir: Path | str, *, data: FeatureSet | None = None) -> 
     recorded = config.data or {}
     if data is None:
         try:
-            data = open_training_set(recorded["path"], labels_csv=recorded.get("labels_csv"),
-                                     crops=recorded.get("crops_requested"))
+            data = open_training_set(
+                recorded["path"], labels_csv=recorded.get("labels_csv"), crops=recorded.get("crops_requested")
+            )
         except KeyError:
             raise CheckpointError(f"{run_dir}/config.json does not record its training features") from None
     heldout_names = list((config.calibration or {}).get("heldout_videos") or ())
@@ -238,10 +264,15 @@ def fit_run_distance(run_dir: Path | str, *, data: FeatureSet | None = None) -> 
 
 def save_distance(path: Path | str, distance: FeatureDistance) -> Path:
     """Write ``distance`` as safetensors (atomically); settings and provenance in the metadata."""
-    tensors = {"mean": torch.from_numpy(np.ascontiguousarray(distance.mean, dtype=np.float32)),
-               "whitening": torch.from_numpy(np.ascontiguousarray(distance.whitening, dtype=np.float32))}
-    metadata = {"schema_version": str(OOD_SCHEMA_VERSION), "vadpipe_version": __version__,
-                "ood": json.dumps(distance.summary())}
+    tensors = {
+        "mean": torch.from_numpy(np.ascontiguousarray(distance.mean, dtype=np.float32)),
+        "whitening": torch.from_numpy(np.ascontiguousarray(distance.whitening, dtype=np.float32)),
+    }
+    metadata = {
+        "schema_version": str(OOD_SCHEMA_VERSION),
+        "vadpipe_version": __version__,
+        "ood": json.dumps(distance.summary()),
+    }
     atomic_write_bytes(Path(path), save_safetensors(tensors, metadata=metadata))
     return Path(path)
 
@@ -262,20 +293,32 @@ def load_distance(run_dir: Path | str) -> FeatureDistance | None:
     try:
         tensors = load_safetensors(data)
         header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len])["__metadata__"]
+        metadata = json.loads(data[8 : 8 + header_len])["__metadata__"]
         if metadata.get("schema_version") != str(OOD_SCHEMA_VERSION):
-            raise ValueError(f"schema_version {metadata.get('schema_version')!r}, this vadpipe reads {OOD_SCHEMA_VERSION}")
+            raise ValueError(
+                f"schema_version {metadata.get('schema_version')!r}, this vadpipe reads {OOD_SCHEMA_VERSION}"
+            )
         info = json.loads(metadata["ood"])
         mean = tensors["mean"].double().numpy()
         whitening = tensors["whitening"].double().numpy()
         if mean.ndim != 1 or whitening.shape != (mean.size, mean.size) or info["feature_dim"] != mean.size:
-            raise ValueError(f"mean {tuple(mean.shape)} and whitening {tuple(whitening.shape)} do not fit "
-                             f"feature_dim {info['feature_dim']}")
+            raise ValueError(
+                f"mean {tuple(mean.shape)} and whitening {tuple(whitening.shape)} do not fit "
+                f"feature_dim {info['feature_dim']}"
+            )
         return FeatureDistance(
-            mean=mean, whitening=whitening, threshold=float(info["threshold"]), quantile=float(info["quantile"]),
-            max_share=float(info["max_share"]), threshold_from=str(info["threshold_from"]),
-            shrinkage=float(info["shrinkage"]), fit_videos=int(info["fit_videos"]), fit_clips=int(info["fit_clips"]),
-            threshold_videos=int(info["threshold_videos"]), threshold_clips=int(info["threshold_clips"]),
-            threshold_video_shares=dict(info.get("threshold_video_shares") or {}))
+            mean=mean,
+            whitening=whitening,
+            threshold=float(info["threshold"]),
+            quantile=float(info["quantile"]),
+            max_share=float(info["max_share"]),
+            threshold_from=str(info["threshold_from"]),
+            shrinkage=float(info["shrinkage"]),
+            fit_videos=int(info["fit_videos"]),
+            fit_clips=int(info["fit_clips"]),
+            threshold_videos=int(info["threshold_videos"]),
+            threshold_clips=int(info["threshold_clips"]),
+            threshold_video_shares=dict(info.get("threshold_video_shares") or {}),
+        )
     except (SafetensorError, KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a usable vadpipe outside-footage file: {exc}") from None

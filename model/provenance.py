@@ -39,17 +39,25 @@ def training_backbone(extraction: Mapping | None, *, stated: str | None, feature
     recorded = features_backbone(extraction)
     if recorded is not None:
         if stated is not None and stated != recorded:
-            raise ConfigError(f"--features-backbone {stated}: the cache records of {features} say its features "
-                              f"were extracted with {recorded}")
+            raise ConfigError(
+                f"--features-backbone {stated}: the cache records of {features} say its features "
+                f"were extracted with {recorded}"
+            )
         return {"id": recorded, "source": "records"}
     if stated is not None:
-        return {"id": stated, "source": "stated",
-                "note": f"the features in {features} carry no vadpipe records; they are {stated} features on the "
-                        f"user's word (--features-backbone)"}
-    return {"id": None, "source": "unknown",
-            "note": f"the features in {features} carry no vadpipe records, so the I3D network that made them is "
-                    f"unknown and detect will not extract for this run until told (detect --backbone); for the "
-                    f"released XD-Violence or UCF-Crime I3D features pass --features-backbone {IMAGENET.id}"}
+        return {
+            "id": stated,
+            "source": "stated",
+            "note": f"the features in {features} carry no vadpipe records; they are {stated} features on the "
+            f"user's word (--features-backbone)",
+        }
+    return {
+        "id": None,
+        "source": "unknown",
+        "note": f"the features in {features} carry no vadpipe records, so the I3D network that made them is "
+        f"unknown and detect will not extract for this run until told (detect --backbone); for the "
+        f"released XD-Violence or UCF-Crime I3D features pass --features-backbone {IMAGENET.id}",
+    }
 
 
 def run_backbone(config: Mapping) -> str | None:

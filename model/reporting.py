@@ -19,15 +19,27 @@ class ProgressReporter:
         self.enabled, self.n_batches, self.epochs = enabled, n_batches, epochs
         self._progress = None
 
-    def __enter__(self) -> "ProgressReporter":
+    def __enter__(self) -> ProgressReporter:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[losses]}"),
-                                      console=Console(stderr=True))
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[losses]}"),
+                console=Console(stderr=True),
+            )
             self._progress.__enter__()
             self._task = self._progress.add_task("", total=self.n_batches, losses="")
         return self
@@ -57,6 +69,9 @@ class ProgressReporter:
             return
         parts = ", ".join(f"{p} {line[f'loss_{p}']:.3g}" for p in LOSS_PARTS)
         val = "".join(f"  {n} {line[n]:.4f}" for n in (*VAL_METRICS, HELDOUT_LOSS) if line.get(n) is not None)
-        self._progress.console.print(f"epoch {line['epoch']:>3}/{self.epochs}  lr {line['lr']:.0e}  "
-                                     f"loss {line['loss']:.4g} ({parts}){val}  [{line['time_s']:.1f} s]",
-                                     markup=False, highlight=False)
+        self._progress.console.print(
+            f"epoch {line['epoch']:>3}/{self.epochs}  lr {line['lr']:.0e}  "
+            f"loss {line['loss']:.4g} ({parts}){val}  [{line['time_s']:.1f} s]",
+            markup=False,
+            highlight=False,
+        )

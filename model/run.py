@@ -180,8 +180,9 @@ def load_run(run_dir: Path | str) -> Run:
     model = CSLTAL(config.model) if "ensemble" not in config.sections else Ensemble.empty(config.model, size)
     weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
-        raise CheckpointError(f"{weights} is missing: the run did not finish; "
-                              f"resume it with vadpipe train --resume {run_dir}")
+        raise CheckpointError(
+            f"{weights} is missing: the run did not finish; resume it with vadpipe train --resume {run_dir}"
+        )
     _load_state(model, _parse_tensors(_read_bytes(weights, what="weights"), weights, what="weights"), source=weights)
     return Run(path=run_dir, config=config, model=model.eval())
 
@@ -192,8 +193,9 @@ def latest_run(runs_dir: Path | str) -> Path:
     try:
         name = pointer.read_text().strip()
     except FileNotFoundError:
-        raise CheckpointError(f"no trained model: {pointer} does not exist; "
-                              "run vadpipe train first, or pass --model RUN_DIR") from None
+        raise CheckpointError(
+            f"no trained model: {pointer} does not exist; run vadpipe train first, or pass --model RUN_DIR"
+        ) from None
     run_dir = Path(runs_dir) / name  # an absolute name stays absolute
     if not name or not run_dir.is_dir():
         raise CheckpointError(f"{pointer} names {name!r}, which is not a run folder; pass --model RUN_DIR")
@@ -217,8 +219,14 @@ def new_run_dir(runs_dir: Path | str) -> Path:
     raise CheckpointError(f"cannot find a free run folder name in {runs_dir}")
 
 
-def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torch.optim.Adam,
-                    best: tuple[int, dict[str, torch.Tensor]] | None = None) -> None:
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    epoch: int,
+    model: CSLTAL,
+    optimizer: torch.optim.Adam,
+    best: tuple[int, dict[str, torch.Tensor]] | None = None,
+) -> None:
     """Model weights and Adam state after ``epoch``, with no pickle: moments as tensors, steps as JSON.
 
     ``best`` (epoch, state dict): the weights early stopping has kept so far, stored alongside.
@@ -240,9 +248,17 @@ def save_checkpoint(run_dir: Path, *, epoch: int, model: CSLTAL, optimizer: torc
     tensor_file = f"state-e{epoch:04d}.safetensors"
     previous = {p.name for p in folder.glob("state-e*.safetensors")} - {tensor_file}
     atomic_write_bytes(folder / tensor_file, data)
-    write_json(folder / _STATE_FILE, {"schema_version": RUN_SCHEMA_VERSION, "epoch": epoch, "tensors": tensor_file,
-                                      "sha256": sha256_bytes(data), "adam_steps": steps,
-                                      "best_epoch": None if best is None else best[0]})
+    write_json(
+        folder / _STATE_FILE,
+        {
+            "schema_version": RUN_SCHEMA_VERSION,
+            "epoch": epoch,
+            "tensors": tensor_file,
+            "sha256": sha256_bytes(data),
+            "adam_steps": steps,
+            "best_epoch": None if best is None else best[0],
+        },
+    )
     for name in previous:  # only after state.json names the new file
         (folder / name).unlink(missing_ok=True)
 
@@ -269,7 +285,7 @@ def load_best(run_dir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
     state, tensors, path = _read_checkpoint(run_dir)
     if state.get("best_epoch") is None:
         return None
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+    best = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
     if not best:
         raise CheckpointError(f"checkpoint {path} names best epoch {state['best_epoch']} but lacks its weights")
     return int(state["best_epoch"]), best
@@ -278,7 +294,7 @@ def load_best(run_dir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
 def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam) -> int:
     """Restore model and Adam state from ``run_dir/checkpoint``; returns the epoch it was saved after."""
     state, tensors, path = _read_checkpoint(run_dir)
-    _load_state(model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}, source=path)
+    _load_state(model, {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}, source=path)
     opt = optimizer.state_dict()
     steps = state.get("adam_steps", {})
     opt["state"] = {}
@@ -288,9 +304,11 @@ def load_checkpoint(run_dir: Path, *, model: CSLTAL, optimizer: torch.optim.Adam
             saved, convert = "conv.weight", model.conv.pack
         if saved in steps:
             try:
-                opt["state"][index] = {"step": torch.tensor(float(steps[saved])),
-                                       "exp_avg": convert(tensors[f"adam.{saved}.exp_avg"]),
-                                       "exp_avg_sq": convert(tensors[f"adam.{saved}.exp_avg_sq"])}
+                opt["state"][index] = {
+                    "step": torch.tensor(float(steps[saved])),
+                    "exp_avg": convert(tensors[f"adam.{saved}.exp_avg"]),
+                    "exp_avg_sq": convert(tensors[f"adam.{saved}.exp_avg_sq"]),
+                }
             except KeyError as exc:
                 raise CheckpointError(f"checkpoint {path} lacks the Adam state {exc.args[0]}") from None
     optimizer.load_state_dict(opt)

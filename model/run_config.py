@@ -66,20 +66,27 @@ class SavedOperatingPoint:
     entry: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> "SavedOperatingPoint":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> SavedOperatingPoint:
         """Check and read a stored entry; ``where`` names the file in errors."""
         if not isinstance(data, Mapping):
             raise CheckpointError(f"{where}: operating_point must be an object, got {data!r:.60}")
         method = data.get("method", "fixed")
         if method not in OPERATING_POINT_METHODS:
-            raise CheckpointError(f"{where}: operating_point.method must be one of "
-                                  f"{', '.join(OPERATING_POINT_METHODS)}, got {method!r}")
-        calibrations = [_section(data, key, f"{where}: operating_point")
-                        for key in ("video_calibration", "interval_calibration")]
-        return cls(method=method, threshold=_unit(data, "threshold", 0.35, where),
-                   video_threshold=_unit(data, "video_threshold", 0.0, where),
-                   target_false_alarm_rate=_unit(data, "target_false_alarm_rate", None, where),
-                   video_calibration=calibrations[0], interval_calibration=calibrations[1], entry=dict(data))
+            raise CheckpointError(
+                f"{where}: operating_point.method must be one of {', '.join(OPERATING_POINT_METHODS)}, got {method!r}"
+            )
+        calibrations = [
+            _section(data, key, f"{where}: operating_point") for key in ("video_calibration", "interval_calibration")
+        ]
+        return cls(
+            method=method,
+            threshold=_unit(data, "threshold", 0.35, where),
+            video_threshold=_unit(data, "video_threshold", 0.0, where),
+            target_false_alarm_rate=_unit(data, "target_false_alarm_rate", None, where),
+            video_calibration=calibrations[0],
+            interval_calibration=calibrations[1],
+            entry=dict(data),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ class RunConfig:
         return 3 if self.training is None else self.training.block_len
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> "RunConfig":
+    def from_dict(cls, data: Mapping[str, Any], *, where: str) -> RunConfig:
         """Check every section a later stage reads; ``where`` names the file in errors.
 
         Raises:
@@ -135,10 +142,13 @@ class RunConfig:
             except (KeyError, TypeError, ValueError) as exc:
                 raise CheckpointError(f"{where}: unusable training settings: {exc}") from exc
         op = data.get("operating_point")
-        return cls(model=model, training=training,
-                   operating_point=None if op is None else SavedOperatingPoint.from_dict(op, where=where),
-                   **{key: _section(data, key, where)
-                      for key in ("extraction", "data", "validation", "selection", "calibration")},
-                   sections=dict(data))
-
-
+        return cls(
+            model=model,
+            training=training,
+            operating_point=None if op is None else SavedOperatingPoint.from_dict(op, where=where),
+            **{
+                key: _section(data, key, where)
+                for key in ("extraction", "data", "validation", "selection", "calibration")
+            },
+            sections=dict(data),
+        )

@@ -68,8 +68,12 @@ def make_batch(arrays: Sequence[np.ndarray], views: Sequence[np.ndarray], labels
         source[b * n_views : (b + 1) * n_views, : lengths[b]] = start + inverse.reshape(n_views, lengths[b])
         mask[b, : lengths[b]] = True
         start += distinct.size
-    return Batch(torch.from_numpy(rows), torch.from_numpy(source), torch.from_numpy(mask),
-                 torch.tensor(labels, dtype=torch.float32))
+    return Batch(
+        torch.from_numpy(rows),
+        torch.from_numpy(source),
+        torch.from_numpy(mask),
+        torch.tensor(labels, dtype=torch.float32),
+    )
 
 
 def _class_counts(labels: np.ndarray) -> tuple[int, int]:
@@ -85,8 +89,9 @@ def batches_per_epoch(labels: Sequence[int], *, batch_size: int, balanced: bool)
     return math.ceil(len(labels) / batch_size)
 
 
-def epoch_batches(labels: Sequence[int], *, batch_size: int, balanced: bool,
-                  rng: np.random.Generator) -> list[np.ndarray]:
+def epoch_batches(
+    labels: Sequence[int], *, batch_size: int, balanced: bool, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Sample indices of each batch of one epoch.
 
     Unbalanced (the authors' sampler): one shuffle, consecutive slices, the last batch smaller.
@@ -122,8 +127,9 @@ def epoch_batches(labels: Sequence[int], *, batch_size: int, balanced: bool,
     return batches
 
 
-def iterate_batches(data: FeatureSet, *, config: TrainConfig, epoch: int,
-                    features: Sequence[np.ndarray] | None = None) -> Iterator[Batch]:
+def iterate_batches(
+    data: FeatureSet, *, config: TrainConfig, epoch: int, features: Sequence[np.ndarray] | None = None
+) -> Iterator[Batch]:
     """The batches of one epoch (see :func:`epoch_batches`), with fresh random views.
 
     ``features``: every item's array in ``data.items`` order (see :func:`vadpipe.model.data.preload`);
@@ -133,8 +139,13 @@ def iterate_batches(data: FeatureSet, *, config: TrainConfig, epoch: int,
     labels = [item.label for item in data.items]
     for indices in epoch_batches(labels, batch_size=config.batch_size, balanced=config.balanced, rng=rng):
         items = [data.items[i] for i in indices]
-        arrays = ([features[i] for i in indices] if features is not None
-                  else [load_item(item, feature_dim=data.feature_dim) for item in items])
-        views = [view_indices(a.shape[0], n_views=config.n_views, block_len=config.block_len, rng=rng,
-                              mode=config.views) for a in arrays]
+        arrays = (
+            [features[i] for i in indices]
+            if features is not None
+            else [load_item(item, feature_dim=data.feature_dim) for item in items]
+        )
+        views = [
+            view_indices(a.shape[0], n_views=config.n_views, block_len=config.block_len, rng=rng, mode=config.views)
+            for a in arrays
+        ]
         yield make_batch(arrays, views, [item.label for item in items])

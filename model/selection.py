@@ -51,8 +51,9 @@ def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def heldout_scores(model: CSLTAL, data: FeatureSet, *, scorer: VideoScorer, block_len: int,
-                   top_fraction: float) -> dict[str, float | None]:
+def heldout_scores(
+    model: CSLTAL, data: FeatureSet, *, scorer: VideoScorer, block_len: int, top_fraction: float
+) -> dict[str, float | None]:
     """What early stopping watches (held-out training videos have no frame labels).
 
     Every video is scored by ``scorer`` (full rate, as detect does). Per video: the *peak*, the
@@ -68,8 +69,9 @@ def heldout_scores(model: CSLTAL, data: FeatureSet, *, scorer: VideoScorer, bloc
     model.eval()
     peaks, scores = [], []
     for name in names:
-        scored = scorer(model, [load_item(item, feature_dim=data.feature_dim) for item in by_video[name]],
-                        block_len=block_len)
+        scored = scorer(
+            model, [load_item(item, feature_dim=data.feature_dim) for item in by_video[name]], block_len=block_len
+        )
         curve = torch.from_numpy(np.ascontiguousarray(scored.wtcam, dtype=np.float32))[None]
         peaks.append(float(top_k_mean(curve, torch.ones_like(curve, dtype=torch.bool), fraction=top_fraction)[0]))
         scores.append(float(scored.video_score))
@@ -91,8 +93,16 @@ class EarlyStopping:
     ``every_steps`` optimizer steps (and after the last), and keeps the weights with the lowest
     held-out loss."""
 
-    def __init__(self, data: FeatureSet, *, scorer: VideoScorer, block_len: int, top_fraction: float,
-                 every_steps: int, n_batches: int) -> None:
+    def __init__(
+        self,
+        data: FeatureSet,
+        *,
+        scorer: VideoScorer,
+        block_len: int,
+        top_fraction: float,
+        every_steps: int,
+        n_batches: int,
+    ) -> None:
         self.data, self.scorer, self.block_len, self.top_fraction = data, scorer, block_len, top_fraction
         self.every_steps, self.n_batches = every_steps, n_batches
         self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # epoch, held-out loss, weights
@@ -100,8 +110,9 @@ class EarlyStopping:
     def __call__(self, model: CSLTAL, *, epoch: int, last: bool) -> dict[str, float | None]:
         if not (crossed(epoch, self.n_batches, self.every_steps) or last):
             return {}
-        line = heldout_scores(model, self.data, scorer=self.scorer, block_len=self.block_len,
-                              top_fraction=self.top_fraction)
+        line = heldout_scores(
+            model, self.data, scorer=self.scorer, block_len=self.block_len, top_fraction=self.top_fraction
+        )
         if self.best is None or line[HELDOUT_LOSS] < self.best[1]:
             self.best = (epoch, line[HELDOUT_LOSS], {k: v.detach().clone() for k, v in model.state_dict().items()})
         return line
@@ -112,8 +123,10 @@ class EarlyStopping:
             return
         loss = next((line.get(HELDOUT_LOSS) for line in history if line["epoch"] == stored[0]), None)
         if loss is None:
-            raise CheckpointError(f"{where}: the checkpoint keeps the weights of epoch {stored[0]} but "
-                                  f"{METRICS_FILE} has no held-out loss for that epoch")
+            raise CheckpointError(
+                f"{where}: the checkpoint keeps the weights of epoch {stored[0]} but "
+                f"{METRICS_FILE} has no held-out loss for that epoch"
+            )
         self.best = (stored[0], loss, stored[1])
 
     @property

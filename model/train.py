@@ -152,7 +152,7 @@ class TrainConfig:
         return {**data, "n_views": self.n_views}
 
     @classmethod
-    def from_dict(cls, training: dict, *, model: dict) -> "TrainConfig":
+    def from_dict(cls, training: dict, *, model: dict) -> TrainConfig:
         values = {k: v for k, v in training.items() if k != "n_views"}
         return cls(model=ModelConfig.from_dict(model), loss=LossConfig(**values.pop("loss", {})), **values)
 
@@ -161,11 +161,16 @@ def batch_loss(model: CSLTAL, batch: Batch, *, loss_config: LossConfig) -> LossT
     """One forward pass over every view of the batch (each distinct feature row once), then the CSL-TAL loss."""
     n_samples, n_views = batch.labels.shape[0], batch.n_views
     with_mil = loss_config.w_mil > 0
-    out = model.forward_rows(batch.rows, batch.source, batch.mask.repeat_interleave(n_views, dim=0),
-                             with_tcam=with_mil)
+    out = model.forward_rows(batch.rows, batch.source, batch.mask.repeat_interleave(n_views, dim=0), with_tcam=with_mil)
     wtcam = out.weighted_tcam.view(n_samples, n_views, -1) if with_mil else None
-    return csl_loss(out.attention.view(n_samples, n_views, -1), out.video_score.view(n_samples, n_views),
-                    batch.labels, batch.mask, config=loss_config, wtcam=wtcam)
+    return csl_loss(
+        out.attention.view(n_samples, n_views, -1),
+        out.video_score.view(n_samples, n_views),
+        batch.labels,
+        batch.mask,
+        config=loss_config,
+        wtcam=wtcam,
+    )
 
 
 def make_optimizer(model: CSLTAL, *, config: TrainConfig) -> torch.optim.Adam:
@@ -180,9 +185,17 @@ def make_optimizer(model: CSLTAL, *, config: TrainConfig) -> torch.optim.Adam:
         return torch.optim.Adam(model.parameters(), lr=config.lr, foreach=True)
 
 
-def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSet, *, config: TrainConfig, epoch: int,
-                on_step: Callable[[dict[str, float]], None] | None = None, total_epochs: int | None = None,
-                features: Sequence[np.ndarray] | None = None) -> dict[str, float]:
+def train_epoch(
+    model: CSLTAL,
+    optimizer: torch.optim.Optimizer,
+    data: FeatureSet,
+    *,
+    config: TrainConfig,
+    epoch: int,
+    on_step: Callable[[dict[str, float]], None] | None = None,
+    total_epochs: int | None = None,
+    features: Sequence[np.ndarray] | None = None,
+) -> dict[str, float]:
     """One pass over ``data`` (1-based ``epoch`` of ``total_epochs``, default :func:`planned_epochs`);
     returns the mean of each loss part over its batches and the epoch's last ``lr``.
 
@@ -191,8 +204,9 @@ def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSe
     ``features``: the items' arrays already in memory (`vadpipe.model.data.preload`), None to read files.
     """
     model.train()
-    per_epoch = batches_per_epoch([item.label for item in data.items], batch_size=config.batch_size,
-                                  balanced=config.balanced)
+    per_epoch = batches_per_epoch(
+        [item.label for item in data.items], batch_size=config.batch_size, balanced=config.balanced
+    )
     total_steps = per_epoch * (total_epochs if total_epochs is not None else planned_epochs(config, per_epoch))
     names = ("total", *LOSS_PARTS)
     sums = torch.zeros(len(names), dtype=torch.float64)  # float64 like the Python floats they replace
@@ -210,23 +224,35 @@ def train_epoch(model: CSLTAL, optimizer: torch.optim.Optimizer, data: FeatureSe
         sums += values
         if on_step is not None:
             on_step(dict(zip(names, values.tolist())))
-    losses = {("loss" if name == "total" else f"loss_{name}"): value / n_batches
-              for name, value in zip(names, sums.tolist())}
+    losses = {
+        ("loss" if name == "total" else f"loss_{name}"): value / n_batches for name, value in zip(names, sums.tolist())
+    }
     return {**losses, "lr": lr}
 
 
 # --------------------------------------------------------------------------- run folder outputs
 
 
-def _run_config(config: TrainConfig, data: FeatureSet, *, labels_csv: Path | None, crops: Sequence[int] | None,
-                validation: ValidationSpec | None) -> dict:
+def _run_config(
+    config: TrainConfig,
+    data: FeatureSet,
+    *,
+    labels_csv: Path | None,
+    crops: Sequence[int] | None,
+    validation: ValidationSpec | None,
+) -> dict:
     return {
         "schema_version": RUN_SCHEMA_VERSION,
         "model": config.model.to_dict(),
         "training": config.to_dict(),
-        "data": {**data.summary(), "labels_csv": str(Path(labels_csv).resolve()) if labels_csv else None,
-                 "crops_requested": list(crops) if crops is not None else None},
-        "validation": None if validation is None else {
+        "data": {
+            **data.summary(),
+            "labels_csv": str(Path(labels_csv).resolve()) if labels_csv else None,
+            "crops_requested": list(crops) if crops is not None else None,
+        },
+        "validation": None
+        if validation is None
+        else {
             "features": str(Path(validation.features).resolve()),
             "annotations": str(Path(validation.annotations).resolve()),
             "every_epochs": validation.every_epochs,
@@ -248,21 +274,36 @@ class EpochHook(Protocol):
     def __call__(self, model: CSLTAL, *, epoch: int, last: bool) -> dict[str, float | None]: ...
 
 
-def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet, *, resume_run: bool,
-         show_progress: bool, validator: Validator | None, selection: FeatureSet | None,
-         scorer: VideoScorer | None) -> Path:
+def _fit(
+    run_dir: Path,
+    run_config: dict,
+    config: TrainConfig,
+    data: FeatureSet,
+    *,
+    resume_run: bool,
+    show_progress: bool,
+    validator: Validator | None,
+    selection: FeatureSet | None,
+    scorer: VideoScorer | None,
+) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
         model = CSLTAL(config.model)
     optimizer = make_optimizer(model, config=config)
-    n_batches = batches_per_epoch([item.label for item in data.items], batch_size=config.batch_size,
-                                  balanced=config.balanced)
+    n_batches = batches_per_epoch(
+        [item.label for item in data.items], batch_size=config.batch_size, balanced=config.balanced
+    )
     total_epochs = planned_epochs(config, n_batches)
     stopper = None
     if selection is not None and config.early_stopping:
-        stopper = EarlyStopping(selection, scorer=scorer, block_len=config.block_len,
-                                top_fraction=config.loss.mil_top_fraction, every_steps=config.select_every_steps,
-                                n_batches=n_batches)
+        stopper = EarlyStopping(
+            selection,
+            scorer=scorer,
+            block_len=config.block_len,
+            top_fraction=config.loss.mil_top_fraction,
+            every_steps=config.select_every_steps,
+            n_batches=n_batches,
+        )
     hooks: list[EpochHook] = [hook for hook in (validator, stopper) if hook is not None]
     start, history = 0, []
     if resume_run and has_checkpoint(run_dir):  # else killed before its first checkpoint: start over
@@ -278,8 +319,19 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
             began = time.perf_counter()
             last = epoch == total_epochs
             on_step = reporter.start_epoch(epoch)
-            line = {"epoch": epoch, **train_epoch(model, optimizer, data, config=config, epoch=epoch, on_step=on_step,
-                                                   total_epochs=total_epochs, features=features)}
+            line = {
+                "epoch": epoch,
+                **train_epoch(
+                    model,
+                    optimizer,
+                    data,
+                    config=config,
+                    epoch=epoch,
+                    on_step=on_step,
+                    total_epochs=total_epochs,
+                    features=features,
+                ),
+            }
             for hook in hooks:
                 line.update(hook(model, epoch=epoch, last=last))
             line["time_s"] = round(time.perf_counter() - began, 3)
@@ -291,8 +343,13 @@ def _fit(run_dir: Path, run_config: dict, config: TrainConfig, data: FeatureSet,
             # hundreds of few-step epochs
             if crossed(epoch, n_batches, _CHECKPOINT_STEPS) or last:
                 write_metrics(run_dir, history)
-                save_checkpoint(run_dir, epoch=epoch, model=model, optimizer=optimizer,
-                                best=None if stopper is None else stopper.kept)
+                save_checkpoint(
+                    run_dir,
+                    epoch=epoch,
+                    model=model,
+                    optimizer=optimizer,
+                    best=None if stopper is None else stopper.kept,
+                )
                 reporter.end_epoch(line)
     if not history:
         raise CheckpointError(f"{run_dir} has no finished epoch to report")
@@ -319,8 +376,10 @@ def _restrict(data: FeatureSet, videos: Collection[str]) -> FeatureSet:
     data = _subset(data, videos, what="requested training")
     counts = data.label_counts()
     if not counts["normal"] or not counts["anomalous"]:
-        raise ConfigError(f"the {len(set(videos))} requested training videos are all of one class; "
-                          "weakly supervised training needs both normal and anomalous videos")
+        raise ConfigError(
+            f"the {len(set(videos))} requested training videos are all of one class; "
+            "weakly supervised training needs both normal and anomalous videos"
+        )
     return data
 
 
@@ -335,15 +394,26 @@ def _selection_set(data: FeatureSet, videos: Collection[str], *, trained: Featur
 
 def _need_scorer(selection: FeatureSet | None, scorer: VideoScorer | None) -> None:
     if selection is not None and scorer is None:
-        raise ConfigError("early stopping scores the held-out videos and needs a video scorer "
-                          "(vadpipe.postprocess.scores.score_video, which vadpipe.calibrated_training passes)")
+        raise ConfigError(
+            "early stopping scores the held-out videos and needs a video scorer "
+            "(vadpipe.postprocess.scores.score_video, which vadpipe.calibrated_training passes)"
+        )
 
 
-def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = TrainConfig(),
-          labels_csv: Path | str | None = None, crops: Sequence[int] | None = None,
-          validation: ValidationSpec | None = None, show_progress: bool = False,
-          videos: Collection[str] | None = None, heldout: Collection[str] | None = None,
-          extra_config: Mapping[str, object] | None = None, scorer: VideoScorer | None = None) -> Path:
+def train(
+    features: Path | str,
+    *,
+    out_dir: Path | str,
+    config: TrainConfig = TrainConfig(),
+    labels_csv: Path | str | None = None,
+    crops: Sequence[int] | None = None,
+    validation: ValidationSpec | None = None,
+    show_progress: bool = False,
+    videos: Collection[str] | None = None,
+    heldout: Collection[str] | None = None,
+    extra_config: Mapping[str, object] | None = None,
+    scorer: VideoScorer | None = None,
+) -> Path:
     """Train a model on the features under ``features`` and write a run folder.
 
     Args:
@@ -372,15 +442,19 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
     """
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() or (out_dir / CHECKPOINT_DIR).exists():
-        raise CheckpointError(f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) "
-                              "or choose another --out")
+        raise CheckpointError(
+            f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) or choose another --out"
+        )
     everything = data = open_training_set(features, labels_csv=labels_csv, crops=crops)
     if videos is not None:
         data = _restrict(data, videos)
     selection = _selection_set(everything, heldout, trained=data) if heldout and config.early_stopping else None
     if config.early_stopping and selection is None:
-        warnings.warn("early stopping needs held-out videos and none were given: the last epoch's weights are "
-                      "kept", DataWarning, stacklevel=2)
+        warnings.warn(
+            "early stopping needs held-out videos and none were given: the last epoch's weights are kept",
+            DataWarning,
+            stacklevel=2,
+        )
         config = replace(config, early_stopping=False)  # what the run really does, in its config.json
     _need_scorer(selection, scorer)
     val = None if validation is None else Validator(validation, crops=crops, block_len=config.block_len)
@@ -388,19 +462,34 @@ def train(features: Path | str, *, out_dir: Path | str, config: TrainConfig = Tr
         raise ConfigError(f"validation features are {val.data.feature_dim} wide, training features {data.feature_dim}")
     config = replace(config, model=replace(config.model, feature_dim=data.feature_dim))
     out_dir.mkdir(parents=True, exist_ok=True)
-    run_config = {**_run_config(config, data, labels_csv=labels_csv, crops=crops, validation=validation),
-                  **(extra_config or {})}
+    run_config = {
+        **_run_config(config, data, labels_csv=labels_csv, crops=crops, validation=validation),
+        **(extra_config or {}),
+    }
     if videos is not None:
         run_config["data"]["videos"] = data.videos
-    run_config["selection"] = None if selection is None else {
-        "videos": selection.videos, "metric": HELDOUT_LOSS, "every_steps": config.select_every_steps}
+    run_config["selection"] = (
+        None
+        if selection is None
+        else {"videos": selection.videos, "metric": HELDOUT_LOSS, "every_steps": config.select_every_steps}
+    )
     write_json(out_dir / CONFIG_FILE, run_config)  # now, so that an interrupted run can be resumed
-    return _fit(out_dir, run_config, config, data, resume_run=False, show_progress=show_progress, validator=val,
-                selection=selection, scorer=scorer)
+    return _fit(
+        out_dir,
+        run_config,
+        config,
+        data,
+        resume_run=False,
+        show_progress=show_progress,
+        validator=val,
+        selection=selection,
+        scorer=scorer,
+    )
 
 
-def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False,
-           scorer: VideoScorer | None = None) -> Path:
+def resume(
+    run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False, scorer: VideoScorer | None = None
+) -> Path:
     """Continue a run from its last checkpoint, with its own settings and data (``epochs`` may grow,
     with the multistep schedule only; with early stopping the old last epoch keeps its evaluation).
 
@@ -416,14 +505,17 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
         raise CheckpointError(f"{run_dir / CONFIG_FILE} has unusable training settings: {what}")
     if epochs is not None and epochs != config.epochs:
         if config.schedule == "cosine":
-            raise ConfigError(f"{run_dir} uses a cosine schedule, which ends where the run ends: more epochs would "
-                              "restart its decay; train a new run with more --epochs or --min-steps")
+            raise ConfigError(
+                f"{run_dir} uses a cosine schedule, which ends where the run ends: more epochs would "
+                "restart its decay; train a new run with more --epochs or --min-steps"
+            )
         config = replace(config, epochs=epochs)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # temp files of a killed writer
         if folder.is_dir():
             remove_stale_temps(folder)
-    everything = data = open_training_set(recorded["path"], labels_csv=recorded["labels_csv"],
-                                          crops=recorded["crops_requested"])
+    everything = data = open_training_set(
+        recorded["path"], labels_csv=recorded["labels_csv"], crops=recorded["crops_requested"]
+    )
     if recorded.get("videos") is not None:
         data = _restrict(data, recorded["videos"])
     selection = None
@@ -431,9 +523,11 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
         selection = _selection_set(everything, saved.selection["videos"], trained=data)
     _need_scorer(selection, scorer)
     if (len(data.items), data.feature_dim) != (recorded["n_samples"], recorded["feature_dim"]):
-        raise CheckpointError(f"the features in {recorded['path']} changed since the run started "
-                              f"({recorded['n_samples']} samples of width {recorded['feature_dim']} then, "
-                              f"{len(data.items)} of width {data.feature_dim} now)")
+        raise CheckpointError(
+            f"the features in {recorded['path']} changed since the run started "
+            f"({recorded['n_samples']} samples of width {recorded['feature_dim']} then, "
+            f"{len(data.items)} of width {data.feature_dim} now)"
+        )
     val = None
     if saved.validation:
         spec = saved.validation
@@ -441,5 +535,14 @@ def resume(run_dir: Path | str, *, epochs: int | None = None, show_progress: boo
         val = Validator(spec, crops=recorded["crops_requested"], block_len=config.block_len)
     run_config["training"] = config.to_dict()
     write_json(run_dir / CONFIG_FILE, run_config)
-    return _fit(run_dir, run_config, config, data, resume_run=True, show_progress=show_progress, validator=val,
-                selection=selection, scorer=scorer)
+    return _fit(
+        run_dir,
+        run_config,
+        config,
+        data,
+        resume_run=True,
+        show_progress=show_progress,
+        validator=val,
+        selection=selection,
+        scorer=scorer,
+    )

@@ -15,7 +15,15 @@ import numpy as np
 import torch
 
 from .augment import chunk_start_indices
-from .data import DataWarning, FeatureSet, clip_geometry, labels_from_annotations, load_item, parse_annotations, scan_features
+from .data import (
+    DataWarning,
+    FeatureSet,
+    clip_geometry,
+    labels_from_annotations,
+    load_item,
+    parse_annotations,
+    scan_features,
+)
 from .net import CSLTAL
 from .samplers import make_batch
 
@@ -55,8 +63,9 @@ class Validator:
 
     def __init__(self, spec: ValidationSpec, *, crops: Sequence[int] | None, block_len: int) -> None:
         annotations = parse_annotations(spec.annotations)
-        self.data: FeatureSet = labels_from_annotations(scan_features(spec.features, split="test", crops=crops),
-                                                        annotations)
+        self.data: FeatureSet = labels_from_annotations(
+            scan_features(spec.features, split="test", crops=crops), annotations
+        )
         self.every_epochs, self.block_len = spec.every_epochs, block_len
         self.frame_labels: dict[str, np.ndarray] = {}  # video -> (n_clips, clip_len) bool, its clips' frames
         for item in self.data.items:

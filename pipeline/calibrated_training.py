@@ -48,15 +48,27 @@ from vadpipe.postprocess.metrics import VideoDetections, match_intervals
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_video
 
-__all__ = ["RELIABILITY_FILE", "CalibrationSpec", "train_calibrated", "resume_calibrated", "calibrate_run",
-           "heldout_videos", "fixed_operating_point", "store_operating_point"]
+__all__ = [
+    "RELIABILITY_FILE",
+    "CalibrationSpec",
+    "train_calibrated",
+    "resume_calibrated",
+    "calibrate_run",
+    "heldout_videos",
+    "fixed_operating_point",
+    "store_operating_point",
+]
 
 RELIABILITY_FILE = "reliability.png"
-_CROSS_FIT_NOTE = ("every training video was scored by the cross-fitted member that held it out; the thresholds "
-                   "were chosen on those out-of-fold curves and apply to the members' mean curve, whose normal-video "
-                   "peaks are lower: false alarms at or below the held-out rate")
-_MODEL_NOTE = ("the run's weights were trained without the held-out videos; the thresholds and calibrations "
-               "were measured on exactly these weights")
+_CROSS_FIT_NOTE = (
+    "every training video was scored by the cross-fitted member that held it out; the thresholds "
+    "were chosen on those out-of-fold curves and apply to the members' mean curve, whose normal-video "
+    "peaks are lower: false alarms at or below the held-out rate"
+)
+_MODEL_NOTE = (
+    "the run's weights were trained without the held-out videos; the thresholds and calibrations "
+    "were measured on exactly these weights"
+)
 
 
 @dataclass(frozen=True)
@@ -85,13 +97,15 @@ class CalibrationSpec:
         if not 0.0 < self.holdout_fraction < 1.0:
             raise ConfigError(f"holdout_fraction must lie in (0, 1), got {self.holdout_fraction}")
         if self.operating_point not in OPERATING_METHODS:
-            raise ConfigError(f"operating_point must be one of {', '.join(OPERATING_METHODS)}, "
-                              f"got {self.operating_point!r}")
+            raise ConfigError(
+                f"operating_point must be one of {', '.join(OPERATING_METHODS)}, got {self.operating_point!r}"
+            )
         if not 0.0 <= self.target_false_alarm_rate < 1.0:
             raise ConfigError(f"target_false_alarm_rate must lie in [0, 1), got {self.target_false_alarm_rate}")
         if self.method not in CALIBRATION_METHODS:
-            raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, "
-                              f"got {self.method!r}")
+            raise ConfigError(
+                f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {self.method!r}"
+            )
         if self.operating_point == "f1" and self.annotations is None:
             raise ConfigError("the f1 operating point needs frame annotations of the training videos")
 
@@ -101,9 +115,12 @@ class CalibrationSpec:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CalibrationSpec":
-        values = {k: data[k] for k in ("holdout_fraction", "operating_point", "target_false_alarm_rate",
-                                       "annotations", "method") if k in data}
+    def from_dict(cls, data: Mapping[str, Any]) -> CalibrationSpec:
+        values = {
+            k: data[k]
+            for k in ("holdout_fraction", "operating_point", "target_false_alarm_rate", "annotations", "method")
+            if k in data
+        }
         if values.get("annotations"):
             values["annotations"] = Path(values["annotations"])
         return cls(**values)
@@ -111,10 +128,16 @@ class CalibrationSpec:
 
 def fixed_operating_point() -> dict[str, Any]:
     """The run-config entry of a run trained on every video: the paper's fixed threshold."""
-    return {"method": "fixed", "threshold": OperatingPoint().threshold, "video_threshold": 0.0,
-            "target_false_alarm_rate": None, "video_calibration": None, "interval_calibration": None,
-            "note": "trained on every training video, none held out: the paper's fixed threshold 0.35, "
-                    "no video gate, no calibration"}
+    return {
+        "method": "fixed",
+        "threshold": OperatingPoint().threshold,
+        "video_threshold": 0.0,
+        "target_false_alarm_rate": None,
+        "video_calibration": None,
+        "interval_calibration": None,
+        "note": "trained on every training video, none held out: the paper's fixed threshold 0.35, "
+        "no video gate, no calibration",
+    }
 
 
 def train_calibrated(
@@ -161,23 +184,54 @@ def train_calibrated(
     if ensemble > 1:
         from vadpipe.ensemble_training import train_ensemble  # it builds on this module
 
-        return train_ensemble(features, out_dir=Path(out_dir), config=config, calibration=calibration,
-                              labels_csv=labels_csv, crops=crops, validation=validation, data=data,
-                              backbone=backbone, size=ensemble, jobs=jobs, show_progress=show_progress)
+        return train_ensemble(
+            features,
+            out_dir=Path(out_dir),
+            config=config,
+            calibration=calibration,
+            labels_csv=labels_csv,
+            crops=crops,
+            validation=validation,
+            data=data,
+            backbone=backbone,
+            size=ensemble,
+            jobs=jobs,
+            show_progress=show_progress,
+        )
     if calibration is None:
-        run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
-                        validation=validation, show_progress=show_progress, extra_config={SECTION: backbone},
-                        scorer=score_video)
+        run_dir = train(
+            features,
+            out_dir=out_dir,
+            config=config,
+            labels_csv=labels_csv,
+            crops=crops,
+            validation=validation,
+            show_progress=show_progress,
+            extra_config={SECTION: backbone},
+            scorer=score_video,
+        )
         store_operating_point(run_dir, fixed_operating_point())
         fit_run_distance(run_dir, data=data)  # outside-footage check, threshold cross-fitted (no held-out videos)
         return run_dir
     labels = {item.video: int(item.label) for item in data.items}
     train_videos, heldout = stratified_holdout(labels, fraction=calibration.holdout_fraction, seed=config.seed)
-    request = {SECTION: backbone,
-               "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout}}
-    run_dir = train(features, out_dir=out_dir, config=config, labels_csv=labels_csv, crops=crops,
-                    validation=validation, show_progress=show_progress, videos=train_videos, heldout=heldout,
-                    extra_config=request, scorer=score_video)
+    request = {
+        SECTION: backbone,
+        "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout},
+    }
+    run_dir = train(
+        features,
+        out_dir=out_dir,
+        config=config,
+        labels_csv=labels_csv,
+        crops=crops,
+        validation=validation,
+        show_progress=show_progress,
+        videos=train_videos,
+        heldout=heldout,
+        extra_config=request,
+        scorer=score_video,
+    )
     calibrate_run(run_dir, data=data)
     fit_run_distance(run_dir, data=data)  # outside-footage check, threshold from the held-out videos
     return run_dir
@@ -207,8 +261,9 @@ def _heldout_set(data: FeatureSet, videos: Collection[str], where: Path) -> Feat
     return replace(data, items=tuple(item for item in data.items if item.video in wanted))
 
 
-def heldout_videos(model: Any, data: FeatureSet, annotations: Mapping[str, list] | None, *,
-                   block_len: int) -> list[HeldoutVideo]:
+def heldout_videos(
+    model: Any, data: FeatureSet, annotations: Mapping[str, list] | None, *, block_len: int
+) -> list[HeldoutVideo]:
     """Score every video of ``data`` exactly as `vadpipe detect` does (`score_video` at full rate,
     with ``model``: the run's, or the cross-fitted member that held the videos out), its curve
     zoomed to frame rate."""
@@ -228,8 +283,9 @@ def heldout_videos(model: Any, data: FeatureSet, annotations: Mapping[str, list]
     return videos
 
 
-def _out_of_fold(run: Run, request: Mapping[str, Any], data: FeatureSet, annotations: Mapping[str, list] | None,
-                 where: Path) -> tuple[list[HeldoutVideo], list[str]]:
+def _out_of_fold(
+    run: Run, request: Mapping[str, Any], data: FeatureSet, annotations: Mapping[str, list] | None, where: Path
+) -> tuple[list[HeldoutVideo], list[str]]:
     """The held-out videos scored by the model that never trained on them: the run's own, or for a
     cross-fitted ensemble (``request["folds"]``) each fold by its member."""
     block_len = run.config.block_len
@@ -243,21 +299,27 @@ def _out_of_fold(run: Run, request: Mapping[str, Any], data: FeatureSet, annotat
         if not 0 <= member < len(members):
             raise CheckpointError(f"{where}: calibration fold of member {member}, but the run has {len(members)}")
         fold_names = list(fold["videos"])
-        videos += heldout_videos(members[member], _heldout_set(data, fold_names, where), annotations,
-                                 block_len=block_len)
+        videos += heldout_videos(
+            members[member], _heldout_set(data, fold_names, where), annotations, block_len=block_len
+        )
         names += fold_names
     return videos, names
 
 
-def _interval_examples(videos: Sequence[HeldoutVideo], detections: Sequence[VideoDetections],
-                       with_truth: bool) -> tuple[np.ndarray, np.ndarray]:
+def _interval_examples(
+    videos: Sequence[HeldoutVideo], detections: Sequence[VideoDetections], with_truth: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Held-out (interval score, 0/1) pairs: 1 = matched an annotated interval at IoU 0.3
     (``with_truth``), else 1 = the interval lies in an anomalous video."""
     scores, labels = [], []
     for video, found in zip(videos, detections):
         if with_truth:
-            hits = {i for i, _ in match_intervals(found.intervals, found.scores, video.truth or (),
-                                                  iou_threshold=F1_IOU_THRESHOLD)}
+            hits = {
+                i
+                for i, _ in match_intervals(
+                    found.intervals, found.scores, video.truth or (), iou_threshold=F1_IOU_THRESHOLD
+                )
+            }
         else:
             hits = set(range(len(found.intervals))) if video.label else set()
         scores += list(found.scores)
@@ -292,15 +354,17 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
         raise CheckpointError(f"{where}: unusable calibration request: {exc}") from None
     if data is None:
         recorded = run.config.data or {}
-        data = open_training_set(recorded["path"], labels_csv=recorded.get("labels_csv"),
-                                 crops=recorded.get("crops_requested"))
+        data = open_training_set(
+            recorded["path"], labels_csv=recorded.get("labels_csv"), crops=recorded.get("crops_requested")
+        )
     annotations = parse_annotations(spec.annotations) if spec.annotations else None
     try:
         videos, heldout_names = _out_of_fold(run, request, data, annotations, where)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: unusable calibration request: {exc}") from None
-    choice = choose_operating_point(videos, method=spec.operating_point,
-                                    target_false_alarm_rate=spec.target_false_alarm_rate)
+    choice = choose_operating_point(
+        videos, method=spec.operating_point, target_false_alarm_rate=spec.target_false_alarm_rate
+    )
     detections = heldout_detections(videos, choice)
 
     video_scores = np.array([v.video_score for v in videos])
@@ -309,12 +373,18 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
     with_truth = annotations is not None and all(v.truth is not None for v in videos)
     if annotations is not None and not with_truth:
         unannotated = [v.name for v in videos if v.truth is None]
-        warnings.warn(f"{len(unannotated)} held-out anomalous video(s) are not in {spec.annotations} "
-                      f"(e.g. {unannotated[0]}); interval scores are calibrated on video labels only",
-                      CalibrationWarning, stacklevel=2)
+        warnings.warn(
+            f"{len(unannotated)} held-out anomalous video(s) are not in {spec.annotations} "
+            f"(e.g. {unannotated[0]}); interval scores are calibrated on video labels only",
+            CalibrationWarning,
+            stacklevel=2,
+        )
     interval_scores, interval_labels = _interval_examples(videos, detections, with_truth)
-    interval_of = ("the interval overlaps an annotated anomaly at IoU >= 0.3" if with_truth
-                   else "the interval lies in an anomalous video (an upper bound on its precision)")
+    interval_of = (
+        "the interval overlaps an annotated anomaly at IoU >= 0.3"
+        if with_truth
+        else "the interval lies in an anomalous video (an upper bound on its precision)"
+    )
     interval_cal = fit_calibrator(interval_scores, interval_labels, method=spec.method, of=interval_of)
 
     entry = {
@@ -322,8 +392,9 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
         "threshold": choice.threshold,
         "video_threshold": choice.video_threshold,
         "target_false_alarm_rate": choice.target_false_alarm_rate,
-        "video_probability_at_video_threshold": (float(video_cal(np.array([choice.video_threshold]))[0])
-                                                 if choice.video_threshold > 0 else None),
+        "video_probability_at_video_threshold": (
+            float(video_cal(np.array([choice.video_threshold]))[0]) if choice.video_threshold > 0 else None
+        ),
         "frame_level": choice.frame_level,
         "video_calibration": video_cal.to_dict(),
         "interval_calibration": interval_cal.to_dict(),
@@ -340,11 +411,19 @@ def calibrate_run(run_dir: Path | str, *, data: FeatureSet | None = None) -> dic
         "notes": list(choice.notes),
     }
     store_operating_point(run_dir, entry)
-    plot_reliability(run_dir / RELIABILITY_FILE, [
-        ("video score -> P(video is anomalous)", video_scores, video_labels, video_cal, spec.method),
-        ("interval score -> P(" + ("hit" if with_truth else "in an anomalous video") + ")",
-         interval_scores, interval_labels, interval_cal, spec.method),
-    ])
+    plot_reliability(
+        run_dir / RELIABILITY_FILE,
+        [
+            ("video score -> P(video is anomalous)", video_scores, video_labels, video_cal, spec.method),
+            (
+                "interval score -> P(" + ("hit" if with_truth else "in an anomalous video") + ")",
+                interval_scores,
+                interval_labels,
+                interval_cal,
+                spec.method,
+            ),
+        ],
+    )
     return entry
 
 

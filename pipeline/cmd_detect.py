@@ -26,45 +26,124 @@ def _unit_interval(ctx, param, value):
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder from vadpipe train [default: the latest run in the workspace].")
-@click.option("--out", "out", type=click.Path(path_type=Path, allow_dash=True), default=None,
-              help="Write the intervals JSON here ('-' for stdout).")
-@click.option("--threshold", type=float, default=None, callback=_unit_interval,
-              help="Curve threshold on the weighted T-CAM, in [0, 1], instead of the run's calibrated operating "
-                   "point; alone it means no video gate (0.35: the paper's rule) [default: the run's, else 0.35].")
-@click.option("--video-threshold", type=float, default=None, callback=_unit_interval,
-              help="Video gate instead of the run's: a video whose video score is below it gets no interval "
-                   "(0: no gate) [default: the run's, else 0].")
-@click.option("--min-duration", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Drop intervals shorter than this many seconds.")
-@click.option("--merge-gap", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Merge intervals separated by at most this many seconds.")
-@click.option("--plot", "plot", type=click.Path(path_type=Path), default=None,
-              help="PNG file (one video) or folder (one <video>.png each) of score curves and intervals.")
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Ground truth to draw on the plots and the report (XD-Violence annotations.txt format, frame intervals).")
-@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Also write a review folder here (as vadpipe report with its defaults: proxies where needed).")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Feature cache to reuse and fill [default: the workspace's features/].")
-@click.option("--crops", type=click.Choice(CROP_MODES), default=None, help="Must match the model's training features (refused otherwise).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder from vadpipe train [default: the latest run in the workspace].",
+)
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(path_type=Path, allow_dash=True),
+    default=None,
+    help="Write the intervals JSON here ('-' for stdout).",
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    callback=_unit_interval,
+    help="Curve threshold on the weighted T-CAM, in [0, 1], instead of the run's calibrated operating "
+    "point; alone it means no video gate (0.35: the paper's rule) [default: the run's, else 0.35].",
+)
+@click.option(
+    "--video-threshold",
+    type=float,
+    default=None,
+    callback=_unit_interval,
+    help="Video gate instead of the run's: a video whose video score is below it gets no interval "
+    "(0: no gate) [default: the run's, else 0].",
+)
+@click.option(
+    "--min-duration",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Drop intervals shorter than this many seconds.",
+)
+@click.option(
+    "--merge-gap",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Merge intervals separated by at most this many seconds.",
+)
+@click.option(
+    "--plot",
+    "plot",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="PNG file (one video) or folder (one <video>.png each) of score curves and intervals.",
+)
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ground truth to draw on the plots and the report (XD-Violence annotations.txt format, frame intervals).",
+)
+@click.option(
+    "--report",
+    "report_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write a review folder here (as vadpipe report with its defaults: proxies where needed).",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Feature cache to reuse and fill [default: the workspace's features/].",
+)
+@click.option(
+    "--crops",
+    type=click.Choice(CROP_MODES),
+    default=None,
+    help="Must match the model's training features (refused otherwise).",
+)
 @click.option("--clip-len", type=int, default=None, help="Must match the model's training features.")
 @click.option("--fps", type=float, default=None, help="Must match the model's training features.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="I3D weights (see vadpipe extract); must be the network of the model's features.")
-@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
-              help="The I3D network of the model's training features, for a run that does not record it (trained "
-                   "on bare feature files without --features-backbone); refused if the run records another.")
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="I3D weights (see vadpipe extract); must be the network of the model's features.",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(list(BACKBONES)),
+    default=None,
+    help="The I3D network of the model's training features, for a run that does not record it (trained "
+    "on bare feature files without --features-backbone); refused if the run records another.",
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @ood_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, threshold: float | None,
-           video_threshold: float | None, min_duration: float, merge_gap: float, plot: Path | None,
-           annotations: Path | None, report_dir: Path | None,
-           cache_dir: Path | None, crops: str | None, clip_len: int | None, fps: float | None,
-           weights: Path | None, backbone: str | None, device: str, batch_size: int, ood: str, quiet: bool) -> None:
+def detect(
+    paths: tuple[Path, ...],
+    model_dir: Path | None,
+    out: Path | None,
+    threshold: float | None,
+    video_threshold: float | None,
+    min_duration: float,
+    merge_gap: float,
+    plot: Path | None,
+    annotations: Path | None,
+    report_dir: Path | None,
+    cache_dir: Path | None,
+    crops: str | None,
+    clip_len: int | None,
+    fps: float | None,
+    weights: Path | None,
+    backbone: str | None,
+    device: str,
+    batch_size: int,
+    ood: str,
+    quiet: bool,
+) -> None:
     """Find the anomalous time intervals of videos (files or folders) with a trained model.
 
     Videos too short for one clip are listed as not scored; videos that cannot be decoded are
@@ -90,23 +169,40 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
     run = load_run(model_dir or latest_run(runs_dir()))
     settings = run_extraction_settings(run, backbone=backbone, crops=crops, clip_len=clip_len, fps=fps)
     # The run's calibrated operating point (video gate, curve threshold, score calibrations), or --threshold's.
-    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run.path}/config.json", threshold=threshold,
-                                video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
+    op = OperatingPoint.for_run(
+        run.config.operating_point,
+        where=f"{run.path}/config.json",
+        threshold=threshold,
+        video_threshold=video_threshold,
+        min_duration_s=min_duration,
+        merge_gap_s=merge_gap,
+    )
     cache_dir = cache_dir or features_dir()
-    result = detect_videos(list(paths), run, cache_dir=cache_dir, settings=settings, operating_point=op,
-                           weights=weights, device=device, batch_size=batch_size, progress=not quiet)
+    result = detect_videos(
+        list(paths),
+        run,
+        cache_dir=cache_dir,
+        settings=settings,
+        operating_point=op,
+        weights=weights,
+        device=device,
+        batch_size=batch_size,
+        progress=not quiet,
+    )
 
     doc = document_to_dict(result.document)
     validate_document(doc)
     doc["model"] = str(run.path)
-    doc["not_scored"] = ([{"source": r.source, "reason": "too short: fewer frames than one clip"}
-                          for r in result.too_short]
-                         + [{"source": r.source, "reason": r.error} for r in result.failed])
-    damaged = [r for r in result.extract_report.results if r.status == "partial"
-               or (r.status == "skipped" and r.source in result.records
-                   and result.records[r.source].status == "partial")]
-    doc["damaged"] = [{"source": r.source, "damage": r.error or result.records[r.source].error}
-                      for r in damaged]
+    doc["not_scored"] = [
+        {"source": r.source, "reason": "too short: fewer frames than one clip"} for r in result.too_short
+    ] + [{"source": r.source, "reason": r.error} for r in result.failed]
+    damaged = [
+        r
+        for r in result.extract_report.results
+        if r.status == "partial"
+        or (r.status == "skipped" and r.source in result.records and result.records[r.source].status == "partial")
+    ]
+    doc["damaged"] = [{"source": r.source, "damage": r.error or result.records[r.source].error} for r in damaged]
     if out is not None:
         text = json.dumps(doc, indent=2, allow_nan=False)
         if str(out) == "-":
@@ -128,35 +224,61 @@ def detect(paths: tuple[Path, ...], model_dir: Path | None, out: Path | None, th
             spans = f"intervals: {spans}"
         if video.video_score < op.video_threshold:
             spans += f" (video score below the video threshold {op.video_threshold:.3f})"
-        note = (f" [damaged file, scored what could be decoded: {damage[video.source]}]"
-                if video.source in damage else "")
+        note = (
+            f" [damaged file, scored what could be decoded: {damage[video.source]}]" if video.source in damage else ""
+        )
         if video.ood is not None and video.ood.outside:
             note += " [outside the training footage: see below]"
-        click.secho(f"{shown(video.source)}: video score {video.video_score:.3f}; {spans}{note}",
-                    fg="yellow" if note else None, err=True)
+        click.secho(
+            f"{shown(video.source)}: video score {video.video_score:.3f}; {spans}{note}",
+            fg="yellow" if note else None,
+            err=True,
+        )
         if plot is not None:
             record = result.records[video.source]
             single = plot.suffix.lower() == ".png" and len(result.document.videos) == 1
             target = plot if single else plot / f"{record.stem}.png"
-            plot_video(target, video, record, cache_dir, threshold=op.threshold, low=op.low, high=op.high,
-                       ground_truth_frames=truth.get(Path(video.source).stem, []) if annotations else None)
+            plot_video(
+                target,
+                video,
+                record,
+                cache_dir,
+                threshold=op.threshold,
+                low=op.low,
+                high=op.high,
+                ground_truth_frames=truth.get(Path(video.source).stem, []) if annotations else None,
+            )
     if annotations:
         for video in result.document.videos:
             beyond = [(s, e) for s, e in truth.get(Path(video.source).stem, []) if e > video.n_frames]
             if beyond:
-                click.secho(f"warning: {annotations}: {Path(video.source).stem} has {len(beyond)} interval(s) "
-                            f"beyond its {video.n_frames} frames, e.g. {list(beyond[0])}; drawn clipped",
-                            fg="yellow", err=True)
+                click.secho(
+                    f"warning: {annotations}: {Path(video.source).stem} has {len(beyond)} interval(s) "
+                    f"beyond its {video.n_frames} frames, e.g. {list(beyond[0])}; drawn clipped",
+                    fg="yellow",
+                    err=True,
+                )
     if report_dir is not None:
         from vadpipe.cmd_report import write_report
 
-        write_report(doc, report_dir, doc_path=out if out is not None and str(out) != "-" else None,
-                     annotations=annotations, proxy="auto", copy_sources=False, quiet=quiet)
+        write_report(
+            doc,
+            report_dir,
+            doc_path=out if out is not None and str(out) != "-" else None,
+            annotations=annotations,
+            proxy="auto",
+            copy_sources=False,
+            quiet=quiet,
+        )
     for r in result.too_short:
         click.secho(f"{shown(r.source)}: too short (fewer frames than one clip), not scored", fg="yellow", err=True)
     for r in result.failed:
         click.secho(f"failed: {r.error}", fg="red", err=True)
-    report_outside([(shown(v.source), v.ood) for v in result.document.videos],
-                   can_judge=result.distance is not None, mode=ood, run_dir=run.path)
+    report_outside(
+        [(shown(v.source), v.ood) for v in result.document.videos],
+        can_judge=result.distance is not None,
+        mode=ood,
+        run_dir=run.path,
+    )
     if result.failed and len(result.failed) == len(result.extract_report.results):
         sys.exit(1)

@@ -26,8 +26,7 @@ PROTOCOLS = ("standard", "csl")
 LEVELS = ("video", "segment", "frame", "proposal")
 
 # Table 1 of the paper (AUC / AP, %), with alignment; frame and proposal may be swapped (§6).
-_PAPER_CSL = {"video": (97.79, 98.28), "segment": (85.49, 66.87), "frame": (90.23, 71.68),
-              "proposal": (85.65, 66.05)}
+_PAPER_CSL = {"video": (97.79, 98.28), "segment": (85.49, 66.87), "frame": (90.23, 71.68), "proposal": (85.65, 66.05)}
 _SWAPPED = {"frame": "proposal", "proposal": "frame"}
 
 
@@ -38,8 +37,7 @@ def _pct(value: float) -> str:
 def metrics_table(report: dict) -> Table:
     """A rich table of a report from `vadpipe.postprocess.evaluate.evaluate_run` (values in %)."""
     csl = report["protocol"] == "csl"
-    table = Table(title=f"{report['protocol']} protocol (%)", box=box.SIMPLE_HEAD, show_edge=False,
-                  pad_edge=False)
+    table = Table(title=f"{report['protocol']} protocol (%)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("level", no_wrap=True)
     for name in ("AUC", "AP", "AP trapz", "pairs") + (("paper", "swapped") if csl else ()):
         table.add_column(name, justify="right", no_wrap=True)
@@ -64,10 +62,14 @@ def detection_table(report: dict) -> Table:
     table = Table(title="at the operating point (%)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     table.add_column("decision", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
-    table.add_row(f"false alarms: normal {unit} with an interval",
-                  _share(d["false_alarm_rate"], d["normal_videos_flagged"], d["normal_videos"]))
-    table.add_row(f"detections: anomalous {unit} with an interval",
-                  _share(d["detection_rate"], d["anomalous_videos_flagged"], d["anomalous_videos"]))
+    table.add_row(
+        f"false alarms: normal {unit} with an interval",
+        _share(d["false_alarm_rate"], d["normal_videos_flagged"], d["normal_videos"]),
+    )
+    table.add_row(
+        f"detections: anomalous {unit} with an interval",
+        _share(d["detection_rate"], d["anomalous_videos_flagged"], d["anomalous_videos"]),
+    )
     for m in d["intervals"].values():
         t = f"IoU {m['iou_threshold']:g}"
         table.add_row(f"interval precision, {t}", _share(m["precision"], m["true_positives"], m["reported"]))
@@ -81,62 +83,115 @@ def detection_table(report: dict) -> Table:
 def _operating_point_line(report: dict) -> str:
     op = report.get("operating_point") or {}
     method = op.get("method", "manual")
-    where = {"fixed": "the paper's fixed threshold, no video gate",
-             "manual": "given on the command line",
-             "false_alarms": f"calibrated on held-out training videos for a false-alarm rate <= "
-                             f"{op.get('target_false_alarm_rate') or 0:g}",
-             "f1": "calibrated on held-out training videos for the best interval F1"}.get(method, method)
-    return (f"operating point: curve threshold {report['threshold']:.4g}, video threshold "
-            f"{report.get('video_threshold', 0.0):.4g} ({where})")
+    where = {
+        "fixed": "the paper's fixed threshold, no video gate",
+        "manual": "given on the command line",
+        "false_alarms": f"calibrated on held-out training videos for a false-alarm rate <= "
+        f"{op.get('target_false_alarm_rate') or 0:g}",
+        "f1": "calibrated on held-out training videos for the best interval F1",
+    }.get(method, method)
+    return (
+        f"operating point: curve threshold {report['threshold']:.4g}, video threshold "
+        f"{report.get('video_threshold', 0.0):.4g} ({where})"
+    )
 
 
 def print_report(console: Console, report: dict) -> None:
     """What was evaluated, the metrics tables, and what their columns mean."""
     counts = report["counts"]
-    console.print(f"{counts['videos']} videos ({counts['anomalous_videos']} anomalous), "
-                  f"{counts['entries']} evaluated entries", highlight=False)
+    console.print(
+        f"{counts['videos']} videos ({counts['anomalous_videos']} anomalous), {counts['entries']} evaluated entries",
+        highlight=False,
+    )
     console.print(_operating_point_line(report), highlight=False)
     console.print(metrics_table(report))
     if "detection" in report:
         console.print(detection_table(report))
-    console.print("AP: sklearn average_precision_score; AP trapz: auc(recall, precision), the "
-                  "trapezoidal PR-AUC most papers report", style="dim")
+    console.print(
+        "AP: sklearn average_precision_score; AP trapz: auc(recall, precision), the "
+        "trapezoidal PR-AUC most papers report",
+        style="dim",
+    )
     if report["protocol"] == "csl":
-        console.print("paper: Table 1 AUC/AP with alignment; swapped: its other column, in case "
-                      "the paper's frame and proposal columns are swapped (method.md §6)", style="dim")
+        console.print(
+            "paper: Table 1 AUC/AP with alignment; swapped: its other column, in case "
+            "the paper's frame and proposal columns are swapped (method.md §6)",
+            style="dim",
+        )
 
 
 @click.command()
-@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder from vadpipe train [default: the latest run in the workspace].")
-@click.option("--features", "features_dir", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Test features: a vadpipe cache folder, or XD-Violence <video>__<crop>.npy files "
-                   "(flat or in RGBTest/).")
-@click.option("--annotations", "annotations_file", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="XD-Violence annotations.txt format: '<video> s1 e1 [s2 e2 ...]' half-open frame "
-                   "intervals; videos absent from it are normal.")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default="standard", show_default=True,
-              help="standard: every clip, crops averaged, clip scores x16 against frame labels; "
-                   "csl: the authors' per-crop, 1-in-3 subsampled protocol (Table 1).")
-@click.option("--threshold", type=click.FloatRange(min=0, max=1), default=None,
-              help="Curve threshold on the interpolated weighted T-CAM (proposal level and decisions) "
-                   "instead of the run's calibrated operating point; alone it means no video gate "
-                   "(0.35: the paper's rule and Table 1's proposal level).  [default: the run's]")
-@click.option("--video-threshold", type=click.FloatRange(min=0, max=1), default=None,
-              help="Video gate instead of the run's: videos whose video score is below it get no "
-                   "interval (0: no gate).  [default: the run's]")
-@click.option("--parity-q11", is_flag=True,
-              help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' "
-                   "code does (method.md Q11).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
-              default=None, help="Write every level x metric as JSON to this file ('-' for stdout).")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder from vadpipe train [default: the latest run in the workspace].",
+)
+@click.option(
+    "--features",
+    "features_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Test features: a vadpipe cache folder, or XD-Violence <video>__<crop>.npy files (flat or in RGBTest/).",
+)
+@click.option(
+    "--annotations",
+    "annotations_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="XD-Violence annotations.txt format: '<video> s1 e1 [s2 e2 ...]' half-open frame "
+    "intervals; videos absent from it are normal.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(PROTOCOLS),
+    default="standard",
+    show_default=True,
+    help="standard: every clip, crops averaged, clip scores x16 against frame labels; "
+    "csl: the authors' per-crop, 1-in-3 subsampled protocol (Table 1).",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Curve threshold on the interpolated weighted T-CAM (proposal level and decisions) "
+    "instead of the run's calibrated operating point; alone it means no video gate "
+    "(0.35: the paper's rule and Table 1's proposal level).  [default: the run's]",
+)
+@click.option(
+    "--video-threshold",
+    type=click.FloatRange(min=0, max=1),
+    default=None,
+    help="Video gate instead of the run's: videos whose video score is below it get no "
+    "interval (0: no gate).  [default: the run's]",
+)
+@click.option(
+    "--parity-q11",
+    is_flag=True,
+    help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' code does (method.md Q11).",
+)
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
+    default=None,
+    help="Write every level x metric as JSON to this file ('-' for stdout).",
+)
 @ood_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path, protocol: str,
-             threshold: float | None, video_threshold: float | None, parity_q11: bool, json_out: Path | None,
-             ood: str, quiet: bool) -> None:
+def evaluate(
+    model_dir: Path | None,
+    features_dir: Path,
+    annotations_file: Path,
+    protocol: str,
+    threshold: float | None,
+    video_threshold: float | None,
+    parity_q11: bool,
+    json_out: Path | None,
+    ood: str,
+    quiet: bool,
+) -> None:
     """Evaluate a trained model: video, segment, frame and proposal-frame AUC and AP, and the
     decisions at its operating point (false alarms on normal videos, interval precision /
     recall / F1 at IoU 0.3 and 0.5, frame false-positive rate).
@@ -152,9 +207,16 @@ def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path,
     if model_dir is None:
         model_dir = latest_run(runs_dir())
     stderr = Console(stderr=True)
-    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  TextColumn("{task.description}"), console=stderr, disable=quiet,
-                  transient=True) as bar:
+    with Progress(
+        TextColumn("scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.description}"),
+        console=stderr,
+        disable=quiet,
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=None)
 
         def progress(done: int, total: int, stem: str) -> None:
@@ -162,14 +224,27 @@ def evaluate(model_dir: Path | None, features_dir: Path, annotations_file: Path,
 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = evaluate_run(model_dir, features_dir, annotations_file, protocol=protocol,
-                                  threshold=threshold, video_threshold=video_threshold,
-                                  parity_q11=parity_q11, progress=progress)
+            report = evaluate_run(
+                model_dir,
+                features_dir,
+                annotations_file,
+                protocol=protocol,
+                threshold=threshold,
+                video_threshold=video_threshold,
+                parity_q11=parity_q11,
+                progress=progress,
+            )
     judged = judge_run_features(model_dir, features_dir)
-    report["ood"] = None if judged is None else {
-        "outside": [name for name, j in judged.items() if j.outside],
-        "videos": {name: {"outside_training": j.outside, "share_outside": j.share_outside}
-                   for name, j in judged.items()}}
+    report["ood"] = (
+        None
+        if judged is None
+        else {
+            "outside": [name for name, j in judged.items() if j.outside],
+            "videos": {
+                name: {"outside_training": j.outside, "share_outside": j.share_outside} for name, j in judged.items()
+            },
+        }
+    )
     report["warnings"] = [str(w.message) for w in caught]
     for message in report["warnings"]:
         click.secho(f"warning: {message}", fg="yellow", err=True)

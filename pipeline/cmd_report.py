@@ -10,39 +10,76 @@ from vadpipe.postprocess.report.media import PROXY_MODES
 
 __all__ = ["report", "write_report"]
 
-_PROXY_HELP = ("auto: an H.264 MP4 proxy (<= 480 lines) for videos browsers do not play (decided from container "
-               "and codec); always: a proxy for every video; never: link the sources as they are.")
+_PROXY_HELP = (
+    "auto: an H.264 MP4 proxy (<= 480 lines) for videos browsers do not play (decided from container "
+    "and codec); always: a proxy for every video; never: link the sources as they are."
+)
 
 
-def write_report(doc: dict, out: Path, *, doc_path: Path | None, annotations: Path | None, proxy: str,
-                 copy_sources: bool, quiet: bool, sources_root: Path | None = None) -> None:
+def write_report(
+    doc: dict,
+    out: Path,
+    *,
+    doc_path: Path | None,
+    annotations: Path | None,
+    proxy: str,
+    copy_sources: bool,
+    quiet: bool,
+    sources_root: Path | None = None,
+) -> None:
     """Build the folder and print where it is and what it lost (shared by report and detect)."""
     from vadpipe.postprocess.report import ReportOptions, build_report
 
-    options = ReportOptions(proxy=proxy, copy_sources=copy_sources, annotations=annotations,
-                            sources_root=sources_root)
+    options = ReportOptions(proxy=proxy, copy_sources=copy_sources, annotations=annotations, sources_root=sources_root)
     result = build_report(doc, out, options=options, doc_path=doc_path, progress=not quiet)
     for line in result.problems:
         click.secho(f"warning: {line}", fg="yellow", err=True)
-    click.echo(f"report: {result.index} ({result.n_videos} videos, {result.n_proxies} proxies, "
-               f"{result.n_thumbnails} thumbnails)", err=True)
+    click.echo(
+        f"report: {result.index} ({result.n_videos} videos, {result.n_proxies} proxies, "
+        f"{result.n_thumbnails} thumbnails)",
+        err=True,
+    )
 
 
 @click.command("report")
 @click.argument("intervals", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder to write (index.html inside); rebuilding it keeps the verdicts and reuses media.")
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="Ground truth to draw under the curves (XD-Violence annotations.txt format, frame intervals).")
-@click.option("--sources", "sources_root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder to find relative source paths in when they are not found from the working directory "
-                   "[default: then the intervals file's folder].")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder to write (index.html inside); rebuilding it keeps the verdicts and reuses media.",
+)
+@click.option(
+    "--annotations",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ground truth to draw under the curves (XD-Violence annotations.txt format, frame intervals).",
+)
+@click.option(
+    "--sources",
+    "sources_root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder to find relative source paths in when they are not found from the working directory "
+    "[default: then the intervals file's folder].",
+)
 @click.option("--proxy", type=click.Choice(PROXY_MODES), default="auto", show_default=True, help=_PROXY_HELP)
-@click.option("--copy-sources", is_flag=True,
-              help="Copy the source videos into the folder instead of linking them (a folder to move or send).")
+@click.option(
+    "--copy-sources",
+    is_flag=True,
+    help="Copy the source videos into the folder instead of linking them (a folder to move or send).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def report(intervals: Path, out: Path, annotations: Path | None, sources_root: Path | None, proxy: str,
-           copy_sources: bool, quiet: bool) -> None:
+def report(
+    intervals: Path,
+    out: Path,
+    annotations: Path | None,
+    sources_root: Path | None,
+    proxy: str,
+    copy_sources: bool,
+    quiet: bool,
+) -> None:
     """Write a static review folder for an intervals JSON from vadpipe detect: open OUT/index.html.
 
     No server and no network: every page, script, thumbnail and proxy is in the folder; sources
@@ -52,5 +89,13 @@ def report(intervals: Path, out: Path, annotations: Path | None, sources_root: P
     from vadpipe.postprocess.report import load_intervals
 
     doc = load_intervals(intervals)
-    write_report(doc, out, doc_path=intervals, annotations=annotations, proxy=proxy, copy_sources=copy_sources,
-                 quiet=quiet, sources_root=sources_root)
+    write_report(
+        doc,
+        out,
+        doc_path=intervals,
+        annotations=annotations,
+        proxy=proxy,
+        copy_sources=copy_sources,
+        quiet=quiet,
+        sources_root=sources_root,
+    )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import signal
 import sys
-import tomllib
 from pathlib import Path
 
 import click
+import tomllib
 
 from vadpipe.errors import ConfigError
 from vadpipe.extract.backbones import BACKBONES
@@ -32,8 +32,9 @@ def read_camera_config(path: Path, *, realtime: bool):
     for i, cam in enumerate(cameras):
         unknown = set(cam) - {"name", "url", "realtime"}
         if unknown or "url" not in cam or not isinstance(cam["url"], str):
-            raise ConfigError(f"{path}: camera {i + 1} needs a url (string) and may have name, realtime; "
-                              f"got keys {sorted(cam)}")
+            raise ConfigError(
+                f"{path}: camera {i + 1} needs a url (string) and may have name, realtime; got keys {sorted(cam)}"
+            )
         specs.append(parse_source(cam["url"], name=cam.get("name"), realtime=bool(cam.get("realtime", realtime))))
     return specs
 
@@ -46,59 +47,176 @@ def _unit_interval(ctx, param, value):
 
 @click.command()
 @click.argument("sources", nargs=-1)
-@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder from vadpipe train [default: the latest run in the workspace].")
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="TOML file naming the cameras: [[camera]] name = \"gate\", url = \"rtsp://...\".")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Run folder from vadpipe train [default: the latest run in the workspace].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help='TOML file naming the cameras: [[camera]] name = "gate", url = "rtsp://...".',
+)
 @click.option("--realtime", is_flag=True, help="Play file sources at their frame rate, like a camera.")
-@click.option("--events", "events_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Append events as JSON lines to this file [default: stdout].")
-@click.option("--scores", "scores_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write every clip's scores as JSON lines to this file.")
+@click.option(
+    "--events",
+    "events_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Append events as JSON lines to this file [default: stdout].",
+)
+@click.option(
+    "--scores",
+    "scores_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write every clip's scores as JSON lines to this file.",
+)
 @click.option("--on-event", "on_event", default=None, help="Shell command run per event, the event's JSON on stdin.")
 @click.option("--webhook", default=None, help="POST each event's JSON to this URL (3 retries; failures are logged).")
-@click.option("--save-clips", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write each event's footage (with pre- and post-roll) as an MP4 into this folder.")
-@click.option("--pre-roll", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds before an event.")
-@click.option("--post-roll", type=click.FloatRange(min=0), default=3.0, show_default=True, help="Seconds after an event.")
-@click.option("--threshold", type=float, default=None, callback=_unit_interval,
-              help="Curve threshold instead of the run's operating point (alone: no video gate).")
-@click.option("--video-threshold", type=float, default=None, callback=_unit_interval,
-              help="Video gate instead of the run's, applied to the trailing --gate-window (0: no gate).")
-@click.option("--min-duration", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Announce only intervals at least this many seconds long.")
-@click.option("--merge-gap", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Merge intervals separated by at most this many seconds.")
-@click.option("--gate-window", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Clips in the trailing window the live video gate scores.")
-@click.option("--lag", type=click.Choice(["auto", "drop", "wait"]), default="auto", show_default=True,
-              help="When I3D falls behind: drop whole clips (auto: for live sources) or wait (auto: for files).")
-@click.option("--queue", "queue_clips", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Clips queued per camera before the lag policy applies.")
-@click.option("--update-every", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Emit an update event this often (seconds) while an interval is open (0: never).")
-@click.option("--reconnect/--no-reconnect", default=True, show_default=True,
-              help="Reconnect URL and device sources that drop (with backoff).")
-@click.option("--reconnect-for", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Give a dropped source up after this many seconds of outage (0: never).")
-@click.option("--timeout", "open_timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Seconds to wait when opening or reading a source.")
+@click.option(
+    "--save-clips",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write each event's footage (with pre- and post-roll) as an MP4 into this folder.",
+)
+@click.option(
+    "--pre-roll", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds before an event."
+)
+@click.option(
+    "--post-roll", type=click.FloatRange(min=0), default=3.0, show_default=True, help="Seconds after an event."
+)
+@click.option(
+    "--threshold",
+    type=float,
+    default=None,
+    callback=_unit_interval,
+    help="Curve threshold instead of the run's operating point (alone: no video gate).",
+)
+@click.option(
+    "--video-threshold",
+    type=float,
+    default=None,
+    callback=_unit_interval,
+    help="Video gate instead of the run's, applied to the trailing --gate-window (0: no gate).",
+)
+@click.option(
+    "--min-duration",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Announce only intervals at least this many seconds long.",
+)
+@click.option(
+    "--merge-gap",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Merge intervals separated by at most this many seconds.",
+)
+@click.option(
+    "--gate-window",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Clips in the trailing window the live video gate scores.",
+)
+@click.option(
+    "--lag",
+    type=click.Choice(["auto", "drop", "wait"]),
+    default="auto",
+    show_default=True,
+    help="When I3D falls behind: drop whole clips (auto: for live sources) or wait (auto: for files).",
+)
+@click.option(
+    "--queue",
+    "queue_clips",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Clips queued per camera before the lag policy applies.",
+)
+@click.option(
+    "--update-every",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Emit an update event this often (seconds) while an interval is open (0: never).",
+)
+@click.option(
+    "--reconnect/--no-reconnect",
+    default=True,
+    show_default=True,
+    help="Reconnect URL and device sources that drop (with backoff).",
+)
+@click.option(
+    "--reconnect-for",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Give a dropped source up after this many seconds of outage (0: never).",
+)
+@click.option(
+    "--timeout",
+    "open_timeout",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait when opening or reading a source.",
+)
 @click.option("--weights", type=click.Path(path_type=Path), default=None, help="I3D weights (see vadpipe extract).")
-@click.option("--backbone", type=click.Choice(list(BACKBONES)), default=None,
-              help="The I3D network, for a run that does not record its features' network (see vadpipe detect).")
+@click.option(
+    "--backbone",
+    type=click.Choice(list(BACKBONES)),
+    default=None,
+    help="The I3D network, for a run that does not record its features' network (see vadpipe detect).",
+)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Crops per I3D forward, gathered across cameras.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Crops per I3D forward, gathered across cameras.",
+)
 @click.option("--panel/--no-panel", default=None, help="Live panel on stderr [default: when stderr is a terminal].")
 @ood_option
 @click.option("-q", "--quiet", is_flag=True, help="No panel and no status lines.")
-def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | None, realtime: bool,
-          events_file: Path | None, scores_file: Path | None, on_event: str | None, webhook: str | None,
-          save_clips: Path | None, pre_roll: float, post_roll: float, threshold: float | None,
-          video_threshold: float | None, min_duration: float, merge_gap: float, gate_window: int, lag: str,
-          queue_clips: int, update_every: float, reconnect: bool, reconnect_for: float, open_timeout: float,
-          weights: Path | None, backbone: str | None, device: str, batch_size: int, panel: bool | None, ood: str,
-          quiet: bool) -> None:
+def watch(
+    sources: tuple[str, ...],
+    model_dir: Path | None,
+    config_file: Path | None,
+    realtime: bool,
+    events_file: Path | None,
+    scores_file: Path | None,
+    on_event: str | None,
+    webhook: str | None,
+    save_clips: Path | None,
+    pre_roll: float,
+    post_roll: float,
+    threshold: float | None,
+    video_threshold: float | None,
+    min_duration: float,
+    merge_gap: float,
+    gate_window: int,
+    lag: str,
+    queue_clips: int,
+    update_every: float,
+    reconnect: bool,
+    reconnect_for: float,
+    open_timeout: float,
+    weights: Path | None,
+    backbone: str | None,
+    device: str,
+    batch_size: int,
+    panel: bool | None,
+    ood: str,
+    quiet: bool,
+) -> None:
     """Score camera streams (rtsp/rtmp/http(s)/udp/srt URLs, /dev/videoN, files) as they arrive.
 
     Events go out as JSON lines (start, update, end, gap, summary, error). Ctrl-C or SIGTERM
@@ -122,18 +240,37 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
         raise ConfigError(f"--webhook must be an http:// or https:// URL, got {webhook!r}")
     run = load_run(model_dir or latest_run(runs_dir()))
     settings = run_extraction_settings(run, backbone=backbone)
-    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run.path}/config.json", threshold=threshold,
-                                video_threshold=video_threshold, min_duration_s=min_duration, merge_gap_s=merge_gap)
-    config = WatchConfig(batch_size=batch_size, queue_clips=queue_clips, lag=lag, gate_window=gate_window,
-                         save_clips=save_clips, pre_roll_s=pre_roll, post_roll_s=post_roll, reconnect=reconnect,
-                         reconnect_for_s=reconnect_for, open_timeout_s=open_timeout, update_every_s=update_every,
-                         ood=ood)
+    op = OperatingPoint.for_run(
+        run.config.operating_point,
+        where=f"{run.path}/config.json",
+        threshold=threshold,
+        video_threshold=video_threshold,
+        min_duration_s=min_duration,
+        merge_gap_s=merge_gap,
+    )
+    config = WatchConfig(
+        batch_size=batch_size,
+        queue_clips=queue_clips,
+        lag=lag,
+        gate_window=gate_window,
+        save_clips=save_clips,
+        pre_roll_s=pre_roll,
+        post_roll_s=post_roll,
+        reconnect=reconnect,
+        reconnect_for_s=reconnect_for,
+        open_timeout_s=open_timeout,
+        update_every_s=update_every,
+        ood=ood,
+    )
     encoder, settings = _encoder_for(settings, weights=weights, device=device)
 
     def say(message: str) -> None:
         if not quiet or message.startswith("error"):
-            click.secho(message, err=True, fg="red" if message.startswith("error") else
-                        "yellow" if message.startswith("warning") else None)
+            click.secho(
+                message,
+                err=True,
+                fg="red" if message.startswith("error") else "yellow" if message.startswith("warning") else None,
+            )
 
     sinks = [JsonLinesSink(events_file)]
     if on_event:
@@ -141,11 +278,23 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
     if webhook:
         sinks.append(WebhookHook(webhook, log=say))
     scores_sink = JsonLinesSink(scores_file) if scores_file is not None else None
-    w = Watch(specs, run, encoder, settings, op, config, block_len=run.config.block_len, sinks=sinks,
-              on_clip=scores_sink.send if scores_sink else None, log=say)
-    say(f"watching {len(specs)} camera(s) with {run.path} (threshold {op.threshold:.3f}"
+    w = Watch(
+        specs,
+        run,
+        encoder,
+        settings,
+        op,
+        config,
+        block_len=run.config.block_len,
+        sinks=sinks,
+        on_clip=scores_sink.send if scores_sink else None,
+        log=say,
+    )
+    say(
+        f"watching {len(specs)} camera(s) with {run.path} (threshold {op.threshold:.3f}"
         + (f", video gate {op.video_threshold:.3f} over {gate_window} clips" if op.video_threshold > 0 else "")
-        + "); Ctrl-C to stop")
+        + "); Ctrl-C to stop"
+    )
 
     signalled: list[int] = []
 
@@ -176,8 +325,10 @@ def watch(sources: tuple[str, ...], model_dir: Path | None, config_file: Path | 
     statuses = w.statuses()
     for st in statuses:
         if not quiet:
-            say(f"{st.name}: {st.clips} clips scored, {st.dropped} dropped"
-                + (f"; failed: {st.error}" if st.error else ""))
+            say(
+                f"{st.name}: {st.clips} clips scored, {st.dropped} dropped"
+                + (f"; failed: {st.error}" if st.error else "")
+            )
     if w.outside_error:
         sys.exit(2)
     if interrupted or signalled:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.detect import DetectResult, detect_videos, plot_video
-from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import choose_executor, extract_videos
+from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.job import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import parse_annotations
@@ -61,8 +61,14 @@ class DemoReport:
 Say = Callable[[str], None]
 
 
-def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | None = None,
-             progress: bool = True, say: Say = print) -> DemoReport:
+def run_demo(
+    out_dir: Path,
+    *,
+    config: DemoConfig = DemoConfig(),
+    device: str | None = None,
+    progress: bool = True,
+    say: Say = print,
+) -> DemoReport:
     """Run generate -> extract -> train -> evaluate -> detect in ``out_dir`` (replaced if it exists)."""
     root = Path(out_dir)
     if root.exists():
@@ -76,15 +82,25 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
     encoder, settings = load_encoder(ExtractionSettings(), device=device)
     features = {name: root / "features" / name for name in config.splits}
     executor = choose_executor(device=device)  # the executor `vadpipe extract` would choose
-    reports = {name: extract_videos([dataset.split_dir(name)], out_dir=features[name], settings=settings,
-                                    executor=executor, encoder=encoder, progress=progress)
-               for name in config.splits}
+    reports = {
+        name: extract_videos(
+            [dataset.split_dir(name)],
+            out_dir=features[name],
+            settings=settings,
+            executor=executor,
+            encoder=encoder,
+            progress=progress,
+        )
+        for name in config.splits
+    }
 
     if config.calibration is None:
         held = "" if config.ensemble == 1 else f", {config.ensemble} members"
     elif config.ensemble > 1:
-        held = (f", {config.ensemble} members cross-fitted on {config.ensemble} folds: each holds one out, "
-                "every video helps choose the operating point")
+        held = (
+            f", {config.ensemble} members cross-fitted on {config.ensemble} folds: each holds one out, "
+            "every video helps choose the operating point"
+        )
     else:
         held = f", {config.calibration.holdout_fraction:.0%} of the videos held out to choose the operating point"
     length = f"{config.training.epochs} epochs"
@@ -92,32 +108,65 @@ def run_demo(out_dir: Path, *, config: DemoConfig = DemoConfig(), device: str | 
         length += f" or {config.training.min_steps} optimizer steps, whichever is more"
     say(f"[3/5] training ({length}{held})")
     runs = root / "runs"
-    run_dir = train_calibrated(features["train"], out_dir=runs / "demo", config=config.training,
-                               calibration=config.calibration, show_progress=progress, ensemble=config.ensemble)
+    run_dir = train_calibrated(
+        features["train"],
+        out_dir=runs / "demo",
+        config=config.training,
+        calibration=config.calibration,
+        show_progress=progress,
+        ensemble=config.ensemble,
+    )
     set_latest(runs, run_dir)
 
     say("[4/5] evaluating on the test videos (standard protocol, and the decisions at the operating point)")
     test_stems = {v.stem for v in dataset.split("test")}
     test_annotations = root / "test_annotations.txt"
-    atomic_write_text(test_annotations, "".join(
-        line + "\n" for line in dataset.annotations_path.read_text().splitlines()
-        if line.split(" ", 1)[0] in test_stems))
-    metrics = evaluate_run(run_dir, features["test"], test_annotations, protocol="standard",
-                           threshold=config.threshold)
+    atomic_write_text(
+        test_annotations,
+        "".join(
+            line + "\n"
+            for line in dataset.annotations_path.read_text().splitlines()
+            if line.split(" ", 1)[0] in test_stems
+        ),
+    )
+    metrics = evaluate_run(run_dir, features["test"], test_annotations, protocol="standard", threshold=config.threshold)
 
     say("[5/5] detecting anomalous intervals in the test videos")
     run = load_run(run_dir)
-    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run_dir}/config.json",
-                                threshold=config.threshold)
-    detection = detect_videos([dataset.split_dir("test")], run, cache_dir=features["test"], settings=settings,
-                              operating_point=op, encoder=encoder, progress=progress)
+    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run_dir}/config.json", threshold=config.threshold)
+    detection = detect_videos(
+        [dataset.split_dir("test")],
+        run,
+        cache_dir=features["test"],
+        settings=settings,
+        operating_point=op,
+        encoder=encoder,
+        progress=progress,
+    )
     intervals_path = write_intervals(root / "intervals.json", detection.document)
     truth = parse_annotations(test_annotations)
     plots = []
     for video in detection.document.videos:
         record = detection.records[video.source]
-        plots.append(plot_video(root / "plots" / f"{record.stem}.png", video, record, features["test"],
-                                threshold=op.threshold, low=op.low, high=op.high,
-                                ground_truth_frames=truth.get(Path(video.source).stem, [])))
-    return DemoReport(root=root, dataset=dataset, extract=reports, run_dir=run_dir, metrics=metrics,
-                      detection=detection, intervals_path=intervals_path, plots=plots)
+        plots.append(
+            plot_video(
+                root / "plots" / f"{record.stem}.png",
+                video,
+                record,
+                features["test"],
+                threshold=op.threshold,
+                low=op.low,
+                high=op.high,
+                ground_truth_frames=truth.get(Path(video.source).stem, []),
+            )
+        )
+    return DemoReport(
+        root=root,
+        dataset=dataset,
+        extract=reports,
+        run_dir=run_dir,
+        metrics=metrics,
+        detection=detection,
+        intervals_path=intervals_path,
+        plots=plots,
+    )

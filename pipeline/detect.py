@@ -60,62 +60,95 @@ def run_extraction_settings(run: Run, *, backbone: str | None = None, **requeste
     ext = run.config.extraction
     known = run_backbone(run.config.sections)
     if backbone is not None and known is not None and backbone != known:
-        raise ConfigError(f"the model in {run.path} was trained on {known} features; --backbone {backbone} would "
-                          f"extract with another network (drop it, or train a model on {backbone} features)")
+        raise ConfigError(
+            f"the model in {run.path} was trained on {known} features; --backbone {backbone} would "
+            f"extract with another network (drop it, or train a model on {backbone} features)"
+        )
     if known is None and backbone is None:
         raise ConfigError(
             f"the model in {run.path} was trained on features of unknown origin (no vadpipe records and no "
             f"--features-backbone), so vadpipe will not guess which I3D network to extract with: pass --backbone "
             f"{IMAGENET.id} if they were the released XD-Violence or UCF-Crime I3D features, else the network "
-            f"that made them ({', '.join(BACKBONES)})")
+            f"that made them ({', '.join(BACKBONES)})"
+        )
     if ext and ext.get("settings"):
         try:
             settings = ExtractionSettings.from_dict(ext["settings"])
         except (TypeError, ValueError) as exc:  # ConfigError is a ValueError
-            raise CheckpointError(f"{run.path}/config.json holds unusable extraction settings ({exc}); "
-                                  "is it a vadpipe run of this version?") from None
+            raise CheckpointError(
+                f"{run.path}/config.json holds unusable extraction settings ({exc}); "
+                "is it a vadpipe run of this version?"
+            ) from None
     else:
         chosen = known or backbone
         profile = "the xd-violence profile" if chosen == IMAGENET.id else "vadpipe's default extraction settings"
         warnings.warn(
             f"run {run.path} was trained on feature files without extraction records (e.g. the released "
-            f"XD-Violence features); extracting with {chosen} and assuming {profile}", stacklevel=2)
-        settings = (ExtractionSettings.profile("xd-violence") if chosen == IMAGENET.id
-                    else ExtractionSettings(backbone=chosen))
+            f"XD-Violence features); extracting with {chosen} and assuming {profile}",
+            stacklevel=2,
+        )
+        settings = (
+            ExtractionSettings.profile("xd-violence") if chosen == IMAGENET.id else ExtractionSettings(backbone=chosen)
+        )
     asked = {k: v for k, v in requested.items() if v is not None}
     clashes = [f"{k}={v!r} (model: {getattr(settings, k)!r})" for k, v in asked.items() if getattr(settings, k) != v]
     if clashes:
         raise ConfigError(
             f"the model in {run.path} was trained on features extracted with other settings: "
-            f"{', '.join(clashes)}; drop these options or train a model on such features")
+            f"{', '.join(clashes)}; drop these options or train a model on such features"
+        )
     return settings
 
 
-def _encoder_for(settings: ExtractionSettings, *, weights: Path | None, device: str | None) -> tuple[ClipEncoder, ExtractionSettings]:
+def _encoder_for(
+    settings: ExtractionSettings, *, weights: Path | None, device: str | None
+) -> tuple[ClipEncoder, ExtractionSettings]:
     found = resolve_backbone(weights) if weights is not None else resolve_backbone(backbone=settings.backbone)
     if found.backbone.id != settings.backbone:
-        raise ConfigError(f"the model was trained on {settings.backbone} features, but --weights {weights} is "
-                          f"{found.backbone.id}: detect extracts only with the model's network; pass "
-                          f"{settings.backbone} weights ({get_backbone(settings.backbone).checkpoint})")
+        raise ConfigError(
+            f"the model was trained on {settings.backbone} features, but --weights {weights} is "
+            f"{found.backbone.id}: detect extracts only with the model's network; pass "
+            f"{settings.backbone} weights ({get_backbone(settings.backbone).checkpoint})"
+        )
     encoder, loaded = load_encoder(settings, weights=found.path, device=device)
     if settings.weights_sha256 and settings.weights_sha256 != loaded.weights_sha256:
         raise ConfigError(
             f"the model was trained on features from I3D weights {settings.weights_sha256[:12]}..., but the "
-            f"weights at hand are {loaded.weights_sha256[:12]}...; pass the training weights with --weights")
+            f"weights at hand are {loaded.weights_sha256[:12]}...; pass the training weights with --weights"
+        )
     return encoder, loaded
 
 
-def score_intervals(model: SequenceModel, crops: Sequence[np.ndarray], *, source: str, block_len: int,
-                    start_frames: np.ndarray, clip_len: int, frame_times_s: np.ndarray, duration_s: float,
-                    fps: float, operating_point: OperatingPoint) -> VideoIntervals:
+def score_intervals(
+    model: SequenceModel,
+    crops: Sequence[np.ndarray],
+    *,
+    source: str,
+    block_len: int,
+    start_frames: np.ndarray,
+    clip_len: int,
+    frame_times_s: np.ndarray,
+    duration_s: float,
+    fps: float,
+    operating_point: OperatingPoint,
+) -> VideoIntervals:
     """One video's document entry from its crops' features: `score_video` at full rate (every clip
     one score, the crops' weighted T-CAMs averaged), cut into intervals at ``operating_point``."""
     scores = score_video(model, crops, mode="full", block_len=block_len)
     return build_video_intervals(
-        source=source, attention=scores.attention, tcam=scores.tcam, wtcam=scores.wtcam,
-        video_score=scores.video_score, start_frames=start_frames, clip_len=clip_len,
-        frame_times_s=frame_times_s, duration_s=duration_s, fps=fps, video_end_s=duration_s,
-        operating_point=operating_point)
+        source=source,
+        attention=scores.attention,
+        tcam=scores.tcam,
+        wtcam=scores.wtcam,
+        video_score=scores.video_score,
+        start_frames=start_frames,
+        clip_len=clip_len,
+        frame_times_s=frame_times_s,
+        duration_s=duration_s,
+        fps=fps,
+        video_end_s=duration_s,
+        operating_point=operating_point,
+    )
 
 
 def detect_videos(
@@ -142,12 +175,22 @@ def detect_videos(
     elif encoder is None or not settings.weights_sha256:
         encoder, settings = _encoder_for(settings, weights=weights, device=device)
     # the entry point of `vadpipe extract`, on the executor it would choose for this device
-    report = extract_videos(paths, out_dir=cache_dir, settings=settings, executor=choose_executor(device=device),
-                            encoder=encoder, batch_size=batch_size, progress=progress)
+    report = extract_videos(
+        paths,
+        out_dir=cache_dir,
+        settings=settings,
+        executor=choose_executor(device=device),
+        encoder=encoder,
+        batch_size=batch_size,
+        progress=progress,
+    )
     if report.interrupted:  # Ctrl-C during extraction: the finished videos are cached, score nothing
         raise KeyboardInterrupt
-    result = DetectResult(document=IntervalsDocument(operating_point=operating_point, videos=()),
-                          extract_report=report, distance=load_distance(run.path))
+    result = DetectResult(
+        document=IntervalsDocument(operating_point=operating_point, videos=()),
+        extract_report=report,
+        distance=load_distance(run.path),
+    )
     videos: list[VideoIntervals] = []
     block_len = run.config.block_len
     for r in report.results:
@@ -161,11 +204,20 @@ def detect_videos(
             result.too_short.append(r)
             continue
         crops = [cache.load_features(cache_dir, record, c) for c in range(len(record.crops))]
-        videos.append(score_intervals(
-            run.model, crops, source=r.source, block_len=block_len,
-            start_frames=np.asarray(record.clips.start_frames), clip_len=record.clips.length,
-            frame_times_s=cache.load_frame_times(cache_dir, record), duration_s=record.video.duration_s,
-            fps=record.video.fps, operating_point=operating_point))
+        videos.append(
+            score_intervals(
+                run.model,
+                crops,
+                source=r.source,
+                block_len=block_len,
+                start_frames=np.asarray(record.clips.start_frames),
+                clip_len=record.clips.length,
+                frame_times_s=cache.load_frame_times(cache_dir, record),
+                duration_s=record.video.duration_s,
+                fps=record.video.fps,
+                operating_point=operating_point,
+            )
+        )
         if result.distance is not None:  # is this footage like the training footage?
             videos[-1] = replace(videos[-1], ood=judge_video(result.distance, crops))
         result.records[r.source] = record
@@ -173,8 +225,17 @@ def detect_videos(
     return result
 
 
-def plot_video(path: Path, video: VideoIntervals, record: cache.CacheRecord, cache_dir: Path, *, threshold: float,
-               low: float, high: float, ground_truth_frames: list[tuple[int, int]] | None = None) -> Path:
+def plot_video(
+    path: Path,
+    video: VideoIntervals,
+    record: cache.CacheRecord,
+    cache_dir: Path,
+    *,
+    threshold: float,
+    low: float,
+    high: float,
+    ground_truth_frames: list[tuple[int, int]] | None = None,
+) -> Path:
     """Score curves at frame rate over real time, detected intervals, and ground truth if known."""
     from vadpipe.postprocess.plot import plot_scores
 
@@ -182,23 +243,40 @@ def plot_video(path: Path, video: VideoIntervals, record: cache.CacheRecord, cac
     times = cache.load_frame_times(cache_dir, record)
     starts = np.asarray(record.clips.start_frames)
     frame_idx = (starts[:, None] + np.arange(clip_len)[None]).reshape(-1)
+
     def curve(name: str, low: float, high: float) -> np.ndarray:
         values = np.array([getattr(c, name) for c in video.clips], dtype=np.float32)
         return interpolate_to_frames(values, clip_len=clip_len, low=low, high=high)
 
-    curves = {"attention": curve("attention", 0.0, 1.0), "tcam": curve("tcam", 0.0, 1.0),
-              "wtcam": curve("wtcam", low, high)}
+    curves = {
+        "attention": curve("attention", 0.0, 1.0),
+        "tcam": curve("tcam", 0.0, 1.0),
+        "wtcam": curve("wtcam", low, high),
+    }
     gt = None
     if ground_truth_frames is not None:
         end = record.video.duration_s
-        gt = [frame_span_to_seconds(min(s, len(times) - 1), min(e, len(times)), frame_times_s=times,
-                                    video_end_s=end) for s, e in ground_truth_frames if s < len(times)]
+        gt = [
+            frame_span_to_seconds(min(s, len(times) - 1), min(e, len(times)), frame_times_s=times, video_end_s=end)
+            for s, e in ground_truth_frames
+            if s < len(times)
+        ]
     outside, warning = [], None
     if video.ood is not None:
-        outside = [frame_span_to_seconds(int(s), int(s) + clip_len, frame_times_s=times,
-                                         video_end_s=record.video.duration_s)
-                   for s, out in zip(starts, video.ood.clips_outside) if out]
+        outside = [
+            frame_span_to_seconds(int(s), int(s) + clip_len, frame_times_s=times, video_end_s=record.video.duration_s)
+            for s, out in zip(starts, video.ood.clips_outside)
+            if out
+        ]
         warning = outside_line(Path(video.source).name, video.ood) if video.ood.outside else None
-    return plot_scores(path, times_s=times[frame_idx], curves=curves, threshold=threshold,
-                       intervals=list(video.intervals), ground_truth=gt, title=Path(video.source).name,
-                       outside=outside, warning=warning)
+    return plot_scores(
+        path,
+        times_s=times[frame_idx],
+        curves=curves,
+        threshold=threshold,
+        intervals=list(video.intervals),
+        ground_truth=gt,
+        title=Path(video.source).name,
+        outside=outside,
+        warning=warning,
+    )

@@ -41,8 +41,16 @@ from vadpipe.model.data import DataWarning, FeatureSet
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION
-from vadpipe.model.run import (CHECKPOINT_DIR, SUMMARY_FILE, WEIGHTS_FILE, load_run, read_json, read_run_config,
-                               save_run, write_json)
+from vadpipe.model.run import (
+    CHECKPOINT_DIR,
+    SUMMARY_FILE,
+    WEIGHTS_FILE,
+    load_run,
+    read_json,
+    read_run_config,
+    save_run,
+    write_json,
+)
 from vadpipe.model.selection import heldout_scores
 from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
 from vadpipe.postprocess.calibration import stratified_folds
@@ -83,8 +91,20 @@ def _train_member(job: tuple) -> str:
         return str(resume(member_dir, scorer=score_video))
     if member_dir.exists():  # killed before its config was written
         shutil.rmtree(member_dir)
-    return str(train(features, out_dir=member_dir, config=config, labels_csv=labels_csv, crops=crops,
-                     validation=validation, videos=videos, heldout=heldout, extra_config=extra, scorer=score_video))
+    return str(
+        train(
+            features,
+            out_dir=member_dir,
+            config=config,
+            labels_csv=labels_csv,
+            crops=crops,
+            validation=validation,
+            videos=videos,
+            heldout=heldout,
+            extra_config=extra,
+            scorer=score_video,
+        )
+    )
 
 
 def _cores() -> int:
@@ -97,15 +117,21 @@ def _fold_count(labels: dict[str, int], size: int) -> int:
     if smallest >= size:
         return size
     if smallest < 2:
-        raise ConfigError(f"cross-fitted members need at least 2 videos of each class, got {smallest}; "
-                          "add videos or train without held-out videos (--holdout-fraction 0)")
-    warnings.warn(f"a class has only {smallest} training videos: training {smallest} cross-fitted members "
-                  f"instead of {size}", DataWarning, stacklevel=3)
+        raise ConfigError(
+            f"cross-fitted members need at least 2 videos of each class, got {smallest}; "
+            "add videos or train without held-out videos (--holdout-fraction 0)"
+        )
+    warnings.warn(
+        f"a class has only {smallest} training videos: training {smallest} cross-fitted members instead of {size}",
+        DataWarning,
+        stacklevel=3,
+    )
     return smallest
 
 
-def _screen(nets: list[torch.nn.Module], folds: list[list[str]] | None, data: FeatureSet, config: TrainConfig
-            ) -> list[float | None]:
+def _screen(
+    nets: list[torch.nn.Module], folds: list[list[str]] | None, data: FeatureSet, config: TrainConfig
+) -> list[float | None]:
     """Each member's peak AUC on its own held-out fold (None without folds or with one class)."""
     if folds is None:
         return [None] * len(nets)
@@ -113,15 +139,28 @@ def _screen(nets: list[torch.nn.Module], folds: list[list[str]] | None, data: Fe
     for net, fold in zip(nets, folds):
         wanted = set(fold)
         held = replace(data, items=tuple(item for item in data.items if item.video in wanted))
-        line = heldout_scores(net, held, scorer=score_video, block_len=config.block_len,
-                              top_fraction=config.loss.mil_top_fraction)
+        line = heldout_scores(
+            net, held, scorer=score_video, block_len=config.block_len, top_fraction=config.loss.mil_top_fraction
+        )
         aucs.append(line["heldout_peak_auc"])
     return aucs
 
 
-def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, calibration: CalibrationSpec | None,
-                   labels_csv: Path | str | None, crops: Sequence[int] | None, validation: ValidationSpec | None,
-                   data: FeatureSet, backbone: dict, size: int, jobs: int | None, show_progress: bool) -> Path:
+def train_ensemble(
+    features: Path | str,
+    *,
+    out_dir: Path,
+    config: TrainConfig,
+    calibration: CalibrationSpec | None,
+    labels_csv: Path | str | None,
+    crops: Sequence[int] | None,
+    validation: ValidationSpec | None,
+    data: FeatureSet,
+    backbone: dict,
+    size: int,
+    jobs: int | None,
+    show_progress: bool,
+) -> Path:
     """Members under ``out_dir/members/member-<k>/`` (each a run folder), then the ensemble run in
     ``out_dir``; rerunning it on the same folder keeps the finished members and finishes the rest.
     Once the run is saved the members' checkpoints are removed (their weights, metrics and configs stay).
@@ -141,17 +180,27 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
     members = [out_dir / "members" / f"member-{k}" for k in range(size)]
     out_dir.mkdir(parents=True, exist_ok=True)
     asked = {
-        "features": str(Path(features).absolute()), "labels_csv": None if labels_csv is None else str(labels_csv),
-        "crops": None if crops is None else list(crops), "size": size,
-        "training": config.to_dict(), "model": config.model.to_dict(),
+        "features": str(Path(features).absolute()),
+        "labels_csv": None if labels_csv is None else str(labels_csv),
+        "crops": None if crops is None else list(crops),
+        "size": size,
+        "training": config.to_dict(),
+        "model": config.model.to_dict(),
         "calibration": None if calibration is None else calibration.to_dict(),
-        "validation": None if validation is None else {"features": str(validation.features),
-                                                       "annotations": str(validation.annotations),
-                                                       "every_epochs": validation.every_epochs},
-        "features_backbone": backbone}
+        "validation": None
+        if validation is None
+        else {
+            "features": str(validation.features),
+            "annotations": str(validation.annotations),
+            "every_epochs": validation.every_epochs,
+        },
+        "features_backbone": backbone,
+    }
     if (out_dir / REQUEST_FILE).is_file() and read_json(out_dir / REQUEST_FILE, what="ensemble request") != asked:
-        raise CheckpointError(f"{out_dir} holds an unfinished ensemble run with other settings: finish it with "
-                              f"vadpipe train --resume {out_dir}, or choose another --out")
+        raise CheckpointError(
+            f"{out_dir} holds an unfinished ensemble run with other settings: finish it with "
+            f"vadpipe train --resume {out_dir}, or choose another --out"
+        )
     write_json(out_dir / REQUEST_FILE, asked)
     n_jobs = max(1, min(size, jobs if jobs is not None else _cores()))
     threads = max(1, _cores() // n_jobs) if n_jobs > 1 else 0
@@ -163,10 +212,24 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
         else:
             heldout = folds[k]
             videos = sorted(set(labels) - set(heldout))
-            request = {SECTION: backbone, "calibration": {**calibration.to_dict(), "seed": config.seed,
-                                                          "heldout_videos": heldout}}
-        payload.append((member, features, replace(config, seed=seed), labels_csv, crops, validation, videos,
-                        heldout, request, threads))
+            request = {
+                SECTION: backbone,
+                "calibration": {**calibration.to_dict(), "seed": config.seed, "heldout_videos": heldout},
+            }
+        payload.append(
+            (
+                member,
+                features,
+                replace(config, seed=seed),
+                labels_csv,
+                crops,
+                validation,
+                videos,
+                heldout,
+                request,
+                threads,
+            )
+        )
     if show_progress:
         how = f"cross-fitted on {size} folds" if folds else "on every video"
         print(f"training {size} ensemble members {how}, {n_jobs} at a time", flush=True)
@@ -181,40 +244,72 @@ def train_ensemble(features: Path | str, *, out_dir: Path, config: TrainConfig, 
     aucs = _screen(nets, folds, data, config)
     kept = [k for k, auc in enumerate(aucs) if auc is None or auc > 0.5]
     if not kept:
-        warnings.warn(f"every member ranks its held-out videos no better than chance (peak AUC "
-                      f"{', '.join(f'{a:.2f}' for a in aucs)}); keeping all {size}: this data may not "
-                      "teach the model the anomaly", DataWarning, stacklevel=2)
+        warnings.warn(
+            f"every member ranks its held-out videos no better than chance (peak AUC "
+            f"{', '.join(f'{a:.2f}' for a in aucs)}); keeping all {size}: this data may not "
+            "teach the model the anomaly",
+            DataWarning,
+            stacklevel=2,
+        )
         kept = list(range(size))
     for k in sorted(set(range(size)) - set(kept)):
-        warnings.warn(f"ensemble member {k} (seed {seeds[k]}) ranks its own held-out videos no better than "
-                      f"chance (peak AUC {aucs[k]:.2f}); it is left out of the run", DataWarning, stacklevel=2)
+        warnings.warn(
+            f"ensemble member {k} (seed {seeds[k]}) ranks its own held-out videos no better than "
+            f"chance (peak AUC {aucs[k]:.2f}); it is left out of the run",
+            DataWarning,
+            stacklevel=2,
+        )
 
     sections = dict(read_run_config(members[kept[0]]).sections)
     sections.pop("operating_point", None)
     sections["data"] = {**sections["data"], **data.summary(), "videos": sorted(labels)}  # what the ensemble saw
     if folds is not None and sections.get("selection"):
-        sections["selection"] = {**sections["selection"], "videos": None,
-                                 "per_member": "each member early-stopped on its own held-out fold (calibration.folds)"}
+        sections["selection"] = {
+            **sections["selection"],
+            "videos": None,
+            "per_member": "each member early-stopped on its own held-out fold (calibration.folds)",
+        }
     sections["ensemble"] = {
-        "size": len(kept), "seeds": [seeds[k] for k in kept],
+        "size": len(kept),
+        "seeds": [seeds[k] for k in kept],
         "members": [str(members[k].relative_to(out_dir)) for k in kept],
-        "cross_fitted": folds is not None, "trained": size,
-        "left_out": [{"member": str(members[k].relative_to(out_dir)), "seed": seeds[k], "heldout_peak_auc": aucs[k]}
-                     for k in range(size) if k not in kept],
-        "rule": "the curve is the mean of the members' weighted T-CAMs (score_video)"}
+        "cross_fitted": folds is not None,
+        "trained": size,
+        "left_out": [
+            {"member": str(members[k].relative_to(out_dir)), "seed": seeds[k], "heldout_peak_auc": aucs[k]}
+            for k in range(size)
+            if k not in kept
+        ],
+        "rule": "the curve is the mean of the members' weighted T-CAMs (score_video)",
+    }
     if folds is None:
         sections.pop("calibration", None)
     else:
-        sections["calibration"] = {**calibration.to_dict(), "seed": config.seed,
-                                   "holdout_fraction": 1 / size,
-                                   "folds": [{"member": i, "videos": folds[k]} for i, k in enumerate(kept)]}
+        sections["calibration"] = {
+            **calibration.to_dict(),
+            "seed": config.seed,
+            "holdout_fraction": 1 / size,
+            "folds": [{"member": i, "videos": folds[k]} for i, k in enumerate(kept)],
+        }
     with torch.no_grad():
         save_run(out_dir, Ensemble([nets[k] for k in kept]), config=sections)
     summaries = [read_json(m / SUMMARY_FILE, what="member summary") for m in members]
-    write_json(out_dir / SUMMARY_FILE, {**summaries[kept[0]], "members": [
-        {"seed": seed, "selected_epoch": summary.get("selected_epoch"), "last_epoch": summary.get("last_epoch"),
-         "heldout_peak_auc": auc, "kept": k in kept}
-        for k, (seed, summary, auc) in enumerate(zip(seeds, summaries, aucs))]})
+    write_json(
+        out_dir / SUMMARY_FILE,
+        {
+            **summaries[kept[0]],
+            "members": [
+                {
+                    "seed": seed,
+                    "selected_epoch": summary.get("selected_epoch"),
+                    "last_epoch": summary.get("last_epoch"),
+                    "heldout_peak_auc": auc,
+                    "kept": k in kept,
+                }
+                for k, (seed, summary, auc) in enumerate(zip(seeds, summaries, aucs))
+            ],
+        },
+    )
     if folds is None:
         store_operating_point(out_dir, fixed_operating_point())
     else:
@@ -238,15 +333,32 @@ def resume_ensemble(run_dir: Path | str, *, show_progress: bool = False) -> Path
     try:
         config = TrainConfig.from_dict(request["training"], model=request["model"])
         calibration = None if request["calibration"] is None else CalibrationSpec.from_dict(request["calibration"])
-        validation = None if request["validation"] is None else ValidationSpec(
-            Path(request["validation"]["features"]), Path(request["validation"]["annotations"]),
-            request["validation"]["every_epochs"])
+        validation = (
+            None
+            if request["validation"] is None
+            else ValidationSpec(
+                Path(request["validation"]["features"]),
+                Path(request["validation"]["annotations"]),
+                request["validation"]["every_epochs"],
+            )
+        )
         features, labels_csv, crops = request["features"], request["labels_csv"], request["crops"]
         size = request["size"]
         backbone = request["features_backbone"]
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: unusable ensemble request: {exc}") from None
     data = open_training_set(features, labels_csv=labels_csv, crops=crops)
-    return train_ensemble(features, out_dir=run_dir, config=config, calibration=calibration, labels_csv=labels_csv,
-                          crops=crops, validation=validation, data=data, backbone=backbone, size=size, jobs=None,
-                          show_progress=show_progress)
+    return train_ensemble(
+        features,
+        out_dir=run_dir,
+        config=config,
+        calibration=calibration,
+        labels_csv=labels_csv,
+        crops=crops,
+        validation=validation,
+        data=data,
+        backbone=backbone,
+        size=size,
+        jobs=None,
+        show_progress=show_progress,
+    )

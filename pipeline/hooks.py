@@ -90,8 +90,9 @@ class _Worker(EventSink):
                 self.delivered += 1
             except Exception as exc:  # a hook never stops the watch
                 self.failures += 1
-                self.log(f"warning: {self.name} failed for a {event.get('event')} event of "
-                         f"{event.get('camera')}: {exc}")
+                self.log(
+                    f"warning: {self.name} failed for a {event.get('event')} event of {event.get('camera')}: {exc}"
+                )
 
     def deliver(self, event: dict) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -119,8 +120,15 @@ class CommandHook(_Worker):
 
         data = json.dumps(event, allow_nan=False)
         try:
-            done = subprocess.run(self.command, shell=True, input=data, text=True, timeout=self.timeout_s,
-                                  capture_output=True, env={**os.environ, "VADPIPE_EVENT": event.get("event", "")})
+            done = subprocess.run(
+                self.command,
+                shell=True,
+                input=data,
+                text=True,
+                timeout=self.timeout_s,
+                capture_output=True,
+                env={**os.environ, "VADPIPE_EVENT": event.get("event", "")},
+            )
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"{self.command!r} ran longer than {self.timeout_s:g} s") from None
         if done.returncode != 0:
@@ -143,9 +151,12 @@ class WebhookHook(_Worker):
         data = json.dumps(event, allow_nan=False).encode()
         delay = 0.5
         for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, method="POST",
-                                             headers={"Content-Type": "application/json",
-                                                      "User-Agent": "vadpipe-watch"})
+            request = urllib.request.Request(
+                self.url,
+                data=data,
+                method="POST",
+                headers={"Content-Type": "application/json", "User-Agent": "vadpipe-watch"},
+            )
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     if 200 <= response.status < 300:

@@ -19,9 +19,14 @@ __all__ = ["OOD_MODES", "ood_option", "report_outside"]
 OOD_MODES = ("warn", "error", "ignore")  # vadpipe.postprocess.ood.OOD_MODES, spelled out to keep --help light
 
 ood_option = click.option(
-    "--ood", "ood", type=click.Choice(OOD_MODES), default="warn", show_default=True,
+    "--ood",
+    "ood",
+    type=click.Choice(OOD_MODES),
+    default="warn",
+    show_default=True,
     help="Videos outside the training footage (most clips far from the training features): warn (one line "
-         "each; marked in the JSON), error (the same lines, then exit code 2) or ignore (marked in the JSON only).")
+    "each; marked in the JSON), error (the same lines, then exit code 2) or ignore (marked in the JSON only).",
+)
 
 
 def report_outside(judged: Iterable[tuple[str, object]], *, can_judge: bool, mode: str, run_dir: Path) -> int:
@@ -42,9 +47,14 @@ def report_outside(judged: Iterable[tuple[str, object]], *, can_judge: bool, mod
     outside = [(name, j) for name, j in judged if j is not None and j.outside]
     if mode != "ignore":
         for name, j in outside:
-            click.secho(f"{'error' if mode == 'error' else 'warning'}: {outside_line(name, j)}",
-                        fg="red" if mode == "error" else "yellow", err=True)
+            click.secho(
+                f"{'error' if mode == 'error' else 'warning'}: {outside_line(name, j)}",
+                fg="red" if mode == "error" else "yellow",
+                err=True,
+            )
     if mode == "error" and outside:
-        raise OutsideFootageError(f"{len(outside)} of {len(judged)} video(s) are outside the training footage of "
-                                  f"{run_dir} (--ood error; --ood warn accepts their results)")
+        raise OutsideFootageError(
+            f"{len(outside)} of {len(judged)} video(s) are outside the training footage of "
+            f"{run_dir} (--ood error; --ood warn accepts their results)"
+        )
     return len(outside)

@@ -20,9 +20,16 @@ def render(watch) -> Table:
         table.add_column(column, justify="right" if column not in ("camera", "state", "last event") else "left")
     for st in watch.statuses():
         colour = _COLOURS.get(st.state, "white")
-        table.add_row(st.name, f"[{colour}]{st.state}[/]", "-" if st.score is None else f"{st.score:.3f}",
-                      f"{st.fps_in:.1f}", f"{st.clips_per_s:.2f}", str(st.clips),
-                      f"[red]{st.dropped}[/]" if st.dropped else "0", st.last_event or "-")
+        table.add_row(
+            st.name,
+            f"[{colour}]{st.state}[/]",
+            "-" if st.score is None else f"{st.score:.3f}",
+            f"{st.fps_in:.1f}",
+            f"{st.clips_per_s:.2f}",
+            str(st.clips),
+            f"[red]{st.dropped}[/]" if st.dropped else "0",
+            st.last_event or "-",
+        )
     if watch.capacity_clips_s is not None:
         table.caption = f"I3D: {watch.capacity_clips_s:.2f} clips/s on {watch.encoder.device}"
     return table

@@ -76,9 +76,15 @@ class Recipe:
         if not isinstance(self.ensemble, int) or isinstance(self.ensemble, bool) or self.ensemble < 1:
             raise ConfigError(f"ensemble must be an integer >= 1 (members), got {self.ensemble!r}")
 
-    def replaced(self, *, training: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
-                 loss: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None,
-                 ensemble: int | None = None) -> "Recipe":
+    def replaced(
+        self,
+        *,
+        training: dict[str, Any] | None = None,
+        model: dict[str, Any] | None = None,
+        loss: dict[str, Any] | None = None,
+        calibration: dict[str, Any] | None = None,
+        ensemble: int | None = None,
+    ) -> Recipe:
         """This recipe with the named fields replaced (``dataclasses.replace``), nothing else.
 
         ``calibration={"holdout_fraction": 0}`` holds out nothing (``calibration`` None); other
@@ -89,8 +95,12 @@ class Recipe:
         """
         try:
             config = self.training
-            config = replace(config, model=replace(config.model, **(model or {})),
-                             loss=replace(config.loss, **(loss or {})), **(training or {}))
+            config = replace(
+                config,
+                model=replace(config.model, **(model or {})),
+                loss=replace(config.loss, **(loss or {})),
+                **(training or {}),
+            )
             spec = self.calibration
             if calibration:
                 if calibration.get("holdout_fraction") == 0:
@@ -122,10 +132,16 @@ def _default_training() -> TrainConfig:
 
 
 RECIPES: dict[str, Recipe] = {
-    "default": Recipe("default", "vadpipe's recipe for few, long videos", _default_training(),
-                      CalibrationSpec(holdout_fraction=0.25), ensemble=4),
-    "paper": Recipe("paper", "the authors' exact recipe, trained on every video with the fixed threshold 0.35",
-                    TrainConfig(), None),
+    "default": Recipe(
+        "default",
+        "vadpipe's recipe for few, long videos",
+        _default_training(),
+        CalibrationSpec(holdout_fraction=0.25),
+        ensemble=4,
+    ),
+    "paper": Recipe(
+        "paper", "the authors' exact recipe, trained on every video with the fixed threshold 0.35", TrainConfig(), None
+    ),
 }
 
 

@@ -40,7 +40,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,17 +135,30 @@ class CameraStatus:
 class _Segment:
     """Scoring state of one connection of one camera."""
 
-    def __init__(self, index: int, times: FrameTimes, info: dict, run: Run, op: OperatingPoint,
-                 settings: ExtractionSettings, config: WatchConfig, block_len: int,
-                 distance: FeatureDistance | None = None) -> None:
+    def __init__(
+        self,
+        index: int,
+        times: FrameTimes,
+        info: dict,
+        run: Run,
+        op: OperatingPoint,
+        settings: ExtractionSettings,
+        config: WatchConfig,
+        block_len: int,
+        distance: FeatureDistance | None = None,
+    ) -> None:
         self.index = index
         self.times = times
         self.info = info
         self.scorer = OnlineScorer(run.model, block_len=block_len, window=config.gate_window)
         self.curve = OnlineCurve(clip_len=settings.clip_len, low=op.low, high=op.high, settle=config.settle)
-        self.tracker = EventTracker(threshold=op.threshold, min_duration_s=op.min_duration_s,
-                                    merge_gap_s=op.merge_gap_s, video_threshold=op.video_threshold,
-                                    time_of=self._time_of)
+        self.tracker = EventTracker(
+            threshold=op.threshold,
+            min_duration_s=op.min_duration_s,
+            merge_gap_s=op.merge_gap_s,
+            video_threshold=op.video_threshold,
+            time_of=self._time_of,
+        )
         self.history = SegmentHistory(block_len=block_len, max_clips=config.history_clips)
         self.ood = LiveJudge(distance, window=config.gate_window) if distance is not None else None
         self.gate: deque[tuple[int, float]] = deque(maxlen=config.settle + 8)  # (row, gate score)
@@ -225,14 +238,26 @@ class Watch:
         log: human messages (stderr).
     """
 
-    def __init__(self, sources: list[SourceSpec], run: Run, encoder: ClipEncoder, settings: ExtractionSettings,
-                 operating_point: OperatingPoint, config: WatchConfig = WatchConfig(), *,
-                 block_len: int = 3, sinks: list[EventSink] = (), on_clip: Callable[[dict], None] | None = None,
-                 log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        run: Run,
+        encoder: ClipEncoder,
+        settings: ExtractionSettings,
+        operating_point: OperatingPoint,
+        config: WatchConfig = WatchConfig(),
+        *,
+        block_len: int = 3,
+        sinks: list[EventSink] = (),
+        on_clip: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
         names = [s.name for s in sources]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ConfigError(f"camera names must be unique, {', '.join(dupes)} is used twice; name them in a config file")
+            raise ConfigError(
+                f"camera names must be unique, {', '.join(dupes)} is used twice; name them in a config file"
+            )
         if not sources:
             raise ConfigError("no sources to watch")
         self.run = run
@@ -252,9 +277,17 @@ class Watch:
         for spec in sources:
             block = config.lag == "wait" or (config.lag == "auto" and not spec.live)
             q = ClipQueue(max_clips=config.queue_clips, block=block)
-            reader = StreamReader(spec, settings, q, self.stop_event, reconnect=config.reconnect,
-                                  reconnect_for_s=config.reconnect_for_s, open_timeout_s=config.open_timeout_s,
-                                  read_timeout_s=max(config.open_timeout_s, 1.0), ring_s=ring)
+            reader = StreamReader(
+                spec,
+                settings,
+                q,
+                self.stop_event,
+                reconnect=config.reconnect,
+                reconnect_for_s=config.reconnect_for_s,
+                open_timeout_s=config.open_timeout_s,
+                read_timeout_s=max(config.open_timeout_s, 1.0),
+                ring_s=ring,
+            )
             self.cameras.append(_Camera(spec, reader, q))
         self._reported_lag = False
         self.distance = load_distance(run.path)
@@ -335,7 +368,7 @@ class Watch:
         n_crops = len(self.settings.crop_names)
         feats = self.encoder(torch.cat([item.crops for _, item in batch]))
         for k, (cam, item) in enumerate(batch):
-            self._score(cam, item, feats[k * n_crops:(k + 1) * n_crops])
+            self._score(cam, item, feats[k * n_crops : (k + 1) * n_crops])
 
     def _score(self, cam: _Camera, item: ClipItem, features: np.ndarray) -> None:
         seg = cam.segment
@@ -355,12 +388,21 @@ class Watch:
         cam.status.clips += 1
         cam.status.score = score.wtcam
         if self.on_clip is not None:
-            self.on_clip({"camera": cam.spec.name, "segment": seg.index, "row": row,
-                          "start_frame": item.start_frame, "start_s": seg.times[item.start_frame],
-                          "attention": score.attention, "tcam": score.tcam, "wtcam": score.wtcam,
-                          "attention_crops": score.attention_crops.tolist(),
-                          "tcam_crops": score.tcam_crops.tolist(),
-                          **({"gate_score": gate} if self.op.video_threshold > 0 else {})})
+            self.on_clip(
+                {
+                    "camera": cam.spec.name,
+                    "segment": seg.index,
+                    "row": row,
+                    "start_frame": item.start_frame,
+                    "start_s": seg.times[item.start_frame],
+                    "attention": score.attention,
+                    "tcam": score.tcam,
+                    "wtcam": score.wtcam,
+                    "attention_crops": score.attention_crops.tolist(),
+                    "tcam_crops": score.tcam_crops.tolist(),
+                    **({"gate_score": gate} if self.op.video_threshold > 0 else {}),
+                }
+            )
         for frame in seg.curve.push(row, item.start_frame, score.wtcam):
             for event in seg.tracker.feed(frame, gate_score=seg.gate_at(frame.row)):
                 self._emit(cam, seg, event)
@@ -371,9 +413,18 @@ class Watch:
         changed = seg.ood.push(features)
         if changed is None:
             return
-        self._emit(cam, seg, {"event": "ood", "outside_training": changed.outside,
-                              "share_outside": round(changed.share_outside, 4), "window_clips": len(changed.clip_distances),
-                              "clip_threshold": changed.clip_threshold, "max_share": changed.max_share})
+        self._emit(
+            cam,
+            seg,
+            {
+                "event": "ood",
+                "outside_training": changed.outside,
+                "share_outside": round(changed.share_outside, 4),
+                "window_clips": len(changed.clip_distances),
+                "clip_threshold": changed.clip_threshold,
+                "max_share": changed.max_share,
+            },
+        )
         if not changed.outside or self.config.ood == "ignore":
             return
         line = outside_line(f"{cam.spec.name} (last {len(changed.clip_distances)} clips)", changed)
@@ -390,8 +441,18 @@ class Watch:
         if not every or iv is None or not iv.announced or time.monotonic() - seg.last_update < every:
             return
         seg.last_update = time.monotonic()
-        self._emit(cam, seg, {"event": "update", "start_frame": iv.start_frame, "start_s": iv.start_s,
-                              "stream_s": seg.tracker.last_s, "score": seg.tracker.last_value, "peak": iv.peak})
+        self._emit(
+            cam,
+            seg,
+            {
+                "event": "update",
+                "start_frame": iv.start_frame,
+                "start_s": iv.start_s,
+                "stream_s": seg.tracker.last_s,
+                "score": seg.tracker.last_value,
+                "peak": iv.peak,
+            },
+        )
 
     def _control(self, cam: _Camera, message: tuple) -> None:
         kind = message[0]
@@ -399,8 +460,17 @@ class Watch:
             _, index, times, info = message
             if cam.segment is not None:
                 self._close_segment(cam, "superseded")
-            cam.segment = _Segment(index, times, info, self.run, self.op, self.settings, self.config, self.block_len,
-                                   distance=self.distance)
+            cam.segment = _Segment(
+                index,
+                times,
+                info,
+                self.run,
+                self.op,
+                self.settings,
+                self.config,
+                self.block_len,
+                distance=self.distance,
+            )
             cam.segment.dropped_at_start = cam.queue.dropped
             cam.status.state = "live"
         elif kind == "segment_end":
@@ -408,8 +478,17 @@ class Watch:
         elif kind == "gap":
             _, lost, back, reason = message
             cam.segment_offset_s += back - lost
-            self._emit(cam, None, {"event": "gap", "from_wall": _iso(lost), "to_wall": _iso(back),
-                                   "missing_s": round(back - lost, 3), "reason": reason})
+            self._emit(
+                cam,
+                None,
+                {
+                    "event": "gap",
+                    "from_wall": _iso(lost),
+                    "to_wall": _iso(back),
+                    "missing_s": round(back - lost, 3),
+                    "reason": reason,
+                },
+            )
         elif kind == "failed":
             cam.status.state = "failed"
             cam.status.error = message[1]
@@ -439,11 +518,22 @@ class Watch:
 
     def _summary(self, cam: _Camera, seg: _Segment, reason: str) -> dict:
         dropped = cam.queue.dropped - seg.dropped_at_start
-        summary = {"event": "summary", "reason": reason, "clips": len(seg.history), "frames": len(seg.times),
-                   "dropped_clips": dropped, "video_score": None, "intervals": None,
-                   "ood": None if seg.ood is None else {
-                       "share_outside": round(seg.ood.beyond / seg.ood.seen, 4) if seg.ood.seen else 0.0,
-                       "clips": seg.ood.seen, "outside_training": seg.ood.outside}}
+        summary = {
+            "event": "summary",
+            "reason": reason,
+            "clips": len(seg.history),
+            "frames": len(seg.times),
+            "dropped_clips": dropped,
+            "video_score": None,
+            "intervals": None,
+            "ood": None
+            if seg.ood is None
+            else {
+                "share_outside": round(seg.ood.beyond / seg.ood.seen, 4) if seg.ood.seen else 0.0,
+                "clips": seg.ood.seen,
+                "outside_training": seg.ood.outside,
+            },
+        }
         if len(seg.history) == 0 or not seg.history.complete or not seg.times.complete or dropped:
             return summary
         att, tc, wtcam = combine_crops(*seg.history.final_scores(self.run.model))
@@ -451,17 +541,31 @@ class Watch:
         times = seg.times.array()
         fps = seg.info.get("fps") or (1.0 / float(np.median(np.diff(times))) if len(times) > 1 else 25.0)
         entry = build_video_intervals(
-            source=cam.spec.location, attention=att, tcam=tc, wtcam=wtcam, video_score=video_score,
-            start_frames=np.asarray(seg.history.start_frames), clip_len=self.settings.clip_len,
-            frame_times_s=times, duration_s=seg.times.end_s, fps=fps, video_end_s=seg.times.end_s,
-            operating_point=self.op)
+            source=cam.spec.location,
+            attention=att,
+            tcam=tc,
+            wtcam=wtcam,
+            video_score=video_score,
+            start_frames=np.asarray(seg.history.start_frames),
+            clip_len=self.settings.clip_len,
+            frame_times_s=times,
+            duration_s=seg.times.end_s,
+            fps=fps,
+            video_end_s=seg.times.end_s,
+            operating_point=self.op,
+        )
         summary["video_score"] = video_score
         summary["intervals"] = [asdict(i) for i in entry.intervals]
         return summary
 
     def _emit(self, cam: _Camera, seg: _Segment | None, event: dict) -> None:
-        event = {"event": event.pop("event"), "camera": cam.spec.name, "wall_time": _now_iso(),
-                 **({"segment": seg.index} if seg is not None else {}), **event}
+        event = {
+            "event": event.pop("event"),
+            "camera": cam.spec.name,
+            "wall_time": _now_iso(),
+            **({"segment": seg.index} if seg is not None else {}),
+            **event,
+        }
         kind = event["event"]
         if seg is not None and kind in ("start", "end", "update"):
             event["dropped_clips"] = cam.queue.dropped
@@ -472,8 +576,9 @@ class Watch:
             if self.config.save_clips is not None:
                 stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
                 path = self.config.save_clips / f"{cam.spec.name}-{stamp}-s{seg.index}-f{event['start_frame']}.mp4"
-                recording = cam.reader.record(path.name, path, segment=seg.index,
-                                              from_s=event["start_s"] - self.config.pre_roll_s)
+                recording = cam.reader.record(
+                    path.name, path, segment=seg.index, from_s=event["start_s"] - self.config.pre_roll_s
+                )
                 seg.event_key = path.name if recording else None
                 event["clip"] = str(path) if recording else None
         if kind == "end" and seg is not None and seg.event_key is not None:
@@ -512,15 +617,21 @@ class Watch:
         if live == 0:
             self.log(f"I3D on {self.encoder.device}: {have:.2f} clips/s; files are read as fast as that")
         elif needed <= have:
-            self.log(f"{live} live camera(s) need {needed:.2f} clips/s; I3D on {self.encoder.device} does "
-                     f"{have:.2f} clips/s: real time ({have / needed:.1f}x headroom)")
+            self.log(
+                f"{live} live camera(s) need {needed:.2f} clips/s; I3D on {self.encoder.device} does "
+                f"{have:.2f} clips/s: real time ({have / needed:.1f}x headroom)"
+            )
         elif any(c.queue.block for c in self.cameras if c.spec.live):
-            self.log(f"warning: {live} live camera(s) need {needed:.2f} clips/s but I3D on {self.encoder.device} "
-                     f"does {have:.2f} clips/s; --lag wait: nothing is dropped, the watch falls behind")
+            self.log(
+                f"warning: {live} live camera(s) need {needed:.2f} clips/s but I3D on {self.encoder.device} "
+                f"does {have:.2f} clips/s; --lag wait: nothing is dropped, the watch falls behind"
+            )
         else:
-            self.log(f"warning: {live} live camera(s) need {needed:.2f} clips/s but I3D on {self.encoder.device} "
-                     f"does {have:.2f} clips/s: about {100 * (1 - have / needed):.0f}% of clips will be dropped "
-                     f"(whole clips, oldest queued first, counted per camera)")
+            self.log(
+                f"warning: {live} live camera(s) need {needed:.2f} clips/s but I3D on {self.encoder.device} "
+                f"does {have:.2f} clips/s: about {100 * (1 - have / needed):.0f}% of clips will be dropped "
+                f"(whole clips, oldest queued first, counted per camera)"
+            )
 
     def _shutdown(self) -> None:
         self.stop_event.set()

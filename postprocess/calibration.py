@@ -131,7 +131,7 @@ class ScoreCalibrator:
         return {"method": self.method, "of": self.of, **params, "n": self.n, "n_positive": self.n_positive}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ScoreCalibrator":
+    def from_dict(cls, data: Mapping[str, Any]) -> ScoreCalibrator:
         """Inverse of `to_dict`; raises ValueError (or TypeError) on a malformed dict."""
         if not isinstance(data, Mapping):
             raise TypeError(f"a calibrator must be an object, got {data!r:.60}")
@@ -192,15 +192,25 @@ def fit_calibrator(
         raise ConfigError(f"calibration method must be one of {', '.join(CALIBRATION_METHODS)}, got {method!r}")
     if np.unique(y).size < 2:
         what = "no examples" if y.size == 0 else f"all {y.size} examples are {'positive' if y[0] else 'negative'}"
-        warnings.warn(f"cannot fit a {method} calibration of {of or 'scores'}: {what}; using the rule-of-succession "
-                      "constant (positives + 1) / (n + 2) for every score", CalibrationWarning, stacklevel=2)
+        warnings.warn(
+            f"cannot fit a {method} calibration of {of or 'scores'}: {what}; using the rule-of-succession "
+            "constant (positives + 1) / (n + 2) for every score",
+            CalibrationWarning,
+            stacklevel=2,
+        )
         return _constant(y, of)
     if method == "isotonic":
         from sklearn.isotonic import IsotonicRegression
 
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip").fit(s, y)
-        return ScoreCalibrator("isotonic", of=of, knots_x=tuple(map(float, iso.X_thresholds_)),
-                               knots_y=tuple(map(float, iso.y_thresholds_)), n=int(y.size), n_positive=int(y.sum()))
+        return ScoreCalibrator(
+            "isotonic",
+            of=of,
+            knots_x=tuple(map(float, iso.X_thresholds_)),
+            knots_y=tuple(map(float, iso.y_thresholds_)),
+            n=int(y.size),
+            n_positive=int(y.sum()),
+        )
 
     from sklearn.linear_model import LogisticRegression
 
@@ -209,12 +219,16 @@ def fit_calibrator(
     x = _logit(s)[:, None]
     # Soft targets as weights: each example once as a positive (weight t), once as a negative (1 - t).
     model = LogisticRegression(C=1e4, max_iter=1000).fit(
-        np.vstack([x, x]), np.r_[np.ones(y.size), np.zeros(y.size)], sample_weight=np.r_[target, 1 - target])
+        np.vstack([x, x]), np.r_[np.ones(y.size), np.zeros(y.size)], sample_weight=np.r_[target, 1 - target]
+    )
     slope, intercept = float(model.coef_[0, 0]), float(model.intercept_[0])
     if slope <= 0:
-        warnings.warn(f"{of or 'scores'}: on the held-out data higher scores are not more often positive "
-                      f"(fitted slope {slope:.3g}); using the held-out positive rate for every score",
-                      CalibrationWarning, stacklevel=2)
+        warnings.warn(
+            f"{of or 'scores'}: on the held-out data higher scores are not more often positive "
+            f"(fitted slope {slope:.3g}); using the held-out positive rate for every score",
+            CalibrationWarning,
+            stacklevel=2,
+        )
         return _constant(y, of)
     return ScoreCalibrator("platt", of=of, slope=slope, intercept=intercept, n=int(y.size), n_positive=n_pos)
 
@@ -244,8 +258,10 @@ def stratified_holdout(labels: Mapping[str, int], *, fraction: float, seed: int)
     for label, word in ((0, "normal"), (1, "anomalous")):
         names = sorted(name for name, y in labels.items() if y == label)
         if len(names) < 2:
-            raise ConfigError(f"holding out videos for calibration needs at least 2 {word} training videos, "
-                              f"got {len(names)}; add videos or train without calibration (holdout fraction 0)")
+            raise ConfigError(
+                f"holding out videos for calibration needs at least 2 {word} training videos, "
+                f"got {len(names)}; add videos or train without calibration (holdout fraction 0)"
+            )
         k = min(max(int(math.floor(fraction * len(names) + 0.5)), 1), len(names) - 1)
         order = rng.permutation(len(names))
         held += [names[i] for i in order[:k]]
@@ -274,8 +290,10 @@ def stratified_folds(labels: Mapping[str, int], *, folds: int, seed: int) -> lis
     y = np.array([int(labels[name]) for name in names])
     for label, word in ((0, "normal"), (1, "anomalous")):
         if int((y == label).sum()) < folds:
-            raise ConfigError(f"{folds} cross-fitted folds need at least {folds} {word} training videos, "
-                              f"got {int((y == label).sum())}")
+            raise ConfigError(
+                f"{folds} cross-fitted folds need at least {folds} {word} training videos, "
+                f"got {int((y == label).sum())}"
+            )
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [sorted(names[i] for i in held) for _, held in splitter.split(names, y)]
 
@@ -358,8 +376,11 @@ def _choose_false_alarms(videos: Sequence[HeldoutVideo], target: float) -> Opera
     allowed = int(math.floor(target * n_normal + 1e-9))
     normal_frames = np.concatenate([v.curve for v in videos if not v.label])
     # At most FRAME_FALSE_POSITIVE_RATE of the normal frames lie strictly above the level.
-    level = (float(np.quantile(normal_frames, 1.0 - FRAME_FALSE_POSITIVE_RATE, method="higher"))
-             if normal_frames.size else 0.0)
+    level = (
+        float(np.quantile(normal_frames, 1.0 - FRAME_FALSE_POSITIVE_RATE, method="higher"))
+        if normal_frames.size
+        else 0.0
+    )
     candidates = [level] + sorted({float(p) for p in peaks[~labels] if p > level})
     best: tuple | None = None
     for rank, curve_threshold in enumerate(candidates):
@@ -383,16 +404,20 @@ def _choose_false_alarms(videos: Sequence[HeldoutVideo], target: float) -> Opera
     if -neg_found < n_anomalous:
         notes.append(f"within the target, {-neg_found} of {n_anomalous} held-out anomalous videos get an interval")
     if allowed == 0 and target > 0:
-        notes.append(f"with {n_normal} held-out normal videos a target of {target:g} allows no false alarm at all; "
-                     "the measured rate only bounds the true one loosely (see false_alarm_rate_upper95)")
+        notes.append(
+            f"with {n_normal} held-out normal videos a target of {target:g} allows no false alarm at all; "
+            "the measured rate only bounds the true one loosely (see false_alarm_rate_upper95)"
+        )
     return OperatingChoice(curve_threshold, gate, "false_alarms", target, level, tuple(notes))
 
 
 def _choose_f1(videos: Sequence[HeldoutVideo], iou_threshold: float) -> OperatingChoice:
     missing = [v.name for v in videos if v.label and v.truth is None]
     if missing:
-        raise DataError(f"the f1 operating point needs frame annotations of every held-out anomalous video; "
-                        f"none for {', '.join(missing[:5])}")
+        raise DataError(
+            f"the f1 operating point needs frame annotations of every held-out anomalous video; "
+            f"none for {', '.join(missing[:5])}"
+        )
     labels = np.array([v.label for v in videos], dtype=bool)
     scores = np.array([v.video_score for v in videos], dtype=np.float64)
     n_truth = sum(len(v.truth or ()) for v in videos)
@@ -404,7 +429,8 @@ def _choose_f1(videos: Sequence[HeldoutVideo], iou_threshold: float) -> Operatin
         n_pred = np.zeros(len(videos))
         for i, v in enumerate(videos):
             intervals, interval_scores, _ = reported_intervals(
-                v.curve, source_frames=v.source_frames, threshold=float(curve_threshold), video_score=1.0)
+                v.curve, source_frames=v.source_frames, threshold=float(curve_threshold), video_score=1.0
+            )
             n_pred[i] = len(intervals)
             tp[i] = len(match_intervals(intervals, interval_scores, v.truth or (), iou_threshold=iou_threshold))
         flagged = n_pred > 0
@@ -457,8 +483,13 @@ def heldout_detections(videos: Sequence[HeldoutVideo], choice: OperatingChoice) 
     """What the chosen operating point reports on each held-out video (truth () if unknown)."""
     result = []
     for v in videos:
-        intervals, scores, _ = reported_intervals(v.curve, source_frames=v.source_frames, threshold=choice.threshold,
-                                                  video_score=v.video_score, video_threshold=choice.video_threshold)
+        intervals, scores, _ = reported_intervals(
+            v.curve,
+            source_frames=v.source_frames,
+            threshold=choice.threshold,
+            video_score=v.video_score,
+            video_threshold=choice.video_threshold,
+        )
         result.append(VideoDetections(v.label, tuple(intervals), tuple(scores), tuple(v.truth or ())))
     return result
 
@@ -488,10 +519,20 @@ def detections_summary(videos: Sequence[HeldoutVideo], choice: OperatingChoice) 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # frame metrics are not computed here; NaN says "undefined"
         metrics = detection_metrics(detections, iou_thresholds=(F1_IOU_THRESHOLD, 0.5))
-    summary = {k: metrics[k] for k in ("false_alarm_rate", "normal_videos", "normal_videos_flagged",
-                                       "detection_rate", "anomalous_videos", "anomalous_videos_flagged")}
-    summary["false_alarm_rate_upper95"] = false_alarm_upper_bound(metrics["normal_videos_flagged"],
-                                                                  metrics["normal_videos"])
+    summary = {
+        k: metrics[k]
+        for k in (
+            "false_alarm_rate",
+            "normal_videos",
+            "normal_videos_flagged",
+            "detection_rate",
+            "anomalous_videos",
+            "anomalous_videos_flagged",
+        )
+    }
+    summary["false_alarm_rate_upper95"] = false_alarm_upper_bound(
+        metrics["normal_videos_flagged"], metrics["normal_videos"]
+    )
     if all(v.truth is not None or not v.label for v in videos):
         summary["intervals"] = metrics["intervals"]
     return summary
@@ -555,8 +596,10 @@ def plot_reliability(
         if y.size:
             cv = _cross_validated(raw, y, method) if calibrator.method != "constant" else None
             calibrated, how = (cv, "out-of-fold") if cv is not None else (calibrator(raw), "in-sample")
-            for name, probs, colour in (("raw score", raw, "tab:grey"),
-                                        (f"calibrated ({calibrator.method}, {how})", calibrated, "tab:blue")):
+            for name, probs, colour in (
+                ("raw score", raw, "tab:grey"),
+                (f"calibrated ({calibrator.method}, {how})", calibrated, "tab:blue"),
+            ):
                 edges = np.linspace(0, 1, 11)
                 bins = np.clip(np.digitize(probs, edges[1:-1]), 0, 9)
                 used = np.unique(bins)
@@ -565,12 +608,23 @@ def plot_reliability(
                 count = np.array([np.sum(bins == b) for b in used])
                 brier = float(np.mean((probs - y) ** 2))
                 ax.plot(mean_p, rate, color=colour, linewidth=1)
-                ax.scatter(mean_p, rate, s=20 + 180 * count / count.max(), color=colour, alpha=0.7,
-                           label=f"{name}: Brier {brier:.3f}")
+                ax.scatter(
+                    mean_p,
+                    rate,
+                    s=20 + 180 * count / count.max(),
+                    color=colour,
+                    alpha=0.7,
+                    label=f"{name}: Brier {brier:.3f}",
+                )
         else:
             ax.text(0.5, 0.5, "no held-out examples", ha="center", va="center", transform=ax.transAxes)
-        ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="predicted probability (bin mean)",
-               ylabel="observed share positive", title=f"{title}\n(n = {y.size}, {int(y.sum())} positive)")
+        ax.set(
+            xlim=(-0.02, 1.02),
+            ylim=(-0.02, 1.02),
+            xlabel="predicted probability (bin mean)",
+            ylabel="observed share positive",
+            title=f"{title}\n(n = {y.size}, {int(y.sum())} positive)",
+        )
         ax.grid(alpha=0.3)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", frameon=False)
     path = Path(path)

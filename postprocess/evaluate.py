@@ -63,8 +63,7 @@ __all__ = [
 
 AP_DEFINITIONS = {
     "ap": "sklearn.metrics.average_precision_score (step-wise; what the CSL-TAL code reports)",
-    "ap_trapezoid": "sklearn.metrics.auc(recall, precision), trapezoidal PR-AUC "
-    "(what XDVioDet and most papers report)",
+    "ap_trapezoid": "sklearn.metrics.auc(recall, precision), trapezoidal PR-AUC (what XDVioDet and most papers report)",
 }
 _ProgressFn = Callable[[int, int, str], None]
 
@@ -109,20 +108,18 @@ def _warn_label_conflicts(labels: Mapping[str, int]) -> None:
     """XD-Violence names carry the label (``_label_A`` = normal): flag disagreements with the
     annotations, the usual sign of a wrong annotations file or a renamed video."""
     normal_but_annotated = [n for n, y in labels.items() if y and "_label_A" in n]
-    violent_unannotated = [
-        n for n, y in labels.items() if not y and "_label_" in n and "_label_A" not in n
-    ]
+    violent_unannotated = [n for n, y in labels.items() if not y and "_label_" in n and "_label_A" not in n]
     for names, what in (
         (normal_but_annotated, "are annotated but named as normal (_label_A)"),
-        (violent_unannotated, "are named as violent but absent from the annotations "
-         "(evaluated as normal)"),
+        (violent_unannotated, "are named as violent but absent from the annotations (evaluated as normal)"),
     ):
         if names:
             warnings.warn(f"{len(names)} videos {what}, e.g. {names[0]}", stacklevel=3)
 
 
-def _check_options(*, protocol: str, threshold: float | None, parity_q11: bool,
-                   video_threshold: float | None = 0.0) -> None:
+def _check_options(
+    *, protocol: str, threshold: float | None, parity_q11: bool, video_threshold: float | None = 0.0
+) -> None:
     if protocol not in LEVEL_DEFINITIONS:
         raise ConfigError(f"protocol must be 'standard' or 'csl', got {protocol!r}")
     if parity_q11 and protocol != "csl":
@@ -152,8 +149,12 @@ def video_entries(
     crops = [load_item(item, feature_dim=features.feature_dim) for item in video.crops]
     mode = "csl" if protocol == "csl" else "full"
     scores = score_video(model, crops, mode=mode, block_len=block_len, parity_q11=parity_q11)
-    decisions = {"threshold": threshold, "video_threshold": video_threshold,
-                 "start_frames": video.start_frames, "truth": truth or ()}
+    decisions = {
+        "threshold": threshold,
+        "video_threshold": video_threshold,
+        "start_frames": video.start_frames,
+        "truth": truth or (),
+    }
     if protocol == "csl":
         return [csl_entry(s.wtcam, s.rows, s.video_score, label, frame_labels, **decisions) for s in scores.crops]
     return [standard_entry(scores.wtcam, scores.video_score, label, frame_labels, **decisions)]
@@ -192,8 +193,7 @@ def evaluate_model(
         `pooled_metrics`' dict (with ``detection``) plus ``threshold``, ``video_threshold``,
         ``block_len``, ``counts`` and ``definitions`` (what each level and AP pairs).
     """
-    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11,
-                   video_threshold=video_threshold)
+    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11, video_threshold=video_threshold)
     videos = group_videos(features)
     entries: list[EntryPairs] = []
     labels: dict[str, int] = {}
@@ -203,9 +203,19 @@ def evaluate_model(
         labels[video.name] = int(key is not None)
         if key is not None:
             used_keys.add(key)
-        entries.extend(video_entries(model, features, video, annotations.get(key), protocol=protocol,
-                                     threshold=threshold, video_threshold=video_threshold,
-                                     block_len=block_len, parity_q11=parity_q11))
+        entries.extend(
+            video_entries(
+                model,
+                features,
+                video,
+                annotations.get(key),
+                protocol=protocol,
+                threshold=threshold,
+                video_threshold=video_threshold,
+                block_len=block_len,
+                parity_q11=parity_q11,
+            )
+        )
         if progress is not None:
             progress(done, len(videos), video.name)
 
@@ -234,8 +244,7 @@ def check_features_match_run(config: RunConfig, features: FeatureSet) -> None:
     feature_dim = config.model.feature_dim
     if features.feature_dim != feature_dim:
         raise DataError(
-            f"the features in {features.root} have width {features.feature_dim}, the model "
-            f"expects {feature_dim}"
+            f"the features in {features.root} have width {features.feature_dim}, the model expects {feature_dim}"
         )
     run_key = (config.extraction or {}).get("settings_key")
     key = (features.extraction or {}).get("settings_key")
@@ -278,11 +287,16 @@ def evaluate_run(
     no gate, the paper's rule). The report also names the run, the feature folder, the
     annotations file and the operating point.
     """
-    _check_options(protocol=protocol, threshold=threshold, parity_q11=parity_q11,
-                   video_threshold=video_threshold)  # before loading
+    _check_options(
+        protocol=protocol, threshold=threshold, parity_q11=parity_q11, video_threshold=video_threshold
+    )  # before loading
     run = load_run(run_dir)
-    op = OperatingPoint.for_run(run.config.operating_point, where=f"{run.path}/config.json",
-                                threshold=threshold, video_threshold=video_threshold)
+    op = OperatingPoint.for_run(
+        run.config.operating_point,
+        where=f"{run.path}/config.json",
+        threshold=threshold,
+        video_threshold=video_threshold,
+    )
     annotations = parse_annotations(annotations_file)
     features = scan_features(features_dir, split="test")
     check_features_match_run(run.config, features)
@@ -298,8 +312,9 @@ def evaluate_run(
         parity_q11=parity_q11,
         progress=progress,
     )
-    report["operating_point"] = {k: v for k, v in op.to_dict().items()
-                                 if k not in ("video_calibration", "interval_calibration")}
+    report["operating_point"] = {
+        k: v for k, v in op.to_dict().items() if k not in ("video_calibration", "interval_calibration")
+    }
     report["parity_q11"] = parity_q11
     report["model"] = str(run.path)
     report["features"] = str(features.root)

@@ -55,8 +55,9 @@ class OnlineCurve:
         context: past clips kept for the spline's left side.
     """
 
-    def __init__(self, *, clip_len: int = 16, low: float = 0.05, high: float = 1.0, settle: int = 2,
-                 context: int = 8) -> None:
+    def __init__(
+        self, *, clip_len: int = 16, low: float = 0.05, high: float = 1.0, settle: int = 2, context: int = 8
+    ) -> None:
         if settle < 0 or context < 1:
             raise ConfigError(f"settle must be >= 0 and context >= 1, got {settle} and {context}")
         self.clip_len = clip_len
@@ -122,8 +123,15 @@ class EventTracker:
         time_of: source frame index (in the segment) -> presentation time in seconds.
     """
 
-    def __init__(self, *, threshold: float, min_duration_s: float = 0.0, merge_gap_s: float = 0.0,
-                 video_threshold: float = 0.0, time_of: Callable[[int], float]) -> None:
+    def __init__(
+        self,
+        *,
+        threshold: float,
+        min_duration_s: float = 0.0,
+        merge_gap_s: float = 0.0,
+        video_threshold: float = 0.0,
+        time_of: Callable[[int], float],
+    ) -> None:
         self.threshold = threshold
         self.min_duration_s = min_duration_s
         self.merge_gap_s = merge_gap_s
@@ -160,8 +168,9 @@ class EventTracker:
             iv.gate_open = gate_score >= self.video_threshold
             if not iv.announced and t - iv.start_s >= self.min_duration_s and iv.gate_open:
                 iv.announced = True
-                events.append({"event": "start", "start_frame": iv.start_frame, "start_s": iv.start_s,
-                               "stream_s": t, "score": v})
+                events.append(
+                    {"event": "start", "start_frame": iv.start_frame, "start_s": iv.start_s, "stream_s": t, "score": v}
+                )
         elif iv is not None:
             iv.total += v
             iv.closing = True
@@ -174,17 +183,29 @@ class EventTracker:
         self.current = None
         if not iv.announced and end_s - iv.start_s >= self.min_duration_s and iv.gate_open:
             iv.announced = True
-            yield_start = {"event": "start", "start_frame": iv.start_frame, "start_s": iv.start_s,
-                           "stream_s": end_s, "score": iv.peak}
+            yield_start = {
+                "event": "start",
+                "start_frame": iv.start_frame,
+                "start_s": iv.start_s,
+                "stream_s": end_s,
+                "score": iv.peak,
+            }
             return [yield_start, self._end_event(iv, end_s)]
         if not iv.announced:
             return []
         return [self._end_event(iv, end_s)]
 
     def _end_event(self, iv: OpenInterval, end_s: float) -> dict:
-        return {"event": "end", "start_frame": iv.start_frame, "end_frame": iv.end_frame,
-                "start_s": iv.start_s, "end_s": end_s, "stream_s": end_s,
-                "score": iv.score(), "peak": iv.peak}
+        return {
+            "event": "end",
+            "start_frame": iv.start_frame,
+            "end_frame": iv.end_frame,
+            "start_s": iv.start_s,
+            "end_s": end_s,
+            "stream_s": end_s,
+            "score": iv.score(),
+            "peak": iv.peak,
+        }
 
     def finish(self, *, end_s_of_segment: Callable[[int], float]) -> list[dict]:
         """Close the open interval at the end of the segment (stream end, gap, shutdown)."""

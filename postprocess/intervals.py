@@ -147,7 +147,7 @@ class OperatingPoint:
         video_threshold: float | None = None,
         min_duration_s: float = 0.0,
         merge_gap_s: float = 0.0,
-    ) -> "OperatingPoint":
+    ) -> OperatingPoint:
         """The operating point to detect with: the run's calibrated one, or the caller's.
 
         ``threshold`` or ``video_threshold`` given: a manual operating point (the other one
@@ -175,15 +175,22 @@ class OperatingPoint:
             except (TypeError, ValueError) as exc:
                 raise CheckpointError(f"{where}: operating_point.{key} is unusable: {exc}") from None
 
-        common = {"min_duration_s": min_duration_s, "merge_gap_s": merge_gap_s,
-                  "video_calibration": calibrator("video_calibration")}
+        common = {
+            "min_duration_s": min_duration_s,
+            "merge_gap_s": merge_gap_s,
+            "video_calibration": calibrator("video_calibration"),
+        }
         if threshold is not None or video_threshold is not None:
             curve = threshold if threshold is not None else saved.threshold
-            return cls(threshold=float(curve), video_threshold=float(video_threshold or 0.0), method="manual",
-                       **common)
-        return cls(threshold=saved.threshold, video_threshold=saved.video_threshold, method=saved.method,
-                   target_false_alarm_rate=saved.target_false_alarm_rate,
-                   interval_calibration=calibrator("interval_calibration"), **common)
+            return cls(threshold=float(curve), video_threshold=float(video_threshold or 0.0), method="manual", **common)
+        return cls(
+            threshold=saved.threshold,
+            video_threshold=saved.video_threshold,
+            method=saved.method,
+            target_false_alarm_rate=saved.target_false_alarm_rate,
+            interval_calibration=calibrator("interval_calibration"),
+            **common,
+        )
 
 
 @dataclass(frozen=True)
@@ -211,9 +218,7 @@ class IntervalsDocument:
     schema_version: int = SCHEMA_VERSION
 
 
-def curve_to_source_frames(
-    curve_index: np.ndarray | int, *, start_frames: np.ndarray, clip_len: int
-) -> np.ndarray:
+def curve_to_source_frames(curve_index: np.ndarray | int, *, start_frames: np.ndarray, clip_len: int) -> np.ndarray:
     """Map frame-curve indices to source-video frame indices.
 
     The frame curve holds ``clip_len`` values per clip; value ``i`` is frame
@@ -302,16 +307,12 @@ def intervals_from_curve(
     curve = np.asarray(frame_curve)
     starts = np.asarray(start_frames, dtype=np.int64)
     if curve.size != starts.size * clip_len:
-        raise DataError(
-            f"frame curve has {curve.size} values, expected {starts.size} clips x {clip_len}"
-        )
+        raise DataError(f"frame curve has {curve.size} values, expected {starts.size} clips x {clip_len}")
 
     def seconds(p: Proposal) -> tuple[int, int, float, float]:
         first = int(curve_to_source_frames(p.start, start_frames=starts, clip_len=clip_len))
         last = int(curve_to_source_frames(p.end - 1, start_frames=starts, clip_len=clip_len))
-        start_s, end_s = frame_span_to_seconds(
-            first, last + 1, frame_times_s=frame_times_s, video_end_s=video_end_s
-        )
+        start_s, end_s = frame_span_to_seconds(first, last + 1, frame_times_s=frame_times_s, video_end_s=video_end_s)
         return first, last + 1, start_s, end_s
 
     proposals = find_proposals(curve, threshold=threshold)
@@ -354,8 +355,7 @@ def build_video_intervals(
     times = np.asarray(frame_times_s, dtype=np.float64)
     if not att.shape == tc.shape == wtcam.shape == starts.shape:
         raise DataError(
-            f"attention {att.shape}, tcam {tc.shape}, wtcam {wtcam.shape} and start_frames "
-            f"{starts.shape} differ"
+            f"attention {att.shape}, tcam {tc.shape}, wtcam {wtcam.shape} and start_frames {starts.shape} differ"
         )
     op = operating_point
     curve = interpolate_to_frames(wtcam, clip_len=clip_len, low=op.low, high=op.high)
@@ -374,11 +374,9 @@ def build_video_intervals(
     if op.interval_calibration is not None and intervals:
         calibrated = op.interval_calibration(np.array([i.score for i in intervals]))
         intervals = [replace(i, calibrated_score=float(c)) for i, c in zip(intervals, calibrated)]
-    probability = (float(op.video_calibration(np.array([video_score]))[0])
-                   if op.video_calibration is not None else None)
+    probability = float(op.video_calibration(np.array([video_score]))[0]) if op.video_calibration is not None else None
     clips = tuple(
-        ClipRecord(float(times[s]), float(a), float(t), float(w))
-        for s, a, t, w in zip(starts, att, tc, wtcam)
+        ClipRecord(float(times[s]), float(a), float(t), float(w)) for s, a, t, w in zip(starts, att, tc, wtcam)
     )
     return VideoIntervals(
         source=str(source),
@@ -397,11 +395,16 @@ def document_to_dict(doc: IntervalsDocument) -> dict[str, Any]:
     """The JSON-ready dict of a document, keys in schema order."""
     videos = []
     for v in doc.videos:
-        entry = {k: val for k, val in asdict(v).items()
-                 if k not in ("clips", "intervals", "video_probability", "ood")}
-        videos.append({**entry, "video_probability": v.video_probability,
-                       "clips": [asdict(c) for c in v.clips], "intervals": [asdict(i) for i in v.intervals],
-                       "ood": v.ood.to_dict() if v.ood is not None else None})
+        entry = {k: val for k, val in asdict(v).items() if k not in ("clips", "intervals", "video_probability", "ood")}
+        videos.append(
+            {
+                **entry,
+                "video_probability": v.video_probability,
+                "clips": [asdict(c) for c in v.clips],
+                "intervals": [asdict(i) for i in v.intervals],
+                "ood": v.ood.to_dict() if v.ood is not None else None,
+            }
+        )
     return {
         "schema_version": doc.schema_version,
         "operating_point": doc.operating_point.to_dict(),
@@ -410,6 +413,7 @@ def document_to_dict(doc: IntervalsDocument) -> dict[str, Any]:
 
 
 # --- validation -----------------------------------------------------------------------------
+
 
 def _get(obj: Any, key: str, kind: type, where: str) -> Any:
     if not isinstance(obj, dict):
@@ -449,8 +453,9 @@ def _validate_operating_point(op: dict) -> None:
     for key in ("video_threshold", "target_false_alarm_rate"):
         _optional_unit(op, key, "operating_point")
     if "method" in op and op["method"] not in OPERATING_POINT_SOURCES:
-        raise DataError(f"operating_point.method must be one of {', '.join(OPERATING_POINT_SOURCES)}, "
-                        f"got {op['method']!r}")
+        raise DataError(
+            f"operating_point.method must be one of {', '.join(OPERATING_POINT_SOURCES)}, got {op['method']!r}"
+        )
     for key in ("video_calibration", "interval_calibration"):
         if op.get(key) is not None:
             try:

@@ -60,8 +60,7 @@ IOU_THRESHOLDS: tuple[float, ...] = (0.3, 0.5)
 
 LEVEL_DEFINITIONS: dict[str, dict[str, str]] = {
     "csl": {
-        "video": "classifier probability of each crop's subsampled sequence vs the video label; "
-        "one pair per crop",
+        "video": "classifier probability of each crop's subsampled sequence vs the video label; one pair per crop",
         "segment": "weighted T-CAM at the subsampled clips vs clip labels (any frame anomalous)",
         "frame": "weighted T-CAM zoomed x clip_len (cubic, clipped 0.05/1) vs the labels of "
         "the subsampled clips' frames",
@@ -69,13 +68,11 @@ LEVEL_DEFINITIONS: dict[str, dict[str, str]] = {
         "frame scored by its run's mean) vs the same frame labels",
     },
     "standard": {
-        "video": "classifier probability averaged over phases and crops vs the video label; "
-        "one pair per video",
+        "video": "classifier probability averaged over phases and crops vs the video label; one pair per video",
         "segment": "crop-averaged weighted T-CAM of every clip vs clip labels",
         "frame": "crop-averaged weighted T-CAM of every clip repeated x clip_len vs frame "
         "labels of the clip_len*T horizon",
-        "proposal": "painted proposals from the zoomed crop-averaged weighted T-CAM vs the "
-        "same frame labels",
+        "proposal": "painted proposals from the zoomed crop-averaged weighted T-CAM vs the same frame labels",
     },
 }
 
@@ -127,9 +124,7 @@ def auc_ap(scores: np.ndarray, labels: np.ndarray, *, level: str = "scores") -> 
     }
 
 
-def clip_frame_labels(
-    intervals: Sequence[tuple[int, int]], *, start_frames: np.ndarray, clip_len: int
-) -> np.ndarray:
+def clip_frame_labels(intervals: Sequence[tuple[int, int]], *, start_frames: np.ndarray, clip_len: int) -> np.ndarray:
     """Frame labels of every clip: ``out[k, j] = 1`` if frame ``start_frames[k] + j`` lies in
     an annotated half-open interval ``[s, e)`` (method.md §8.4).
 
@@ -413,11 +408,17 @@ def _decisions(
     """The painted proposal curve of the reported intervals (zero when the video gate closes)
     and the entry's detections."""
     intervals, scores, flags = reported_intervals(
-        frame_curve, source_frames=source_frames, threshold=threshold,
-        video_score=video_score, video_threshold=video_threshold,
+        frame_curve,
+        source_frames=source_frames,
+        threshold=threshold,
+        video_score=video_score,
+        video_threshold=video_threshold,
     )
-    painted = (paint_proposals(find_proposals(frame_curve, threshold=threshold), len(frame_curve))
-               if intervals else np.zeros(len(frame_curve)))
+    painted = (
+        paint_proposals(find_proposals(frame_curve, threshold=threshold), len(frame_curve))
+        if intervals
+        else np.zeros(len(frame_curve))
+    )
     return painted, VideoDetections(int(video_label), tuple(intervals), tuple(scores), truth, flags, frame_labels)
 
 
@@ -462,9 +463,14 @@ def csl_entry(
         raise DataError(f"{starts.size} clip start frames for {len(labels)} clips")
     frame = interpolate_to_frames(psi, clip_len=clip_len, low=low, high=high)
     painted, detections = _decisions(
-        frame, source_frames=_source_frames(starts[rows], clip_len), threshold=threshold,
-        video_score=video_score, video_threshold=video_threshold, video_label=video_label,
-        truth=_truth_intervals(truth, labels, starts), frame_labels=kept.ravel(),
+        frame,
+        source_frames=_source_frames(starts[rows], clip_len),
+        threshold=threshold,
+        video_score=video_score,
+        video_threshold=video_threshold,
+        video_label=video_label,
+        truth=_truth_intervals(truth, labels, starts),
+        frame_labels=kept.ravel(),
     )
     return EntryPairs(
         video_score=float(video_score),
@@ -514,9 +520,13 @@ def standard_entry(
     score = float(video_score)
     painted, detections = _decisions(
         interpolate_to_frames(psi, clip_len=clip_len, low=low, high=high),
-        source_frames=_source_frames(starts, clip_len), threshold=threshold, video_score=score,
-        video_threshold=video_threshold, video_label=video_label,
-        truth=_truth_intervals(truth, labels, starts), frame_labels=labels.ravel(),
+        source_frames=_source_frames(starts, clip_len),
+        threshold=threshold,
+        video_score=score,
+        video_threshold=video_threshold,
+        video_label=video_label,
+        truth=_truth_intervals(truth, labels, starts),
+        frame_labels=labels.ravel(),
     )
     return EntryPairs(
         video_score=score,

@@ -96,8 +96,9 @@ class OnlineScorer:
         t = self.rows
         L = self.block_len
         # the rows t - L*j (j = context .. 0) that exist, oldest first
-        back = [self._recent[len(self._recent) - L * j] for j in range(self.context, 0, -1)
-                if L * j <= len(self._recent)]
+        back = [
+            self._recent[len(self._recent) - L * j] for j in range(self.context, 0, -1) if L * j <= len(self._recent)
+        ]
         window = np.stack(back + [x], axis=1)  # (C, n, F)
         with torch.inference_mode():
             xt = torch.from_numpy(window).to(self._device, self._dtype)
@@ -135,8 +136,9 @@ class OnlineScorer:
             return 0.0
         x = torch.from_numpy(np.stack(list(pooled.values()))).to(self._device, self._dtype)  # (P, M, C, F)
         with torch.inference_mode():
-            scores = [torch.sigmoid(member.classifier(x[:, m])).float().cpu().numpy()
-                      for m, member in enumerate(self.members)]
+            scores = [
+                torch.sigmoid(member.classifier(x[:, m])).float().cpu().numpy() for m, member in enumerate(self.members)
+            ]
         return float(np.mean(scores))
 
 

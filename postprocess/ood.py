@@ -34,6 +34,7 @@ __all__ = [
     "validate_ood_entry",
 ]
 
+
 class OutsideFootageError(VadpipeError):
     """``--ood error``: some videos are outside the training footage (exit code 2)."""
 
@@ -67,16 +68,23 @@ class VideoOOD:
 
     def to_dict(self) -> dict[str, Any]:
         """The intervals document's per-video ``ood`` entry."""
-        return {"outside_training": self.outside, "share_outside": self.share_outside,
-                "max_share": self.max_share, "clip_threshold": self.clip_threshold,
-                "clip_distances": list(self.clip_distances)}
+        return {
+            "outside_training": self.outside,
+            "share_outside": self.share_outside,
+            "max_share": self.max_share,
+            "clip_threshold": self.clip_threshold,
+            "clip_distances": list(self.clip_distances),
+        }
 
 
 def judge_video(distance: FeatureDistance, crops: Sequence[np.ndarray]) -> VideoOOD:
     """Judge one video (or a live window) from its crops' (T, F) clip features."""
     d = distance.clip_distances(crops)
-    return VideoOOD(clip_distances=tuple(float(x) for x in d), clip_threshold=float(distance.threshold),
-                    max_share=float(distance.max_share))
+    return VideoOOD(
+        clip_distances=tuple(float(x) for x in d),
+        clip_threshold=float(distance.threshold),
+        max_share=float(distance.max_share),
+    )
 
 
 class LiveJudge:
@@ -100,14 +108,17 @@ class LiveJudge:
 
     def push(self, crops: np.ndarray) -> VideoOOD | None:
         crops = np.asarray(crops)
-        d = float(self.distance.clip_distances([crops[c:c + 1] for c in range(len(crops))])[0])
+        d = float(self.distance.clip_distances([crops[c : c + 1] for c in range(len(crops))])[0])
         self._distances.append(d)
         self.seen += 1
         self.beyond += d > self.distance.threshold
         if len(self._distances) < self.min_clips:
             return None
-        judgement = VideoOOD(clip_distances=tuple(self._distances), clip_threshold=float(self.distance.threshold),
-                             max_share=float(self.distance.max_share))
+        judgement = VideoOOD(
+            clip_distances=tuple(self._distances),
+            clip_threshold=float(self.distance.threshold),
+            max_share=float(self.distance.max_share),
+        )
         if judgement.outside == self.outside:
             return None
         self.outside = judgement.outside
@@ -133,15 +144,19 @@ def judge_run_features(run_dir: Path | str, features_dir: Path | str) -> dict[st
 
 def outside_line(name: str, judgement: VideoOOD) -> str:
     """The one warning line of a video outside the training footage: what it means and what to do."""
-    return (f"{name}: {judgement.share_outside:.0%} of its clips are outside the training footage "
-            f"(more than {judgement.max_share:.0%}): its scores, intervals and calibrated probabilities are not "
-            f"valid for it; extract and label some of this camera's footage and train again")
+    return (
+        f"{name}: {judgement.share_outside:.0%} of its clips are outside the training footage "
+        f"(more than {judgement.max_share:.0%}): its scores, intervals and calibrated probabilities are not "
+        f"valid for it; extract and label some of this camera's footage and train again"
+    )
 
 
 def cannot_judge_line(run_dir: Path | str) -> str:
     """The one note for a run trained before vadpipe stored its training features' distribution."""
-    return (f"the model in {run_dir} was trained before vadpipe recorded its training footage: it cannot tell "
-            f"whether these videos are like it (train again to get this check)")
+    return (
+        f"the model in {run_dir} was trained before vadpipe recorded its training footage: it cannot tell "
+        f"whether these videos are like it (train again to get this check)"
+    )
 
 
 def validate_ood_entry(entry: Any, where: str, *, n_clips: int) -> None:
@@ -161,7 +176,8 @@ def validate_ood_entry(entry: Any, where: str, *, n_clips: int) -> None:
         raise DataError(f"{where}.clip_threshold must be a finite number, got {threshold!r}")
     distances = entry.get("clip_distances")
     if not isinstance(distances, list) or not all(
-            isinstance(d, (int, float)) and not isinstance(d, bool) and np.isfinite(d) and d >= 0 for d in distances):
+        isinstance(d, (int, float)) and not isinstance(d, bool) and np.isfinite(d) and d >= 0 for d in distances
+    ):
         raise DataError(f"{where}.clip_distances must be a list of finite numbers >= 0")
     if len(distances) != n_clips:
         raise DataError(f"{where}.clip_distances has {len(distances)} values for {n_clips} clips")

@@ -78,19 +78,29 @@ def plot_scores(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for i, (start, end) in enumerate(_spans(ground_truth)):
-        ax.axvspan(start, end, ymin=0.0, ymax=0.5, color="tab:green", alpha=0.25,
-                   label="ground truth" if i == 0 else None)
+        ax.axvspan(
+            start, end, ymin=0.0, ymax=0.5, color="tab:green", alpha=0.25, label="ground truth" if i == 0 else None
+        )
     for i, (start, end) in enumerate(_spans(intervals)):
-        ax.axvspan(start, end, ymin=0.5, ymax=1.0, color="tab:red", alpha=0.18,
-                   label="detected interval" if i == 0 else None)
+        ax.axvspan(
+            start, end, ymin=0.5, ymax=1.0, color="tab:red", alpha=0.18, label="detected interval" if i == 0 else None
+        )
     for i, (start, end) in enumerate(_spans(outside)):
-        ax.axvspan(start, end, ymin=0.0, ymax=0.06, facecolor="0.6", edgecolor="0.3", hatch="///",
-                   linewidth=0, label="clip outside the training footage" if i == 0 else None)
+        ax.axvspan(
+            start,
+            end,
+            ymin=0.0,
+            ymax=0.06,
+            facecolor="0.6",
+            edgecolor="0.3",
+            hatch="///",
+            linewidth=0,
+            label="clip outside the training footage" if i == 0 else None,
+        )
     for name, curve in curves.items():
         style = _CURVE_STYLE.get(name, {"label": name})
         ax.plot(times, np.asarray(curve), **{"linewidth": 1.0, **style})
-    ax.axhline(threshold, color="black", linestyle="--", linewidth=1.0,
-               label=f"threshold {threshold:g}")
+    ax.axhline(threshold, color="black", linestyle="--", linewidth=1.0, label=f"threshold {threshold:g}")
     ax.set_xlim(times[0], times[-1] if times[-1] > times[0] else times[0] + 1.0)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("time (s)")

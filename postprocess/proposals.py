@@ -49,9 +49,7 @@ def _as_curve(curve: np.ndarray, name: str) -> np.ndarray:
     return arr
 
 
-def interpolate_to_frames(
-    curve: np.ndarray, *, clip_len: int = 16, low: float = 0.05, high: float = 1.0
-) -> np.ndarray:
+def interpolate_to_frames(curve: np.ndarray, *, clip_len: int = 16, low: float = 0.05, high: float = 1.0) -> np.ndarray:
     """Per-clip scores -> one score per frame, exactly as the authors' test code does.
 
     ``scipy.ndimage.zoom(curve, clip_len, order=3)`` is a corner-aligned cubic B-spline that
@@ -147,9 +145,7 @@ def find_proposals(
         start, end = int(run[0].start), int(run[0].stop)
         proposals.append(Proposal(start, end, _span_mean(f, start, end)))
     if merge_gap > 0:
-        proposals = merge_proposals(
-            proposals, f, should_merge=lambda a, b: b.start - a.end <= merge_gap
-        )
+        proposals = merge_proposals(proposals, f, should_merge=lambda a, b: b.start - a.end <= merge_gap)
     return [p for p in proposals if p.length >= min_len]
 
 

@@ -220,10 +220,15 @@ def score_sequences(
     for plan in plans:
         rows = np.concatenate(plan)
         order = np.argsort(rows, kind="stable")
-        att = np.stack([np.concatenate([attention[m, b + k, : len(r)] for k, r in enumerate(plan)])[order]
-                        for m in range(len(members))])
-        tc = np.stack([np.concatenate([tcam[m, b + k, : len(r)] for k, r in enumerate(plan)])[order]
-                       for m in range(len(members))])
+        att = np.stack(
+            [
+                np.concatenate([attention[m, b + k, : len(r)] for k, r in enumerate(plan)])[order]
+                for m in range(len(members))
+            ]
+        )
+        tc = np.stack(
+            [np.concatenate([tcam[m, b + k, : len(r)] for k, r in enumerate(plan)])[order] for m in range(len(members))]
+        )
         # Mean over phases: each phase is a full view of the video, none is privileged.
         score = float(video[:, b : b + len(plan)].mean(axis=1).mean())
         b += len(plan)
@@ -249,9 +254,7 @@ def score_sequence(
         >>> scores.wtcam.shape  # one weighted T-CAM value per clip  # doctest: +SKIP
         (T,)
     """
-    return score_sequences(
-        model, [features], mode=mode, block_len=block_len, parity_q11=parity_q11
-    )[0]
+    return score_sequences(model, [features], mode=mode, block_len=block_len, parity_q11=parity_q11)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -276,8 +279,9 @@ class VideoScores:
     crops: tuple[ClipScores, ...]
 
 
-def combine_crops(attention: np.ndarray, tcam: np.ndarray,
-                  wtcam: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def combine_crops(
+    attention: np.ndarray, tcam: np.ndarray, wtcam: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The crops' per-clip scores -> the video's: (n_crops, T) attention and T-CAM to (T,) each.
 
     The one crop rule (see `score_video` for why): the curve is the mean over crops of each
@@ -296,8 +300,11 @@ def combine_crops(attention: np.ndarray, tcam: np.ndarray,
     weighted = att * tc if wtcam is None else np.asarray(wtcam, dtype=np.float32)
     if weighted.shape != att.shape:
         raise DataError(f"wtcam must be (n_crops, T) like the attention {att.shape}, got {weighted.shape}")
-    return (att.mean(axis=0).astype(np.float32, copy=False), tc.mean(axis=0).astype(np.float32, copy=False),
-            weighted.mean(axis=0).astype(np.float32, copy=False))
+    return (
+        att.mean(axis=0).astype(np.float32, copy=False),
+        tc.mean(axis=0).astype(np.float32, copy=False),
+        weighted.mean(axis=0).astype(np.float32, copy=False),
+    )
 
 
 def score_video(
@@ -331,8 +338,14 @@ def score_video(
         lengths = sorted({len(np.asarray(c)) for c in crops})
         raise DataError(f"the crops of one video must have equal lengths, got {lengths} rows")
 
-    attention, tcam, wtcam = combine_crops(np.stack([s.attention for s in scores]),
-                                           np.stack([s.tcam for s in scores]), np.stack([s.wtcam for s in scores]))
-    return VideoScores(wtcam=wtcam, attention=attention, tcam=tcam,
-                       video_score=float(np.mean([s.video_score for s in scores])), rows=rows,
-                       crops=tuple(scores))
+    attention, tcam, wtcam = combine_crops(
+        np.stack([s.attention for s in scores]), np.stack([s.tcam for s in scores]), np.stack([s.wtcam for s in scores])
+    )
+    return VideoScores(
+        wtcam=wtcam,
+        attention=attention,
+        tcam=tcam,
+        video_score=float(np.mean([s.video_score for s in scores])),
+        rows=rows,
+        crops=tuple(scores),
+    )

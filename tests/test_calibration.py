@@ -86,10 +86,19 @@ def test_stratified_holdout_keeps_the_class_balance_and_is_seeded() -> None:
 # --- choosing the operating point -----------------------------------------------------------
 
 
-def _video(name: str, label: int, score: float, base: float, peak: float, *, at: tuple[int, int] = (40, 48),
-           n: int = 96, truth: tuple | None = None) -> HeldoutVideo:
+def _video(
+    name: str,
+    label: int,
+    score: float,
+    base: float,
+    peak: float,
+    *,
+    at: tuple[int, int] = (40, 48),
+    n: int = 96,
+    truth: tuple | None = None,
+) -> HeldoutVideo:
     curve = np.full(n, base)
-    curve[at[0]:at[1]] = peak
+    curve[at[0] : at[1]] = peak
     return HeldoutVideo(name, label, score, curve, np.arange(n), truth)
 
 
@@ -168,10 +177,16 @@ def test_operating_point_for_run_uses_the_saved_one_unless_overridden() -> None:
     def stored(entry: dict) -> SavedOperatingPoint:
         return SavedOperatingPoint.from_dict(entry, where="c.json")
 
-    saved = stored({"method": "false_alarms", "threshold": 0.3, "video_threshold": 0.6,
-                    "target_false_alarm_rate": 0.05,
-                    "video_calibration": {"method": "platt", "slope": 2.0, "intercept": 0.0},
-                    "interval_calibration": {"method": "constant", "value": 0.8}})
+    saved = stored(
+        {
+            "method": "false_alarms",
+            "threshold": 0.3,
+            "video_threshold": 0.6,
+            "target_false_alarm_rate": 0.05,
+            "video_calibration": {"method": "platt", "slope": 2.0, "intercept": 0.0},
+            "interval_calibration": {"method": "constant", "value": 0.8},
+        }
+    )
     op = OperatingPoint.for_run(saved, where="c.json", min_duration_s=1.0)
     assert (op.threshold, op.video_threshold, op.method, op.min_duration_s) == (0.3, 0.6, "false_alarms", 1.0)
     assert op.video_calibration([0.5])[0] == pytest.approx(0.5) and op.interval_calibration([0.1])[0] == 0.8
@@ -225,8 +240,12 @@ def calibrated_run(tmp_path_factory):
     test_annotations = _make_features(root / "test", n_normal=20, n_anomalous=10, seed=2)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        run_dir = train_calibrated(root / "train", out_dir=root / "run", config=TrainConfig(epochs=10, lr=1e-3, seed=0),
-                                   calibration=CalibrationSpec(target_false_alarm_rate=0.1))
+        run_dir = train_calibrated(
+            root / "train",
+            out_dir=root / "run",
+            config=TrainConfig(epochs=10, lr=1e-3, seed=0),
+            calibration=CalibrationSpec(target_false_alarm_rate=0.1),
+        )
     return root, run_dir, test_annotations
 
 
@@ -253,8 +272,9 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
     test = scan_features(root / "test", split="test")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        calibrated = evaluate_model(run.model, test, annotations, threshold=op["threshold"],
-                                    video_threshold=op["video_threshold"])["detection"]
+        calibrated = evaluate_model(
+            run.model, test, annotations, threshold=op["threshold"], video_threshold=op["video_threshold"]
+        )["detection"]
         fixed = evaluate_model(run.model, test, annotations, threshold=0.35)["detection"]
     # The premise of issue 7: normal clips score near the fixed threshold, so most normal test
     # videos get an interval at 0.35 ...
@@ -268,8 +288,12 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
 @pytest.mark.slow
 def test_detect_document_carries_the_operating_point_and_calibrated_scores(calibrated_run) -> None:
     from vadpipe.model.run import load_run
-    from vadpipe.postprocess.intervals import build_video_intervals, document_to_dict, IntervalsDocument
-    from vadpipe.postprocess.intervals import validate_document
+    from vadpipe.postprocess.intervals import (
+        IntervalsDocument,
+        build_video_intervals,
+        document_to_dict,
+        validate_document,
+    )
     from vadpipe.postprocess.scores import score_sequence
 
     root, run_dir, _ = calibrated_run
@@ -279,10 +303,21 @@ def test_detect_document_carries_the_operating_point_and_calibrated_scores(calib
     for name in ("s2_000_label_A", "s2_025_label_B1"):
         s = score_sequence(run.model, np.load(root / "test" / f"{name}__0.npy"))
         times = np.arange(16 * _T) / 25.0
-        videos.append(build_video_intervals(source=name, attention=s.attention, tcam=s.tcam, wtcam=s.wtcam,
-                                            video_score=s.video_score, start_frames=16 * np.arange(_T),
-                                            clip_len=16, frame_times_s=times, duration_s=len(times) / 25,
-                                            fps=25.0, operating_point=op))
+        videos.append(
+            build_video_intervals(
+                source=name,
+                attention=s.attention,
+                tcam=s.tcam,
+                wtcam=s.wtcam,
+                video_score=s.video_score,
+                start_frames=16 * np.arange(_T),
+                clip_len=16,
+                frame_times_s=times,
+                duration_s=len(times) / 25,
+                fps=25.0,
+                operating_point=op,
+            )
+        )
     doc = document_to_dict(IntervalsDocument(videos=tuple(videos), operating_point=op))
     validate_document(json.loads(json.dumps(doc)))
     assert doc["operating_point"]["method"] == "false_alarms"
@@ -301,16 +336,28 @@ def test_train_cli_options_and_evaluate_report(calibrated_run, tmp_path) -> None
     runner = CliRunner()
     base = ["train", "--features", str(root / "train"), "--out", str(tmp_path / "r"), "-q"]
     result = runner.invoke(main, [*base, "--holdout-fraction", "0", "--operating-point", "f1"])
-    assert result.exit_code == 2 and "--holdout-fraction 0 holds out no videos to calibrate on; drop --operating-point" \
-        in result.stderr
+    assert (
+        result.exit_code == 2
+        and "--holdout-fraction 0 holds out no videos to calibrate on; drop --operating-point" in result.stderr
+    )
     result = runner.invoke(main, [*base, "--operating-point", "f1"])
     assert result.exit_code == 2 and "the f1 operating point needs frame annotations" in result.stderr
     assert not (tmp_path / "r").exists()
 
     ann_file = tmp_path / "annotations.txt"
     ann_file.write_text("".join(f"{name} {s} {e}\n" for name, [(s, e)] in annotations.items()))
-    common = ["evaluate", "--model", str(run_dir), "--features", str(root / "test"), "--annotations", str(ann_file),
-              "-q", "--json", "-"]
+    common = [
+        "evaluate",
+        "--model",
+        str(run_dir),
+        "--features",
+        str(root / "test"),
+        "--annotations",
+        str(ann_file),
+        "-q",
+        "--json",
+        "-",
+    ]
     result = runner.invoke(main, common)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -337,16 +384,22 @@ def test_resuming_a_calibrated_run_keeps_its_split_and_recalibrates(tmp_path) ->
         np.save(features / f"v{i}_label_{'B1' if i % 2 else 'A'}__0.npy", rng.normal(size=(9, 8)).astype(np.float32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        run_dir = train_calibrated(features, out_dir=tmp_path / "run", config=TrainConfig(epochs=1),
-                                   calibration=CalibrationSpec(holdout_fraction=0.5))
+        run_dir = train_calibrated(
+            features,
+            out_dir=tmp_path / "run",
+            config=TrainConfig(epochs=1),
+            calibration=CalibrationSpec(holdout_fraction=0.5),
+        )
     before = json.loads((run_dir / "config.json").read_text())
     assert before["data"]["n_videos"] == 4 and len(before["calibration"]["heldout_videos"]) == 4
     (run_dir / "reliability.png").unlink()
     result = CliRunner().invoke(main, ["train", "--resume", str(run_dir), "--epochs", "2", "-q"])
     assert result.exit_code == 0, result.output
     after = json.loads((run_dir / "config.json").read_text())
-    assert after["data"]["videos"] == before["data"]["videos"] and after["operating_point"]["heldout"]["videos"] \
-        == before["calibration"]["heldout_videos"]
+    assert (
+        after["data"]["videos"] == before["data"]["videos"]
+        and after["operating_point"]["heldout"]["videos"] == before["calibration"]["heldout_videos"]
+    )
     assert (run_dir / "reliability.png").is_file() and "operating point (false alarms <= 0.05" in result.stderr
     # without held-out videos: the paper's threshold, stated as such
     plain = train_calibrated(features, out_dir=tmp_path / "plain", config=TrainConfig(epochs=1), calibration=None)
@@ -357,8 +410,7 @@ def test_resuming_a_calibrated_run_keeps_its_split_and_recalibrates(tmp_path) ->
 # --- one scoring definition for every stage (issue 12) ----------------------------------------
 
 
-def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration_and_early_stopping(
-        tmp_path) -> None:
+def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration_and_early_stopping(tmp_path) -> None:
     """detect's intervals, evaluate's entries, the held-out curves the thresholds are chosen on
     and early stopping all read `score_video`'s curve: the crops' weighted T-CAMs averaged."""
     from vadpipe.calibrated_training import CalibrationSpec, heldout_videos, train_calibrated
@@ -381,13 +433,14 @@ def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration
         for crop in range(5):
             x = base + 0.5 * rng.normal(size=(_T, _F)).astype(np.float32)
             if anomalous:
-                x[start:start + 8] += (1.0 + crop) * _DIRECTION.astype(np.float32)
+                x[start : start + 8] += (1.0 + crop) * _DIRECTION.astype(np.float32)
             np.save(folder / f"v{i:02d}_label_{'B1' if anomalous else 'A'}__{crop}.npy", x)
     config = TrainConfig(epochs=6, batch_size=8, lr=1e-3, seed=0, early_stopping=True, select_every_steps=10)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", CalibrationWarning)
-        run_dir = train_calibrated(folder, out_dir=tmp_path / "run", config=config,
-                                   calibration=CalibrationSpec(holdout_fraction=0.25))
+        run_dir = train_calibrated(
+            folder, out_dir=tmp_path / "run", config=config, calibration=CalibrationSpec(holdout_fraction=0.25)
+        )
     run = load_run(run_dir)
     data = open_training_set(folder)
     heldout = run.config.operating_point.entry["heldout"]["videos"]
@@ -404,14 +457,31 @@ def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration
         assert np.abs(expected.attention * expected.tcam - expected.wtcam).max() > 1e-4
 
         times = np.arange(16 * _T) / 25.0
-        detected = score_intervals(run.model, crops, source=video.name, block_len=3,
-                                   start_frames=video.start_frames, clip_len=16, frame_times_s=times,
-                                   duration_s=len(times) / 25.0, fps=25.0, operating_point=op)
+        detected = score_intervals(
+            run.model,
+            crops,
+            source=video.name,
+            block_len=3,
+            start_frames=video.start_frames,
+            clip_len=16,
+            frame_times_s=times,
+            duration_s=len(times) / 25.0,
+            fps=25.0,
+            operating_point=op,
+        )
         np.testing.assert_array_equal(np.array([c.wtcam for c in detected.clips], dtype=np.float32), expected.wtcam)
         assert detected.video_score == expected.video_score
 
-        (entry,) = video_entries(run.model, held, video, None, protocol="standard", threshold=op.threshold,
-                                 video_threshold=op.video_threshold, block_len=3)
+        (entry,) = video_entries(
+            run.model,
+            held,
+            video,
+            None,
+            protocol="standard",
+            threshold=op.threshold,
+            video_threshold=op.video_threshold,
+            block_len=3,
+        )
         np.testing.assert_array_equal(entry.segment_scores, expected.wtcam)
         assert entry.video_score == expected.video_score
 

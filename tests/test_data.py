@@ -30,22 +30,49 @@ def real_annotations() -> Path:
     return ANNOTATIONS
 
 
-def _cache_entry(cache: Path, stem: str, source: str, *, n_clips: int = 6, n_crops: int = 1, dim: int = 8,
-                 settings_key: str = "key1", seed: int = 0) -> CacheRecord:
+def _cache_entry(
+    cache: Path,
+    stem: str,
+    source: str,
+    *,
+    n_clips: int = 6,
+    n_crops: int = 1,
+    dim: int = 8,
+    settings_key: str = "key1",
+    seed: int = 0,
+) -> CacheRecord:
     """One cache entry written by the extraction stage's own writer (record format of contracts.md)."""
     rng = np.random.default_rng(seed)
     feats = [rng.random((n_clips, dim), dtype=np.float32) for _ in range(n_crops)]
     record = {
-        "schema_version": 1, "stem": stem,
+        "schema_version": 1,
+        "stem": stem,
         "source": {"path": source, "size": 1, "sha256": "0" * 64},
-        "video": {"fps": 25.0, "n_frames": 16 * n_clips + 3, "duration_s": 1.0, "width": 64, "height": 48,
-                  "rotation": 0},
-        "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": [16 * i for i in range(n_clips)],
-                  "start_s": [0.64 * i for i in range(n_clips)], "end_s": [0.64 * (i + 1) for i in range(n_clips)]},
+        "video": {
+            "fps": 25.0,
+            "n_frames": 16 * n_clips + 3,
+            "duration_s": 1.0,
+            "width": 64,
+            "height": 48,
+            "rotation": 0,
+        },
+        "clips": {
+            "length": 16,
+            "stride": 16,
+            "count": n_clips,
+            "start_frames": [16 * i for i in range(n_clips)],
+            "start_s": [0.64 * i for i in range(n_clips)],
+            "end_s": [0.64 * (i + 1) for i in range(n_clips)],
+        },
         "crops": ["center"] if n_crops == 1 else [f"crop{i}" for i in range(n_crops)],
-        "extractor": {"settings": {"clip_len": 16, "stride": 16}, "settings_key": settings_key,
-                      "weights_sha256": "w", "vadpipe_version": "0.1.0"},
-        "status": "ok" if n_clips else "zero_clips", "error": None,
+        "extractor": {
+            "settings": {"clip_len": 16, "stride": 16},
+            "settings_key": settings_key,
+            "weights_sha256": "w",
+            "vadpipe_version": "0.1.0",
+        },
+        "status": "ok" if n_clips else "zero_clips",
+        "error": None,
     }
     return write_entry(cache, CacheRecord.from_dict(record), feats, np.arange(16 * n_clips + 3) / 25.0)
 
@@ -61,8 +88,13 @@ def test_cache_labels_from_folder_names_and_suffix(tmp_path: Path) -> None:
     data = open_training_set(cache)
     assert data.kind == "cache" and data.feature_dim == 8 and len(data.items) == 10
     labels = {item.video: (item.label, item.label_source) for item in data.items}
-    assert labels == {"street": (0, "folder"), "brawl": (1, "folder"), "riot": (1, "folder"),
-                      "v=x__#1_label_A": (0, "suffix"), "v=y__#1_label_B4-0-0": (1, "suffix")}
+    assert labels == {
+        "street": (0, "folder"),
+        "brawl": (1, "folder"),
+        "riot": (1, "folder"),
+        "v=x__#1_label_A": (0, "suffix"),
+        "v=y__#1_label_B4-0-0": (1, "suffix"),
+    }
     assert data.extraction == {"settings": {"clip_len": 16, "stride": 16}, "settings_key": "key1"}
     assert data.summary()["videos_per_class"] == {"normal": 2, "anomalous": 3}
     only_centre = scan_features(cache, crops=[0])
@@ -156,8 +188,11 @@ def test_bare_features_nan_rows_and_empty_files(tmp_path: Path) -> None:
 
 def test_miniature_xd_violence_tree_with_real_names(tmp_path: Path, real_annotations: Path) -> None:
     annotations = parse_annotations(real_annotations)
-    violent = ["v=cEOM18n8fhU__#1_label_G-0-0", "v=u5SF4SlqNDQ__#00-00-00_00-01-00_label_G-0-0",
-               "v=U6MC8JJJZSY__#1_label_G-0-0"]  # the last one carries .mp4 in the file
+    violent = [
+        "v=cEOM18n8fhU__#1_label_G-0-0",
+        "v=u5SF4SlqNDQ__#00-00-00_00-01-00_label_G-0-0",
+        "v=U6MC8JJJZSY__#1_label_G-0-0",
+    ]  # the last one carries .mp4 in the file
     assert all(name in annotations for name in violent)
     normal = "v=n0rmalV1de0__#1_label_A"  # normal videos are absent from annotations.txt
     train_names = ["Bad.Boys.1995__#01-11-55_01-12-40_label_G-B2-B6", "v=S-7rRLrxnVQ__#1_label_A"]
@@ -193,10 +228,12 @@ def test_parse_the_real_annotations(real_annotations: Path) -> None:
 
 def test_annotation_and_csv_format_errors(tmp_path: Path) -> None:
     path = tmp_path / "annotations.txt"
-    for text, message in [("v1 10 20 30", r":1: expected '<video> start end"),
-                          ("v1 10 x", "must be integers"),
-                          ("v1 20 10", r"0 <= start < end, got \[\(20, 10\)\]"),
-                          ("v1 1 2\nv1.mp4 3 4", ":2: 'v1' is annotated twice")]:
+    for text, message in [
+        ("v1 10 20 30", r":1: expected '<video> start end"),
+        ("v1 10 x", "must be integers"),
+        ("v1 20 10", r"0 <= start < end, got \[\(20, 10\)\]"),
+        ("v1 1 2\nv1.mp4 3 4", ":2: 'v1' is annotated twice"),
+    ]:
         path.write_text(text)
         with pytest.raises(DataError, match=message):
             parse_annotations(path)
@@ -206,10 +243,12 @@ def test_annotation_and_csv_format_errors(tmp_path: Path) -> None:
     csv = tmp_path / "labels.csv"
     csv.write_text("\ufeffVideo,Label\na,Normal\nb,ANOMALOUS\nc,0\n")
     assert read_labels_csv(csv) == {"a": 0, "b": 1, "c": 0}
-    for text, message in [("name,y\na,0\n", "header 'video,label'"),
-                          ("video,label\na,maybe\n", ":2: label must be"),
-                          ("video,label\na,0\na,1\n", "labelled both normal and anomalous"),
-                          ("video,label\n", "holds no labels")]:
+    for text, message in [
+        ("name,y\na,0\n", "header 'video,label'"),
+        ("video,label\na,maybe\n", ":2: label must be"),
+        ("video,label\na,0\na,1\n", "labelled both normal and anomalous"),
+        ("video,label\n", "holds no labels"),
+    ]:
         csv.write_text(text)
         with pytest.raises(DataError, match=message):
             read_labels_csv(csv)

@@ -125,8 +125,9 @@ def test_resize_is_byte_identical_to_torchvision_v2(height, width):
     img = np.random.default_rng(height).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     ours = resize_frame(img)
     frame = torch.from_numpy(img).permute(2, 0, 1)
-    theirs = TF.resize(frame, list(resized_size(height, width)), interpolation=TF.InterpolationMode.BILINEAR,
-                       antialias=True)
+    theirs = TF.resize(
+        frame, list(resized_size(height, width)), interpolation=TF.InterpolationMode.BILINEAR, antialias=True
+    )
     assert ours.dtype == torch.uint8 and torch.equal(ours, theirs)
 
 
@@ -134,8 +135,10 @@ def test_extraction_does_not_import_torchvision():
     import subprocess
     import sys
 
-    code = ("import sys; import vadpipe.extract.runner, vadpipe.extract.transforms; "
-            "sys.exit(1 if 'torchvision' in sys.modules else 0)")
+    code = (
+        "import sys; import vadpipe.extract.runner, vadpipe.extract.transforms; "
+        "sys.exit(1 if 'torchvision' in sys.modules else 0)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "start-up would pay for torchvision"
 
 

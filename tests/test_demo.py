@@ -16,8 +16,11 @@ pytestmark = pytest.mark.slow  # the whole demo: real I3D and training
 
 
 def test_demo_runs_every_stage_and_writes_its_outputs(tmp_path):
-    config = DemoConfig(splits={"train": SplitSize(2, 2), "test": SplitSize(1, 1)},
-                        synth=SynthConfig(n_frames=(32, 48)), training=replace(TrainConfig(), epochs=3))
+    config = DemoConfig(
+        splits={"train": SplitSize(2, 2), "test": SplitSize(1, 1)},
+        synth=SynthConfig(n_frames=(32, 48)),
+        training=replace(TrainConfig(), epochs=3),
+    )
     messages: list[str] = []
     report = run_demo(tmp_path / "demo", config=config, device="cpu", progress=False, say=messages.append)
     assert [m[:5] for m in messages] == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]

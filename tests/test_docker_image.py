@@ -20,11 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, moving_frames, write_video
 
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.synth import SplitSize, SynthConfig, make_dataset
-
-from conftest import SHARED, moving_frames, write_video
 
 IMAGE = os.environ.get("VADPIPE_DOCKER_IMAGE", "")
 DOCKER = os.environ.get("DOCKER", "docker")
@@ -38,13 +37,28 @@ USER = (1000, 1000) if os.getuid() == 0 else (os.getuid(), os.getgid())
 FEATURE_ATOL = 1e-4
 
 pytestmark = pytest.mark.skipif(
-    not IMAGE, reason="no image to test: `make docker-test` builds one and sets $VADPIPE_DOCKER_IMAGE")
+    not IMAGE, reason="no image to test: `make docker-test` builds one and sets $VADPIPE_DOCKER_IMAGE"
+)
 
 
 def docker_run(*args: str, mounts: tuple[tuple[Path, str, str], ...] = ()) -> subprocess.CompletedProcess:
     """``docker run`` the image's entrypoint offline, read-only, as the non-root user."""
-    cmd = [DOCKER, "run", "--rm", "--label", LABEL, "--name", f"{LABEL}-{uuid.uuid4().hex[:8]}",
-           "--network", "none", "--read-only", "--tmpfs", "/tmp", "--user", f"{USER[0]}:{USER[1]}"]
+    cmd = [
+        DOCKER,
+        "run",
+        "--rm",
+        "--label",
+        LABEL,
+        "--name",
+        f"{LABEL}-{uuid.uuid4().hex[:8]}",
+        "--network",
+        "none",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        "--user",
+        f"{USER[0]}:{USER[1]}",
+    ]
     for host, inside, mode in mounts:
         cmd += ["-v", f"{host}:{inside}:{mode}"]
     return subprocess.run([*cmd, IMAGE, *args], capture_output=True, text=True, timeout=1200)
@@ -81,8 +95,18 @@ def test_version_is_the_hosts():
 @pytest.mark.skipif(not BIKES.is_file(), reason=f"sample video not found at {BIKES} (the ../shared folder)")
 def test_extract_offline_as_non_root_matches_the_host(tmp_path):
     out = writable(tmp_path / "out")
-    ok(docker_run("extract", "/videos/bikes.mp4", "--out", "/out/features", "--json", "/out/report.json", "-q",
-                  mounts=((BIKES, "/videos/bikes.mp4", "ro"), (out, "/out", "rw"))))
+    ok(
+        docker_run(
+            "extract",
+            "/videos/bikes.mp4",
+            "--out",
+            "/out/features",
+            "--json",
+            "/out/report.json",
+            "-q",
+            mounts=((BIKES, "/videos/bikes.mp4", "ro"), (out, "/out", "rw")),
+        )
+    )
     ok(host_run("extract", str(BIKES), "--out", str(tmp_path / "host"), "-q"))
     mine, theirs = features(out / "features"), features(tmp_path / "host")
     assert list(mine) == ["bikes.times.npy", "bikes__0.npy"] and list(theirs) == list(mine)
@@ -100,32 +124,75 @@ def test_extract_offline_as_non_root_matches_the_host(tmp_path):
     assert side["extractor"] == host_side["extractor"]  # same weights id, clip geometry, crops, version
     assert side["source"]["sha256"] == host_side["source"]["sha256"]
     identical = side["features"] == host_side["features"]  # the records hold each file's sha256
-    print(f"\ndocker-test: bikes.mp4 features, container vs host: max |diff| {np.abs(a - b).max():.3g}, "
-          f"byte-identical: {identical}")
+    print(
+        f"\ndocker-test: bikes.mp4 features, container vs host: max |diff| {np.abs(a - b).max():.3g}, "
+        f"byte-identical: {identical}"
+    )
 
 
 @pytest.fixture(scope="module")
 def host_run_folder(tmp_path_factory):
     """A tiny CSL-TAL run trained on the host from generated videos (real I3D features)."""
     root = tmp_path_factory.mktemp("docker-train")
-    ds = make_dataset(root / "videos", splits={"train": SplitSize(2, 2), "test": SplitSize(1, 1)},
-                      config=SynthConfig(n_frames=(64, 80)), seed=5)
+    ds = make_dataset(
+        root / "videos",
+        splits={"train": SplitSize(2, 2), "test": SplitSize(1, 1)},
+        config=SynthConfig(n_frames=(64, 80)),
+        seed=5,
+    )
     ok(host_run("extract", str(ds.split_dir("train")), "--out", str(root / "features"), "-q"))
     run = root / "run"
-    ok(host_run("train", "--features", str(root / "features"), "--out", str(run), "--recipe", "paper",
-                "--epochs", "5", "--seed", "0", "-q"))
+    ok(
+        host_run(
+            "train",
+            "--features",
+            str(root / "features"),
+            "--out",
+            str(run),
+            "--recipe",
+            "paper",
+            "--epochs",
+            "5",
+            "--seed",
+            "0",
+            "-q",
+        )
+    )
     return ds, run, root
 
 
 def test_detect_with_a_run_trained_on_the_host(host_run_folder, tmp_path):
     ds, run, root = host_run_folder
     out = writable(tmp_path / "out")
-    ok(docker_run("detect", "/videos", "--model", "/model", "--cache", "/out/cache", "--out", "/out/intervals.json",
-                  "-q", mounts=((ds.split_dir("test"), "/videos", "ro"), (run, "/model", "ro"), (out, "/out", "rw"))))
+    ok(
+        docker_run(
+            "detect",
+            "/videos",
+            "--model",
+            "/model",
+            "--cache",
+            "/out/cache",
+            "--out",
+            "/out/intervals.json",
+            "-q",
+            mounts=((ds.split_dir("test"), "/videos", "ro"), (run, "/model", "ro"), (out, "/out", "rw")),
+        )
+    )
     doc = json.loads((out / "intervals.json").read_text())
     validate_document(doc)
-    ok(host_run("detect", str(ds.split_dir("test")), "--model", str(run), "--cache", str(tmp_path / "hcache"),
-                "--out", str(tmp_path / "host.json"), "-q"))
+    ok(
+        host_run(
+            "detect",
+            str(ds.split_dir("test")),
+            "--model",
+            str(run),
+            "--cache",
+            str(tmp_path / "hcache"),
+            "--out",
+            str(tmp_path / "host.json"),
+            "-q",
+        )
+    )
     host_doc = json.loads((tmp_path / "host.json").read_text())
     name = lambda v: v["source"].rsplit("/", 1)[-1]  # noqa: E731
     theirs = {name(v): v for v in host_doc["videos"]}
@@ -133,8 +200,9 @@ def test_detect_with_a_run_trained_on_the_host(host_run_folder, tmp_path):
     for video in doc["videos"]:
         other = theirs[name(video)]
         assert video["n_frames"] == other["n_frames"] and len(video["clips"]) == len(other["clips"]) > 0
-        np.testing.assert_allclose([c["wtcam"] for c in video["clips"]], [c["wtcam"] for c in other["clips"]],
-                                   rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            [c["wtcam"] for c in video["clips"]], [c["wtcam"] for c in other["clips"]], rtol=0, atol=1e-4
+        )
 
 
 def test_bad_input_exit_codes(tmp_path):
@@ -182,14 +250,51 @@ def ray_node(name: str, ip: str, args: list[str], mounts: list[Path]) -> list[st
     """``docker run -d`` of one Ray node from the image (``ray start --block``) on the host network;
     every other port Ray opens is free and its own, so two nodes share the host's ports."""
     agent, grpc, env_agent, metrics = free_ports(4)
-    cmd = [DOCKER, "run", "-d", "--label", LABEL, "--name", name, "--network", "host", "--shm-size", "512m",
-           "--user", f"{USER[0]}:{USER[1]}", "-e", "RAY_AUTH_MODE=disabled", "--entrypoint", "ray"]
+    cmd = [
+        DOCKER,
+        "run",
+        "-d",
+        "--label",
+        LABEL,
+        "--name",
+        name,
+        "--network",
+        "host",
+        "--shm-size",
+        "512m",
+        "--user",
+        f"{USER[0]}:{USER[1]}",
+        "-e",
+        "RAY_AUTH_MODE=disabled",
+        "--entrypoint",
+        "ray",
+    ]
     for path in mounts:  # the "shared file system": the same path on every node
         cmd += ["-v", f"{path}:{path}"]
-    return [*cmd, IMAGE, "start", "--block", "--node-ip-address", ip, "--disable-usage-stats",
-            "--object-store-memory", str(200 * 2**20), "--min-worker-port", "0", "--max-worker-port", "0",
-            "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(grpc),
-            "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics), *args]
+    return [
+        *cmd,
+        IMAGE,
+        "start",
+        "--block",
+        "--node-ip-address",
+        ip,
+        "--disable-usage-stats",
+        "--object-store-memory",
+        str(200 * 2**20),
+        "--min-worker-port",
+        "0",
+        "--max-worker-port",
+        "0",
+        "--dashboard-agent-listen-port",
+        str(agent),
+        "--dashboard-agent-grpc-port",
+        str(grpc),
+        "--runtime-env-agent-port",
+        str(env_agent),
+        "--metrics-export-port",
+        str(metrics),
+        *args,
+    ]
 
 
 def test_a_two_container_ray_cluster_gives_the_local_engines_cache(tmp_path):
@@ -206,17 +311,54 @@ def test_a_two_container_ray_cluster_gives_the_local_engines_cache(tmp_path):
     tag = uuid.uuid4().hex[:8]
     head, worker = f"{LABEL}-ray-head-{tag}", f"{LABEL}-ray-worker-{tag}"
     try:
-        ok(subprocess.run(ray_node(head, ip, ["--head", "--port", str(port), "--num-cpus", "0",
-                                              "--include-dashboard", "false"], [videos, out]),
-                          capture_output=True, text=True, timeout=120))
-        ok(subprocess.run(ray_node(worker, ip, ["--address", f"{ip}:{port}", "--num-cpus", "2"], [videos, out]),
-                          capture_output=True, text=True, timeout=120))
-        proc = subprocess.run([DOCKER, "exec", head, "vadpipe", "extract", str(videos), "--out", str(out / "cache"),
-                               "--engine", "ray", "--address", f"{ip}:{port}", "--json", str(out / "report.json"),
-                               "-q"], capture_output=True, text=True, timeout=600)
+        ok(
+            subprocess.run(
+                ray_node(
+                    head,
+                    ip,
+                    ["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false"],
+                    [videos, out],
+                ),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        )
+        ok(
+            subprocess.run(
+                ray_node(worker, ip, ["--address", f"{ip}:{port}", "--num-cpus", "2"], [videos, out]),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        )
+        proc = subprocess.run(
+            [
+                DOCKER,
+                "exec",
+                head,
+                "vadpipe",
+                "extract",
+                str(videos),
+                "--out",
+                str(out / "cache"),
+                "--engine",
+                "ray",
+                "--address",
+                f"{ip}:{port}",
+                "--json",
+                str(out / "report.json"),
+                "-q",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         if proc.returncode != 0:
-            logs = [subprocess.run([DOCKER, "logs", "--tail", "20", c], capture_output=True, text=True)
-                    for c in (head, worker)]
+            logs = [
+                subprocess.run([DOCKER, "logs", "--tail", "20", c], capture_output=True, text=True)
+                for c in (head, worker)
+            ]
             raise AssertionError((proc.returncode, proc.stderr[-3000:], [lg.stdout + lg.stderr for lg in logs]))
     finally:
         subprocess.run([DOCKER, "rm", "-f", head, worker], capture_output=True, timeout=120)
@@ -227,12 +369,17 @@ def test_a_two_container_ray_cluster_gives_the_local_engines_cache(tmp_path):
     mine, theirs = snapshot(out / "cache"), snapshot(tmp_path / "host")
     assert sorted(mine) == sorted(theirs) and len(mine) == 4 * 3
     same = sorted(n for n in mine if mine[n] == theirs[n])
-    print(f"\ndocker-test: two-container Ray cluster at {ip}:{port}: {len(same)}/{len(mine)} cache files "
-          f"byte-identical to the host's local engine; cluster run {took:.0f} s")
+    print(
+        f"\ndocker-test: two-container Ray cluster at {ip}:{port}: {len(same)}/{len(mine)} cache files "
+        f"byte-identical to the host's local engine; cluster run {took:.0f} s"
+    )
     assert same == sorted(mine), sorted(set(mine) - set(same))
 
 
 def snapshot(out: Path) -> dict[str, bytes]:
     """Every cache file (features, frame times, records), by name."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
-            if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")
+    }

@@ -9,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train import _planted
 
 from vadpipe.errors import CheckpointError
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run, save_run
 from vadpipe.postprocess.scores import score_video
-
-from test_train import _planted
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -47,8 +46,9 @@ def test_an_ensemble_curve_is_the_mean_of_its_members_curves_through_score_video
     products = [a.crops[c].attention * a.crops[c].tcam for a in alone for c in range(2)]
     np.testing.assert_allclose(together.wtcam, np.mean(products, axis=0), rtol=1e-6, atol=1e-7)
     # each crop's curve is the mean of the members' curves of that crop
-    np.testing.assert_allclose(together.crops[1].wtcam, np.mean([s.crops[1].wtcam for s in alone], axis=0),
-                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        together.crops[1].wtcam, np.mean([s.crops[1].wtcam for s in alone], axis=0), rtol=1e-6, atol=1e-7
+    )
     # a one-member ensemble is that member, bit for bit
     one = score_video(Ensemble(members[:1]).eval(), crops)
     assert np.array_equal(one.wtcam, alone[0].wtcam) and one.video_score == alone[0].video_score
@@ -59,8 +59,9 @@ def test_an_ensemble_run_round_trips_and_single_runs_still_load(tmp_path: Path) 
     save_run(tmp_path / "ens", Ensemble(members), config={"ensemble": {"size": 2, "seeds": [0, 1]}})
     run = load_run(tmp_path / "ens")
     assert isinstance(run.model, Ensemble) and len(run.model.members) == 2
-    np.testing.assert_array_equal(score_video(run.model, crops).wtcam,
-                                  score_video(Ensemble(members).eval(), crops).wtcam)
+    np.testing.assert_array_equal(
+        score_video(run.model, crops).wtcam, score_video(Ensemble(members).eval(), crops).wtcam
+    )
     save_run(tmp_path / "single", members[0])  # a run without an ensemble section: one network, as before
     single = load_run(tmp_path / "single")
     assert isinstance(single.model, CSLTAL)
@@ -93,8 +94,9 @@ def test_train_calibrated_cross_fits_the_members_and_calibrates_on_every_video(t
 
     _planted(tmp_path / "train", 16, seed=0)
     config, calibration = _small_recipe(3)
-    run_dir = train_calibrated(tmp_path / "train", out_dir=tmp_path / "run", config=config,
-                               calibration=calibration, ensemble=2, jobs=1)
+    run_dir = train_calibrated(
+        tmp_path / "train", out_dir=tmp_path / "run", config=config, calibration=calibration, ensemble=2, jobs=1
+    )
     run = load_run(run_dir)
     data = open_training_set(tmp_path / "train")
     everyone = sorted(data.videos)
@@ -141,8 +143,9 @@ def test_a_member_no_better_than_chance_on_its_fold_is_left_out(tmp_path: Path) 
 
     _planted(tmp_path / "train", 16, seed=0)
     config, calibration = _small_recipe(3)
-    first = train_calibrated(tmp_path / "train", out_dir=tmp_path / "first", config=config,
-                             calibration=calibration, ensemble=2, jobs=1)
+    first = train_calibrated(
+        tmp_path / "train", out_dir=tmp_path / "first", config=config, calibration=calibration, ensemble=2, jobs=1
+    )
     again = tmp_path / "again"
     shutil.copytree(first / "members", again / "members")  # finished members, as a killed run leaves them
     weights = again / "members" / "member-1" / "weights.safetensors"
@@ -151,8 +154,9 @@ def test_a_member_no_better_than_chance_on_its_fold_is_left_out(tmp_path: Path) 
         tensors[name] = -tensors[name]
     save_file(tensors, weights)
     with pytest.warns(DataWarning, match=r"member 1 \(seed 301\) ranks its own held-out videos no better than chance"):
-        run_dir = train_calibrated(tmp_path / "train", out_dir=again, config=config, calibration=calibration,
-                                   ensemble=2, jobs=1)
+        run_dir = train_calibrated(
+            tmp_path / "train", out_dir=again, config=config, calibration=calibration, ensemble=2, jobs=1
+        )
     run = load_run(run_dir)
     section = run.config.sections["ensemble"]
     assert section["size"] == 1 and section["members"] == ["members/member-0"] and section["trained"] == 2

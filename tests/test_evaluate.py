@@ -89,8 +89,13 @@ def test_oracle_model_scores_perfectly_on_xd_layout(tmp_path, protocol) -> None:
     features = scan_features(tmp_path, split="test")
     videos = group_videos(features)
     calls = []
-    report = evaluate_model(_OracleModel(), features, ANNOTATIONS, protocol=protocol,
-                            progress=lambda done, total, stem: calls.append((done, total)))
+    report = evaluate_model(
+        _OracleModel(),
+        features,
+        ANNOTATIONS,
+        protocol=protocol,
+        progress=lambda done, total, stem: calls.append((done, total)),
+    )
     assert calls[-1] == (4, 4)
     lengths = [t for _, t in ANOMALOUS.values()] + list(NORMAL.values())
     n_crops = 2
@@ -106,8 +111,9 @@ def test_oracle_model_scores_perfectly_on_xd_layout(tmp_path, protocol) -> None:
         # with [s, e) set, scores = crop-mean weighted T-CAM repeated x16, concatenated.
         gt, pred = [], []
         for v in videos:
-            psi = np.mean([1 / (1 + np.exp(-np.load(item.path)[:, 0].astype(np.float64))) ** 2
-                           for item in v.crops], axis=0)
+            psi = np.mean(
+                [1 / (1 + np.exp(-np.load(item.path)[:, 0].astype(np.float64))) ** 2 for item in v.crops], axis=0
+            )
             g = np.zeros(16 * len(psi))
             for s, e in ANNOTATIONS.get(v.name, []):
                 g[s:e] = 1
@@ -131,8 +137,7 @@ def test_oracle_model_scores_perfectly_on_xd_layout(tmp_path, protocol) -> None:
     if protocol == "standard":
         assert report["frame"]["n_positive"] == horizon_pos
     assert report["proposal"]["auc"] > 0.95
-    assert report["counts"] == {"videos": 4, "anomalous_videos": 2,
-                                "entries": 4 if protocol == "standard" else 8}
+    assert report["counts"] == {"videos": 4, "anomalous_videos": 2, "entries": 4 if protocol == "standard" else 8}
     assert set(report["definitions"]) == {*LEVELS, "ap", "ap_trapezoid"}
     json.dumps(json_ready(report), allow_nan=False)
 
@@ -159,8 +164,7 @@ def test_all_normal_features_give_nan_with_a_warning(tmp_path) -> None:
         report = evaluate_model(_OracleModel(), features, {}, protocol="csl")
     messages = [str(w.message) for w in caught]
     for level in LEVELS:
-        assert f"{level}: labels contain only one class (0); AUC and AP are undefined" \
-            " and reported as NaN" in messages
+        assert f"{level}: labels contain only one class (0); AUC and AP are undefined and reported as NaN" in messages
     assert np.isnan(report["video"]["auc"])
     assert json_ready(report)["frame"]["auc"] is None
 
@@ -184,14 +188,29 @@ def _cache_record(stem: str, n_clips: int, start: int, source: str | None = None
         "schema_version": 1,
         "stem": stem,
         "source": {"path": f"/data/test/{source or stem}.mp4", "size": 1, "sha256": "0" * 64},
-        "video": {"fps": 25.0, "n_frames": n_frames, "duration_s": n_frames / 25.0,
-                  "width": 64, "height": 48, "rotation": 0},
-        "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": starts,
-                  "start_s": [float(times[s]) for s in starts],
-                  "end_s": [float(times[s + 15] + 0.04) for s in starts]},
+        "video": {
+            "fps": 25.0,
+            "n_frames": n_frames,
+            "duration_s": n_frames / 25.0,
+            "width": 64,
+            "height": 48,
+            "rotation": 0,
+        },
+        "clips": {
+            "length": 16,
+            "stride": 16,
+            "count": n_clips,
+            "start_frames": starts,
+            "start_s": [float(times[s]) for s in starts],
+            "end_s": [float(times[s + 15] + 0.04) for s in starts],
+        },
         "crops": ["center"],
-        "extractor": {"settings": {"clip_len": 16, "fps": None}, "settings_key": "abcd",
-                      "weights_sha256": "1" * 64, "vadpipe_version": "0.1.0"},
+        "extractor": {
+            "settings": {"clip_len": 16, "fps": None},
+            "settings_key": "abcd",
+            "weights_sha256": "1" * 64,
+            "vadpipe_version": "0.1.0",
+        },
         "status": "ok" if n_clips else "zero_clips",
         "error": None,
     }, times
@@ -253,8 +272,9 @@ def test_evaluate_cli(tmp_path) -> None:
     for name, n_clips in NORMAL.items():
         np.save(features / f"{name}__0.npy", rng.normal(size=(n_clips, 1024)).astype(np.float32))
     annotations = tmp_path / "annotations.txt"
-    annotations.write_text("\n".join(
-        f"{name}.mp4 " + " ".join(f"{s} {e}" for s, e in iv) for name, (iv, _) in ANOMALOUS.items()))
+    annotations.write_text(
+        "\n".join(f"{name}.mp4 " + " ".join(f"{s} {e}" for s, e in iv) for name, (iv, _) in ANOMALOUS.items())
+    )
     common = ["evaluate", "--features", str(tmp_path / "xd"), "--annotations", str(annotations), "-q"]
     runner = CliRunner(env={"VADPIPE_HOME": str(tmp_path / "ws")})
 
@@ -290,8 +310,9 @@ def test_evaluate_cli(tmp_path) -> None:
     other = tmp_path / "wide" / "RGBTest"
     other.mkdir(parents=True)
     np.save(other / "x_label_A__0.npy", np.zeros((8, 16), np.float32))
-    result = runner.invoke(main, [*common[:1], "--features", str(tmp_path / "wide"),
-                                  *common[3:], "--model", str(run_dir)])
+    result = runner.invoke(
+        main, [*common[:1], "--features", str(tmp_path / "wide"), *common[3:], "--model", str(run_dir)]
+    )
     assert result.exit_code == 2 and "have width 16, the model expects 1024" in result.stderr
 
 

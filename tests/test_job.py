@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import moving_frames, write_video
 from filelock import FileLock
 
-from conftest import moving_frames, write_video
 from vadpipe.extract import cache, job
 from vadpipe.extract.decode import Frame, VideoInfo
 from vadpipe.extract.fileio import sha256_file
@@ -54,8 +54,15 @@ def _claim_events(sources: list[Path], out: Path, locks: job.HeldLocks) -> list[
     def hand_over(video, settings, emit, stop) -> bool:
         return emit(job.Claimed(video))
 
-    job.claim_videos(sources, out_dir=out, settings=SMALL, emit=lambda e: events.append(e) or True,
-                     stop=threading.Event(), locks=locks, decode=hand_over)
+    job.claim_videos(
+        sources,
+        out_dir=out,
+        settings=SMALL,
+        emit=lambda e: events.append(e) or True,
+        stop=threading.Event(),
+        locks=locks,
+        decode=hand_over,
+    )
     return events
 
 
@@ -86,8 +93,9 @@ def test_a_complete_entry_is_skipped_and_the_collector_reports_in_claim_order(tm
     a = write_video(tmp_path / "a.mp4", moving_frames(8, 64, 48, seed=1))
     out = tmp_path / "cache"
     video = job.VideoJob(source=a, stem="a", sha256=sha256_file(a), size=a.stat().st_size)
-    video.info = VideoInfo(width=64, height=48, fps=25.0, rotation=0, codec="h264", declared_frames=8,
-                           declared_duration_s=None)
+    video.info = VideoInfo(
+        width=64, height=48, fps=25.0, rotation=0, codec="h264", declared_frames=8, declared_duration_s=None
+    )
     video.clip_starts.append(0)
     video.add_features(np.ones((1, 1024), dtype=np.float32), n_crops=1)
     written = job.write_video(video, SMALL, np.arange(8) / 25, None, out)
@@ -107,16 +115,22 @@ def test_a_complete_entry_is_skipped_and_the_collector_reports_in_claim_order(tm
         collect.take(1, job.Duplicate(Path("/x/c.mp4"), "a", a))
         assert collect.has(1) and not collect.has(3)
     assert [(Path(r.source).name, r.status) for r in report.results] == [
-        ("a.mp4", "skipped"), ("c.mp4", "skipped"), ("b.mp4", "failed")]
+        ("a.mp4", "skipped"),
+        ("c.mp4", "skipped"),
+        ("b.mp4", "failed"),
+    ]
     assert [Path(r.source).name for r in seen] == ["b.mp4", "a.mp4", "c.mp4"]  # as they came
     assert report.results[1].note == f"same content as {a}"
     logged = [json.loads(line) for line in (out / cache.FAILURES_FILE).read_text().splitlines()]
     assert [(f["source"], f["error"]) for f in logged] == [("/x/b.mp4", "/x/b.mp4: broken")]
 
 
-@pytest.mark.parametrize(("exc", "message"), [
-    (OSError(13, "Permission denied"), "v.mp4: Permission denied"),
-    (ValueError("odd"), "v.mp4: unexpected ValueError: odd"),
-])
+@pytest.mark.parametrize(
+    ("exc", "message"),
+    [
+        (OSError(13, "Permission denied"), "v.mp4: Permission denied"),
+        (ValueError("odd"), "v.mp4: unexpected ValueError: odd"),
+    ],
+)
 def test_failure_message_is_one_line_naming_the_video(exc, message) -> None:
     assert job.failure_message(Path("v.mp4"), exc) == message

@@ -11,10 +11,12 @@ from vadpipe.model.losses import LossConfig, csl_loss, top_k_mean
 
 # B = 2 samples, K = 2 views. Sample 0 (anomalous) has T' = 3, sample 1 (normal) T' = 2 plus one
 # padded step whose (garbage) attention must be ignored everywhere.
-ATTENTION = torch.tensor([
-    [[0.50, 0.25, 0.75], [0.25, 0.25, 0.50]],
-    [[1.00, 0.50, 0.90], [0.50, 0.50, 0.30]],
-])
+ATTENTION = torch.tensor(
+    [
+        [[0.50, 0.25, 0.75], [0.25, 0.25, 0.50]],
+        [[1.00, 0.50, 0.90], [0.50, 0.50, 0.30]],
+    ]
+)
 SCORES = torch.tensor([[0.5, 0.8], [0.2, 0.5]])
 LABELS = torch.tensor([1.0, 0.0])
 MASK = torch.tensor([[True, True, True], [True, True, False]])
@@ -66,14 +68,21 @@ def test_per_video_normalisation() -> None:
     bce_share = (-math.log(0.5) - math.log(0.8)) / 4
     assert terms["bce"] == pytest.approx(bce_share / 12 + bce_share / 8, rel=1e-6)
     equal = torch.ones(2, 3, dtype=torch.bool)  # with equal lengths both normalisations agree
-    steps, video = (float(csl_loss(ATTENTION, SCORES, LABELS, equal, config=LossConfig(normalize=n)).total)
-                    for n in ("steps", "video"))
+    steps, video = (
+        float(csl_loss(ATTENTION, SCORES, LABELS, equal, config=LossConfig(normalize=n)).total)
+        for n in ("steps", "video")
+    )
     assert video == pytest.approx(steps, rel=1e-6)
 
 
 def test_bce_is_on_probabilities_with_the_log_clamp() -> None:
-    terms = csl_loss(torch.ones(1, 1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1, dtype=torch.bool),
-                     config=LossConfig(w_sparsity=0.0))
+    terms = csl_loss(
+        torch.ones(1, 1, 1),
+        torch.zeros(1, 1),
+        torch.ones(1),
+        torch.ones(1, 1, dtype=torch.bool),
+        config=LossConfig(w_sparsity=0.0),
+    )
     assert float(terms.total) == pytest.approx(100.0)  # PyTorch clamps log(0) at -100 (Q15)
 
 
@@ -100,10 +109,12 @@ def test_bad_shapes_and_weights() -> None:
 
 # --- the top-k MIL term (vadpipe's default recipe) ---------------------------------------------
 
-WTCAM = torch.tensor([
-    [[0.9, 0.1, 0.2], [0.3, 0.6, 0.4]],
-    [[0.2, 0.1, 0.95], [0.05, 0.3, 0.7]],  # the 0.95 / 0.7 sit on the padded step: ignored
-])
+WTCAM = torch.tensor(
+    [
+        [[0.9, 0.1, 0.2], [0.3, 0.6, 0.4]],
+        [[0.2, 0.1, 0.95], [0.05, 0.3, 0.7]],  # the 0.95 / 0.7 sit on the padded step: ignored
+    ]
+)
 
 
 def test_top_k_mean_by_hand() -> None:
@@ -140,9 +151,17 @@ def test_mil_gradient_reaches_only_the_top_steps() -> None:
 def test_view_scaling_once_divides_bce_and_mil_by_the_view_count_once() -> None:
     # the code (the paper recipe): the BCE is a mean over the B*K = 4 views, then divided by N = K * sum T'
     wt = torch.tensor([[[0.2, 0.9, 0.1], [0.6, 0.3, 0.0]], [[0.2, 0.1, 0.0], [0.1, 0.3, 0.0]]])
-    terms = {s: csl_loss(ATTENTION, SCORES, LABELS, MASK, wtcam=wt,
-                         config=LossConfig(w_sparsity=1.0, w_mil=1.0, mil_top_fraction=0.5, view_scaling=s)).as_floats()
-             for s in ("code", "once")}
+    terms = {
+        s: csl_loss(
+            ATTENTION,
+            SCORES,
+            LABELS,
+            MASK,
+            wtcam=wt,
+            config=LossConfig(w_sparsity=1.0, w_mil=1.0, mil_top_fraction=0.5, view_scaling=s),
+        ).as_floats()
+        for s in ("code", "once")
+    }
     sum_bce = -math.log(0.5) - math.log(0.8) - math.log(0.8) - math.log(0.5)  # the 4 views' BCE, summed
     sum_mil = -math.log(0.9) - math.log(0.6) - math.log(1 - 0.2) - math.log(1 - 0.3)
     assert terms["code"]["bce"] == pytest.approx(sum_bce / (2 * 2) / N, rel=1e-6)  # / (B*K) / (K*ΣT'): K twice
@@ -151,14 +170,20 @@ def test_view_scaling_once_divides_bce_and_mil_by_the_view_count_once() -> None:
     assert terms["once"]["mil"] == pytest.approx(2 * terms["code"]["mil"], rel=1e-6)
     assert terms["once"]["sparsity"] == terms["code"]["sparsity"] == pytest.approx(SPARSITY / N, rel=1e-6)
     # per video: sample b's share is divided by B*K*T'_b; "once" leaves one factor K less on BCE
-    video = {s: csl_loss(ATTENTION, SCORES, LABELS, MASK, config=LossConfig(normalize="video", view_scaling=s))
-             .as_floats()["bce"] for s in ("code", "once")}
+    video = {
+        s: csl_loss(ATTENTION, SCORES, LABELS, MASK, config=LossConfig(normalize="video", view_scaling=s)).as_floats()[
+            "bce"
+        ]
+        for s in ("code", "once")
+    }
     share = (-math.log(0.5) - math.log(0.8)) / 2  # sample 0's two views over B = 2 (sample 1 is the same sum)
     assert video["once"] == pytest.approx(share / 12 + share / 8, rel=1e-6)
     assert video["once"] == pytest.approx(2 * video["code"], rel=1e-6)
     # one view: both scalings are the same loss
-    one = [float(csl_loss(ATTENTION[:, :1], SCORES[:, :1], LABELS, MASK, config=LossConfig(view_scaling=s)).total)
-           for s in ("code", "once")]
+    one = [
+        float(csl_loss(ATTENTION[:, :1], SCORES[:, :1], LABELS, MASK, config=LossConfig(view_scaling=s)).total)
+        for s in ("code", "once")
+    ]
     assert one[0] == one[1]
     with pytest.raises(ValueError, match="view_scaling must be one of"):
         LossConfig(view_scaling="twice")

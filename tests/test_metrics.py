@@ -51,8 +51,11 @@ def test_auc_ap_hand_computed() -> None:
 
 @pytest.mark.parametrize("labels", [[0, 0, 0], [1, 1, 1]])
 def test_single_class_labels_warn_and_give_nan(labels) -> None:
-    with pytest.warns(UndefinedMetricWarning, match=r"^frame: labels contain only one class \(\d\); "
-                      "AUC and AP are undefined and reported as NaN$"):
+    with pytest.warns(
+        UndefinedMetricWarning,
+        match=r"^frame: labels contain only one class \(\d\); "
+        "AUC and AP are undefined and reported as NaN$",
+    ):
         got = auc_ap(np.array([0.1, 0.5, 0.9]), np.array(labels), level="frame")
     assert np.isnan(got["auc"]) and np.isnan(got["ap"]) and np.isnan(got["ap_trapezoid"])
     assert got["n"] == 3
@@ -76,8 +79,7 @@ def test_auc_ap_rejects_bad_input() -> None:
 
 
 def test_clip_frame_labels_half_open_and_clipped() -> None:
-    labels = clip_frame_labels([(5, 20), (40, 41), (45, 100)], start_frames=np.array([0, 16, 32]),
-                               clip_len=16)
+    labels = clip_frame_labels([(5, 20), (40, 41), (45, 100)], start_frames=np.array([0, 16, 32]), clip_len=16)
     assert labels.shape == (3, 16) and labels.dtype == np.uint8
     expected = np.zeros(48, np.uint8)
     expected[5:20] = 1  # [s, e): frame 20 is not anomalous
@@ -96,11 +98,9 @@ def test_clip_frame_labels_follow_clip_start_frames() -> None:
 def test_segment_labels_match_the_released_segment_labels() -> None:
     # annotations.txt: v=u5SF4SlqNDQ__#00-00-00_00-01-00_label_G-0-0 624 912 950 1441, T = 90;
     # segment_labels.txt has it positive at 39-56 and 59-89 (method.md §8.5).
-    labels = clip_frame_labels([(624, 912), (950, 1441)], start_frames=16 * np.arange(90),
-                               clip_len=16)
+    labels = clip_frame_labels([(624, 912), (950, 1441)], start_frames=16 * np.arange(90), clip_len=16)
     segments = labels.any(axis=1)
-    np.testing.assert_array_equal(np.flatnonzero(segments),
-                                  np.r_[np.arange(39, 57), np.arange(59, 90)])
+    np.testing.assert_array_equal(np.flatnonzero(segments), np.r_[np.arange(39, 57), np.arange(59, 90)])
     assert labels.sum() == (912 - 624) + (1440 - 950)  # frames past 16 T = 1440 fall off
 
 
@@ -125,8 +125,9 @@ def _f32(*values: float) -> np.ndarray:
 def test_csl_protocol_hand_computed() -> None:
     clip_len, n_clips = 2, 7
     rows = csl_rows(n_clips)  # [0, 3]
-    anomalous = clip_frame_labels([(0, 3)], start_frames=clip_len * np.arange(n_clips),
-                                  clip_len=clip_len)  # kept frames [1, 1, 0, 0]
+    anomalous = clip_frame_labels(
+        [(0, 3)], start_frames=clip_len * np.arange(n_clips), clip_len=clip_len
+    )  # kept frames [1, 1, 0, 0]
     normal = np.zeros((n_clips, clip_len), np.uint8)
     entries = [
         csl_entry(_f32(0.9, 0.9), rows, 0.8, 1, anomalous),  # crop 0 of video A
@@ -266,8 +267,7 @@ def _hand_set() -> list[VideoDetections]:
         VideoDetections(0, ((0, 10),), (0.6,), (), **frames([1, 1, 0, 0], [0, 0, 0, 0])),  # a false alarm
         VideoDetections(0, (), (), (), **frames([0, 0, 0, 0], [0, 0, 0, 0])),
         # IoU with [0, 20): 16 / 20 = 0.8, a hit at 0.3 and 0.5; [50, 100) vs [40, 60): 10 / 60, a miss
-        VideoDetections(1, ((0, 16), (50, 100)), (0.8, 0.7), ((0, 20), (40, 60)),
-                        **frames([1, 1, 0, 1], [1, 1, 1, 0])),
+        VideoDetections(1, ((0, 16), (50, 100)), (0.8, 0.7), ((0, 20), (40, 60)), **frames([1, 1, 0, 1], [1, 1, 1, 0])),
         VideoDetections(1, (), (), ((10, 30),), **frames([0, 0, 0, 0], [0, 1, 1, 0])),  # missed
     ]
 
@@ -288,8 +288,9 @@ def test_detection_metrics_hand_computed() -> None:
 
 
 def test_detection_metrics_without_any_interval() -> None:
-    quiet = [VideoDetections(v.label, (), (), v.truth, np.zeros_like(v.frame_flags), v.frame_labels)
-             for v in _hand_set()]
+    quiet = [
+        VideoDetections(v.label, (), (), v.truth, np.zeros_like(v.frame_flags), v.frame_labels) for v in _hand_set()
+    ]
     with pytest.warns(UndefinedMetricWarning, match="interval precision at IoU 0.3: no reported intervals"):
         got = detection_metrics(quiet)
     m = got["intervals"]["iou_0.3"]
@@ -313,8 +314,13 @@ def test_entries_gate_videos_and_clip_the_truth_to_the_scored_frames() -> None:
     assert gated.detections.truth == ((20, 64),)  # from the labels: the run of annotated frames
     # csl: rows [0, 3, 6] are scored; a run of the compressed curve maps back through them, so
     # the peak on row 3 (frames 48-63) gives an interval around those frames
-    crop = csl_entry(_f32(0.1, 0.9, 0.1), csl_rows(9), 0.9, 1,
-                     clip_frame_labels([(48, 64)], start_frames=16 * np.arange(9), clip_len=16))
+    crop = csl_entry(
+        _f32(0.1, 0.9, 0.1),
+        csl_rows(9),
+        0.9,
+        1,
+        clip_frame_labels([(48, 64)], start_frames=16 * np.arange(9), clip_len=16),
+    )
     ((start, end),) = crop.detections.intervals
     assert 0 < start < 48 and 64 < end < 112
     assert crop.detections.truth == ((48, 64),)

@@ -79,8 +79,9 @@ def test_conv_on_shared_rows_equals_the_conv_on_copies_with_exact_gradients() ->
     source, positions = torch.tensor([0, 2, 3, 5, 1, 2, 6]), torch.tensor([0, 1, 2, 3, 0, 1, 2])
     copies = rows[source]
     torch.testing.assert_close(conv.forward_packed(rows, positions, source), conv.forward_packed(copies, positions))
-    assert torch.autograd.gradcheck(lambda r, t, b: _conv_with(conv, t, b).forward_packed(r, positions, source),
-                                    (rows, conv.taps, conv.bias))
+    assert torch.autograd.gradcheck(
+        lambda r, t, b: _conv_with(conv, t, b).forward_packed(r, positions, source), (rows, conv.taps, conv.bias)
+    )
 
 
 def _conv_with(conv: MaskedCausalConv1d, taps: torch.Tensor, bias: torch.Tensor) -> MaskedCausalConv1d:

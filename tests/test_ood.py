@@ -10,11 +10,11 @@ bikes.mp4 and not its own test videos) is in test_pipeline.py, on that module's 
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from conftest import REPO, moving_frames, write_video
 
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.detect import detect_videos
@@ -25,14 +25,14 @@ from vadpipe.model.run import load_run
 from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.intervals import OperatingPoint
 
-from conftest import REPO, moving_frames, write_video
-
 BIKES = REPO.parent / "shared" / "media" / "bikes.mp4"
 SEGMENT = 32  # frames: two 16-frame clips
 TEST_SEGMENTS = (3,)
 
-pytestmark = [pytest.mark.usefixtures("torch_one_thread"),
-              pytest.mark.skipif(not BIKES.is_file(), reason=f"real footage {BIKES} not found (../shared)")]
+pytestmark = [
+    pytest.mark.usefixtures("torch_one_thread"),
+    pytest.mark.skipif(not BIKES.is_file(), reason=f"real footage {BIKES} not found (../shared)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +45,20 @@ def bikes_run(tmp_path_factory, i3d_cpu):
     for k in range(len(frames) // SEGMENT):
         split = "test" if k in TEST_SEGMENTS else "train"
         label = "anomalous" if k % 2 else "normal"
-        segments[k] = write_video(root / split / label / f"bikes_{k}.mp4", frames[k * SEGMENT:(k + 1) * SEGMENT])
+        segments[k] = write_video(root / split / label / f"bikes_{k}.mp4", frames[k * SEGMENT : (k + 1) * SEGMENT])
     encoder, ident = i3d_cpu
     settings = ExtractionSettings().with_weights(ident)
     for split in ("train", "test"):
-        report = extract_videos([root / split], out_dir=root / "features" / split, settings=settings,
-                                encoder=encoder, progress=False)
+        report = extract_videos(
+            [root / split], out_dir=root / "features" / split, settings=settings, encoder=encoder, progress=False
+        )
         assert not report.failed
-    run_dir = train_calibrated(root / "features" / "train", out_dir=root / "run",
-                               config=replace(TrainConfig(), epochs=2), calibration=CalibrationSpec())
+    run_dir = train_calibrated(
+        root / "features" / "train",
+        out_dir=root / "run",
+        config=replace(TrainConfig(), epochs=2),
+        calibration=CalibrationSpec(),
+    )
     return root, run_dir, settings, encoder
 
 
@@ -63,8 +68,15 @@ def test_a_model_trained_on_real_footage_does_not_mark_its_held_out_segments(bik
     distance = load_distance(run_dir)
     assert distance.threshold_from == "heldout" and distance.threshold_videos == 2
     run = load_run(run_dir)
-    result = detect_videos([root / "test"], run, cache_dir=root / "features" / "test", settings=settings,
-                           operating_point=OperatingPoint(), encoder=encoder, progress=False)
+    result = detect_videos(
+        [root / "test"],
+        run,
+        cache_dir=root / "features" / "test",
+        settings=settings,
+        operating_point=OperatingPoint(),
+        encoder=encoder,
+        progress=False,
+    )
     (video,) = result.document.videos
     assert video.ood is not None and not video.ood.outside, video.ood
 
@@ -73,7 +85,14 @@ def test_a_model_trained_on_real_footage_does_not_mark_its_held_out_segments(bik
 def test_the_same_model_marks_other_footage(bikes_run, tmp_path):
     root, run_dir, settings, encoder = bikes_run
     other = write_video(tmp_path / "square.mp4", moving_frames(48, 160, 120))
-    result = detect_videos([other], load_run(run_dir), cache_dir=tmp_path / "cache", settings=settings,
-                           operating_point=OperatingPoint(), encoder=encoder, progress=False)
+    result = detect_videos(
+        [other],
+        load_run(run_dir),
+        cache_dir=tmp_path / "cache",
+        settings=settings,
+        operating_point=OperatingPoint(),
+        encoder=encoder,
+        progress=False,
+    )
     (video,) = result.document.videos
     assert video.ood.outside and video.ood.share_outside == 1.0

@@ -20,8 +20,10 @@ DIM = 32
 
 def _videos(rng, n_videos, *, shift=0.0, clips=12, scale=None):
     scale = np.linspace(0.5, 2.0, DIM) if scale is None else scale
-    return {f"v{rng.integers(1 << 30)}": [(rng.normal(size=(clips, DIM)) * scale + shift).astype(np.float32)]
-            for _ in range(n_videos)}
+    return {
+        f"v{rng.integers(1 << 30)}": [(rng.normal(size=(clips, DIM)) * scale + shift).astype(np.float32)]
+        for _ in range(n_videos)
+    }
 
 
 def test_heldout_threshold_keeps_like_footage_in_and_marks_shifted_footage():
@@ -101,10 +103,15 @@ def test_fit_run_distance_reads_the_run_config(tmp_path):
         np.save(feats / f"{name}__0.npy", rng.normal(size=(10, DIM)).astype(np.float32))
         names.append(name)
     run = tmp_path / "run"
-    write_json(run / "config.json", {"schema_version": 1, "model": {},
-                                     "data": {"path": str(feats), "labels_csv": None, "crops_requested": None,
-                                              "videos": names[:6]},
-                                     "calibration": {"heldout_videos": names[6:]}})
+    write_json(
+        run / "config.json",
+        {
+            "schema_version": 1,
+            "model": {},
+            "data": {"path": str(feats), "labels_csv": None, "crops_requested": None, "videos": names[:6]},
+            "calibration": {"heldout_videos": names[6:]},
+        },
+    )
     distance = fit_run_distance(run)
     assert (distance.fit_videos, distance.threshold_videos, distance.threshold_from) == (6, 2, "heldout")
     assert set(distance.threshold_video_shares) == set(names[6:])
@@ -115,13 +122,24 @@ def test_the_document_carries_the_mark_and_old_documents_still_validate():
     rng = np.random.default_rng(6)
     distance = fit_distance(_videos(rng, 6), _videos(rng, 2))
     judged = judge_video(distance, [rng.normal(size=(2, DIM)) + 3])
-    video = {"source": "a.mp4", "duration_s": 1.3, "fps": 25.0, "n_frames": 32, "clip_len": 16,
-             "video_score": 0.5, "clips": [{"start_s": 0.0, "attention": 0.5, "tcam": 0.5, "wtcam": 0.25},
-                                           {"start_s": 0.64, "attention": 0.5, "tcam": 0.5, "wtcam": 0.25}],
-             "intervals": []}
-    doc = {"schema_version": 1, "operating_point": {"threshold": 0.35, "low": 0.05, "high": 1.0,
-                                                    "min_duration_s": 0.0, "merge_gap_s": 0.0},
-           "videos": [video]}
+    video = {
+        "source": "a.mp4",
+        "duration_s": 1.3,
+        "fps": 25.0,
+        "n_frames": 32,
+        "clip_len": 16,
+        "video_score": 0.5,
+        "clips": [
+            {"start_s": 0.0, "attention": 0.5, "tcam": 0.5, "wtcam": 0.25},
+            {"start_s": 0.64, "attention": 0.5, "tcam": 0.5, "wtcam": 0.25},
+        ],
+        "intervals": [],
+    }
+    doc = {
+        "schema_version": 1,
+        "operating_point": {"threshold": 0.35, "low": 0.05, "high": 1.0, "min_duration_s": 0.0, "merge_gap_s": 0.0},
+        "videos": [video],
+    }
     validate_document(doc)  # written before the mark existed
     video["ood"] = json.loads(json.dumps(judged.to_dict()))
     validate_document(doc)
@@ -140,11 +158,20 @@ def test_the_plot_of_a_video_outside_the_training_footage_shows_it(tmp_path):
     from vadpipe.postprocess.plot import plot_scores
 
     times = np.arange(100) / 25
-    common = {"times_s": times, "curves": {"wtcam": 0.5 + 0.2 * np.sin(times)}, "threshold": 0.35,
-              "intervals": [(1.0, 2.0)], "title": "street.mp4"}
+    common = {
+        "times_s": times,
+        "curves": {"wtcam": 0.5 + 0.2 * np.sin(times)},
+        "threshold": 0.35,
+        "intervals": [(1.0, 2.0)],
+        "title": "street.mp4",
+    }
     plain = plot_scores(tmp_path / "plain.png", **common).read_bytes()
-    marked = plot_scores(tmp_path / "marked.png", **common, outside=[(0.0, 3.2)],
-                         warning="street.mp4: 100% of its clips are outside the training footage").read_bytes()
+    marked = plot_scores(
+        tmp_path / "marked.png",
+        **common,
+        outside=[(0.0, 3.2)],
+        warning="street.mp4: 100% of its clips are outside the training footage",
+    ).read_bytes()
     assert marked[:8] == b"\x89PNG\r\n\x1a\n" and marked != plain
 
 

@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import REPO as REPO_ROOT
+from conftest import moving_frames, write_video
 
 from vadpipe.cli import main
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.synth import SplitSize, SynthConfig, make_dataset
-
-from conftest import REPO as REPO_ROOT
-from conftest import moving_frames, write_video
 
 pytestmark = pytest.mark.slow  # extract (real I3D), train and detect end to end
 
@@ -30,16 +29,38 @@ def _ok(result):
 def trained(tmp_path_factory):
     """A small synthetic set, extracted with the real I3D and trained through the CLI."""
     root = tmp_path_factory.mktemp("e2e")
-    ds = make_dataset(root / "videos", splits={"train": SplitSize(6, 6), "test": SplitSize(1, 2)},
-                      config=SynthConfig(n_frames=(80, 96)), seed=3)
+    ds = make_dataset(
+        root / "videos",
+        splits={"train": SplitSize(6, 6), "test": SplitSize(1, 2)},
+        config=SynthConfig(n_frames=(80, 96)),
+        seed=3,
+    )
     runner = CliRunner()
     feats = {s: root / "features" / s for s in ("train", "test")}
     for split, out in feats.items():
         _ok(runner.invoke(main, ["extract", str(ds.split_dir(split)), "--out", str(out), "-q"]))
     run = root / "run"
-    _ok(runner.invoke(main, ["train", "--features", str(feats["train"]), "--out", str(run), "--recipe", "paper",
-                             "--holdout-fraction", "0.25", "--epochs", "40",
-                             "--seed", "0", "-q"]))
+    _ok(
+        runner.invoke(
+            main,
+            [
+                "train",
+                "--features",
+                str(feats["train"]),
+                "--out",
+                str(run),
+                "--recipe",
+                "paper",
+                "--holdout-fraction",
+                "0.25",
+                "--epochs",
+                "40",
+                "--seed",
+                "0",
+                "-q",
+            ],
+        )
+    )
     return ds, feats, run, root
 
 
@@ -49,8 +70,23 @@ def test_train_then_evaluate_on_extracted_features(trained):
     assert config["extraction"]["settings"]["crops"] == "center"
     assert (run / "weights.safetensors").is_file()
     out = root / "metrics.json"
-    _ok(CliRunner().invoke(main, ["evaluate", "--model", str(run), "--features", str(feats["test"]),
-                                  "--annotations", str(ds.annotations_path), "--json", str(out), "-q"]))
+    _ok(
+        CliRunner().invoke(
+            main,
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--features",
+                str(feats["test"]),
+                "--annotations",
+                str(ds.annotations_path),
+                "--json",
+                str(out),
+                "-q",
+            ],
+        )
+    )
     metrics = json.loads(out.read_text())
     assert metrics["protocol"] == "standard"
     for level in ("video", "segment", "frame", "proposal"):
@@ -61,9 +97,26 @@ def test_train_then_evaluate_on_extracted_features(trained):
 def test_detect_finds_the_planted_anomaly_and_writes_valid_json_and_plots(trained, tmp_path):
     ds, feats, run, _ = trained
     out, plots = tmp_path / "intervals.json", tmp_path / "plots"
-    result = _ok(CliRunner().invoke(main, [
-        "detect", str(ds.split_dir("test")), "--model", str(run), "--cache", str(feats["test"]),
-        "--out", str(out), "--plot", str(plots), "--annotations", str(ds.annotations_path), "-q"]))
+    result = _ok(
+        CliRunner().invoke(
+            main,
+            [
+                "detect",
+                str(ds.split_dir("test")),
+                "--model",
+                str(run),
+                "--cache",
+                str(feats["test"]),
+                "--out",
+                str(out),
+                "--plot",
+                str(plots),
+                "--annotations",
+                str(ds.annotations_path),
+                "-q",
+            ],
+        )
+    )
     doc = json.loads(out.read_text())
     validate_document(doc)
     assert doc["schema_version"] == 1 and len(doc["videos"]) == 3
@@ -94,8 +147,24 @@ def test_detect_maps_variable_frame_rate_times_from_timestamps(trained, tmp_path
     _, _, run, _ = trained
     pts = [int(1000 * t) for t in np.cumsum(np.r_[0, np.where(np.arange(47) % 2, 0.02, 0.1)])]
     video = write_video(tmp_path / "vfr.mp4", moving_frames(48, 160, 120), pts=pts, time_base=Fraction(1, 1000))
-    result = _ok(CliRunner().invoke(main, ["detect", str(video), "--model", str(run), "--cache",
-                                           str(tmp_path / "c"), "--out", "-", "--threshold", "0.0", "-q"]))
+    result = _ok(
+        CliRunner().invoke(
+            main,
+            [
+                "detect",
+                str(video),
+                "--model",
+                str(run),
+                "--cache",
+                str(tmp_path / "c"),
+                "--out",
+                "-",
+                "--threshold",
+                "0.0",
+                "-q",
+            ],
+        )
+    )
     doc = json.loads(result.stdout)
     (entry,) = doc["videos"]
     times = np.array(pts) / 1000
@@ -108,9 +177,26 @@ def test_detect_maps_variable_frame_rate_times_from_timestamps(trained, tmp_path
 def test_detect_report_writes_a_review_folder_of_the_same_videos(trained, tmp_path):
     ds, feats, run, _ = trained
     out, review = tmp_path / "intervals.json", tmp_path / "review"
-    result = _ok(CliRunner().invoke(main, [
-        "detect", str(ds.split_dir("test")), "--model", str(run), "--cache", str(feats["test"]),
-        "--out", str(out), "--report", str(review), "--annotations", str(ds.annotations_path), "-q"]))
+    result = _ok(
+        CliRunner().invoke(
+            main,
+            [
+                "detect",
+                str(ds.split_dir("test")),
+                "--model",
+                str(run),
+                "--cache",
+                str(feats["test"]),
+                "--out",
+                str(out),
+                "--report",
+                str(review),
+                "--annotations",
+                str(ds.annotations_path),
+                "-q",
+            ],
+        )
+    )
     doc = json.loads(out.read_text())
     text = (review / "index.html").read_text()
     index = json.loads(text.split('type="application/json">', 1)[1].split("</script>", 1)[0])
@@ -124,8 +210,9 @@ def test_detect_report_writes_a_review_folder_of_the_same_videos(trained, tmp_pa
 def test_detect_refuses_settings_the_model_was_not_trained_with(trained, make_video, tmp_path):
     _, _, run, _ = trained
     video = make_video("x.mp4", n_frames=16)
-    result = CliRunner().invoke(main, ["detect", str(video), "--model", str(run), "--crops", "five",
-                                       "--cache", str(tmp_path / "c"), "-q"])
+    result = CliRunner().invoke(
+        main, ["detect", str(video), "--model", str(run), "--crops", "five", "--cache", str(tmp_path / "c"), "-q"]
+    )
     assert result.exit_code == 2
     assert "crops='five'" in result.stderr and "model: 'center'" in result.stderr
 
@@ -133,8 +220,11 @@ def test_detect_refuses_settings_the_model_was_not_trained_with(trained, make_vi
 def test_detect_reports_too_short_videos_instead_of_failing(trained, make_video, tmp_path):
     _, _, run, _ = trained
     video = make_video("short.mp4", n_frames=8)
-    result = _ok(CliRunner().invoke(main, ["detect", str(video), "--model", str(run), "--cache",
-                                           str(tmp_path / "c"), "--out", "-", "-q"]))
+    result = _ok(
+        CliRunner().invoke(
+            main, ["detect", str(video), "--model", str(run), "--cache", str(tmp_path / "c"), "--out", "-", "-q"]
+        )
+    )
     doc = json.loads(result.stdout)
     assert doc["videos"] == [] and doc["not_scored"][0]["reason"].startswith("too short")
     assert "too short" in result.stderr
@@ -147,8 +237,11 @@ BIKES = REPO_ROOT / ".." / "shared" / "media" / "bikes.mp4"
 
 def _ood_lines(stderr: str, kind: str) -> list[str]:
     """The per-video lines (one per video outside the training footage)."""
-    return [line for line in stderr.splitlines()
-            if line.startswith(f"{kind}: ") and "of its clips are outside the training footage" in line]
+    return [
+        line
+        for line in stderr.splitlines()
+        if line.startswith(f"{kind}: ") and "of its clips are outside the training footage" in line
+    ]
 
 
 @pytest.mark.skipif(not BIKES.is_file(), reason=f"real footage {BIKES} not found (the read-only ../shared folder)")
@@ -178,9 +271,25 @@ def test_detect_marks_real_footage_outside_the_synthetic_training_footage(traine
 
 def test_evaluate_reports_test_videos_like_the_training_footage(trained):
     ds, feats, run, _ = trained
-    result = _ok(CliRunner().invoke(main, ["evaluate", "--model", str(run), "--features", str(feats["test"]),
-                                           "--annotations", str(ds.annotations_path), "--json", "-", "-q",
-                                           "--ood", "error"]))
+    result = _ok(
+        CliRunner().invoke(
+            main,
+            [
+                "evaluate",
+                "--model",
+                str(run),
+                "--features",
+                str(feats["test"]),
+                "--annotations",
+                str(ds.annotations_path),
+                "--json",
+                "-",
+                "-q",
+                "--ood",
+                "error",
+            ],
+        )
+    )
     report = json.loads(result.stdout)
     assert report["ood"]["outside"] == [] and len(report["ood"]["videos"]) == 3
 
@@ -189,7 +298,23 @@ def test_a_model_from_before_the_check_still_loads_and_says_once_it_cannot_judge
     ds, feats, run, _ = trained
     old = tmp_path / "old-run"
     shutil.copytree(run, old, ignore=shutil.ignore_patterns("ood.safetensors", "checkpoint"))
-    result = _ok(CliRunner().invoke(main, ["detect", str(ds.split_dir("test")), "--model", str(old), "--cache",
-                                           str(feats["test"]), "--out", "-", "--ood", "error", "-q"]))
+    result = _ok(
+        CliRunner().invoke(
+            main,
+            [
+                "detect",
+                str(ds.split_dir("test")),
+                "--model",
+                str(old),
+                "--cache",
+                str(feats["test"]),
+                "--out",
+                "-",
+                "--ood",
+                "error",
+                "-q",
+            ],
+        )
+    )
     assert all(v["ood"] is None for v in json.loads(result.stdout)["videos"])
     assert result.stderr.count("cannot tell whether these videos are like it") == 1

@@ -42,17 +42,23 @@ def test_plot_is_a_png_of_sensible_size(tmp_path) -> None:
 
 def test_plot_without_intervals_or_ground_truth(tmp_path) -> None:
     times, curves = _curves(3)
-    path = plot_scores(tmp_path / "a.png", times_s=times, curves={"wtcam": curves["wtcam"]},
-                       threshold=0.5, intervals=[], title="short")
+    path = plot_scores(
+        tmp_path / "a.png", times_s=times, curves={"wtcam": curves["wtcam"]}, threshold=0.5, intervals=[], title="short"
+    )
     assert path.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_plot_rejects_misaligned_curves(tmp_path) -> None:
     times, curves = _curves(10)
     with pytest.raises(DataError, match=r"curve 'tcam' has shape \(9,\), times_s \(10,\)"):
-        plot_scores(tmp_path / "a.png", times_s=times, curves={"tcam": curves["tcam"][:9]},
-                    threshold=0.35, intervals=[], title="x")
+        plot_scores(
+            tmp_path / "a.png",
+            times_s=times,
+            curves={"tcam": curves["tcam"][:9]},
+            threshold=0.35,
+            intervals=[],
+            title="x",
+        )
     with pytest.raises(DataError, match="curves is empty"):
-        plot_scores(tmp_path / "a.png", times_s=times, curves={}, threshold=0.35, intervals=[],
-                    title="x")
+        plot_scores(tmp_path / "a.png", times_s=times, curves={}, threshold=0.35, intervals=[], title="x")
     assert not (tmp_path / "a.png").exists()

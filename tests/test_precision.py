@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vadpipe.errors import ConfigError
-from vadpipe.extract.inference import check_precision, cpu_has_native_bf16
 from vadpipe.extract.encoder import ClipEncoder
+from vadpipe.extract.inference import check_precision, cpu_has_native_bf16
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -28,7 +28,7 @@ def bikes_clips(shared_dir):
             frames.append(resize_frame(frame.rgb))
             if len(frames) == 8 * 16:
                 break
-    clips = torch.stack([crop_clip(torch.stack(frames[i * 16:(i + 1) * 16]), 224, "center")[0] for i in range(8)])
+    clips = torch.stack([crop_clip(torch.stack(frames[i * 16 : (i + 1) * 16]), 224, "center")[0] for i in range(8)])
     return clips, np.load(ref / "bikes_feats.npy")
 
 
@@ -55,8 +55,9 @@ def _openvino_installed() -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["torch", "openvino"])
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_every_offered_precision_and_runtime_keeps_the_reference_features(precision, runtime, bikes_clips, shared_dir,
-                                                                          i3d_model, tmp_path, monkeypatch):
+def test_every_offered_precision_and_runtime_keeps_the_reference_features(
+    precision, runtime, bikes_clips, shared_dir, i3d_model, tmp_path, monkeypatch
+):
     if precision == "bf16" and not cpu_has_native_bf16():
         pytest.skip("this CPU has no native BF16 (AVX512-BF16/AMX): bf16 is refused here")
     if runtime == "openvino" and not _openvino_installed():
@@ -64,7 +65,7 @@ def test_every_offered_precision_and_runtime_keeps_the_reference_features(precis
     monkeypatch.setenv("VADPIPE_CACHE_DIR", str(tmp_path))  # the exported ONNX file goes there
     clips, reference = bikes_clips
     encoder = ClipEncoder(i3d_model[0], torch.device("cpu"), precision, runtime=runtime)
-    feats = np.concatenate([encoder(clips[i:i + 4]) for i in range(0, 8, 4)])
+    feats = np.concatenate([encoder(clips[i : i + 4]) for i in range(0, 8, 4)])
     assert feats.dtype == np.float32 and feats.shape == (8, 1024)
     assert _cosines(feats, reference).min() >= 0.999
     if precision == "fp32":  # the reference clip itself (no decoding in between): float rounding only
@@ -93,7 +94,6 @@ def test_extract_with_the_openvino_runtime_records_it_and_matches_torch(make_vid
     from click.testing import CliRunner
 
     from vadpipe.cli import main
-
     from vadpipe.extract.weights import resolve_weights
 
     weights, _ = resolve_weights()  # the per-user copy, passed explicitly: nothing is downloaded
@@ -102,8 +102,9 @@ def test_extract_with_the_openvino_runtime_records_it_and_matches_torch(make_vid
     caches = {}
     for runtime in ("torch", "openvino"):
         out = tmp_path / runtime
-        result = CliRunner().invoke(main, ["extract", str(video), "--out", str(out), "--runtime", runtime, "-q",
-                                           "--weights", str(weights)])
+        result = CliRunner().invoke(
+            main, ["extract", str(video), "--out", str(out), "--runtime", runtime, "-q", "--weights", str(weights)]
+        )
         assert result.exit_code == 0, result.output
         record = json.loads((out / "walk.json").read_text())
         caches[runtime] = (record, np.load(out / "walk__0.npy"))

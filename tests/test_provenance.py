@@ -30,15 +30,33 @@ def _bare_features(root, n_videos: int = 4):
 
 def _train(tmp_path, features, *extra) -> tuple[object, dict]:
     out = tmp_path / f"run{len(list(tmp_path.glob('run*')))}"
-    result = CliRunner().invoke(main, ["train", "--features", str(features), "--out", str(out), "--epochs", "1",
-                                       "--min-steps", "0", "--holdout-fraction", "0", "--batch-size", "2", "-q",
-                                       *extra])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--features",
+            str(features),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--min-steps",
+            "0",
+            "--holdout-fraction",
+            "0",
+            "--batch-size",
+            "2",
+            "-q",
+            *extra,
+        ],
+    )
     return result, (json.loads((out / "config.json").read_text()) if (out / "config.json").exists() else {})
 
 
 def _detect(tmp_path, run, video, *extra):
     return CliRunner(env={"VADPIPE_HOME": str(tmp_path / "ws")}).invoke(
-        main, ["detect", str(video), "--model", str(run), "--device", "cpu", "-q", *extra])
+        main, ["detect", str(video), "--model", str(run), "--device", "cpu", "-q", *extra]
+    )
 
 
 def test_train_records_the_backbone_of_bare_features_only_when_told(tmp_path):
@@ -85,8 +103,9 @@ def test_detect_refuses_weights_of_another_backbone_than_the_model_s(tmp_path, m
     assert "trained on kinetics400-imagenet features" in result.stderr and "is kinetics400-scratch" in result.stderr
     # the same pair through --backbone: a run recording its backbone refuses another
     scratch = ExtractionSettings().with_weights(SCRATCH.weights_id)
-    scratch_run = _run_with(tmp_path, "scratch", {"extraction": {"settings": scratch.to_dict(),
-                                                                 "settings_key": scratch.key()}})
+    scratch_run = _run_with(
+        tmp_path, "scratch", {"extraction": {"settings": scratch.to_dict(), "settings_key": scratch.key()}}
+    )
     result = _detect(tmp_path, scratch_run, video, "--backbone", IMAGENET.id)
     assert result.exit_code == 2, result.output
     assert "trained on kinetics400-scratch features; --backbone kinetics400-imagenet" in result.stderr
@@ -115,13 +134,16 @@ def test_evaluate_refuses_a_cache_of_another_backbone_than_the_model_s(tmp_path)
     from vadpipe.postprocess.evaluate import check_features_match_run
 
     scratch = ExtractionSettings().with_weights(SCRATCH.weights_id)
-    cache = replace(scan_features(_bare_features(tmp_path / "c")),
-                    extraction={"settings": scratch.to_dict(), "settings_key": scratch.key()})
+    cache = replace(
+        scan_features(_bare_features(tmp_path / "c")),
+        extraction={"settings": scratch.to_dict(), "settings_key": scratch.key()},
+    )
     from vadpipe.model.run_config import RunConfig
 
     def run(backbone: dict) -> RunConfig:
-        return RunConfig.from_dict({"schema_version": 1, "model": {"feature_dim": 1024}, "backbone": backbone},
-                                   where="config.json")
+        return RunConfig.from_dict(
+            {"schema_version": 1, "model": {"feature_dim": 1024}, "backbone": backbone}, where="config.json"
+        )
 
     imagenet_run = run({"id": IMAGENET.id, "source": "stated"})
     with pytest.raises(ConfigError, match="trained on kinetics400-imagenet features, but .* holds kinetics400-scratch"):

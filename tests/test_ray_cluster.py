@@ -18,6 +18,7 @@ ray = pytest.importorskip("ray")
 
 from ray.cluster_utils import Cluster  # noqa: E402
 from test_workers import BATCH, SMALL, snapshot  # noqa: E402
+
 from vadpipe.errors import ConfigError  # noqa: E402
 from vadpipe.extract.engines import RayOptions, extract_videos  # noqa: E402
 from vadpipe.extract.settings import ExtractionSettings  # noqa: E402
@@ -37,11 +38,13 @@ def cluster(monkeypatch, tmp_path_factory):
     root = Path(os.path.realpath(tmp_path_factory.mktemp("rc", numbered=True)))
     if len(str(root)) > 40:
         import tempfile
+
         root = Path(tempfile.mkdtemp(prefix="vprc-", dir="/tmp"))
     (root / "ray").mkdir()
     monkeypatch.setenv("RAY_TMPDIR", str(root))  # Ray writes its "current cluster" file there
-    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False,
-                                                          temp_dir=str(root / "ray")))
+    c = Cluster(
+        initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False, temp_dir=str(root / "ray"))
+    )
     for _ in range(2):
         c.add_node(num_cpus=2)
     c.wait_for_nodes()
@@ -135,11 +138,19 @@ def _join(t, box, bound: float = BOUND_S):
 @pytest.fixture
 def reference(i3d_cpu, tmp_path):
     """The local engine's cache of the same videos."""
+
     def make(videos: list[Path]) -> dict[str, bytes]:
         out = tmp_path / "reference"
-        extract_videos(videos, out_dir=out, settings=ExtractionSettings(**SMALL).with_weights(i3d_cpu[1]),
-                      encoder=i3d_cpu[0], batch_size=BATCH, progress=False)
+        extract_videos(
+            videos,
+            out_dir=out,
+            settings=ExtractionSettings(**SMALL).with_weights(i3d_cpu[1]),
+            encoder=i3d_cpu[0],
+            batch_size=BATCH,
+            progress=False,
+        )
         return snapshot(out)
+
     return make
 
 
@@ -165,8 +176,14 @@ def _check_cache(out: Path, report, ref: dict[str, bytes]) -> set[str]:
 def _rerun_resumes(out: Path, videos, first, ref) -> None:
     stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.suffix in (".npy", ".json")}
     done_before = {r.stem for r in first.results if r.status == "ok"}
-    again = extract_videos(videos, out_dir=out, settings=ExtractionSettings(**SMALL), batch_size=BATCH,
-                           executor=RayOptions(), progress=False)
+    again = extract_videos(
+        videos,
+        out_dir=out,
+        settings=ExtractionSettings(**SMALL),
+        batch_size=BATCH,
+        executor=RayOptions(),
+        progress=False,
+    )
     assert again.counts().get("failed", 0) == 0
     assert again.counts().get("ok", 0) == N_VIDEOS - len(done_before)  # only what the first run did not finish
     assert snapshot(out) == ref
@@ -181,8 +198,16 @@ def test_a_worker_node_killed_mid_run(cluster, make_video, reference, tmp_path):
     videos = _videos(make_video)
     ref = reference(videos)
     out = tmp_path / "cache"
-    t, box = _in_thread(lambda: extract_videos(videos, out_dir=out, settings=ExtractionSettings(**SMALL),
-                                                 batch_size=BATCH, progress=False, executor=RayOptions(max_tasks=3)))
+    t, box = _in_thread(
+        lambda: extract_videos(
+            videos,
+            out_dir=out,
+            settings=ExtractionSettings(**SMALL),
+            batch_size=BATCH,
+            progress=False,
+            executor=RayOptions(max_tasks=3),
+        )
+    )
     deadline = time.monotonic() + BOUND_S
     actor_node, _ = _actor_node(cluster, deadline)
     victim = next(n for n in cluster.worker_nodes if n is not actor_node)
@@ -203,8 +228,16 @@ def test_the_actor_node_killed_mid_run(cluster, make_video, reference, tmp_path)
     videos = _videos(make_video)
     ref = reference(videos)
     out = tmp_path / "cache"
-    t, box = _in_thread(lambda: extract_videos(videos, out_dir=out, settings=ExtractionSettings(**SMALL),
-                                                 batch_size=BATCH, progress=False, executor=RayOptions(max_tasks=2)))
+    t, box = _in_thread(
+        lambda: extract_videos(
+            videos,
+            out_dir=out,
+            settings=ExtractionSettings(**SMALL),
+            batch_size=BATCH,
+            progress=False,
+            executor=RayOptions(max_tasks=2),
+        )
+    )
     deadline = time.monotonic() + BOUND_S
     actor_node, _ = _actor_node(cluster, deadline)
     _wait_for(lambda: len(list(out.rglob("*.lock"))) >= 2 if out.is_dir() else False, deadline, "video tasks")
@@ -223,9 +256,16 @@ def test_a_stalled_actor_is_bounded_by_the_timeout(cluster, make_video, tmp_path
     videos = _videos(make_video)[:3]
     out = tmp_path / "cache"
     timeout = 20.0
-    t, box = _in_thread(lambda: extract_videos(videos, out_dir=out, settings=ExtractionSettings(**SMALL),
-                                                 batch_size=BATCH, progress=False,
-                                                 executor=RayOptions(max_tasks=2, task_timeout_s=timeout)))
+    t, box = _in_thread(
+        lambda: extract_videos(
+            videos,
+            out_dir=out,
+            settings=ExtractionSettings(**SMALL),
+            batch_size=BATCH,
+            progress=False,
+            executor=RayOptions(max_tasks=2, task_timeout_s=timeout),
+        )
+    )
     deadline = time.monotonic() + BOUND_S
     _, pid = _actor_node(cluster, deadline)
     # stop it once it has loaded the network: a task waits on it (its lock is held)

@@ -25,12 +25,12 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from conftest import moving_frames, sigint_as_in_a_terminal, write_video  # noqa: E402
 from filelock import FileLock, Timeout  # noqa: E402
 from ray.cluster_utils import Cluster  # noqa: E402
-from conftest import moving_frames, sigint_as_in_a_terminal, write_video  # noqa: E402
 from test_ray_cluster import _descendants  # noqa: E402
 from test_workers import snapshot  # noqa: E402
-from vadpipe.extract import cache  # noqa: E402
+
 from vadpipe.extract.job import LOCK_DIR  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray cluster, driver processes and the real I3D
@@ -61,8 +61,9 @@ def cluster(ray_env):
     """A head without CPUs (it schedules nothing) and two worker nodes of 2 CPUs, on this machine's
     address (a driver cannot join a cluster bound to 127.0.0.1: Ray turns a loopback ``--address``
     into the machine's own address before connecting); shut down (every raylet and worker process) whatever the tests did."""
-    c = Cluster(initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False,
-                                                          temp_dir=str(ray_env / "ray")))
+    c = Cluster(
+        initialize_head=True, head_node_args=dict(num_cpus=0, include_dashboard=False, temp_dir=str(ray_env / "ray"))
+    )
     try:
         for _ in range(2):
             c.add_node(num_cpus=2)
@@ -114,8 +115,13 @@ def no_driver_left():
 
 
 def start_driver(videos: Path, out: Path, address: str, report: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen(extract_cmd(videos, out, address, report), stdout=subprocess.DEVNULL,
-                            stderr=log.open("w"), text=True, preexec_fn=sigint_as_in_a_terminal)
+    proc = subprocess.Popen(
+        extract_cmd(videos, out, address, report),
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),
+        text=True,
+        preexec_fn=sigint_as_in_a_terminal,
+    )
     _DRIVERS.append(proc)
     return proc
 
@@ -201,8 +207,7 @@ def stamps(out: Path) -> dict[str, tuple[int, int]]:
     return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.iterdir() if p.suffix in (".npy", ".json")}
 
 
-def rerun_resumes(videos: Path, out: Path, address: str, ref: dict[str, bytes], done: set[str],
-                  tmp_path: Path) -> dict:
+def rerun_resumes(videos: Path, out: Path, address: str, ref: dict[str, bytes], done: set[str], tmp_path: Path) -> dict:
     """The same command again: the finished videos skipped (not rewritten), the rest computed."""
     before = stamps(out)
     report_path = tmp_path / "rerun.json"
@@ -259,8 +264,11 @@ def test_sigkill_leaves_the_cache_whole_and_the_rerun_resumes(cluster, videos, r
     t_kill = time.monotonic()
     # Ray ends the dead driver's job: the worker processes of its tasks and its actor are killed
     # (not left to finish, nor kept for other jobs), and their claims die with them
-    wait_for(lambda: all(_gone(pid) for pid in workers), 60,
-             f"the dead driver's workers to exit: {[p for p in workers if not _gone(p)]}")
+    wait_for(
+        lambda: all(_gone(pid) for pid in workers),
+        60,
+        f"the dead driver's workers to exit: {[p for p in workers if not _gone(p)]}",
+    )
     took_stop = time.monotonic() - t_kill
     wait_for(lambda: not held_locks(out), 30, "the dead driver's claims to be released")
     assert not cluster_work(cluster)
@@ -270,9 +278,11 @@ def test_sigkill_leaves_the_cache_whole_and_the_rerun_resumes(cluster, videos, r
     for name, data in snap.items():  # what is there is the local engine's
         assert data == reference[name], name
     assert 1 <= len(done) < N_VIDEOS, done
-    print(f"\nSIGKILL: {len(workers)} task/actor processes gone {took_stop:.1f} s after the kill, {len(done)}/{N_VIDEOS} finished "
-          f"{sorted(done)}, feature files without a record: {orphans}, temp files: "
-          f"{sorted(p.name for p in out.glob('.*.tmp'))}")
+    print(
+        f"\nSIGKILL: {len(workers)} task/actor processes gone {took_stop:.1f} s after the kill, {len(done)}/{N_VIDEOS} finished "
+        f"{sorted(done)}, feature files without a record: {orphans}, temp files: "
+        f"{sorted(p.name for p in out.glob('.*.tmp'))}"
+    )
     rerun_resumes(videos, out, cluster.address, reference, done, tmp_path)
     assert not list(out.glob(".*.tmp"))
     print(f"SIGKILL test {time.monotonic() - t0:.0f} s")
@@ -281,15 +291,17 @@ def test_sigkill_leaves_the_cache_whole_and_the_rerun_resumes(cluster, videos, r
 def test_two_drivers_on_one_cache_compute_each_video_once(cluster, videos, reference, tmp_path):
     out = tmp_path / "cache"
     t0 = time.monotonic()
-    procs = [start_driver(videos, out, cluster.address, tmp_path / f"report{k}.json", tmp_path / f"driver{k}.log")
-             for k in range(2)]
+    procs = [
+        start_driver(videos, out, cluster.address, tmp_path / f"report{k}.json", tmp_path / f"driver{k}.log")
+        for k in range(2)
+    ]
     reports = []
     for k, proc in enumerate(procs):
         rc, err = finish(proc, tmp_path / f"driver{k}.log")
         assert rc == 0, err[-3000:]
         reports.append(json.loads((tmp_path / f"report{k}.json").read_text()))
     computed = [{r["stem"] for r in rep["results"] if r["status"] == "ok"} for rep in reports]
-    for rep, mine, theirs in zip(reports, computed, computed[::-1]):
+    for rep, _mine, theirs in zip(reports, computed, computed[::-1]):
         assert rep["counts"].get("failed", 0) == 0, rep["results"]
         # what one driver did not compute, the other did, and this one skipped it
         assert {r["stem"] for r in rep["results"] if r["status"] == "skipped"} == theirs
@@ -297,8 +309,7 @@ def test_two_drivers_on_one_cache_compute_each_video_once(cluster, videos, refer
     assert computed[0] | computed[1] == {f"v{i}" for i in range(N_VIDEOS)}
     assert snapshot(out) == reference
     assert held_locks(out) == [] and not list(out.glob(".*.tmp"))
-    print(f"\ntwo drivers: computed {sorted(computed[0])} / {sorted(computed[1])}; "
-          f"{time.monotonic() - t0:.0f} s")
+    print(f"\ntwo drivers: computed {sorted(computed[0])} / {sorted(computed[1])}; {time.monotonic() - t0:.0f} s")
 
 
 def _machine_address() -> str:
@@ -322,12 +333,15 @@ def test_an_unreachable_cluster_address_fails_at_once(videos, tmp_path):
         closed.bind((ip, 0))  # a port nothing listens on
         loopback_gcs.bind(("127.0.0.1", 0))
         loopback_gcs.listen()
-        cases = {f"{ip}:{closed.getsockname()[1]}": "",
-                 f"127.0.0.1:{loopback_gcs.getsockname()[1]}": "start the cluster on this machine's address"}
+        cases = {
+            f"{ip}:{closed.getsockname()[1]}": "",
+            f"127.0.0.1:{loopback_gcs.getsockname()[1]}": "start the cluster on this machine's address",
+        }
         for address, hint in cases.items():
             t0 = time.monotonic()
-            proc = subprocess.run(extract_cmd(videos, tmp_path / "cache", address), capture_output=True, text=True,
-                                  timeout=120)
+            proc = subprocess.run(
+                extract_cmd(videos, tmp_path / "cache", address), capture_output=True, text=True, timeout=120
+            )
             assert proc.returncode == 2, proc.stderr[-3000:]
             assert f"error: cannot reach the Ray cluster at {address}: " in proc.stderr and hint in proc.stderr
             assert "Traceback" not in proc.stderr

@@ -11,18 +11,16 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import _frame_auc, _planted
 
 from vadpipe.model.data import open_training_set
 from vadpipe.model.run import load_run
-from vadpipe.model.selection import heldout_scores
 from vadpipe.model.samplers import batches_per_epoch, epoch_batches
 from vadpipe.model.schedules import lr_at_step, planned_epochs
+from vadpipe.model.selection import heldout_scores
 from vadpipe.model.train import TrainConfig, resume, train
 from vadpipe.postprocess.scores import score_video
 from vadpipe.recipes import RECIPES, recipe
-
-from test_train import _frame_auc, _planted
-
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -93,8 +91,9 @@ def test_early_stopping_keeps_the_weights_with_the_lowest_heldout_loss_and_resum
     heldout = [v for v in data.videos if v.startswith(("vid000", "vid001", "vid002", "vid003"))]
     trained = [v for v in data.videos if v not in heldout]
     config = TrainConfig(epochs=8, batch_size=4, lr=1e-3, early_stopping=True, select_every_steps=5, seed=4)
-    run = train(tmp_path / "feats", out_dir=tmp_path / "run", config=config, videos=trained, heldout=heldout,
-                scorer=score_video)
+    run = train(
+        tmp_path / "feats", out_dir=tmp_path / "run", config=config, videos=trained, heldout=heldout, scorer=score_video
+    )
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     scored = {x["epoch"]: x["heldout_loss"] for x in lines if "heldout_loss" in x}
     assert sorted(scored) == [2, 4, 5, 7, 8]  # 3 steps per epoch: each epoch passing a multiple of 5 steps, the last
@@ -105,8 +104,14 @@ def test_early_stopping_keeps_the_weights_with_the_lowest_heldout_loss_and_resum
     assert again["heldout_loss"] == pytest.approx(scored[selected], rel=1e-5)  # the saved weights are those
     assert json.loads((run / "config.json").read_text())["selection"]["videos"] == sorted(heldout)
 
-    half = train(tmp_path / "feats", out_dir=tmp_path / "half", config=TrainConfig(**{**config.__dict__, "epochs": 5}),
-                 videos=trained, heldout=heldout, scorer=score_video)
+    half = train(
+        tmp_path / "feats",
+        out_dir=tmp_path / "half",
+        config=TrainConfig(**{**config.__dict__, "epochs": 5}),
+        videos=trained,
+        heldout=heldout,
+        scorer=score_video,
+    )
     with pytest.raises(ConfigError, match="needs a video scorer"):
         resume(half, epochs=8)
     resume(half, epochs=8, scorer=score_video)
@@ -121,8 +126,13 @@ def test_heldout_videos_must_not_be_trained_on(tmp_path: Path) -> None:
     _planted(tmp_path / "feats", 6, seed=5)
     videos = open_training_set(tmp_path / "feats").videos
     with pytest.raises(ConfigError, match="also trained on"):
-        train(tmp_path / "feats", out_dir=tmp_path / "run", config=TrainConfig(epochs=1, early_stopping=True),
-              videos=videos, heldout=videos[:1])
+        train(
+            tmp_path / "feats",
+            out_dir=tmp_path / "run",
+            config=TrainConfig(epochs=1, early_stopping=True),
+            videos=videos,
+            heldout=videos[:1],
+        )
 
 
 # --- the recipes -------------------------------------------------------------------------------
@@ -135,14 +145,27 @@ def test_paper_recipe_is_the_authors_configuration() -> None:
     paper = recipe("paper").training
     assert paper == TrainConfig() and recipe("paper").calibration is None  # every video trained on, fixed 0.35
     assert recipe("default").calibration == CalibrationSpec(holdout_fraction=0.25)
-    assert (paper.epochs, paper.batch_size, paper.lr, paper.lr_milestone_epoch, paper.loss.normalize,
-            paper.loss.w_mil, paper.balanced, paper.schedule, paper.min_steps, paper.early_stopping) == \
-        (50, 8, 1e-4, 30, "steps", 0.0, False, "multistep", 0, False)
+    assert (
+        paper.epochs,
+        paper.batch_size,
+        paper.lr,
+        paper.lr_milestone_epoch,
+        paper.loss.normalize,
+        paper.loss.w_mil,
+        paper.balanced,
+        paper.schedule,
+        paper.min_steps,
+        paper.early_stopping,
+    ) == (50, 8, 1e-4, 30, "steps", 0.0, False, "multistep", 0, False)
     default = recipe("default").training
     assert default.model == paper.model and not default.align and default.block_len == 3
     assert (default.loss.w_sparsity, default.loss.w_smooth) == (2e-3, 2e-8)  # the paper's model and loss terms
-    assert (default.views, default.loss.w_align, default.loss.w_mil, default.loss.normalize) == ("phase", 0.05, 1.0,
-                                                                                                  "video")
+    assert (default.views, default.loss.w_align, default.loss.w_mil, default.loss.normalize) == (
+        "phase",
+        0.05,
+        1.0,
+        "video",
+    )
     assert paper.loss.view_scaling == "code" and default.loss.view_scaling == "once"  # with --align: K once
     with pytest.raises(ConfigError, match="recipe must be one of default, paper, got 'fast'"):
         recipe("fast")
@@ -174,12 +197,31 @@ def test_train_help_prints_the_registry_defaults_and_the_cli_applies_only_given_
     assert "[default: cosine (default recipe), multistep (paper)]" in text
     assert "[default: 0.25 (default recipe), 0 (paper)]" in text and "[default: mlp]" in text
     _planted(tmp_path / "feats", 4, seed=9)
-    result = CliRunner().invoke(main, ["train", "--features", str(tmp_path / "feats"), "--out", str(tmp_path / "run"),
-                                       "--recipe", "paper", "--epochs", "1", "--lr", "3e-4", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--features",
+            str(tmp_path / "feats"),
+            "--out",
+            str(tmp_path / "run"),
+            "--recipe",
+            "paper",
+            "--epochs",
+            "1",
+            "--lr",
+            "3e-4",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     saved = load_run(tmp_path / "run").config
-    assert saved.training == replace(recipe("paper").training, epochs=1, lr=3e-4,
-                                     model=replace(recipe("paper").training.model, feature_dim=saved.model.feature_dim))
+    assert saved.training == replace(
+        recipe("paper").training,
+        epochs=1,
+        lr=3e-4,
+        model=replace(recipe("paper").training.model, feature_dim=saved.model.feature_dim),
+    )
 
 
 @pytest.mark.slow
@@ -189,8 +231,14 @@ def test_default_recipe_learns_the_planted_segments(tmp_path: Path) -> None:
     data = open_training_set(tmp_path / "train")
     heldout = data.videos[:6]
     config = replace(recipe("default").training, min_steps=150, warmup_steps=20)
-    run = train(tmp_path / "train", out_dir=tmp_path / "run", config=config,
-                videos=[v for v in data.videos if v not in heldout], heldout=heldout, scorer=score_video)
+    run = train(
+        tmp_path / "train",
+        out_dir=tmp_path / "run",
+        config=config,
+        videos=[v for v in data.videos if v not in heldout],
+        heldout=heldout,
+        scorer=score_video,
+    )
     assert _frame_auc(load_run(run).model, tmp_path / "heldout", truth) > 0.9
 
 

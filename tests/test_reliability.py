@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import moving_frames, sigint_as_in_a_terminal, write_video
 
 pytestmark = pytest.mark.slow  # vadpipe extract subprocesses with the real I3D
@@ -23,13 +22,28 @@ def _videos(folder: Path, n: int = 4, frames: int = 32) -> Path:
 
 
 def _cmd(inputs: Path, out: Path) -> list[str]:
-    return [sys.executable, "-m", "vadpipe", "extract", str(inputs), "--out", str(out), "--device", "cpu",
-            "--json", str(out.parent / f"{out.name}-{time.monotonic_ns()}.json"), "-q"]
+    return [
+        sys.executable,
+        "-m",
+        "vadpipe",
+        "extract",
+        str(inputs),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--json",
+        str(out.parent / f"{out.name}-{time.monotonic_ns()}.json"),
+        "-q",
+    ]
 
 
 def _snapshot(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
-            if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +84,13 @@ def test_sigkill_then_resume_gives_a_byte_identical_cache(inputs, reference, tmp
 
 def test_sigint_stops_cleanly_with_a_summary(inputs, tmp_path):
     out = tmp_path / "cache"
-    proc = subprocess.Popen(_cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=sigint_as_in_a_terminal)
+    proc = subprocess.Popen(
+        _cmd(inputs, out),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=sigint_as_in_a_terminal,
+    )
     _wait_for("clip0.json", out, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -84,8 +103,10 @@ def test_sigint_stops_cleanly_with_a_summary(inputs, tmp_path):
 
 def test_two_processes_on_one_cache_split_the_work(inputs, reference, tmp_path):
     out = tmp_path / "cache"
-    procs = [subprocess.Popen(_cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(_cmd(inputs, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for p in procs:
         _, err = p.communicate(timeout=900)
         assert p.returncode == 0, err

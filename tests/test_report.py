@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import moving_frames, write_video
 
 from vadpipe.cli import main
 from vadpipe.extract.decode import open_frames
@@ -31,11 +32,16 @@ from vadpipe.postprocess.intervals import (
 from vadpipe.postprocess.report import ReportOptions, build_report, load_intervals
 from vadpipe.postprocess.report.media import make_proxy, probe_playability
 
-from conftest import moving_frames, write_video
-
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 CLIP = 16
 
 
@@ -47,9 +53,17 @@ def _scored(path: Path, wtcam: list[float]) -> dict:
     assert n_clips == len(wtcam), (path, n_clips)
     scores = np.array(wtcam, dtype=np.float32)
     video = build_video_intervals(
-        source=str(path), attention=np.ones(n_clips, np.float32), tcam=scores, wtcam=scores, video_score=float(scores.max()),
-        start_frames=np.arange(n_clips) * CLIP, clip_len=CLIP, frame_times_s=times,
-        duration_s=end_time_s(times), fps=info.fps)
+        source=str(path),
+        attention=np.ones(n_clips, np.float32),
+        tcam=scores,
+        wtcam=scores,
+        video_score=float(scores.max()),
+        start_frames=np.arange(n_clips) * CLIP,
+        clip_len=CLIP,
+        frame_times_s=times,
+        duration_s=end_time_s(times),
+        fps=info.fps,
+    )
     return document_to_dict(IntervalsDocument(videos=(video,), operating_point=OperatingPoint()))["videos"][0]
 
 
@@ -58,10 +72,10 @@ def videos(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report-videos")
     frames = {n: moving_frames(n, 160, 120, seed=n) for n in (96, 128, 160)}
     return {
-        "alarm": write_video(root / "cam1" / "alarm.mp4", frames[128]),          # 8 clips, one interval
-        "quiet": write_video(root / "cam1" / "quiet.mp4", frames[96]),           # 6 clips, none
+        "alarm": write_video(root / "cam1" / "alarm.mp4", frames[128]),  # 8 clips, one interval
+        "quiet": write_video(root / "cam1" / "quiet.mp4", frames[96]),  # 6 clips, none
         "legacy": write_video(root / "cam2" / "legacy cam.avi", frames[160], codec="msmpeg4"),  # 10 clips, two
-        "gone": write_video(root / "cam2" / "gone.mp4", frames[96]),             # deleted below
+        "gone": write_video(root / "cam2" / "gone.mp4", frames[96]),  # deleted below
     }
 
 
@@ -96,11 +110,15 @@ def built(doc_path, tmp_path_factory):
 
 def _page_data(path: Path) -> dict:
     text = path.read_text()
-    return json.loads(re.search(r'<script id="report-data" type="application/json">(.*?)</script>', text, re.S)
-                      .group(1).replace("<\\/", "</"))
+    return json.loads(
+        re.search(r'<script id="report-data" type="application/json">(.*?)</script>', text, re.S)
+        .group(1)
+        .replace("<\\/", "</")
+    )
 
 
 # --- without a browser --------------------------------------------------------------------------
+
 
 def test_playability_is_decided_from_container_codec_and_pixels(videos, make_video):
     assert probe_playability(videos["alarm"]).native
@@ -142,7 +160,10 @@ def test_report_folder_has_index_pages_thumbnails_and_one_proxy(built, videos):
         s = c.streams.video[0]
         assert s.codec_context.name == "h264" and s.codec_context.format.name == "yuv420p"
         assert s.height <= 480 and sum(1 for _ in c.decode(s)) == 160  # every frame kept
-    assert "http://" not in (out / "index.html").read_text() and "https://" not in (out / "assets" / "video.js").read_text()
+    assert (
+        "http://" not in (out / "index.html").read_text()
+        and "https://" not in (out / "assets" / "video.js").read_text()
+    )
 
 
 def test_thumbnail_is_the_frame_at_the_interval_peak(built, videos):
@@ -200,8 +221,14 @@ def test_proxy_keeps_the_frame_times_of_a_variable_rate_upright_source(tmp_path)
     from fractions import Fraction
 
     pts = [int(1000 * t) for t in np.cumsum(np.r_[0, np.where(np.arange(39) % 2, 0.02, 0.1)])]
-    source = write_video(tmp_path / "vfr.mov", moving_frames(40, 640, 360), codec="mpeg4", pts=pts,
-                         time_base=Fraction(1, 1000), rotation=90)
+    source = write_video(
+        tmp_path / "vfr.mov",
+        moving_frames(40, 640, 360),
+        codec="mpeg4",
+        pts=pts,
+        time_base=Fraction(1, 1000),
+        rotation=90,
+    )
     assert not probe_playability(source).native
     proxy = tmp_path / "proxy.mp4"
     make_proxy(source, proxy)
@@ -224,6 +251,7 @@ def test_proxy_of_an_undecodable_file_is_a_clear_error(tmp_path):
 
 
 # --- in a real browser --------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def browser():
@@ -272,8 +300,10 @@ def test_index_sorts_and_filters(page, built):
     assert "4 videos scored, 3 flagged; 1 not scored, 1 damaged" in counts
     assert "too short" in page.text_content("#not-scored")
     page.uncheck("#flagged-only")  # the thumbnails of every video but gone.mp4 load: 1 + 2 + 1
-    page.wait_for_function("[...document.querySelectorAll('#videos img')].filter(i => i.complete && i.naturalWidth > 0)"
-                           ".length === 4", timeout=5000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('#videos img')].filter(i => i.complete && i.naturalWidth > 0).length === 4",
+        timeout=5000,
+    )
 
 
 def _wait_ready(page):
@@ -296,8 +326,10 @@ def test_video_page_plays_seeks_and_draws_one_point_per_clip(page, built):
     page.evaluate("player.currentTime = 0")
     page.click('#curve rect.band[data-index="0"]')
     assert page.evaluate("player.currentTime") == pytest.approx(start, abs=1e-3)
-    page.wait_for_function("Math.abs(parseFloat(document.querySelector('.playhead').getAttribute('x1')) - "
-                           f"{start} / {data['video']['duration_s']} * document.getElementById('curve').width.baseVal.value) < 1")
+    page.wait_for_function(
+        "Math.abs(parseFloat(document.querySelector('.playhead').getAttribute('x1')) - "
+        f"{start} / {data['video']['duration_s']} * document.getElementById('curve').width.baseVal.value) < 1"
+    )
     # a click on the curve away from any band seeks to the start of the clip under it
     box = page.locator("#curve").bounding_box()
     page.mouse.click(box["x"] + box["width"] * (7.5 * 16 / 25) / data["video"]["duration_s"], box["y"] + 30)
@@ -311,7 +343,9 @@ def test_keys_step_through_intervals_and_the_proxy_plays(page, built):
     starts = [iv["start_s"] for iv in data["video"]["intervals"]]
     page.goto((out / "videos" / "0003.html").as_uri())
     _wait_ready(page)
-    assert page.evaluate("player.videoHeight") == 120 and page.evaluate("player.duration") == pytest.approx(6.4, abs=0.05)
+    assert page.evaluate("player.videoHeight") == 120 and page.evaluate("player.duration") == pytest.approx(
+        6.4, abs=0.05
+    )
     page.keyboard.press("n")
     assert page.evaluate("player.currentTime") == pytest.approx(starts[0], abs=1e-3)
     page.keyboard.press("n")
@@ -368,11 +402,29 @@ def test_verdicts_export_files_that_train_and_evaluate_read(page, built, videos,
         np.save(feats / f"{name}__0.npy", rng.normal(size=(12, 1024)).astype(np.float32))
     runner = CliRunner()
     run = tmp_path / "run"
-    result = runner.invoke(main, ["train", "--features", str(feats), "--labels", str(labels), "--out", str(run),
-                                  "--recipe", "paper", "--epochs", "2", "--holdout-fraction", "0", "-q"])
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "--features",
+            str(feats),
+            "--labels",
+            str(labels),
+            "--out",
+            str(run),
+            "--recipe",
+            "paper",
+            "--epochs",
+            "2",
+            "--holdout-fraction",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["videos_per_class"] == {"normal": 2, "anomalous": 1}, config["data"]
-    result = runner.invoke(main, ["evaluate", "--model", str(run), "--features", str(feats),
-                                  "--annotations", str(annotations), "-q"])
+    result = runner.invoke(
+        main, ["evaluate", "--model", str(run), "--features", str(feats), "--annotations", str(annotations), "-q"]
+    )
     assert result.exit_code == 0, (result.output, result.exception)

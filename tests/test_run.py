@@ -132,17 +132,46 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     feats = _bare_features(tmp_path / "feats")
     out = tmp_path / "run"
     runner = CliRunner()
-    result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(out), "--recipe", "paper",
-                                  "--epochs", "2", "--no-align",
-                                  "--loss-weights", "paper", "--w-smooth", "0.5", "--lr-milestone", "1",
-                                  "--attention", "gated", "--json", str(tmp_path / "summary.json"), "-q"])
+    result = runner.invoke(
+        main,
+        [
+            "train",
+            "--features",
+            str(feats),
+            "--out",
+            str(out),
+            "--recipe",
+            "paper",
+            "--epochs",
+            "2",
+            "--no-align",
+            "--loss-weights",
+            "paper",
+            "--w-smooth",
+            "0.5",
+            "--lr-milestone",
+            "1",
+            "--attention",
+            "gated",
+            "--json",
+            str(tmp_path / "summary.json"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == str(out)
     config = load_run(out).config.sections  # as written
     assert config["model"]["attention"] == "gated"
     assert config["training"]["n_views"] == 1 and config["training"]["lr_milestone_epoch"] == 1
-    assert config["training"]["loss"] == {"w_sparsity": 2e-8, "w_smooth": 0.5, "w_align": 0.5, "normalize": "steps",
-                                          "w_mil": 0.0, "mil_top_fraction": 1 / 16, "view_scaling": "code"}
+    assert config["training"]["loss"] == {
+        "w_sparsity": 2e-8,
+        "w_smooth": 0.5,
+        "w_align": 0.5,
+        "normalize": "steps",
+        "w_mil": 0.0,
+        "mil_top_fraction": 1 / 16,
+        "view_scaling": "code",
+    }
     assert config["operating_point"]["method"] == "fixed"  # the paper's recipe trains on every video
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [x["lr"] for x in lines] == [1e-4, pytest.approx(1e-5)]
@@ -168,15 +197,36 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
     for i, folder in enumerate(["normal", "anomalous", "normal", "abnormal"]):
         n_clips = 5 + i
         starts = list(range(0, 16 * n_clips, 16))
-        record = {"schema_version": 1, "stem": f"clip{i}",
-                  "source": {"path": f"/videos/{folder}/clip{i}.mp4", "size": 1, "sha256": f"{i}" * 64},
-                  "video": {"fps": 25.0, "n_frames": 16 * n_clips, "duration_s": 0.64 * n_clips,
-                            "width": 64, "height": 48, "rotation": 0},
-                  "clips": {"length": 16, "stride": 16, "count": n_clips, "start_frames": starts,
-                            "start_s": [s / 25 for s in starts], "end_s": [(s + 16) / 25 for s in starts]},
-                  "crops": ["center"], "status": "ok", "error": None,
-                  "extractor": {"settings": {"clip_len": 16}, "settings_key": "abc123",
-                                "weights_sha256": "w", "vadpipe_version": "0.1.0"}}
+        record = {
+            "schema_version": 1,
+            "stem": f"clip{i}",
+            "source": {"path": f"/videos/{folder}/clip{i}.mp4", "size": 1, "sha256": f"{i}" * 64},
+            "video": {
+                "fps": 25.0,
+                "n_frames": 16 * n_clips,
+                "duration_s": 0.64 * n_clips,
+                "width": 64,
+                "height": 48,
+                "rotation": 0,
+            },
+            "clips": {
+                "length": 16,
+                "stride": 16,
+                "count": n_clips,
+                "start_frames": starts,
+                "start_s": [s / 25 for s in starts],
+                "end_s": [(s + 16) / 25 for s in starts],
+            },
+            "crops": ["center"],
+            "status": "ok",
+            "error": None,
+            "extractor": {
+                "settings": {"clip_len": 16},
+                "settings_key": "abc123",
+                "weights_sha256": "w",
+                "vadpipe_version": "0.1.0",
+            },
+        }
         features = [rng.random((n_clips, DIM), dtype=np.float32)]
         write_entry(workspace / "features", CacheRecord.from_dict(record), features, np.arange(16 * n_clips) / 25)
     result = runner.invoke(main, ["train"])  # the default recipe on 4 tiny videos
@@ -187,8 +237,14 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
     assert run.config.extraction == {"settings": {"clip_len": 16}, "settings_key": "abc123"}
     assert run.config.data["label_sources"] == {"folder": 4}  # the cross-fitted members together saw all 4
     training = run.config.training
-    assert (training.schedule, training.balanced, training.early_stopping, training.loss.normalize,
-            training.loss.w_mil, training.min_steps) == ("cosine", True, True, "video", 1.0, 1500)
+    assert (
+        training.schedule,
+        training.balanced,
+        training.early_stopping,
+        training.loss.normalize,
+        training.loss.w_mil,
+        training.min_steps,
+    ) == ("cosine", True, True, "video", 1.0, 1500)
     # 2 videos of each class: 2 cross-fitted members (not 4), each holding out one video per class for early
     # stopping; all 4 videos, each scored by the member that held it out, chose the operating point
     assert "training 2 cross-fitted members instead of 4" in result.stderr
@@ -206,14 +262,16 @@ def test_train_cli_errors(tmp_path: Path) -> None:
     result = runner.invoke(main, ["train", "--features", str(normal_only), "--out", str(tmp_path / "r"), "-q"])
     assert result.exit_code == 2 and "error: all 8 training videos are normal" in result.output
     feats = _bare_features(tmp_path / "feats")
-    for args, message in [(["--val-features", str(feats)], "needs both --val-features and --annotations"),
-                          (["--crops", "0,x"], "--crops must be comma-separated"),
-                          (["--kernel-size", "4"], "kernel_size must be a positive odd int"),
-                          (["--lr-milestone", "10"], "--lr-milestone applies to --schedule multistep"),
-                          (["--recipe", "paper", "--warmup-steps", "5"], "--warmup-steps applies to --schedule cosine"),
-                          (["--early-stopping", "--holdout-fraction", "0"], "--holdout-fraction 0 holds out none"),
-                          (["--recipe", "fast"], "Invalid value for '--recipe'"),
-                          (["--w-align", "0.1"], "--w-align weighs the alignment loss, which needs --align")]:
+    for args, message in [
+        (["--val-features", str(feats)], "needs both --val-features and --annotations"),
+        (["--crops", "0,x"], "--crops must be comma-separated"),
+        (["--kernel-size", "4"], "kernel_size must be a positive odd int"),
+        (["--lr-milestone", "10"], "--lr-milestone applies to --schedule multistep"),
+        (["--recipe", "paper", "--warmup-steps", "5"], "--warmup-steps applies to --schedule cosine"),
+        (["--early-stopping", "--holdout-fraction", "0"], "--holdout-fraction 0 holds out none"),
+        (["--recipe", "fast"], "Invalid value for '--recipe'"),
+        (["--w-align", "0.1"], "--w-align weighs the alignment loss, which needs --align"),
+    ]:
         result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r2"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
 
@@ -230,8 +288,11 @@ def test_a_run_config_written_before_the_typed_contract_still_loads() -> None:
     assert config.training == TrainConfig.from_dict(data["training"], model=data["model"])
     assert config.block_len == 3 and config.training.early_stopping and config.model.feature_dim == 64
     saved = config.operating_point
-    assert (saved.method, saved.threshold, saved.video_threshold) == ("false_alarms", data["operating_point"]["threshold"],
-                                                                       0.0)
+    assert (saved.method, saved.threshold, saved.video_threshold) == (
+        "false_alarms",
+        data["operating_point"]["threshold"],
+        0.0,
+    )
     op = OperatingPoint.for_run(saved, where="run_config_v1.json")
     assert op.method == "false_alarms" and op.video_calibration is not None and op.interval_calibration is not None
     assert config.selection["videos"] == config.calibration["heldout_videos"]
@@ -242,12 +303,15 @@ def test_a_run_config_names_the_bad_section() -> None:
     from vadpipe.model.run_config import RunConfig
 
     good = json.loads((Path(__file__).parent / "data" / "run_config_v1.json").read_text())
-    for change, message in (({"schema_version": 2}, "is not a vadpipe run config"),
-                            ({"model": {"depth": 3}}, "bad model settings: unknown ModelConfig keys"),
-                            ({"training": {**good["training"], "block_len": 0}},
-                             "unusable training settings: block_len must be an int >= 1, got 0"),
-                            ({"extraction": [1]}, "'extraction' must be an object"),
-                            ({"operating_point": {"threshold": "high"}},
-                             r"operating_point.threshold must lie in \[0, 1\], got 'high'")):
+    for change, message in (
+        ({"schema_version": 2}, "is not a vadpipe run config"),
+        ({"model": {"depth": 3}}, "bad model settings: unknown ModelConfig keys"),
+        (
+            {"training": {**good["training"], "block_len": 0}},
+            "unusable training settings: block_len must be an int >= 1, got 0",
+        ),
+        ({"extraction": [1]}, "'extraction' must be an object"),
+        ({"operating_point": {"threshold": "high"}}, r"operating_point.threshold must lie in \[0, 1\], got 'high'"),
+    ):
         with pytest.raises(CheckpointError, match=message):
             RunConfig.from_dict({**good, **change}, where="c.json")

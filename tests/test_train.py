@@ -85,17 +85,25 @@ def _looped_loss(model: CSLTAL, views: list[list[torch.Tensor]], labels: list[fl
             lams.append(lam)
         if len(lams) == 2:
             alignment = alignment + (lams[0] - lams[1]).square().mean()
-    return (bce / n_views + w.w_smooth * smoothness + w.w_sparsity * sparsity + w.w_align * alignment
-            + w.w_mil * mil / n_views) / n_steps
+    return (
+        bce / n_views
+        + w.w_smooth * smoothness
+        + w.w_sparsity * sparsity
+        + w.w_align * alignment
+        + w.w_mil * mil / n_views
+    ) / n_steps
 
 
-@pytest.mark.parametrize(("attention", "n_views", "weights"), [
-    ("mlp", 2, LossConfig()),
-    ("mlp", 2, LossConfig(w_sparsity=1.0, w_smooth=1.0, w_align=1.0)),
-    ("gated", 2, LossConfig(w_sparsity=1.0, w_smooth=1.0, w_align=1.0)),
-    ("mlp", 1, LossConfig(w_sparsity=0.5, w_smooth=0.5)),
-    ("mlp", 2, LossConfig(w_mil=1.0, mil_top_fraction=0.25)),  # the default recipe's MIL term
-])
+@pytest.mark.parametrize(
+    ("attention", "n_views", "weights"),
+    [
+        ("mlp", 2, LossConfig()),
+        ("mlp", 2, LossConfig(w_sparsity=1.0, w_smooth=1.0, w_align=1.0)),
+        ("gated", 2, LossConfig(w_sparsity=1.0, w_smooth=1.0, w_align=1.0)),
+        ("mlp", 1, LossConfig(w_sparsity=0.5, w_smooth=0.5)),
+        ("mlp", 2, LossConfig(w_mil=1.0, mil_top_fraction=0.25)),  # the default recipe's MIL term
+    ],
+)
 def test_batched_loss_and_gradients_equal_the_sequence_loop(attention: str, n_views: int, weights: LossConfig) -> None:
     torch.manual_seed(0)
     model = CSLTAL(ModelConfig(attention=attention, feature_dim=64))
@@ -108,8 +116,9 @@ def test_batched_loss_and_gradients_equal_the_sequence_loop(attention: str, n_vi
     terms.total.backward()
     batched = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    looped = _looped_loss(model, [[torch.from_numpy(a[i]) for i in v] for a, v in zip(arrays, views)],
-                          [float(y) for y in labels], weights)
+    looped = _looped_loss(
+        model, [[torch.from_numpy(a[i]) for i in v] for a, v in zip(arrays, views)], [float(y) for y in labels], weights
+    )
     looped.backward()
 
     assert terms.n_steps == n_views * (13 + 2 + 5 + 7 + 1)
@@ -134,14 +143,22 @@ def test_training_finds_the_planted_segments(tmp_path: Path) -> None:
     _planted(tmp_path / "train", 32, seed=0)
     truth = _planted(tmp_path / "heldout", 20, seed=100)
     annotations = tmp_path / "annotations.txt"  # clip i covers frames [16 i, 16 i + 16)
-    annotations.write_text("\n".join(
-        f"{name} {16 * int(np.flatnonzero(lab)[0])} {16 * (int(np.flatnonzero(lab)[-1]) + 1)}"
-        for name, lab in truth.items() if lab.any()))
+    annotations.write_text(
+        "\n".join(
+            f"{name} {16 * int(np.flatnonzero(lab)[0])} {16 * (int(np.flatnonzero(lab)[-1]) + 1)}"
+            for name, lab in truth.items()
+            if lab.any()
+        )
+    )
 
     torch.manual_seed(1)
     untrained = _frame_auc(CSLTAL(ModelConfig(feature_dim=DIM)), tmp_path / "heldout", truth)
-    run = train(tmp_path / "train", out_dir=tmp_path / "run", config=TrainConfig(epochs=30),
-                validation=ValidationSpec(tmp_path / "heldout", annotations, every_epochs=10))
+    run = train(
+        tmp_path / "train",
+        out_dir=tmp_path / "run",
+        config=TrainConfig(epochs=30),
+        validation=ValidationSpec(tmp_path / "heldout", annotations, every_epochs=10),
+    )
 
     trained = _frame_auc(load_run(run).model, tmp_path / "heldout", truth)
     assert trained > 0.9 and trained > untrained + 0.1, (untrained, trained)
@@ -162,9 +179,15 @@ def test_training_finds_the_planted_segments(tmp_path: Path) -> None:
     config = json.loads((run / "config.json").read_text())
     assert config["schema_version"] == 1 and config["extraction"] is None
     assert config["model"] == {"attention": "mlp", "feature_dim": DIM, "kernel_size": 5}
-    assert config["training"]["loss"] == {"w_sparsity": 2e-3, "w_smooth": 2e-8, "w_align": 0.5,
-                                          "normalize": "steps", "w_mil": 0.0, "mil_top_fraction": 1 / 16,
-                                          "view_scaling": "code"}
+    assert config["training"]["loss"] == {
+        "w_sparsity": 2e-3,
+        "w_smooth": 2e-8,
+        "w_align": 0.5,
+        "normalize": "steps",
+        "w_mil": 0.0,
+        "mil_top_fraction": 1 / 16,
+        "view_scaling": "code",
+    }
     assert (config["training"]["seed"], config["training"]["n_views"], config["training"]["batch_size"]) == (1, 2, 8)
     assert config["data"]["videos_per_class"] == {"normal": 16, "anomalous": 16}
     assert config["validation"]["every_epochs"] == 10 and config["vadpipe_version"]
@@ -221,8 +244,12 @@ def test_no_align_uses_one_view_and_validation_needs_matching_width(tmp_path: Pa
     np.save(tmp_path / "wide" / "w_label_A__0.npy", np.ones((9, DIM + 1), np.float32))
     (tmp_path / "ann.txt").write_text("other 0 16\n")
     with pytest.raises(ConfigError, match="validation features are 33 wide"):
-        train(tmp_path / "feats", out_dir=tmp_path / "run2", config=TrainConfig(epochs=1),
-              validation=ValidationSpec(tmp_path / "wide", tmp_path / "ann.txt"))
+        train(
+            tmp_path / "feats",
+            out_dir=tmp_path / "run2",
+            config=TrainConfig(epochs=1),
+            validation=ValidationSpec(tmp_path / "wide", tmp_path / "ann.txt"),
+        )
 
 
 def test_train_config_validation() -> None:

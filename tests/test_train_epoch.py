@@ -40,8 +40,9 @@ class _AuthorsModel(nn.Module):
     def __init__(self, start: CSLTAL) -> None:
         super().__init__()
         self.conv = nn.Conv1d(DIM, DIM, 5, padding=2)
-        self.attention = nn.Sequential(nn.Linear(DIM, DIM), nn.ReLU(), nn.Linear(DIM, 256), nn.ReLU(),
-                                       nn.Linear(256, 1))
+        self.attention = nn.Sequential(
+            nn.Linear(DIM, DIM), nn.ReLU(), nn.Linear(DIM, 256), nn.ReLU(), nn.Linear(256, 1)
+        )
         self.classifier = nn.Sequential(nn.Linear(DIM, 512), nn.ReLU(), nn.Linear(512, 1))
         self.load_state_dict(start.state_dict())
         self.register_buffer("mask", (torch.arange(5) < 3).float().expand(DIM, DIM, 5).clone())
@@ -52,8 +53,9 @@ class _AuthorsModel(nn.Module):
         return lam, torch.sigmoid(self.classifier((lam[:, None] * x).sum(0)))[0]
 
 
-def _authors_epoch(model: _AuthorsModel, optimizer: torch.optim.Optimizer, data, config: TrainConfig,
-                   epoch: int) -> list[float]:
+def _authors_epoch(
+    model: _AuthorsModel, optimizer: torch.optim.Optimizer, data, config: TrainConfig, epoch: int
+) -> list[float]:
     """method.md §2-§3 one sample at a time: each crop file read per sample, each view its own forward."""
     rng = np.random.default_rng([config.seed, epoch])
     w, losses = config.loss, []
@@ -92,8 +94,9 @@ def test_paper_epochs_equal_the_authors_loop_batch_by_batch(tmp_path: Path) -> N
     features = preload(data)
     for epoch in (1, 2):
         steps: list[dict[str, float]] = []
-        line = train_epoch(model, optimizer, data, config=config, epoch=epoch, on_step=steps.append,
-                           total_epochs=50, features=features)
+        line = train_epoch(
+            model, optimizer, data, config=config, epoch=epoch, on_step=steps.append, total_epochs=50, features=features
+        )
         expected = _authors_epoch(authors, authors_optimizer, data, config, epoch)
         assert len(steps) == len(expected) == 3
         np.testing.assert_allclose([s["total"] for s in steps], expected, rtol=2e-5)
@@ -110,11 +113,21 @@ def test_epoch_sums_without_a_step_callback_equal_those_with_one(tmp_path: Path)
     for on_step in (None, [].append):
         torch.manual_seed(0)
         model = CSLTAL(config.model)
-        lines.append(train_epoch(model, make_optimizer(model, config=config), data, config=config, epoch=1,
-                                 on_step=on_step, total_epochs=50))
+        lines.append(
+            train_epoch(
+                model,
+                make_optimizer(model, config=config),
+                data,
+                config=config,
+                epoch=1,
+                on_step=on_step,
+                total_epochs=50,
+            )
+        )
     assert lines[0] == lines[1]
-    assert lines[0]["loss"] == pytest.approx(sum(lines[0][f"loss_{p}"] for p in
-                                                 ("bce", "sparsity", "smoothness", "alignment", "mil")), rel=1e-6)
+    assert lines[0]["loss"] == pytest.approx(
+        sum(lines[0][f"loss_{p}"] for p in ("bce", "sparsity", "smoothness", "alignment", "mil")), rel=1e-6
+    )
 
 
 def test_preloaded_features_make_the_same_batches_as_reading_files(tmp_path: Path) -> None:
@@ -124,8 +137,11 @@ def test_preloaded_features_make_the_same_batches_as_reading_files(tmp_path: Pat
     for item, array in zip(data.items, features):
         np.testing.assert_array_equal(array, load_item(item, feature_dim=DIM))
     config = TrainConfig(batch_size=2)
-    for read, kept in zip(iterate_batches(data, config=config, epoch=3),
-                          iterate_batches(data, config=config, epoch=3, features=features), strict=True):
+    for read, kept in zip(
+        iterate_batches(data, config=config, epoch=3),
+        iterate_batches(data, config=config, epoch=3, features=features),
+        strict=True,
+    ):
         for field in ("x", "mask", "labels"):
             assert torch.equal(getattr(read, field), getattr(kept, field))
     needed = sum(i.n_steps for i in data.items) * DIM * 4
@@ -141,8 +157,9 @@ class _FullWeightConv(nn.Conv1d):
         super().__init__(channels, channels, kernel_size, padding=kernel_size // 2)
         self.n_active = kernel_size // 2 + 1
 
-    def forward_packed(self, x: torch.Tensor, positions: torch.Tensor, source: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+    def forward_packed(
+        self, x: torch.Tensor, positions: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
         x = x if source is None else x[source]  # one copy per view step
         pad, columns = self.n_active - 1, []
         for lag in range(pad, -1, -1):
@@ -187,7 +204,8 @@ def test_resume_reads_checkpoints_of_the_full_weight_layout(tmp_path: Path) -> N
     import hashlib
     import json
 
-    from safetensors.torch import load as load_safetensors, save as save_safetensors
+    from safetensors.torch import load as load_safetensors
+    from safetensors.torch import save as save_safetensors
 
     from vadpipe.model.train import resume, train
 

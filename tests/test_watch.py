@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import moving_frames, write_video
 
 from vadpipe.cli import main
 from vadpipe.detect import detect_videos, run_extraction_settings
@@ -37,14 +38,13 @@ from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_sequences, score_video
 from vadpipe.watch import Watch, WatchConfig
 
-from conftest import moving_frames, write_video
-
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "stream_server.py"
 CAMERA_FRAMES = 168  # 10 clips and 8 frames left over
 
 
 # --- pure functions: no I3D ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("members", [1, 3], ids=["model", "ensemble"])
 @pytest.mark.parametrize("n_rows", [1, 4, 6, 7, 11, 20])
@@ -61,8 +61,9 @@ def test_online_scorer_equals_offline_full_rate_scoring(n_rows, members):
     for t, s in enumerate(online):
         history.add(s, crops[:, t], 16 * t)
     video_scores = score_video(model, list(crops), mode="full")
-    np.testing.assert_allclose([s.wtcam for s in online] if n_rows > 6 else video_scores.wtcam, video_scores.wtcam,
-                               atol=1e-6)  # the crops combined as detect combines them
+    np.testing.assert_allclose(
+        [s.wtcam for s in online] if n_rows > 6 else video_scores.wtcam, video_scores.wtcam, atol=1e-6
+    )  # the crops combined as detect combines them
     if n_rows > 6:  # phases from the first clip: final as soon as computed
         for c in range(2):
             np.testing.assert_allclose([s.attention_crops[c] for s in online], offline[c].attention, atol=1e-6)
@@ -89,12 +90,20 @@ def test_event_tracker_cuts_detects_intervals_from_the_same_curve(merge_gap, min
     curve = interpolate_to_frames(psi, clip_len=16)
     times = np.arange(curve.size) / 25.0
     end = float(times[-1] + 0.04)
-    expected = intervals_from_curve(curve, start_frames=np.arange(60) * 16, clip_len=16, frame_times_s=times,
-                                    video_end_s=end, threshold=0.5, min_duration_s=min_duration,
-                                    merge_gap_s=merge_gap)
+    expected = intervals_from_curve(
+        curve,
+        start_frames=np.arange(60) * 16,
+        clip_len=16,
+        frame_times_s=times,
+        video_end_s=end,
+        threshold=0.5,
+        min_duration_s=min_duration,
+        merge_gap_s=merge_gap,
+    )
     assert expected  # the curve crosses the threshold
-    tracker = EventTracker(threshold=0.5, min_duration_s=min_duration, merge_gap_s=merge_gap,
-                           time_of=lambda f: float(times[f]))
+    tracker = EventTracker(
+        threshold=0.5, min_duration_s=min_duration, merge_gap_s=merge_gap, time_of=lambda f: float(times[f])
+    )
     events = []
     for f, v in enumerate(curve):
         events += tracker.feed(CurveFrame(f, float(v), f // 16), gate_score=1.0)
@@ -115,8 +124,9 @@ def test_event_tracker_announces_only_what_the_video_gate_lets_through():
 
     def run(gate):
         tracker = EventTracker(threshold=0.5, merge_gap_s=0.2, video_threshold=0.6, time_of=lambda f: f / 25.0)
-        events = [e for f, v in enumerate(curve) for e in tracker.feed(CurveFrame(f, float(v), f // 16),
-                                                                       gate_score=gate(f))]
+        events = [
+            e for f, v in enumerate(curve) for e in tracker.feed(CurveFrame(f, float(v), f // 16), gate_score=gate(f))
+        ]
         return events + tracker.finish(end_s_of_segment=lambda f: f / 25.0)
 
     assert run(lambda f: 0.59) == []  # closed over the whole interval: nothing, not even at its end
@@ -172,6 +182,7 @@ def test_sources_are_parsed_with_one_clear_error(tmp_path):
 
 # --- with the real I3D ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, i3d_cpu):
     """A run trained on real I3D features of 4 generated videos (quality is beside the point)."""
@@ -179,16 +190,38 @@ def tiny_run(tmp_path_factory, i3d_cpu):
 
     encoder, ident = i3d_cpu
     root = tmp_path_factory.mktemp("watch")
-    ds = make_dataset(root / "videos", splits={"train": SplitSize(2, 2)}, config=SynthConfig(n_frames=(48, 56)),
-                      seed=5, workers=1)
+    ds = make_dataset(
+        root / "videos", splits={"train": SplitSize(2, 2)}, config=SynthConfig(n_frames=(48, 56)), seed=5, workers=1
+    )
     from vadpipe.extract.settings import ExtractionSettings
 
-    report = extract_videos([ds.split_dir("train")], out_dir=root / "features",
-                            settings=ExtractionSettings().with_weights(ident), encoder=encoder, progress=False)
+    report = extract_videos(
+        [ds.split_dir("train")],
+        out_dir=root / "features",
+        settings=ExtractionSettings().with_weights(ident),
+        encoder=encoder,
+        progress=False,
+    )
     assert not report.failed
-    result = CliRunner().invoke(main, ["train", "--features", str(root / "features"), "--out", str(root / "run"),
-                                       "--recipe", "paper", "--holdout-fraction", "0", "--epochs", "10",
-                                       "--seed", "0", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train",
+            "--features",
+            str(root / "features"),
+            "--out",
+            str(root / "run"),
+            "--recipe",
+            "paper",
+            "--holdout-fraction",
+            "0",
+            "--epochs",
+            "10",
+            "--seed",
+            "0",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     return load_run(root / "run"), root
 
@@ -201,13 +234,21 @@ def camera(tiny_run, i3d_cpu):
     frames[64:112, 20:70, 20:100] = (250, 20, 20)  # something happens in clips 4-6
     path = write_video(root / "camera.ts", frames, fps=25)
     settings = run_extraction_settings(run)
-    first = detect_videos([path], run, cache_dir=root / "cache", settings=settings,
-                          operating_point=OperatingPoint(), encoder=i3d_cpu[0], progress=False)
+    first = detect_videos(
+        [path],
+        run,
+        cache_dir=root / "cache",
+        settings=settings,
+        operating_point=OperatingPoint(),
+        encoder=i3d_cpu[0],
+        progress=False,
+    )
     wtcam = np.array([c.wtcam for c in first.document.videos[0].clips])
     threshold = float(np.sort(wtcam)[len(wtcam) // 2])  # about half the clips above: intervals to compare
     op = OperatingPoint(threshold=threshold, method="manual")
-    detected = detect_videos([path], run, cache_dir=root / "cache", settings=settings, operating_point=op,
-                             encoder=i3d_cpu[0], progress=False).document.videos[0]
+    detected = detect_videos(
+        [path], run, cache_dir=root / "cache", settings=settings, operating_point=op, encoder=i3d_cpu[0], progress=False
+    ).document.videos[0]
     assert detected.intervals
     return path, op, detected
 
@@ -221,8 +262,9 @@ class ListSink(EventSink):
 
 
 def _serve(path: Path, *args: str, port: int = 0) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, str(SERVER), str(path), "--port", str(port), *args],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVER), str(path), "--port", str(port), *args], stdout=subprocess.PIPE, text=True
+    )
     line = proc.stdout.readline()
     assert line.startswith("PORT "), line
     return proc, int(line.split()[1])
@@ -231,8 +273,17 @@ def _serve(path: Path, *args: str, port: int = 0) -> tuple[subprocess.Popen, int
 def _watch(sources, run, i3d_cpu, op, **config):
     sink, clips, log = ListSink(), [], []
     settings = run_extraction_settings(run).with_weights(i3d_cpu[1])
-    w = Watch(sources, run, i3d_cpu[0], settings, op, WatchConfig(**config), sinks=[sink], on_clip=clips.append,
-              log=log.append)
+    w = Watch(
+        sources,
+        run,
+        i3d_cpu[0],
+        settings,
+        op,
+        WatchConfig(**config),
+        sinks=[sink],
+        on_clip=clips.append,
+        log=log.append,
+    )
     w.run_until_done()
     return sink.events, clips, log, w
 
@@ -267,8 +318,9 @@ def test_http_stream_scores_and_events_equal_detect(tiny_run, camera, i3d_cpu):
     path, op, detected = camera
     server, port = _serve(path)
     try:
-        events, clips, log, w = _watch([parse_source(f"http://127.0.0.1:{port}/cam", name="gate")], run, i3d_cpu, op,
-                                       lag="wait", reconnect=False)
+        events, clips, log, w = _watch(
+            [parse_source(f"http://127.0.0.1:{port}/cam", name="gate")], run, i3d_cpu, op, lag="wait", reconnect=False
+        )
     finally:
         server.kill()
     _check_equal_to_detect(events, clips, detected)
@@ -277,8 +329,11 @@ def test_http_stream_scores_and_events_equal_detect(tiny_run, camera, i3d_cpu):
 
 
 def _without_updates(events: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k not in ("wall_time", "latency_s", "dropped_clips")}
-            for e in events if e["event"] != "update"]
+    return [
+        {k: v for k, v in e.items() if k not in ("wall_time", "latency_s", "dropped_clips")}
+        for e in events
+        if e["event"] != "update"
+    ]
 
 
 def _assert_same_events(got, want, where="events"):
@@ -302,8 +357,9 @@ def test_update_events_come_only_while_an_interval_is_open_and_change_nothing(ti
     run, _ = tiny_run
     path, op, detected = camera
     plain, _, _, _ = _watch([parse_source(str(path), name="lobby")], run, i3d_cpu, op, lag="wait")
-    events, clips, _, _ = _watch([parse_source(str(path), name="lobby")], run, i3d_cpu, op, lag="wait",
-                                 update_every_s=1e-6)  # an update after every scored clip of an open interval
+    events, clips, _, _ = _watch(
+        [parse_source(str(path), name="lobby")], run, i3d_cpu, op, lag="wait", update_every_s=1e-6
+    )  # an update after every scored clip of an open interval
     _check_equal_to_detect(events, clips, detected)
     _assert_same_events(_without_updates(events), _without_updates(plain))  # the closed events are unchanged
     assert not any(e["event"] == "update" for e in plain)
@@ -338,18 +394,35 @@ def test_an_ensemble_run_is_watched_with_detects_numbers(tiny_run, camera, i3d_c
     path = camera[0]
     torch.manual_seed(3)
     other = CSLTAL(run.model.config).eval()  # a second, differently initialised member
-    sections = {k: v for k, v in json.loads((run.path / "config.json").read_text()).items()
-                if k not in ("model", "schema_version", "vadpipe_version")}
+    sections = {
+        k: v
+        for k, v in json.loads((run.path / "config.json").read_text()).items()
+        if k not in ("model", "schema_version", "vadpipe_version")
+    }
     save_run(tmp_path / "ens", Ensemble([run.model, other]), config={**sections, "ensemble": {"size": 2}})
     ensemble = load_run(tmp_path / "ens")
     assert len(ensemble.model.members) == 2
     settings = run_extraction_settings(ensemble)
-    first = detect_videos([path], ensemble, cache_dir=root / "cache", settings=settings,
-                          operating_point=OperatingPoint(), encoder=i3d_cpu[0], progress=False).document.videos[0]
+    first = detect_videos(
+        [path],
+        ensemble,
+        cache_dir=root / "cache",
+        settings=settings,
+        operating_point=OperatingPoint(),
+        encoder=i3d_cpu[0],
+        progress=False,
+    ).document.videos[0]
     wtcam = np.array([c.wtcam for c in first.clips])
     op = OperatingPoint(threshold=float(np.sort(wtcam)[len(wtcam) // 2]), method="manual")
-    detected = detect_videos([path], ensemble, cache_dir=root / "cache", settings=settings, operating_point=op,
-                             encoder=i3d_cpu[0], progress=False).document.videos[0]
+    detected = detect_videos(
+        [path],
+        ensemble,
+        cache_dir=root / "cache",
+        settings=settings,
+        operating_point=op,
+        encoder=i3d_cpu[0],
+        progress=False,
+    ).document.videos[0]
     assert detected.intervals
     assert not np.allclose(wtcam, [c.attention * c.tcam for c in first.clips], atol=1e-6)  # not mean(λ)·mean(a)
     events, clips, _, _ = _watch([parse_source(str(path), name="lobby")], ensemble, i3d_cpu, op, lag="wait")
@@ -371,8 +444,15 @@ def test_a_killed_server_is_reconnected_after_a_gap_event(tiny_run, camera, i3d_
 
     threading.Thread(target=restart, daemon=True).start()
     try:
-        events, clips, log, w = _watch([parse_source(f"http://127.0.0.1:{port}/", name="door")], run, i3d_cpu, op,
-                                       lag="wait", reconnect_for_s=10.0, open_timeout_s=5.0)
+        events, clips, log, w = _watch(
+            [parse_source(f"http://127.0.0.1:{port}/", name="door")],
+            run,
+            i3d_cpu,
+            op,
+            lag="wait",
+            reconnect_for_s=10.0,
+            open_timeout_s=5.0,
+        )
     finally:
         for p in [server, *restarted]:
             p.kill()
@@ -406,8 +486,13 @@ def test_a_bad_url_fails_one_camera_and_the_others_go_on(tiny_run, i3d_cpu, tmp_
 def test_live_source_faster_than_compute_drops_whole_clips_and_counts_them(tiny_run, i3d_cpu, tmp_path):
     run, _ = tiny_run
     fast = write_video(tmp_path / "fast.ts", moving_frames(320, 96, 64), fps=250)  # 15.6 clips/s needed
-    events, clips, log, w = _watch([parse_source(str(fast), name="fast", realtime=True)], run, i3d_cpu,
-                                   OperatingPoint(threshold=0.0, method="manual"), queue_clips=1)
+    events, clips, log, w = _watch(
+        [parse_source(str(fast), name="fast", realtime=True)],
+        run,
+        i3d_cpu,
+        OperatingPoint(threshold=0.0, method="manual"),
+        queue_clips=1,
+    )
     summary = next(e for e in events if e["event"] == "summary")
     assert summary["dropped_clips"] > 0 and summary["intervals"] is None  # not detect's frames any more
     assert summary["clips"] + summary["dropped_clips"] == 20 == len(clips) + w.statuses()[0].dropped
@@ -453,11 +538,32 @@ def test_cli_watch_with_hooks_and_clips_survives_being_stopped(tiny_run, camera,
     threading.Thread(target=hook_server.serve_forever, daemon=True).start()
     events, hook_log, clips = tmp_path / "events.jsonl", tmp_path / "hook.jsonl", tmp_path / "clips"
     camera_server, port = _serve(path, "--loop", "--rate", str(path.stat().st_size / (CAMERA_FRAMES / 25)))
-    cmd = [sys.executable, "-m", "vadpipe", "watch", f"http://127.0.0.1:{port}/live", "--model", str(run.path),
-           "--threshold", "0.01", "--events", str(events), "--save-clips", str(clips), "--pre-roll", "1",
-           "--webhook", f"http://127.0.0.1:{hook_server.server_address[1]}/hook",
-           "--on-event", f"{sys.executable} -c \"import sys; open({str(hook_log)!r}, 'a').write(sys.stdin.read() + chr(10))\"",
-           "--update-every", "0.2", "--device", "cpu", "--no-panel"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vadpipe",
+        "watch",
+        f"http://127.0.0.1:{port}/live",
+        "--model",
+        str(run.path),
+        "--threshold",
+        "0.01",
+        "--events",
+        str(events),
+        "--save-clips",
+        str(clips),
+        "--pre-roll",
+        "1",
+        "--webhook",
+        f"http://127.0.0.1:{hook_server.server_address[1]}/hook",
+        "--on-event",
+        f"{sys.executable} -c \"import sys; open({str(hook_log)!r}, 'a').write(sys.stdin.read() + chr(10))\"",
+        "--update-every",
+        "0.2",
+        "--device",
+        "cpu",
+        "--no-panel",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -481,8 +587,9 @@ def test_cli_watch_with_hooks_and_clips_survives_being_stopped(tiny_run, camera,
         assert kinds[-2:] == ["end", "summary"] and lines[-2]["reason"] == "stopped"
         at = [i for i, k in enumerate(kinds) if k == "update"]  # threshold 0.01: one interval, open until the stop
         assert at and kinds.index("start") < at[0] and at[-1] < len(kinds) - 2
-        assert all(lines[i]["start_frame"] == start["start_frame"] and lines[i]["peak"] <= lines[-2]["peak"]
-                   for i in at)
+        assert all(
+            lines[i]["start_frame"] == start["start_frame"] and lines[i]["peak"] <= lines[-2]["peak"] for i in at
+        )
         assert [e["event"] for e in _Collector.received][:1] == ["start"]
         assert {e["event"] for e in _Collector.received} >= {"start", "end", "summary"}
         hooked = [json.loads(line) for line in hook_log.read_text().splitlines() if line.strip()]
@@ -496,8 +603,10 @@ def test_camera_config_file_names_each_camera(tmp_path):
 
     video = write_video(tmp_path / "lobby.ts", moving_frames(20, 64, 48), fps=25)
     config = tmp_path / "cameras.toml"
-    config.write_text(f'[[camera]]\nname = "gate"\nurl = "rtsp://10.0.0.7/s1"\n\n'
-                      f'[[camera]]\nname = "lobby"\nurl = "{video}"\nrealtime = true\n')
+    config.write_text(
+        f'[[camera]]\nname = "gate"\nurl = "rtsp://10.0.0.7/s1"\n\n'
+        f'[[camera]]\nname = "lobby"\nurl = "{video}"\nrealtime = true\n'
+    )
     specs = read_camera_config(config, realtime=False)
     assert [(s.name, s.kind, s.realtime) for s in specs] == [("gate", "url", False), ("lobby", "file", True)]
     config.write_text('[[camera]]\nname = "x"\n')
@@ -514,14 +623,29 @@ def test_live_panel_shows_one_row_per_camera(i3d_cpu, tmp_path):
 
     video = write_video(tmp_path / "yard.ts", moving_frames(20, 64, 48), fps=25)
     run = Run(path=tmp_path, config={}, model=CSLTAL(ModelConfig()).eval())
-    w = Watch([parse_source(str(video), name="yard"), parse_source("rtsp://127.0.0.1:1/x", name="gate")], run,
-              i3d_cpu[0], ExtractionSettings().with_weights(i3d_cpu[1]), OperatingPoint())
+    w = Watch(
+        [parse_source(str(video), name="yard"), parse_source("rtsp://127.0.0.1:1/x", name="gate")],
+        run,
+        i3d_cpu[0],
+        ExtractionSettings().with_weights(i3d_cpu[1]),
+        OperatingPoint(),
+    )
     w.cameras[0].status.last_event = "start at 1.2s"
     console = Console(record=True, width=120)
     console.print(render(w))
     text = console.export_text()
-    for expected in ("camera", "state", "fps in", "clips/s", "dropped", "last event", "yard", "gate",
-                     "connecting", "start at 1.2s"):
+    for expected in (
+        "camera",
+        "state",
+        "fps in",
+        "clips/s",
+        "dropped",
+        "last event",
+        "yard",
+        "gate",
+        "connecting",
+        "start at 1.2s",
+    ):
         assert expected in text
 
 
@@ -537,8 +661,15 @@ def test_udp_mpegts_camera_delivers_every_frame_as_clips(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     q, stop = ClipQueue(max_clips=100, block=True), threading.Event()
-    reader = StreamReader(parse_source(f"udp://127.0.0.1:{port}", name="udp"), ExtractionSettings(), q, stop,
-                          reconnect=False, open_timeout_s=20, read_timeout_s=3)
+    reader = StreamReader(
+        parse_source(f"udp://127.0.0.1:{port}", name="udp"),
+        ExtractionSettings(),
+        q,
+        stop,
+        reconnect=False,
+        open_timeout_s=20,
+        read_timeout_s=3,
+    )
     reader.start()
     time.sleep(0.5)
 

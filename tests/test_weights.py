@@ -52,8 +52,7 @@ def test_converted_weights_have_the_documented_layout():
     assert ident == W.KINETICS400.checkpoint_sha256
     state = model.state_dict()
     assert len(state) == 344
-    n = sum(v.numel() for k, v in state.items()
-            if k.endswith(("conv3d.weight", "bn.bias", "logits.conv3d.bias")))
+    n = sum(v.numel() for k, v in state.items() if k.endswith(("conv3d.weight", "bn.bias", "logits.conv3d.bias")))
     assert n == 12_689_984
     assert tuple(state["Conv3d_1a_7x7.conv3d.weight"].shape) == (64, 3, 7, 7, 7)
     assert float(state["Mixed_5c.b2b.bn.running_var"].min()) == pytest.approx(0.261, abs=1e-3)

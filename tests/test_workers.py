@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import moving_frames, write_video
+
 from vadpipe.cli import main
 from vadpipe.errors import ConfigError
 from vadpipe.extract import cache
@@ -50,8 +50,11 @@ def make_videos(root: Path) -> Path:
 
 def snapshot(out: Path) -> dict[str, bytes]:
     """Every cache file (features, frame times, records), by name."""
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir())
-            if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(out.iterdir())
+        if p.is_file() and p.suffix in (".npy", ".json") and not p.name.startswith(".")
+    }
 
 
 def summary(report) -> list[tuple]:
@@ -76,8 +79,9 @@ def settings(i3d_cpu) -> ExtractionSettings:
 @pytest.fixture(scope="module")
 def reference(videos, settings, i3d_cpu, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    report = extract_videos([videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                            progress=False)
+    report = extract_videos(
+        [videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH, progress=False
+    )
     assert report.counts() == {"ok": 3, "skipped": 1, "zero_clips": 1, "failed": 1}
     return out, report
 
@@ -87,17 +91,30 @@ def test_workers_write_the_single_process_cache_byte_for_byte(videos, settings, 
     ref_out, ref_report = reference
     out = tmp_path / "cache"
     seen = []
-    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL),
-                            executor=DecodeProcessOptions(device="cpu", processes=2), batch_size=BATCH,
-                            progress=False, on_result=seen.append)
+    report = extract_videos(
+        [videos],
+        out_dir=out,
+        settings=ExtractionSettings(**SMALL),
+        executor=DecodeProcessOptions(device="cpu", processes=2),
+        batch_size=BATCH,
+        progress=False,
+        on_result=seen.append,
+    )
     assert snapshot(out) == snapshot(ref_out)
     assert summary(report) == summary(ref_report)  # same results, same order, same messages
     assert sorted(r.source for r in seen) == sorted(r.source for r in report.results)
     assert failures(out) == failures(ref_out)  # the broken file, reported the same way
     assert report.clips_computed == 6 and report.network_s > 0
     assert 0 <= report.input_wait_s <= report.loop_s <= report.seconds
-    again = extract_videos([videos], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                           executor=DecodeProcessOptions(processes=2), progress=False)
+    again = extract_videos(
+        [videos],
+        out_dir=out,
+        settings=settings,
+        encoder=i3d_cpu[0],
+        batch_size=BATCH,
+        executor=DecodeProcessOptions(processes=2),
+        progress=False,
+    )
     assert again.counts() == {"skipped": 5, "failed": 1} and again.clips_computed == 0
     assert snapshot(out) == snapshot(ref_out)
 
@@ -130,9 +147,15 @@ def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3
     killer = threading.Thread(target=kill_the_worker_decoding_big, daemon=True)
     killer.start()
     out = tmp_path / "cache"
-    report = extract_videos([src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                            executor=DecodeProcessOptions(processes=1),
-                            progress=False)  # the one worker dies: a new one does s1 and s2
+    report = extract_videos(
+        [src],
+        out_dir=out,
+        settings=settings,
+        encoder=i3d_cpu[0],
+        batch_size=BATCH,
+        executor=DecodeProcessOptions(processes=1),
+        progress=False,
+    )  # the one worker dies: a new one does s1 and s2
     killer.join(timeout=5)
     assert killed, "no worker was seen decoding big.mp4"
     status = {Path(r.source).name: r for r in report.results}
@@ -140,18 +163,28 @@ def test_a_killed_worker_fails_only_its_video_and_a_rerun_completes(settings, i3
     assert status["big.mp4"].error == f"{src / 'big.mp4'}: the decoding process died (killed by SIGKILL)"
     assert failures(out) == [("big.mp4", status["big.mp4"].error)]
     assert not (out / "big.json").exists() and not list(out.glob(".*.tmp"))
-    rerun = extract_videos([src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH,
-                           progress=False)  # any executor resumes the same cache
+    rerun = extract_videos(
+        [src], out_dir=out, settings=settings, encoder=i3d_cpu[0], batch_size=BATCH, progress=False
+    )  # any executor resumes the same cache
     assert [(Path(r.source).name, r.status, r.clips) for r in rerun.results] == [
-        ("big.mp4", "ok", 4), ("s1.mp4", "skipped", 1), ("s2.mp4", "skipped", 1)]
+        ("big.mp4", "ok", 4),
+        ("s1.mp4", "skipped", 1),
+        ("s2.mp4", "skipped", 1),
+    ]
 
 
 @pytest.mark.slow
 def test_devices_cpu_cpu_shard_the_videos_into_the_same_cache(videos, reference, i3d_cpu, tmp_path):
     ref_out, ref_report = reference
     out = tmp_path / "cache"
-    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL), batch_size=BATCH,
-                            executor=DeviceOptions(("cpu", "cpu"), decode_processes=0), progress=False)
+    report = extract_videos(
+        [videos],
+        out_dir=out,
+        settings=ExtractionSettings(**SMALL),
+        batch_size=BATCH,
+        executor=DeviceOptions(("cpu", "cpu"), decode_processes=0),
+        progress=False,
+    )
     assert snapshot(out) == snapshot(ref_out)
     assert summary(report) == summary(ref_report)
     assert failures(out) == failures(ref_out)
@@ -176,8 +209,12 @@ def test_shard_videos_keeps_a_stem_in_one_shard_and_balances_bytes(tmp_path):
 
 def test_device_lists_are_validated():
     assert parse_devices("cpu,cpu") == ["cpu", "cpu"]
-    for bad, match in [("", "comma-separated"), ("cpu,,cpu", "comma-separated"), ("tpu", "unknown device"),
-                       ("meta", "only cpu and cuda")]:
+    for bad, match in [
+        ("", "comma-separated"),
+        ("cpu,,cpu", "comma-separated"),
+        ("tpu", "unknown device"),
+        ("meta", "only cpu and cuda"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             parse_devices(bad)
     if not torch.cuda.is_available():
@@ -185,17 +222,20 @@ def test_device_lists_are_validated():
             parse_devices("0")
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(engine="spark"), "engine must be one of local, ray"),
-    (dict(decode_processes=-1), "decode processes must be >= 0"),
-    (dict(address="auto"), "--address is for the Ray engine"),
-    (dict(ray_tasks=4), "--ray-tasks is for the Ray engine"),
-    (dict(ray_task_timeout_s=60.0), "--ray-task-timeout is for the Ray engine"),
-    (dict(devices="cpu,cpu", device="cpu"), "--device or --devices"),
-    (dict(engine="ray", devices="0,1"), "--devices is for the local engine"),
-    (dict(engine="ray", device="cuda:1"), "--device is for the local engine"),
-    (dict(engine="ray", decode_processes=2), "--decode-procs is for the local engine"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(engine="spark"), "engine must be one of local, ray"),
+        (dict(decode_processes=-1), "decode processes must be >= 0"),
+        (dict(address="auto"), "--address is for the Ray engine"),
+        (dict(ray_tasks=4), "--ray-tasks is for the Ray engine"),
+        (dict(ray_task_timeout_s=60.0), "--ray-task-timeout is for the Ray engine"),
+        (dict(devices="cpu,cpu", device="cpu"), "--device or --devices"),
+        (dict(engine="ray", devices="0,1"), "--devices is for the local engine"),
+        (dict(engine="ray", device="cuda:1"), "--device is for the local engine"),
+        (dict(engine="ray", decode_processes=2), "--decode-procs is for the local engine"),
+    ],
+)
 def test_conflicting_engine_options_are_refused(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         choose_executor(**kwargs)
@@ -208,9 +248,11 @@ def test_executor_options_are_chosen_and_checked(tmp_path):
     assert choose_executor(devices="cpu") == ThreadOptions(device="cpu")  # one device: no device processes
     assert choose_executor(engine="ray", ray_tasks=3) == RayOptions(max_tasks=3)
     assert choose_executor(engine="ray", ray_task_timeout_s=60.0) == RayOptions(task_timeout_s=60.0)
-    for build, match in [(lambda: RayOptions(max_tasks=0), "Ray video tasks in flight must be >= 1, got 0"),
-                         (lambda: DecodeProcessOptions(processes=0), "decode processes must be >= 1, got 0"),
-                         (lambda: DeviceOptions(()), "at least one device")]:
+    for build, match in [
+        (lambda: RayOptions(max_tasks=0), "Ray video tasks in flight must be >= 1, got 0"),
+        (lambda: DecodeProcessOptions(processes=0), "decode processes must be >= 1, got 0"),
+        (lambda: DeviceOptions(()), "at least one device"),
+    ]:
         with pytest.raises(ConfigError, match=match):
             build()
     with pytest.raises(ConfigError, match="URLs .* are not supported"):
@@ -259,10 +301,17 @@ def test_workers_on_cuda_feed_pinned_batches_and_match_the_cpu_features(videos, 
 
     ref_out, ref_report = reference
     out = tmp_path / "cache"
-    report = extract_videos([videos], out_dir=out, settings=ExtractionSettings(**SMALL),
-                            executor=DecodeProcessOptions(device="cuda", processes=2), batch_size=BATCH, progress=False)
+    report = extract_videos(
+        [videos],
+        out_dir=out,
+        settings=ExtractionSettings(**SMALL),
+        executor=DecodeProcessOptions(device="cuda", processes=2),
+        batch_size=BATCH,
+        progress=False,
+    )
     assert [(r.source, r.status, r.clips) for r in report.results] == [
-        (r.source, r.status, r.clips) for r in ref_report.results]
+        (r.source, r.status, r.clips) for r in ref_report.results
+    ]
     for name in sorted(p.name for p in ref_out.glob("*__0.npy")):
         a, b = np.load(ref_out / name), np.load(out / name)
         assert a.shape == b.shape

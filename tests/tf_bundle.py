@@ -82,8 +82,9 @@ def index_bytes(entries: Mapping[str, tuple[tuple[int, ...], int, int, int]]) ->
     return data + meta + index + footer
 
 
-def write_bundle(prefix: Path, tensors: Mapping[str, np.ndarray],
-                 layout: Mapping[str, tuple[int, int]] | None = None) -> Path:
+def write_bundle(
+    prefix: Path, tensors: Mapping[str, np.ndarray], layout: Mapping[str, tuple[int, int]] | None = None
+) -> Path:
     """Write ``prefix.index`` and ``prefix.data-00000-of-00001``.
 
     ``layout``: name -> (offset, size) to place each tensor where a real index says; default:
@@ -102,7 +103,7 @@ def write_bundle(prefix: Path, tensors: Mapping[str, np.ndarray],
         raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
         offset, size = layout[name]
         assert size == len(raw), (name, size, len(raw))
-        data[offset:offset + size] = raw
+        data[offset : offset + size] = raw
         entries[name] = (tuple(array.shape), offset, size, _mask(raw))
     Path(str(prefix) + ".data-00000-of-00001").write_bytes(bytes(data))
     Path(str(prefix) + ".index").write_bytes(index_bytes(entries))

@@ -234,4 +234,3 @@ PLANS: dict[str, Callable[[np.ndarray, Step], Plan]] = {
     "fight": _FightPlan,
     "scatter": _ScatterPlan,
 }
-

@@ -11,7 +11,14 @@ import numpy as np
 from vadpipe.errors import ConfigError
 
 __all__ = [
-    "ANOMALY_KINDS", "CODECS", "DEMO_SPLITS", "VIEW_CROP_PX", "VIEW_SHORT_SIDE_PX", "Anomaly", "SplitSize", "SynthConfig",
+    "ANOMALY_KINDS",
+    "CODECS",
+    "DEMO_SPLITS",
+    "VIEW_CROP_PX",
+    "VIEW_SHORT_SIDE_PX",
+    "Anomaly",
+    "SplitSize",
+    "SynthConfig",
 ]
 
 ANOMALY_KINDS: tuple[str, ...] = ("run", "fall", "fight", "scatter")

@@ -128,8 +128,14 @@ def make_dataset(
             label_dir = root / split_name / ("anomalous" if anomalous else "normal")
             label_dir.mkdir(parents=True, exist_ok=True)
             jobs.append(
-                dict(path=label_dir / f"{stem}.mp4", n_frames=n_frames, anomaly=anomaly, config=fixed,
-                     seed=int(rng.integers(2**63)), split=split_name)
+                dict(
+                    path=label_dir / f"{stem}.mp4",
+                    n_frames=n_frames,
+                    anomaly=anomaly,
+                    config=fixed,
+                    seed=int(rng.integers(2**63)),
+                    split=split_name,
+                )
             )
 
     planned = [
@@ -248,8 +254,12 @@ def _write_metadata(dataset: SynthDataset) -> None:
     writer.writerows([v.stem, v.label] for v in ordered)
     atomic_write_text(dataset.labels_path, buf.getvalue())
     _write_manifest(
-        dataset.root, config=dataset.config, seed=dataset.seed, splits=dataset.splits,
-        videos=[v.to_dict(root=dataset.root) for v in dataset.videos], complete=True,
+        dataset.root,
+        config=dataset.config,
+        seed=dataset.seed,
+        splits=dataset.splits,
+        videos=[v.to_dict(root=dataset.root) for v in dataset.videos],
+        complete=True,
     )
 
 

@@ -29,7 +29,12 @@ class Tracks:
 
 
 def simulate(
-    n_frames: int, n: int, anomaly: Anomaly | None, scene: Scene, config: SynthConfig, sizes: np.ndarray,
+    n_frames: int,
+    n: int,
+    anomaly: Anomaly | None,
+    scene: Scene,
+    config: SynthConfig,
+    sizes: np.ndarray,
     rng: np.random.Generator,
 ) -> Tracks:
     """Walk the figures between random waypoints, pausing now and then; inside the anomaly a plan
@@ -76,10 +81,23 @@ def simulate(
         pause = np.maximum(pause - 1, 0)
         heading = (target - pos) / (np.linalg.norm(target - pos, axis=1, keepdims=True) + 1e-9)
         s = Step(
-            pos=pos, target=target, desired=heading * (np.where(walking, walk_speed, 0.0) * h_px / fps)[:, None],
-            h_px=h_px, sprint_speed=sprint_speed, want_tilt=np.zeros(n), want_flail=np.zeros((n, 4)),
-            gait=np.full(n, 0.45), stride=np.full(n, 0.85), accel=np.full(n, 0.12), pinned=np.zeros(n, bool),
-            new_pos=pos.copy(), facing=facing, fps=fps, stage_lo=lo, stage_hi=hi, rng=rng,
+            pos=pos,
+            target=target,
+            desired=heading * (np.where(walking, walk_speed, 0.0) * h_px / fps)[:, None],
+            h_px=h_px,
+            sprint_speed=sprint_speed,
+            want_tilt=np.zeros(n),
+            want_flail=np.zeros((n, 4)),
+            gait=np.full(n, 0.45),
+            stride=np.full(n, 0.85),
+            accel=np.full(n, 0.12),
+            pinned=np.zeros(n, bool),
+            new_pos=pos.copy(),
+            facing=facing,
+            fps=fps,
+            stage_lo=lo,
+            stage_hi=hi,
+            rng=rng,
         )
         tilt_rate = 0.5
         if anomaly is not None and anomaly.start_frame <= t < anomaly.end_frame:
@@ -122,4 +140,3 @@ def simulate(
 def _initial_pause(n: int, fps: float, rng: np.random.Generator) -> np.ndarray:
     """Frames each of ``n`` figures still stands before walking: a quarter stand for up to 2 s."""
     return np.where(rng.random(n) < 0.25, rng.integers(1, int(2 * fps) + 1, n), 0)
-

@@ -121,4 +121,3 @@ def _make_background(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
     r2 = ((xs - w / 2) / (w / 2)) ** 2 + ((ys - h / 2) / (h / 2)) ** 2
     img *= (1.0 - 0.12 * r2)[..., None]
     return np.clip(img, 0, 255).astype(np.float32)
-

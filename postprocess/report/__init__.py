@@ -15,8 +15,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_EXPORTS = {"ReportOptions": "build", "ReportResult": "build", "build_report": "build",
-            "load_intervals": "build", "PROXY_MODES": "media"}
+_EXPORTS = {
+    "ReportOptions": "build",
+    "ReportResult": "build",
+    "build_report": "build",
+    "load_intervals": "build",
+    "PROXY_MODES": "media",
+}
 
 __all__ = sorted(_EXPORTS)
 

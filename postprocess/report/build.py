@@ -95,8 +95,11 @@ def _clip_seconds(video: Mapping[str, Any]) -> float:
 def interval_peak_s(video: Mapping[str, Any], interval: Mapping[str, Any]) -> float:
     """Time of the interval's highest weighted T-CAM: the middle of its best clip, kept inside."""
     half = _clip_seconds(video) / 2
-    inside = [c for c in video["clips"] if c["start_s"] + half >= interval["start_s"]
-              and c["start_s"] + half < interval["end_s"]]
+    inside = [
+        c
+        for c in video["clips"]
+        if c["start_s"] + half >= interval["start_s"] and c["start_s"] + half < interval["end_s"]
+    ]
     if not inside:
         inside = [c for c in video["clips"] if c["start_s"] < interval["end_s"]] or video["clips"][:1]
     if not inside:
@@ -175,8 +178,15 @@ def _progress(total: int, enabled: bool) -> Iterator:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("report"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.description}"), console=Console(stderr=True), transient=True) as bar:
+    with Progress(
+        TextColumn("report"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
         task = bar.add_task("", total=total)
         yield lambda description: bar.update(task, advance=1, description=description)
 
@@ -213,9 +223,15 @@ def build_report(
     op = doc["operating_point"]
     title = options.title or (doc_path.name if doc_path is not None else "vadpipe report")
     storage_key = "vadpipe-report:" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
-    meta = {"title": title, "storage_key": storage_key, "threshold": op["threshold"],
-            "video_threshold": op.get("video_threshold", 0.0), "method": op.get("method", "fixed"),
-            "model": doc.get("model"), "has_truth": truth is not None}
+    meta = {
+        "title": title,
+        "storage_key": storage_key,
+        "threshold": op["threshold"],
+        "video_threshold": op.get("video_threshold", 0.0),
+        "method": op.get("method", "fixed"),
+        "model": doc.get("model"),
+        "has_truth": truth is not None,
+    }
     videos = doc["videos"]
     damaged = {d.get("source"): d.get("damage") for d in doc.get("damaged") or [] if isinstance(d, dict)}
     problems: list[str] = []
@@ -280,43 +296,72 @@ def build_report(
             gt = _truth_seconds(video, truth.get(stem, []))
         clips = video["clips"]
         entry = {
-            "id": vid, "source": source, "name": Path(source).name, "stem": stem,
-            "page": f"videos/{vid}.html", "video_score": video["video_score"],
-            "video_probability": video.get("video_probability"), "duration_s": video["duration_s"],
-            "n_frames": video["n_frames"], "n_intervals": len(intervals),
+            "id": vid,
+            "source": source,
+            "name": Path(source).name,
+            "stem": stem,
+            "page": f"videos/{vid}.html",
+            "video_score": video["video_score"],
+            "video_probability": video.get("video_probability"),
+            "duration_s": video["duration_s"],
+            "n_frames": video["n_frames"],
+            "n_intervals": len(intervals),
             "peak": max((iv["score"] for iv in intervals), default=None),
-            "intervals": [{k: iv[k] for k in ("start_frame", "end_frame", "start_s", "end_s", "score",
-                                              "peak_s")} for iv in intervals],
-            "thumbs": thumbs, "damaged": damaged.get(source), "media_kind": media["kind"],
+            "intervals": [
+                {k: iv[k] for k in ("start_frame", "end_frame", "start_s", "end_s", "score", "peak_s")}
+                for iv in intervals
+            ],
+            "thumbs": thumbs,
+            "damaged": damaged.get(source),
+            "media_kind": media["kind"],
             "truth": None if gt is None else len(gt),
         }
         entries.append(entry)
-        pages.append({
-            "video": {**entry, "intervals": intervals, "fps": video["fps"], "clip_len": video["clip_len"],
-                      "clip_s": _clip_seconds(video)},
-            "clips": {"t": [round(c["start_s"], 4) for c in clips], "wtcam": [round(c["wtcam"], 5) for c in clips],
-                      "attention": [round(c["attention"], 5) for c in clips]},
-            "truth": gt, "media": media,
-        })
+        pages.append(
+            {
+                "video": {
+                    **entry,
+                    "intervals": intervals,
+                    "fps": video["fps"],
+                    "clip_len": video["clip_len"],
+                    "clip_s": _clip_seconds(video),
+                },
+                "clips": {
+                    "t": [round(c["start_s"], 4) for c in clips],
+                    "wtcam": [round(c["wtcam"], 5) for c in clips],
+                    "attention": [round(c["attention"], 5) for c in clips],
+                },
+                "truth": gt,
+                "media": media,
+            }
+        )
         advance(Path(source).name)
     progress_bar.close()
 
     for i, page in enumerate(pages):
         page["report"] = meta
-        page["nav"] = {"index": "../index.html",
-                       "prev": f"{pages[i - 1]['video']['id']}.html" if i > 0 else None,
-                       "next": f"{pages[i + 1]['video']['id']}.html" if i + 1 < len(pages) else None}
-        atomic_write_text(page_dir / f"{page['video']['id']}.html",
-                          _page(title=f"{page['video']['name']} - {title}", kind="video", data=page, root="../"))
+        page["nav"] = {
+            "index": "../index.html",
+            "prev": f"{pages[i - 1]['video']['id']}.html" if i > 0 else None,
+            "next": f"{pages[i + 1]['video']['id']}.html" if i + 1 < len(pages) else None,
+        }
+        atomic_write_text(
+            page_dir / f"{page['video']['id']}.html",
+            _page(title=f"{page['video']['name']} - {title}", kind="video", data=page, root="../"),
+        )
     written = {f"{page['video']['id']}.html" for page in pages}
     for stale in page_dir.glob("*.html"):  # pages of videos an earlier build listed
         if stale.name not in written:
             stale.unlink(missing_ok=True)
-    index = {"report": meta, "videos": entries,
-             "not_scored": [n for n in doc.get("not_scored") or [] if isinstance(n, dict)],
-             "damaged": [d for d in doc.get("damaged") or [] if isinstance(d, dict)],
-             "problems": problems}
+    index = {
+        "report": meta,
+        "videos": entries,
+        "not_scored": [n for n in doc.get("not_scored") or [] if isinstance(n, dict)],
+        "damaged": [d for d in doc.get("damaged") or [] if isinstance(d, dict)],
+        "problems": problems,
+    }
     index_path = out / "index.html"
     atomic_write_text(index_path, _page(title=title, kind="index", data=index, root=""))
-    return ReportResult(index=index_path, n_videos=len(entries), n_proxies=n_proxies, n_thumbnails=n_thumbs,
-                        problems=tuple(problems))
+    return ReportResult(
+        index=index_path, n_videos=len(entries), n_proxies=n_proxies, n_thumbnails=n_thumbs, problems=tuple(problems)
+    )

@@ -97,8 +97,10 @@ def make_proxy(source: Path, target: Path) -> None:
 
     tmp = _temp_beside(target, ".mp4")
     try:
-        with open_frames(source) as (info, frames), av.open(str(tmp), "w", format="mp4",
-                                                           options={"movflags": "+faststart"}) as out:
+        with (
+            open_frames(source) as (info, frames),
+            av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out,
+        ):
             width, height = _proxy_size(info.width, info.height)
             rate = Fraction(info.fps).limit_denominator(1001) if info.fps > 0 else Fraction(25)
             stream = out.add_stream("libx264", rate=rate)
@@ -109,7 +111,8 @@ def make_proxy(source: Path, target: Path) -> None:
             last_pts = -1
             for frame in frames:
                 picture = av.VideoFrame.from_ndarray(frame.rgb, format="rgb24").reformat(
-                    width=width, height=height, format="yuv420p")
+                    width=width, height=height, format="yuv420p"
+                )
                 pts = max(int(round(frame.time_s / time_base)), last_pts + 1)
                 picture.pts, picture.time_base, last_pts = pts, time_base, pts
                 for packet in stream.encode(picture):
