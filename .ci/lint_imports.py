@@ -8,7 +8,11 @@ layout a wheel installs (read from [tool.setuptools] package-dir and packages) i
 folder and runs import-linter there. It also refuses a source package that `packages` does not
 list: a wheel would ship without it, and the contract would not see it.
 
-Usage: python .ci/lint_imports.py   (exit status 0 when every contract is kept)
+It then looks for import cycles between modules (grimp's graph counts every import statement:
+module level, inside functions and under TYPE_CHECKING); the layers contract cannot see a cycle
+inside one layer. tests/test_import_cycles.py runs the same check.
+
+Usage: python .ci/lint_imports.py   (exit status 0 when every contract is kept and no cycle exists)
 """
 
 from __future__ import annotations
@@ -64,6 +68,62 @@ def mirror(sources: dict[str, Path], target: Path) -> None:
             shutil.copy2(module, dest / module.name)
 
 
+def import_cycles(layout: Path, package: str = "vadpipe") -> list[list[str]]:
+    """Every set of modules that import each other, directly or around a loop (Tarjan's SCCs).
+
+    ``layout`` is a folder holding ``package`` as a wheel installs it (see ``mirror``).
+    """
+    import grimp
+
+    sys.path.insert(0, str(layout))
+    try:
+        graph = grimp.build_graph(package, cache_dir=None)
+    finally:
+        sys.path.remove(str(layout))
+    modules = sorted(graph.modules)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(root: str) -> None:  # iterative Tarjan: the graph may be deeper than the recursion limit
+        work = [(root, iter(sorted(graph.find_modules_directly_imported_by(root))))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.find_modules_directly_imported_by(child)))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    cycles.append(sorted(component))
+
+    for module in modules:
+        if module not in index:
+            visit(module)
+    return sorted(cycles)
+
+
 def main() -> int:
     pyproject = ROOT / "pyproject.toml"
     sources = package_sources(pyproject)
@@ -85,7 +145,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="vadpipe-imports-") as tmp:
         mirror(sources, Path(tmp))
         os.chdir(tmp)  # lint_imports puts the working folder first on sys.path
-        return lint_imports(config_filename=str(pyproject), no_cache=True, no_logo=True)
+        status = lint_imports(config_filename=str(pyproject), no_cache=True, no_logo=True)
+        cycles = import_cycles(Path(tmp))
+    for cycle in cycles:
+        print(f"import cycle between {len(cycle)} modules: {', '.join(cycle)}")
+    return status or (1 if cycles else 0)
 
 
 if __name__ == "__main__":
