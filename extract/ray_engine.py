@@ -24,8 +24,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,8 @@ from .weights import load_i3d
 __all__ = ["I3DBatchEncoder", "run_on_ray", "import_ray"]
 
 _IN_FLIGHT_BATCHES = 2  # batches a video task may have queued at its actor (bounds object store use)
-_CANCEL_WAIT_S = 30.0  # how long an interrupted driver waits for its cancelled tasks to end
+_STOP_WAIT_S = 30.0  # how long an interrupted driver waits for its video tasks to end
+_STOP_POLL_S = 0.2  # how often a video task looks for its run's stop marker
 _RECLAIM_S = 1.0  # how often the driver looks at a video another run holds
 _CONNECT_S = 10.0  # for the cluster's address to accept a connection
 
@@ -119,6 +120,34 @@ class I3DBatchEncoder:
         return self._busy_s
 
 
+class StopMarker:
+    """The stop signal of one driver's run, seen by its tasks on every node: a file in the cache
+    folder (which every node sees). The driver creates it on Ctrl-C instead of ``ray.cancel``-ing
+    running tasks: a cancel that races the task's own completion reply makes Ray's core abort the
+    driver (``TaskManager::CompletePendingTask``, "An unexpected system state has occurred").
+
+    ``is_set`` has ``threading.Event``'s meaning for ``decode_video``; it looks at the file at most
+    every ``_STOP_POLL_S`` (it is asked once per decoded frame)."""
+
+    def __init__(self, out_dir: Path, run_id: str) -> None:
+        self.run_id = run_id
+        self.path = out_dir / job.LOCK_DIR / f"stop-{run_id}"
+        self._seen, self._next_look = False, 0.0
+
+    def set(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch()
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def is_set(self) -> bool:
+        now = time.monotonic()
+        if not self._seen and now >= self._next_look:
+            self._seen, self._next_look = self.path.exists(), now + _STOP_POLL_S
+        return self._seen
+
+
 def _run_video(
     source: str,
     stem: str,
@@ -129,9 +158,11 @@ def _run_video(
     batch_size: int,
     encoder: Any,
     timeout_s: float,
+    run_id: str,
 ) -> VideoResult | None:
     """Ray task: the video job for one video, its clips encoded by the ``encoder`` actor; None
-    when another process (another driver's task, a local run) holds the video's claim."""
+    when another process (another driver's task, a local run) holds the video's claim, or when
+    the driver stopped the run (``StopMarker``) before the video was written."""
     ray = import_ray()
     settings = ExtractionSettings.from_dict(settings_dict)
     out = Path(out_dir)
@@ -172,13 +203,17 @@ def _run_video(
                 outcome["fail"] = event.error
             return True
 
-        never = threading.Event()  # Ray cancels tasks itself
-        job.guarded(src, emit, job.decode_video, video, settings, emit, never)
+        stop = StopMarker(out, run_id)
+        job.guarded(src, emit, job.decode_video, video, settings, emit, stop)
         if "fail" in outcome:
             return VideoResult(source, "failed", error=outcome["fail"])
+        if "end" not in outcome:  # stopped: the claim is released, nothing of the entry written
+            return None
         try:
             for ref in batches:
-                video.add_features(ray.get(ref, timeout=timeout_s)["features"], n_crops)
+                if not _ready_unless_stopped(ray, ref, timeout_s, stop):
+                    return None  # stopped while the actor had the batch: nothing written
+                video.add_features(ray.get(ref)["features"], n_crops)
         except ray.exceptions.GetTimeoutError:
             return VideoResult(
                 source, "failed", error=f"{src}: the I3D actor gave no result within {timeout_s:g} s (a stalled node?)"
@@ -189,6 +224,20 @@ def _run_video(
         return job.write_video(video, settings, end.frame_times, end.damage, out)
     finally:
         claim.release()
+
+
+def _ready_unless_stopped(ray, ref: Any, timeout_s: float, stop: StopMarker) -> bool:
+    """Wait for an actor's result, looking at the stop marker meanwhile; False when stopped.
+    Raises ``GetTimeoutError`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ray.exceptions.GetTimeoutError(f"no result within {timeout_s:g} s")
+        ready, _ = ray.wait([ref], timeout=min(left, _STOP_POLL_S), fetch_local=False)
+        if ready:
+            return True
+    return False
 
 
 def _first_line(exc: BaseException) -> str:
@@ -349,6 +398,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
     pending = list(reversed(jobs))
     by_index = {j[0]: j for j in jobs}
     waiting = _Waiting(out_dir, settings, timeout_s)
+    stop = StopMarker(out_dir, uuid.uuid4().hex)
     loop_started = time.perf_counter()
     interrupted = False
     try:
@@ -373,6 +423,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
                     run.batch_size,
                     actors[i % len(actors)],
                     timeout_s,
+                    stop.run_id,
                 )
                 in_flight[ref] = (i, source, time.monotonic() + timeout_s)
             if not in_flight:  # only videos another run holds are left (or none: the loop ends)
@@ -414,7 +465,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
         interrupted = True
         raise
     finally:
-        _stop_tasks(ray, list(in_flight))
+        _stop_tasks(ray, list(in_flight), stop)
         report.loop_s = time.perf_counter() - loop_started
         if not interrupted:
             try:
@@ -476,13 +527,17 @@ class _Waiting:
         return out
 
 
-def _stop_tasks(ray, refs: list) -> None:
-    """Cancel the video tasks still running (Ctrl-C, or an error that stops the run) and wait,
-    at most ``_CANCEL_WAIT_S``, for them to end: a cancelled task gets a KeyboardInterrupt, which
-    releases its video's claim and removes an entry it was writing (or leaves it complete), so
-    the driver exits with nothing of its run still running or held. A task that does not end
-    in time is killed with its job when the driver disconnects."""
-    for ref in refs:
-        ray.cancel(ref)
-    if refs:
-        ray.wait(refs, num_returns=len(refs), timeout=_CANCEL_WAIT_S, fetch_local=False)
+def _stop_tasks(ray, refs: list, stop: StopMarker) -> None:
+    """Stop the video tasks still running (Ctrl-C, or an error that stops the run) and wait, at
+    most ``_STOP_WAIT_S``, for them to end. Each task sees the stop marker at its next frame,
+    writes nothing and releases its video's claim (one already writing its entry finishes it
+    atomically), so the driver exits with nothing of its run still running or held. No
+    ``ray.cancel``: see ``StopMarker``. A task that does not end in time is killed with its job
+    when the driver disconnects."""
+    if not refs:
+        return
+    stop.set()
+    try:
+        ray.wait(refs, num_returns=len(refs), timeout=_STOP_WAIT_S, fetch_local=False)
+    finally:
+        stop.clear()
