@@ -27,8 +27,9 @@ setup-browser:
 demo: setup
 	$(VENV)/bin/vadpipe demo
 
+# --durations: the slowest tests are listed, so one creeping towards CI's 90 minutes is seen
 test: setup setup-browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # the tier to run on every change (~1 min): everything but the real-I3D and train-to-convergence tests
 test-fast: setup
