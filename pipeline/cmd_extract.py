@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from vadpipe.executor_choice import ENGINES
 from vadpipe.extract.backbones import BACKBONES
-from vadpipe.extract.engines import ENGINES
 from vadpipe.extract.fileio import atomic_write_text, check_output_file
 from vadpipe.extract.settings import CROP_MODES, DECODERS, PRECISIONS, PROFILES, RUNTIMES, ExtractionSettings
 from vadpipe.workspace import features_dir
@@ -192,7 +192,8 @@ def extract(
     Exit status: 0 done (some videos may have failed), 1 every video failed (or any, with
     --strict), 2 bad options or an unusable cache folder or weights, 130 interrupted.
     """
-    from vadpipe.extract.engines import choose_executor, extract_videos  # torch: imported only when running
+    from vadpipe.executor_choice import choose_executor
+    from vadpipe.extract.engines import extract_videos  # torch: imported only when running
     from vadpipe.extract.weights import resolve_backbone
 
     if json_out is not None and str(json_out) != "-":
@@ -231,6 +232,7 @@ def extract(
         settings=settings,
         executor=executor,
         weights=weights,
+        resolved=found,
         batch_size=batch_size,
         progress=not quiet,
     )

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
 from vadpipe.detect import DetectResult, detect_videos, plot_video
+from vadpipe.executor_choice import choose_executor
 from vadpipe.extract.encoder import load_encoder
-from vadpipe.extract.engines import choose_executor, extract_videos
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.job import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings

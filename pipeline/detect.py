@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from vadpipe.errors import CheckpointError, ConfigError
+from vadpipe.executor_choice import choose_executor
 from vadpipe.extract import cache
 from vadpipe.extract.backbones import BACKBONES, IMAGENET, get_backbone
 from vadpipe.extract.encoder import ClipEncoder, load_encoder
-from vadpipe.extract.engines import choose_executor, extract_videos
+from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.job import ExtractReport, VideoResult, find_videos
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import resolve_backbone
@@ -110,7 +111,7 @@ def _encoder_for(
             f"{found.backbone.id}: detect extracts only with the model's network; pass "
             f"{settings.backbone} weights ({get_backbone(settings.backbone).checkpoint})"
         )
-    encoder, loaded = load_encoder(settings, weights=found.path, device=device)
+    encoder, loaded = load_encoder(settings, device=device, resolved=found)
     if settings.weights_sha256 and settings.weights_sha256 != loaded.weights_sha256:
         raise ConfigError(
             f"the model was trained on features from I3D weights {settings.weights_sha256[:12]}..., but the "

@@ -20,7 +20,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from test_workers import BATCH, SMALL, snapshot  # noqa: E402
 
 from vadpipe.errors import ConfigError  # noqa: E402
-from vadpipe.extract.engines import RayOptions, extract_videos  # noqa: E402
+from vadpipe.extract.engines import extract_videos  # noqa: E402
+from vadpipe.extract.options import RayOptions  # noqa: E402
 from vadpipe.extract.settings import ExtractionSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray cluster and the real I3D

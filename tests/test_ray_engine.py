@@ -14,7 +14,8 @@ ray = pytest.importorskip("ray")
 
 from test_workers import BATCH, SMALL, failures, make_videos, snapshot, summary  # noqa: E402
 
-from vadpipe.extract.engines import RayOptions, extract_videos  # noqa: E402
+from vadpipe.extract.engines import extract_videos  # noqa: E402
+from vadpipe.extract.options import RayOptions  # noqa: E402
 from vadpipe.extract.ray_engine import I3DBatchEncoder  # noqa: E402
 from vadpipe.extract.settings import ExtractionSettings  # noqa: E402
 

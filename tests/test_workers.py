@@ -18,16 +18,11 @@ from conftest import moving_frames, write_video
 
 from vadpipe.cli import main
 from vadpipe.errors import ConfigError
+from vadpipe.executor_choice import choose_executor
 from vadpipe.extract import cache
 from vadpipe.extract.devices import parse_devices, shard_videos
-from vadpipe.extract.engines import (
-    DecodeProcessOptions,
-    DeviceOptions,
-    RayOptions,
-    ThreadOptions,
-    choose_executor,
-    extract_videos,
-)
+from vadpipe.extract.engines import extract_videos
+from vadpipe.extract.options import DecodeProcessOptions, DeviceOptions, RayOptions, ThreadOptions
 from vadpipe.extract.settings import ExtractionSettings
 
 # the real network on 48 px crops: the same code paths as 224, a fraction of the CPU time
