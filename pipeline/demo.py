@@ -15,19 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
+from vadpipe.calibrated_training import train_calibrated
 from vadpipe.detect import DetectResult, detect_videos, plot_video
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import choose_executor, extract_videos
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.job import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.model.data import parse_annotations
+from vadpipe.model.config import TrainConfig
+from vadpipe.model.labels import parse_annotations
 from vadpipe.model.run import load_run, set_latest
-from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.evaluate import evaluate_run
 from vadpipe.postprocess.intervals import OperatingPoint, write_intervals
 from vadpipe.recipes import RECIPES
+from vadpipe.run_calibration import CalibrationSpec
 from vadpipe.synth import DEMO_SPLITS, SplitSize, SynthConfig, SynthDataset, make_dataset
 
 __all__ = ["DemoConfig", "DemoReport", "run_demo"]
