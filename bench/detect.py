@@ -39,7 +39,8 @@ def make_video(path: Path, minutes: float, width: int, height: int, fps: int = 2
 
 def tiny_run(root: Path) -> Path:
     """A model trained for one epoch on random features: same cost profile as a real one."""
-    from vadpipe.model.train import TrainConfig, train
+    from vadpipe.model.config import TrainConfig
+    from vadpipe.model.train import train
 
     feats = root / "feats"
     feats.mkdir()

@@ -43,9 +43,11 @@ from vadpipe.errors import DataError
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.model.data import load_item, parse_annotations, scan_features
+from vadpipe.model.data import load_item, scan_features
+from vadpipe.model.labels import parse_annotations
+from vadpipe.model.scoring import clip_frame_labels
 from vadpipe.postprocess.evaluate import evaluate_run, group_videos, json_ready
-from vadpipe.postprocess.metrics import clip_frame_labels, pooled_metrics, standard_entry
+from vadpipe.postprocess.metrics import pooled_metrics, standard_entry
 from vadpipe.recipes import RECIPES
 from vadpipe.synth import SplitSize, SynthConfig, load_dataset, make_dataset
 

@@ -94,10 +94,10 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also measure the alternative distances")
     args = ap.parse_args()
 
-    from vadpipe.model.data import open_training_set
+    from vadpipe.model.labels import open_training_set
     from vadpipe.model.ood import CLIP_QUANTILE, fit_distance, load_distance
     from vadpipe.model.run import read_run_config
-    from vadpipe.postprocess.calibration import stratified_holdout
+    from vadpipe.model.splits import stratified_holdout
     from vadpipe.postprocess.ood import judge_video
 
     demo = args.demo

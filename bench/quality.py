@@ -107,8 +107,9 @@ def run_one(bench: BenchSet, runs: Path, variant: str, seed: int, reuse: bool = 
 
 
 def posthoc_ensembles(bench: BenchSet, runs: Path, variant: str, seeds: list[int], size: int) -> list[dict]:
-    from vadpipe.model.data import parse_annotations, scan_features
+    from vadpipe.model.data import scan_features
     from vadpipe.model.ensemble import Ensemble
+    from vadpipe.model.labels import parse_annotations
     from vadpipe.model.run import load_run
     from vadpipe.postprocess.evaluate import evaluate_model
 
@@ -199,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     if "long" in sets:
         from long_videos import probe_ceiling
 
-        from vadpipe.model.data import parse_annotations
+        from vadpipe.model.labels import parse_annotations
 
         s = sets["long"]
         probes["long"] = probe_ceiling(

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vadpipe.model.data import parse_annotations, read_labels_csv
+from vadpipe.model.labels import parse_annotations, read_labels_csv
 from vadpipe.postprocess.evaluate import evaluate_run
 from vadpipe.synth import SplitSize, SynthConfig, make_dataset
 

@@ -51,11 +51,13 @@ from torch import nn
 
 from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.augment import view_indices
-from vadpipe.model.data import FeatureSet, open_training_set, preload
+from vadpipe.model.config import TrainConfig
+from vadpipe.model.data import FeatureSet, preload
+from vadpipe.model.labels import open_training_set
 from vadpipe.model.net import CSLTAL
 from vadpipe.model.run import save_checkpoint
 from vadpipe.model.samplers import epoch_batches, iterate_batches
-from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer, train_epoch
+from vadpipe.model.train import batch_loss, make_optimizer, train_epoch
 from vadpipe.recipes import RECIPES
 
 ANOMALOUS_FRACTION = 1905 / 3954  # method.md §2: 48.2% violent

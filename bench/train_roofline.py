@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from train import EPOCH, build_dataset  # noqa: E402
 
-from vadpipe.model.data import open_training_set  # noqa: E402
+from vadpipe.model.labels import open_training_set  # noqa: E402
 from vadpipe.model.net import CSLTAL  # noqa: E402
 from vadpipe.model.samplers import iterate_batches  # noqa: E402
 from vadpipe.model.train import batch_loss, make_optimizer  # noqa: E402

@@ -9,8 +9,8 @@ import numpy as np
 
 from vadpipe.extract.fileio import atomic_write_bytes
 
+from .history import VAL_METRICS
 from .losses import LOSS_PARTS
-from .validation import VAL_METRICS
 
 __all__ = ["plot_curves"]
 

@@ -1,4 +1,4 @@
-"""Feature sets for training and validation: vadpipe caches, bare XD-Violence folders, labels.
+"""Feature sets for training and validation: vadpipe caches and bare XD-Violence folders.
 
 Two on-disk sources are read:
 
@@ -15,14 +15,13 @@ source path, or from the XD-Violence ``_label_A`` (= normal) naming convention.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import re
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,9 @@ __all__ = [
     "FeatureItem",
     "FeatureSet",
     "scan_features",
-    "assign_labels",
-    "labels_from_annotations",
-    "open_training_set",
     "load_item",
     "preload",
-    "read_labels_csv",
-    "parse_annotations",
+    "few",
     "XD_CLIP_LEN",
     "clip_geometry",
 ]
@@ -51,9 +46,6 @@ XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame c
 
 _XD_FILE = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)\.npy$")
 _XD_SPLITS = {"train": "RGB", "test": "RGBTest"}
-_NORMAL_DIRS = {"normal"}
-_ANOMALOUS_DIRS = {"anomalous", "abnormal"}
-_LABEL_WORDS = {"0": 0, "1": 1, "normal": 0, "anomalous": 1, "abnormal": 1}
 _MAX_NAMES = 5  # how many offending names an error message lists
 
 
@@ -132,7 +124,8 @@ class FeatureSet:
         }
 
 
-def _few(names: Iterable[str]) -> str:
+def few(names: Iterable[str]) -> str:
+    """A few of ``names``, sorted, for an error message ("a, b, c and 4 more")."""
     names = sorted(set(names))
     more = f" and {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else ""
     return ", ".join(names[:_MAX_NAMES]) + more
@@ -163,7 +156,7 @@ def _check_widths(items: Sequence[FeatureItem], widths: Mapping[Path, int]) -> i
     for item in items:
         by_width[widths[item.path]].append(item.path.name)
     if len(by_width) > 1:
-        detail = "; ".join(f"width {w}: {_few(names)}" for w, names in sorted(by_width.items()))
+        detail = "; ".join(f"width {w}: {few(names)}" for w, names in sorted(by_width.items()))
         raise DataError(f"feature files have different widths ({detail}); use features of one extractor")
     return next(iter(by_width))
 
@@ -174,13 +167,13 @@ def _check_equal_lengths(items: Sequence[FeatureItem]) -> None:
         lengths[item.video].add(item.n_steps)
     bad = [video for video, values in lengths.items() if len(values) > 1]
     if bad:
-        raise DataError(f"the crops of a video must have the same number of rows; they differ for {_few(bad)}")
+        raise DataError(f"the crops of a video must have the same number of rows; they differ for {few(bad)}")
 
 
 def _warn_empty(empty: list[str], root: Path) -> None:
     if empty:
         warnings.warn(
-            f"skipped {len(empty)} feature file(s) with 0 clips in {root}: {_few(empty)}", DataWarning, stacklevel=3
+            f"skipped {len(empty)} feature file(s) with 0 clips in {root}: {few(empty)}", DataWarning, stacklevel=3
         )
 
 
@@ -221,14 +214,14 @@ def _scan_cache(root: Path, records: list[CacheRecord], crops: Sequence[int] | N
     _warn_empty(empty, root)
     if partial:
         warnings.warn(
-            f"{len(partial)} video(s) were only partly decoded; using their clips: {_few(partial)}",
+            f"{len(partial)} video(s) were only partly decoded; using their clips: {few(partial)}",
             DataWarning,
             stacklevel=3,
         )
     if not items:
         raise DataError(f"no usable features in the cache {root} ({len(records)} records, all without clips)")
     if len(settings) > 1:
-        keys = _few(map(str, settings))
+        keys = few(map(str, settings))
         raise DataError(
             f"the cache {root} mixes {len(settings)} extraction settings (keys {keys}); "
             "train on features of one setting"
@@ -299,139 +292,6 @@ def scan_features(root: Path | str, *, split: str = "train", crops: Sequence[int
     return _scan_bare(root, split, crops)
 
 
-def _read_text(path: Path, what: str, *, encoding: str) -> str:
-    try:
-        return path.read_text(encoding=encoding)
-    except OSError as exc:
-        raise DataError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
-
-
-def read_labels_csv(path: Path | str) -> dict[str, int]:
-    """``video,label`` rows (label 0/1 or normal/anomalous) as {video: 0|1}."""
-    path = Path(path)
-    text = _read_text(path, "labels file", encoding="utf-8-sig")
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = [cell.strip().lower() for cell in next(reader, [])]
-        rows = list(reader)
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: not valid CSV: {exc}") from None
-    if header[:2] != ["video", "label"]:
-        raise DataError(f"{path}: the first line must be the header 'video,label', got {','.join(header)[:80]!r}")
-    labels: dict[str, int] = {}
-    for lineno, row in enumerate(rows, start=2):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise DataError(f"{path}:{lineno}: expected 'video,label', got {','.join(row)[:80]!r}")
-        video, word = row[0].strip(), row[1].strip().lower()
-        if not video:
-            raise DataError(f"{path}:{lineno}: empty video name")
-        if word not in _LABEL_WORDS:
-            raise DataError(f"{path}:{lineno}: label must be 0, 1, normal or anomalous, got {row[1].strip()!r}")
-        if labels.get(video, _LABEL_WORDS[word]) != _LABEL_WORDS[word]:
-            raise DataError(f"{path}:{lineno}: {video!r} is labelled both normal and anomalous")
-        labels[video] = _LABEL_WORDS[word]
-    if not labels:
-        raise DataError(f"{path} holds no labels")
-    return labels
-
-
-def _folder_label(source: Path | None) -> int | None:
-    if source is None:
-        return None
-    for folder in reversed(source.parent.parts):  # the nearest folder decides
-        name = folder.lower()
-        if name in _NORMAL_DIRS:
-            return 0
-        if name in _ANOMALOUS_DIRS:
-            return 1
-    return None
-
-
-def _suffix_label(item: FeatureItem) -> int | None:
-    for name in item.names():
-        if "_label_" in name:
-            return 0 if "_label_A" in name else 1
-    return None
-
-
-def _lookup(item: FeatureItem, table: Mapping[str, int], what: str) -> int | None:
-    found = {table[name] for name in item.names() if name in table}
-    if len(found) > 1:
-        raise DataError(f"{what} gives {item.video} both labels under different names ({', '.join(item.names())})")
-    return found.pop() if found else None
-
-
-def assign_labels(features: FeatureSet, *, labels_csv: Path | str | None = None) -> FeatureSet:
-    """Label every sample: from ``labels_csv`` when given (it must cover every video), else per
-    video from ``normal/``/``anomalous/`` folders in its source path, else the ``_label_A`` suffix.
-
-    Raises:
-        DataError: some video has no label, naming a few of them and how to add labels.
-    """
-    table = read_labels_csv(labels_csv) if labels_csv is not None else None
-    items, missing = [], []
-    for item in features.items:
-        if table is not None:
-            label, source = _lookup(item, table, str(labels_csv)), "csv"
-        else:
-            label, source = _folder_label(item.source), "folder"
-            if label is None:
-                label, source = _suffix_label(item), "suffix"
-        if label is None:
-            missing.append(item.video)
-        items.append(replace(item, label=label, label_source=source if label is not None else None))
-    if missing:
-        hint = (
-            f"add them to {labels_csv}"
-            if table is not None
-            else "give --labels FILE.csv (video,label), or keep videos in normal/ and anomalous/ folders, "
-            "or name them with the XD-Violence _label_A (normal) / _label_<code> suffix"
-        )
-        raise DataError(f"no label for {len(set(missing))} video(s): {_few(missing)}; {hint}")
-    if table is not None:
-        known = {name for item in features.items for name in item.names()}
-        unknown = [name for name in table if name not in known]
-        if unknown:  # harmless (one file may label several sets), but usually a typo or a renamed video
-            warnings.warn(
-                f"{len(unknown)} video(s) in {labels_csv} are not in the features: {_few(unknown)}",
-                DataWarning,
-                stacklevel=2,
-            )
-    return replace(features, items=tuple(items))
-
-
-def labels_from_annotations(features: FeatureSet, annotations: Mapping[str, object]) -> FeatureSet:
-    """Label videos listed in ``annotations`` (see :func:`parse_annotations`) anomalous, others normal."""
-    items = tuple(
-        replace(item, label=int(any(name in annotations for name in item.names())), label_source="annotations")
-        for item in features.items
-    )
-    return replace(features, items=items)
-
-
-def open_training_set(
-    root: Path | str, *, labels_csv: Path | str | None = None, crops: Sequence[int] | None = None
-) -> FeatureSet:
-    """The labelled training samples under ``root``; both classes must be present.
-
-    Example:
-        >>> train_set = open_training_set("xd/", crops=[0])  # doctest: +SKIP
-    """
-    features = assign_labels(scan_features(root, split="train", crops=crops), labels_csv=labels_csv)
-    counts = features.label_counts()
-    if not counts["normal"] or not counts["anomalous"]:
-        only = "normal" if counts["normal"] else "anomalous"
-        raise DataError(
-            f"all {len(features.videos)} training videos are {only}: "
-            "weakly supervised training needs both normal and anomalous videos"
-        )
-    return features
-
-
 def load_item(item: FeatureItem, *, feature_dim: int) -> np.ndarray:
     """The (T, F) float32 features of one sample (checked at scan time; shape re-checked here)."""
     try:
@@ -464,40 +324,6 @@ def preload(data: FeatureSet, *, max_bytes: int | None = None) -> tuple[np.ndarr
     if needed > budget:
         return None
     return tuple(load_item(item, feature_dim=data.feature_dim) for item in data.items)
-
-
-def parse_annotations(path: Path | str) -> dict[str, list[tuple[int, int]]]:
-    """Read an XD-Violence ``annotations.txt``: ``<video>[.mp4] s1 e1 [s2 e2 ...]`` per line.
-
-    Intervals are half-open ``[s, e)`` frame indices of the original video (method.md §8.4);
-    the ``.mp4`` suffix some names carry is removed. Videos absent from the file are normal.
-
-    Returns:
-        {video: [(start_frame, end_frame), ...]} in file order.
-    """
-    path = Path(path)
-    lines = _read_text(path, "annotations", encoding="utf-8").splitlines()
-    result: dict[str, list[tuple[int, int]]] = {}
-    for lineno, line in enumerate(lines, start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        name = tokens[0].removesuffix(".mp4")
-        numbers = tokens[1:]
-        if not numbers or len(numbers) % 2:
-            raise DataError(f"{path}:{lineno}: expected '<video> start end [start end ...]', got {line.strip()!r}")
-        try:
-            values = [int(n) for n in numbers]
-        except ValueError:
-            raise DataError(f"{path}:{lineno}: frame indices must be integers, got {line.strip()!r}") from None
-        pairs = list(zip(values[0::2], values[1::2]))
-        bad = [p for p in pairs if not 0 <= p[0] < p[1]]
-        if bad:
-            raise DataError(f"{path}:{lineno}: intervals must satisfy 0 <= start < end, got {bad}")
-        if name in result:
-            raise DataError(f"{path}:{lineno}: {name!r} is annotated twice")
-        result[name] = pairs
-    return result
 
 
 def clip_geometry(item: FeatureItem) -> tuple[int, np.ndarray]:

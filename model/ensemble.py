@@ -2,8 +2,8 @@
 the training videos, see `vadpipe.ensemble_training`), scored as one.
 
 One training run can be weak (which videos it was trained on, its init); the mean of a few
-members' weighted T-CAMs is not held hostage by one of them. An `Ensemble` is only a container: `vadpipe.postprocess.scores.score_video`, the
-one scoring function, runs each member and averages their weighted T-CAMs (λ_m·a_m, never
+members' weighted T-CAMs is not held hostage by one of them. An `Ensemble` is only a container:
+`vadpipe.model.scoring.score_video`, the one scoring function, runs each member and averages their weighted T-CAMs (λ_m·a_m, never
 mean(λ)·mean(a)), so detect, evaluate, calibration and watch all score an ensemble the same way.
 Its weights are one safetensors file (``members.<i>.<name>``), its size is the run config's
 ``ensemble`` section (`vadpipe.model.run.load_run`).
@@ -43,4 +43,4 @@ class Ensemble(torch.nn.Module):
         return cls([CSLTAL(config) for _ in range(size)])
 
     def forward(self, *args, **kwargs):  # noqa: D401
-        raise TypeError("an Ensemble is scored by vadpipe.postprocess.scores (score_video), member by member")
+        raise TypeError("an Ensemble is scored by vadpipe.model.scoring (score_video), member by member")

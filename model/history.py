@@ -1,5 +1,10 @@
 """A run's per-epoch metrics (``metrics.jsonl``) and its ``summary.json``: written after each
-checkpoint, read back on resume."""
+checkpoint, read back on resume.
+
+The names of the metrics an epoch's line may hold besides the losses live here, with the file
+they are written to: the hooks that compute them, the summary, the curves and the progress
+bar all read them from this one place.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,11 @@ from pathlib import Path
 
 from vadpipe.extract.fileio import atomic_write_text
 
-from .run import METRICS_FILE
-from .validation import VAL_METRICS
+__all__ = ["METRICS_FILE", "VAL_METRICS", "HELDOUT_LOSS", "write_metrics", "read_metrics", "summarize"]
 
-__all__ = ["write_metrics", "read_metrics", "summarize"]
+METRICS_FILE = "metrics.jsonl"
+VAL_METRICS = ("val_video_auc", "val_frame_auc")  # vadpipe.model.validation.Validator
+HELDOUT_LOSS = "heldout_loss"  # vadpipe.model.selection.EarlyStopping keeps the weights where it is lowest
 
 
 def write_metrics(run_dir: Path, history: list[dict]) -> None:

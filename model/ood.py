@@ -42,7 +42,8 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError, ConfigError, DataError
 from vadpipe.extract.fileio import atomic_write_bytes
 
-from .data import FeatureSet, load_item, open_training_set
+from .data import FeatureSet, load_item
+from .labels import open_training_set
 from .run import read_run_config
 
 __all__ = [

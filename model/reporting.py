@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .history import HELDOUT_LOSS, VAL_METRICS
 from .losses import LOSS_PARTS
-from .selection import HELDOUT_LOSS
-from .validation import VAL_METRICS
 
 __all__ = ["ProgressReporter"]
 

@@ -38,7 +38,6 @@ __all__ = [
     "RUN_SCHEMA_VERSION",
     "CONFIG_FILE",
     "WEIGHTS_FILE",
-    "METRICS_FILE",
     "SUMMARY_FILE",
     "CURVES_FILE",
     "CHECKPOINT_DIR",
@@ -62,7 +61,6 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
-METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
 CHECKPOINT_DIR = "checkpoint"

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vadpipe.errors import CheckpointError
 
+from .config import TrainConfig
 from .net import ModelConfig
-
-if TYPE_CHECKING:
-    from .train import TrainConfig
 
 __all__ = ["RUN_SCHEMA_VERSION", "OPERATING_POINT_METHODS", "SavedOperatingPoint", "RunConfig"]
 
@@ -95,7 +93,7 @@ class RunConfig:
 
     Attributes:
         model: the network settings.
-        training: the training settings (`vadpipe.model.train.TrainConfig`), None for a
+        training: the training settings (`vadpipe.model.config.TrainConfig`), None for a
             hand-built run saved without them.
         operating_point: the stored operating point, None when the run has none (the
             paper's fixed threshold applies).
@@ -127,8 +125,6 @@ class RunConfig:
         Raises:
             CheckpointError: a foreign schema or an unusable section, naming it and the value.
         """
-        from .train import TrainConfig  # train.py imports run folders: import it when parsing, not before
-
         if not isinstance(data, Mapping) or data.get("schema_version") != RUN_SCHEMA_VERSION or "model" not in data:
             raise CheckpointError(f"{where} is not a vadpipe run config (schema_version {RUN_SCHEMA_VERSION})")
         try:

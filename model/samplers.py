@@ -16,7 +16,7 @@ from .augment import view_indices
 from .data import FeatureSet, load_item
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
 __all__ = ["Batch", "make_batch", "batches_per_epoch", "epoch_batches", "iterate_batches"]
 

@@ -6,11 +6,9 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .train import TrainConfig
+    from .config import TrainConfig
 
-__all__ = ["SCHEDULES", "lr_at_epoch", "lr_at_step", "planned_epochs", "crossed"]
-
-SCHEDULES = ("multistep", "cosine")
+__all__ = ["lr_at_epoch", "lr_at_step", "planned_epochs", "crossed"]
 
 
 def lr_at_epoch(epoch: int, *, config: TrainConfig) -> float:

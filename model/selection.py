@@ -1,18 +1,14 @@
 """Early stopping on held-out training videos: what it watches (video labels only) and the hook
 that keeps the best weights.
 
-The curve it reads comes from a *video scorer* the caller passes in: the product's one scoring
-function, `vadpipe.postprocess.scores.score_video`, handed over by `vadpipe.calibrated_training`
-so that this stage never imports a later one and the weights are chosen on exactly the curve
-``detect`` thresholds.
+The curve it reads is the product's one scoring function, `vadpipe.model.scoring.score_video`,
+so that the weights are chosen on exactly the curve ``detect`` thresholds.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -20,30 +16,13 @@ import torch
 from vadpipe.errors import CheckpointError
 
 from .data import FeatureItem, FeatureSet, load_item
+from .history import HELDOUT_LOSS, METRICS_FILE
 from .losses import top_k_mean
 from .net import CSLTAL
-from .run import METRICS_FILE
 from .schedules import crossed
+from .scoring import score_video
 
-__all__ = ["HELDOUT_LOSS", "ScoredVideo", "VideoScorer", "heldout_scores", "EarlyStopping"]
-
-HELDOUT_LOSS = "heldout_loss"
-
-
-class ScoredVideo(Protocol):
-    """What a video scorer returns (`vadpipe.postprocess.scores.VideoScores` satisfies it)."""
-
-    @property
-    def wtcam(self) -> np.ndarray: ...  # (T,) the video's per-clip curve, crops combined
-
-    @property
-    def video_score(self) -> float: ...
-
-
-class VideoScorer(Protocol):
-    """``scorer(model, crops, block_len=L)``: one video's curve from its crops' (T, F) features."""
-
-    def __call__(self, model: CSLTAL, crops: Sequence[np.ndarray], *, block_len: int) -> ScoredVideo: ...
+__all__ = ["heldout_scores", "EarlyStopping"]
 
 
 def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -51,12 +30,10 @@ def _bce(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -(y * np.log(p) + (1 - y) * np.log(1 - p))
 
 
-def heldout_scores(
-    model: CSLTAL, data: FeatureSet, *, scorer: VideoScorer, block_len: int, top_fraction: float
-) -> dict[str, float | None]:
+def heldout_scores(model: CSLTAL, data: FeatureSet, *, block_len: int, top_fraction: float) -> dict[str, float | None]:
     """What early stopping watches (held-out training videos have no frame labels).
 
-    Every video is scored by ``scorer`` (full rate, as detect does). Per video: the *peak*, the
+    Every video is scored by `score_video` (full rate, as detect does). Per video: the *peak*, the
     mean of the top ``top_fraction`` of its curve, and its video score. ``heldout_loss`` is the
     class-balanced mean of BCE(peak, y) and BCE(video score, y): low when the curve rises in
     anomalous videos and stays low in normal ones, i.e. what detect's intervals and false alarms
@@ -69,7 +46,7 @@ def heldout_scores(
     model.eval()
     peaks, scores = [], []
     for name in names:
-        scored = scorer(
+        scored = score_video(
             model, [load_item(item, feature_dim=data.feature_dim) for item in by_video[name]], block_len=block_len
         )
         curve = torch.from_numpy(np.ascontiguousarray(scored.wtcam, dtype=np.float32))[None]
@@ -97,22 +74,19 @@ class EarlyStopping:
         self,
         data: FeatureSet,
         *,
-        scorer: VideoScorer,
         block_len: int,
         top_fraction: float,
         every_steps: int,
         n_batches: int,
     ) -> None:
-        self.data, self.scorer, self.block_len, self.top_fraction = data, scorer, block_len, top_fraction
+        self.data, self.block_len, self.top_fraction = data, block_len, top_fraction
         self.every_steps, self.n_batches = every_steps, n_batches
         self.best: tuple[int, float, dict[str, torch.Tensor]] | None = None  # epoch, held-out loss, weights
 
     def __call__(self, model: CSLTAL, *, epoch: int, last: bool) -> dict[str, float | None]:
         if not (crossed(epoch, self.n_batches, self.every_steps) or last):
             return {}
-        line = heldout_scores(
-            model, self.data, scorer=self.scorer, block_len=self.block_len, top_fraction=self.top_fraction
-        )
+        line = heldout_scores(model, self.data, block_len=self.block_len, top_fraction=self.top_fraction)
         if self.best is None or line[HELDOUT_LOSS] < self.best[1]:
             self.best = (epoch, line[HELDOUT_LOSS], {k: v.detach().clone() for k, v in model.state_dict().items()})
         return line

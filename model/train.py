@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -25,12 +25,13 @@ from vadpipe._version import __version__
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract.fileio import remove_stale_temps
 
-from .augment import VIEW_MODES
+from .config import TrainConfig
 from .curves import plot_curves
-from .data import DataWarning, FeatureSet, open_training_set, preload
-from .history import read_metrics, summarize, write_metrics
+from .data import DataWarning, FeatureSet, preload
+from .history import HELDOUT_LOSS, read_metrics, summarize, write_metrics
+from .labels import open_training_set
 from .losses import LOSS_PARTS, LossConfig, LossTerms, csl_loss
-from .net import CSLTAL, ModelConfig
+from .net import CSLTAL
 from .reporting import ProgressReporter
 from .run import (
     CHECKPOINT_DIR,
@@ -47,13 +48,11 @@ from .run import (
     write_json,
 )
 from .samplers import Batch, batches_per_epoch, iterate_batches
-from .schedules import SCHEDULES, crossed, lr_at_epoch, lr_at_step, planned_epochs
-from .selection import HELDOUT_LOSS, EarlyStopping, VideoScorer
+from .schedules import crossed, lr_at_epoch, lr_at_step, planned_epochs
+from .selection import EarlyStopping
 from .validation import ValidationSpec, Validator
 
 __all__ = [
-    "TrainConfig",
-    "ValidationSpec",
     "EpochHook",
     "batch_loss",
     "make_optimizer",
@@ -66,95 +65,6 @@ __all__ = [
 # the last epoch): on a few dozen videos an epoch is a handful of steps, and writing the 85 MB of
 # weights and Adam moments after each would take longer than the training.
 _CHECKPOINT_STEPS = 50
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Every training hyper-parameter; the defaults are the paper's configuration (method.md §9).
-    vadpipe's default recipe is ``vadpipe.recipes.RECIPES["default"].training``.
-
-    Args:
-        model: network settings (``feature_dim`` is taken from the data when training).
-        loss: loss weights and normalisation.
-        epochs: number of passes over the training samples.
-        batch_size: samples (crop files) per optimizer step.
-        lr: Adam learning rate before the milestone.
-        lr_milestone_epoch: after this epoch the lr is multiplied by ``lr_decay`` (30 in the
-            authors' code, 10 in the paper's text).
-        lr_decay: the factor applied at the milestone.
-        align: two views per sample and the alignment loss (False: one view, Table 1's
-            "w/o align" row).
-        block_len: L, the augmentation block length.
-        seed: seeds weight init, sample order and view picks.
-        schedule: ``"multistep"`` (the lr drops by ``lr_decay`` after ``lr_milestone_epoch``,
-            the authors' code) or ``"cosine"`` (linear warm-up over ``warmup_steps`` optimizer
-            steps, then a cosine decay to ``lr * lr_decay`` at the last step).
-        warmup_steps: optimizer steps of linear warm-up (``"cosine"`` only).
-        min_steps: train for at least this many optimizer steps: the epochs are raised to
-            reach it, so that a few dozen videos get as many updates as they need while a
-            large set keeps its epochs.
-        balanced: every batch holds half normal and half anomalous samples; an epoch covers
-            the larger class once and cycles through reshuffles of the smaller one.
-        early_stopping: keep the weights of the evaluation with the lowest held-out loss
-            (when held-out videos are given to :func:`train`), instead of the last ones.
-        select_every_steps: evaluate on the held-out videos after each epoch that passes a
-            multiple of this many optimizer steps, and after the last.
-        views: ``"random"`` (an independent row per block and view, the authors') or
-            ``"phase"`` (each view one phase-shifted subsequence, see :func:`view_indices`).
-    """
-
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    epochs: int = 50
-    batch_size: int = 8
-    lr: float = 1e-4
-    lr_milestone_epoch: int = 30
-    lr_decay: float = 0.1
-    align: bool = True
-    block_len: int = 3
-    seed: int = 1
-    schedule: str = "multistep"
-    warmup_steps: int = 0
-    min_steps: int = 0
-    balanced: bool = False
-    early_stopping: bool = False
-    select_every_steps: int = 50
-    views: str = "random"
-
-    def __post_init__(self) -> None:
-        if self.views not in VIEW_MODES:
-            raise ValueError(f"views must be one of {VIEW_MODES}, got {self.views!r}")
-        for name in ("warmup_steps", "min_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {getattr(self, name)!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        for name in ("epochs", "batch_size", "block_len", "select_every_steps"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
-        if not isinstance(self.lr_milestone_epoch, int) or self.lr_milestone_epoch < 0:
-            raise ValueError(f"lr_milestone_epoch must be an int >= 0, got {self.lr_milestone_epoch!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not 0 < self.lr_decay <= 1:
-            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {self.seed!r}")
-
-    @property
-    def n_views(self) -> int:
-        return 2 if self.align else 1
-
-    def to_dict(self) -> dict:
-        """The training settings (model settings are stored separately in a run's config)."""
-        data = asdict(self)
-        del data["model"]
-        return {**data, "n_views": self.n_views}
-
-    @classmethod
-    def from_dict(cls, training: dict, *, model: dict) -> TrainConfig:
-        values = {k: v for k, v in training.items() if k != "n_views"}
-        return cls(model=ModelConfig.from_dict(model), loss=LossConfig(**values.pop("loss", {})), **values)
 
 
 def batch_loss(model: CSLTAL, batch: Batch, *, loss_config: LossConfig) -> LossTerms:
@@ -284,7 +194,6 @@ def _fit(
     show_progress: bool,
     validator: Validator | None,
     selection: FeatureSet | None,
-    scorer: VideoScorer | None,
 ) -> Path:
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(config.seed)
@@ -298,7 +207,6 @@ def _fit(
     if selection is not None and config.early_stopping:
         stopper = EarlyStopping(
             selection,
-            scorer=scorer,
             block_len=config.block_len,
             top_fraction=config.loss.mil_top_fraction,
             every_steps=config.select_every_steps,
@@ -392,14 +300,6 @@ def _selection_set(data: FeatureSet, videos: Collection[str], *, trained: Featur
     return subset
 
 
-def _need_scorer(selection: FeatureSet | None, scorer: VideoScorer | None) -> None:
-    if selection is not None and scorer is None:
-        raise ConfigError(
-            "early stopping scores the held-out videos and needs a video scorer "
-            "(vadpipe.postprocess.scores.score_video, which vadpipe.calibrated_training passes)"
-        )
-
-
 def train(
     features: Path | str,
     *,
@@ -412,7 +312,7 @@ def train(
     videos: Collection[str] | None = None,
     heldout: Collection[str] | None = None,
     extra_config: Mapping[str, object] | None = None,
-    scorer: VideoScorer | None = None,
+    data: FeatureSet | None = None,
 ) -> Path:
     """Train a model on the features under ``features`` and write a run folder.
 
@@ -430,8 +330,9 @@ def train(
             ``config.early_stopping`` (video labels only; see `vadpipe.model.selection`).
         extra_config: more top-level config.json sections (kept on resume), e.g. what a
             later stage needs to know about the run.
-        scorer: the video scorer early stopping reads the held-out curves with (needed with
-            ``heldout`` and ``config.early_stopping``; see `vadpipe.model.selection`).
+        data: ``features`` already opened with ``labels_csv`` and ``crops``
+            (`vadpipe.model.labels.open_training_set`), so that it is not scanned and hashed again;
+            None opens it.
 
     Returns:
         ``out_dir``, holding config.json, weights.safetensors, metrics.jsonl, summary.json,
@@ -445,7 +346,7 @@ def train(
         raise CheckpointError(
             f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) or choose another --out"
         )
-    everything = data = open_training_set(features, labels_csv=labels_csv, crops=crops)
+    everything = data = open_training_set(features, labels_csv=labels_csv, crops=crops) if data is None else data
     if videos is not None:
         data = _restrict(data, videos)
     selection = _selection_set(everything, heldout, trained=data) if heldout and config.early_stopping else None
@@ -456,7 +357,6 @@ def train(
             stacklevel=2,
         )
         config = replace(config, early_stopping=False)  # what the run really does, in its config.json
-    _need_scorer(selection, scorer)
     val = None if validation is None else Validator(validation, crops=crops, block_len=config.block_len)
     if val is not None and val.data.feature_dim != data.feature_dim:
         raise ConfigError(f"validation features are {val.data.feature_dim} wide, training features {data.feature_dim}")
@@ -483,15 +383,17 @@ def train(
         show_progress=show_progress,
         validator=val,
         selection=selection,
-        scorer=scorer,
     )
 
 
 def resume(
-    run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False, scorer: VideoScorer | None = None
+    run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False, data: FeatureSet | None = None
 ) -> Path:
     """Continue a run from its last checkpoint, with its own settings and data (``epochs`` may grow,
     with the multistep schedule only; with early stopping the old last epoch keeps its evaluation).
+
+    ``data``: the run's recorded features already opened with its recorded labels and crops, so
+    that they are not scanned and hashed again (None opens them).
 
     Raises:
         CheckpointError: no checkpoint, or the training features changed since the run started.
@@ -513,15 +415,14 @@ def resume(
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # temp files of a killed writer
         if folder.is_dir():
             remove_stale_temps(folder)
-    everything = data = open_training_set(
-        recorded["path"], labels_csv=recorded["labels_csv"], crops=recorded["crops_requested"]
-    )
+    if data is None:
+        data = open_training_set(recorded["path"], labels_csv=recorded["labels_csv"], crops=recorded["crops_requested"])
+    everything = data
     if recorded.get("videos") is not None:
         data = _restrict(data, recorded["videos"])
     selection = None
     if (saved.selection or {}).get("videos"):
         selection = _selection_set(everything, saved.selection["videos"], trained=data)
-    _need_scorer(selection, scorer)
     if (len(data.items), data.feature_dim) != (recorded["n_samples"], recorded["feature_dim"]):
         raise CheckpointError(
             f"the features in {recorded['path']} changed since the run started "
@@ -544,5 +445,4 @@ def resume(
         show_progress=show_progress,
         validator=val,
         selection=selection,
-        scorer=scorer,
     )

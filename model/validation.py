@@ -15,21 +15,14 @@ import numpy as np
 import torch
 
 from .augment import chunk_start_indices
-from .data import (
-    DataWarning,
-    FeatureSet,
-    clip_geometry,
-    labels_from_annotations,
-    load_item,
-    parse_annotations,
-    scan_features,
-)
+from .data import DataWarning, FeatureSet, clip_geometry, load_item, scan_features
+from .labels import labels_from_annotations, parse_annotations
 from .net import CSLTAL
 from .samplers import make_batch
+from .scoring import clip_frame_labels
 
-__all__ = ["VAL_METRICS", "ValidationSpec", "Validator"]
+__all__ = ["ValidationSpec", "Validator"]
 
-VAL_METRICS = ("val_video_auc", "val_frame_auc")
 _VAL_BATCH = 32
 
 
@@ -67,17 +60,13 @@ class Validator:
             scan_features(spec.features, split="test", crops=crops), annotations
         )
         self.every_epochs, self.block_len = spec.every_epochs, block_len
-        self.frame_labels: dict[str, np.ndarray] = {}  # video -> (n_clips, clip_len) bool, its clips' frames
+        self.frame_labels: dict[str, np.ndarray] = {}  # video -> (n_clips, clip_len) 0/1, its clips' frames
         for item in self.data.items:
             if item.video in self.frame_labels:
                 continue
             length, starts = clip_geometry(item)
-            frames = starts[:, None] + np.arange(length)[None, :]
             intervals = next((annotations[n] for n in item.names() if n in annotations), [])
-            labels = np.zeros(frames.shape, dtype=bool)
-            for start, end in intervals:  # half-open [start, end)
-                labels |= (frames >= start) & (frames < end)
-            self.frame_labels[item.video] = labels
+            self.frame_labels[item.video] = clip_frame_labels(intervals, start_frames=starts, clip_len=length)
 
     def __call__(self, model: CSLTAL, *, epoch: int, last: bool) -> dict[str, float | None]:
         if epoch % self.every_epochs and not last:

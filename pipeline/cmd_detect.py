@@ -157,7 +157,7 @@ def detect(
     unusable model folder or cache, or (--ood error) a video outside the training footage, 130 interrupted.
     """
     from vadpipe.detect import detect_videos, plot_video, run_extraction_settings
-    from vadpipe.model.data import parse_annotations
+    from vadpipe.model.labels import parse_annotations
     from vadpipe.model.run import latest_run, load_run
     from vadpipe.postprocess.intervals import OperatingPoint, document_to_dict, validate_document
 

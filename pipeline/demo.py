@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
+from vadpipe.calibrated_training import train_calibrated
 from vadpipe.detect import DetectResult, detect_videos, plot_video
 from vadpipe.executor_choice import choose_executor
 from vadpipe.extract.encoder import load_encoder
@@ -23,12 +23,13 @@ from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.extract.job import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.model.data import parse_annotations
+from vadpipe.model.config import TrainConfig
+from vadpipe.model.labels import parse_annotations
 from vadpipe.model.run import load_run, set_latest
-from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.evaluate import evaluate_run
 from vadpipe.postprocess.intervals import OperatingPoint, write_intervals
 from vadpipe.recipes import RECIPES
+from vadpipe.run_calibration import CalibrationSpec
 from vadpipe.synth import DEMO_SPLITS, SplitSize, SynthConfig, SynthDataset, make_dataset
 
 __all__ = ["DemoConfig", "DemoReport", "run_demo"]

@@ -27,6 +27,7 @@ from vadpipe.extract.weights import resolve_backbone
 from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.provenance import run_backbone
 from vadpipe.model.run import Run
+from vadpipe.model.scoring import SequenceModel, score_video
 from vadpipe.postprocess.intervals import (
     IntervalsDocument,
     OperatingPoint,
@@ -36,7 +37,6 @@ from vadpipe.postprocess.intervals import (
 )
 from vadpipe.postprocess.ood import judge_video, outside_line
 from vadpipe.postprocess.proposals import interpolate_to_frames
-from vadpipe.postprocess.scores import SequenceModel, score_video
 
 __all__ = ["DetectResult", "run_extraction_settings", "score_intervals", "detect_videos", "plot_video"]
 

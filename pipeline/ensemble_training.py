@@ -35,10 +35,11 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
-from vadpipe.calibrated_training import CalibrationSpec, calibrate_run, fixed_operating_point, store_operating_point
 from vadpipe.errors import CheckpointError, ConfigError
+from vadpipe.model.config import TrainConfig
 from vadpipe.model.data import DataWarning, FeatureSet
 from vadpipe.model.ensemble import Ensemble
+from vadpipe.model.labels import open_training_set
 from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION
 from vadpipe.model.run import (
@@ -52,9 +53,10 @@ from vadpipe.model.run import (
     write_json,
 )
 from vadpipe.model.selection import heldout_scores
-from vadpipe.model.train import TrainConfig, ValidationSpec, resume, train
-from vadpipe.postprocess.calibration import stratified_folds
-from vadpipe.postprocess.scores import score_video
+from vadpipe.model.splits import stratified_folds
+from vadpipe.model.train import resume, train
+from vadpipe.model.validation import ValidationSpec
+from vadpipe.run_calibration import CalibrationSpec, calibrate_run, fixed_operating_point, store_operating_point
 
 __all__ = ["MAX_MEMBERS", "REQUEST_FILE", "member_seeds", "train_ensemble", "resume_ensemble"]
 
@@ -81,14 +83,14 @@ def _member_job(job: tuple) -> str:
 
 
 def _train_member(job: tuple) -> str:
-    member_dir, features, config, labels_csv, crops, validation, videos, heldout, extra, threads = job
+    member_dir, features, data, config, labels_csv, crops, validation, videos, heldout, extra, threads = job
     if threads:
         torch.set_num_threads(threads)
     member_dir = Path(member_dir)
     if (member_dir / WEIGHTS_FILE).is_file():
         return str(member_dir)
     if (member_dir / "config.json").is_file():
-        return str(resume(member_dir, scorer=score_video))
+        return str(resume(member_dir, data=data))
     if member_dir.exists():  # killed before its config was written
         shutil.rmtree(member_dir)
     return str(
@@ -102,7 +104,7 @@ def _train_member(job: tuple) -> str:
             videos=videos,
             heldout=heldout,
             extra_config=extra,
-            scorer=score_video,
+            data=data,
         )
     )
 
@@ -139,9 +141,7 @@ def _screen(
     for net, fold in zip(nets, folds):
         wanted = set(fold)
         held = replace(data, items=tuple(item for item in data.items if item.video in wanted))
-        line = heldout_scores(
-            net, held, scorer=score_video, block_len=config.block_len, top_fraction=config.loss.mil_top_fraction
-        )
+        line = heldout_scores(net, held, block_len=config.block_len, top_fraction=config.loss.mil_top_fraction)
         aucs.append(line["heldout_peak_auc"])
     return aucs
 
@@ -164,6 +164,8 @@ def train_ensemble(
     """Members under ``out_dir/members/member-<k>/`` (each a run folder), then the ensemble run in
     ``out_dir``; rerunning it on the same folder keeps the finished members and finishes the rest.
     Once the run is saved the members' checkpoints are removed (their weights, metrics and configs stay).
+    ``data`` is ``features`` opened once (with ``labels_csv`` and ``crops``): every member trains,
+    resumes and is screened on it, and none scans or hashes the files again.
 
     Returns:
         ``out_dir``.
@@ -220,6 +222,7 @@ def train_ensemble(
             (
                 member,
                 features,
+                data,
                 replace(config, seed=seed),
                 labels_csv,
                 crops,
@@ -323,8 +326,6 @@ def train_ensemble(
 def resume_ensemble(run_dir: Path | str, *, show_progress: bool = False) -> Path:
     """Finish an ensemble run that was stopped: the finished members are kept, the others resume
     from their checkpoints or start, then the run is put together and calibrated as at first."""
-    from vadpipe.model.data import open_training_set
-
     run_dir = Path(run_dir)
     where = run_dir / REQUEST_FILE
     if (run_dir / WEIGHTS_FILE).exists():

@@ -1,8 +1,8 @@
 """The one recipe registry: what ``--recipe paper`` and ``--recipe default`` mean, training *and*
 calibration.
 
-A `Recipe` holds the training configuration (`vadpipe.model.train.TrainConfig`) and the
-calibration spec (`vadpipe.calibrated_training.CalibrationSpec`: the share of training videos
+A `Recipe` holds the training configuration (`vadpipe.model.config.TrainConfig`) and the
+calibration spec (`vadpipe.run_calibration.CalibrationSpec`: the share of training videos
 held out, how the operating point is chosen on them), or None for training on every video with
 the paper's fixed threshold. It lives in the pipeline package because the calibration spec joins
 training (model) and calibration (postprocess); the model stage stays free of both.
@@ -45,9 +45,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from vadpipe.calibrated_training import CalibrationSpec
 from vadpipe.errors import ConfigError
-from vadpipe.model.train import TrainConfig
+from vadpipe.model.config import TrainConfig
+from vadpipe.run_calibration import CalibrationSpec
 
 __all__ = ["Recipe", "RECIPES", "recipe", "describe_default"]
 

@@ -53,11 +53,11 @@ from vadpipe.extract.stream import ClipItem, ClipQueue, FrameTimes, SourceSpec, 
 from vadpipe.hooks import EventSink
 from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.run import Run
+from vadpipe.model.scoring import combine_crops
 from vadpipe.postprocess.events import EventTracker, OnlineCurve
 from vadpipe.postprocess.intervals import OperatingPoint, build_video_intervals
 from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
 from vadpipe.postprocess.ood import LiveJudge, cannot_judge_line, outside_line
-from vadpipe.postprocess.scores import combine_crops
 
 __all__ = ["WatchConfig", "CameraStatus", "Watch", "measure_throughput"]
 

@@ -1,6 +1,6 @@
 """Post-processing: per-clip scores -> frame curves, proposals, intervals, metrics and plots.
 
-Submodules: ``scores`` (running a model over features; imports torch), ``proposals``
+Scoring a video with a model is `vadpipe.model.scoring`. Submodules: ``proposals``
 (interpolation and runs above a threshold), ``metrics`` (Table 1 levels and protocols),
 ``intervals`` (the intervals JSON document), ``plot`` (matplotlib Agg), ``evaluate`` (a run
 over a feature folder), ``calibration`` (operating points and score calibration chosen on
@@ -14,9 +14,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "ClipScores": "scores",
-    "score_sequence": "scores",
-    "score_sequences": "scores",
     "Proposal": "proposals",
     "interpolate_to_frames": "proposals",
     "find_proposals": "proposals",

@@ -25,24 +25,23 @@ Two ways to choose them (`choose_operating_point`):
 isotonic regression), fitted with scikit-learn on the held-out videos and stored as plain
 numbers, so applying it needs neither pickles nor scikit-learn. Everything here is a pure
 function of held-out scores; training, scoring and writing the run folder live in
-``vadpipe.calibrated_training``.
+``vadpipe.calibrated_training`` and `vadpipe.run_calibration`, the held-out split in
+`vadpipe.model.splits`, and what the held-out videos say about the result (counts, Brier
+scores, the reliability diagram) in `vadpipe.postprocess.reliability`.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.postprocess.metrics import VideoDetections, detection_metrics, match_intervals, reported_intervals
+from vadpipe.postprocess.metrics import VideoDetections, match_intervals, reported_intervals
 
 __all__ = [
     "OPERATING_METHODS",
@@ -52,16 +51,10 @@ __all__ = [
     "CalibrationWarning",
     "ScoreCalibrator",
     "fit_calibrator",
-    "stratified_folds",
-    "stratified_holdout",
     "HeldoutVideo",
     "OperatingChoice",
     "choose_operating_point",
     "heldout_detections",
-    "detections_summary",
-    "false_alarm_upper_bound",
-    "calibration_quality",
-    "plot_reliability",
 ]
 
 OPERATING_METHODS: tuple[str, ...] = ("false_alarms", "f1")
@@ -231,71 +224,6 @@ def fit_calibrator(
         )
         return _constant(y, of)
     return ScoreCalibrator("platt", of=of, slope=slope, intercept=intercept, n=int(y.size), n_positive=n_pos)
-
-
-# --- the held-out split ---------------------------------------------------------------------
-
-
-def stratified_holdout(labels: Mapping[str, int], *, fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Split videos into (training, held-out), the same share of each class held out.
-
-    Per class, ``round(fraction * n)`` videos are held out, but at least one and never all,
-    so both parts see both classes. The pick depends only on the names, labels and ``seed``.
-
-    Raises:
-        ConfigError: ``fraction`` outside (0, 1), or a class with fewer than 2 videos.
-
-    Example:
-        >>> train, held = stratified_holdout({f"v{i}": i % 2 for i in range(8)}, fraction=0.25, seed=0)
-        >>> len(train), len(held)
-        (6, 2)
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"holdout fraction must lie in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    train: list[str] = []
-    held: list[str] = []
-    for label, word in ((0, "normal"), (1, "anomalous")):
-        names = sorted(name for name, y in labels.items() if y == label)
-        if len(names) < 2:
-            raise ConfigError(
-                f"holding out videos for calibration needs at least 2 {word} training videos, "
-                f"got {len(names)}; add videos or train without calibration (holdout fraction 0)"
-            )
-        k = min(max(int(math.floor(fraction * len(names) + 0.5)), 1), len(names) - 1)
-        order = rng.permutation(len(names))
-        held += [names[i] for i in order[:k]]
-        train += [names[i] for i in order[k:]]
-    return sorted(train), sorted(held)
-
-
-def stratified_folds(labels: Mapping[str, int], *, folds: int, seed: int) -> list[list[str]]:
-    """Split videos into ``folds`` disjoint held-out folds with each class spread evenly
-    (scikit-learn's shuffled `StratifiedKFold` over the sorted names, seeded): a cross-fitted
-    ensemble's member k holds out fold k and trains on the others, so every video is trained on
-    by ``folds - 1`` members and held out by one.
-
-    Raises:
-        ConfigError: ``folds`` < 2, or a class with fewer than ``folds`` videos.
-
-    Example:
-        >>> [len(f) for f in stratified_folds({f"v{i}": i % 2 for i in range(8)}, folds=4, seed=0)]
-        [2, 2, 2, 2]
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
-        raise ConfigError(f"folds must be an integer >= 2, got {folds!r}")
-    names = sorted(labels)
-    y = np.array([int(labels[name]) for name in names])
-    for label, word in ((0, "normal"), (1, "anomalous")):
-        if int((y == label).sum()) < folds:
-            raise ConfigError(
-                f"{folds} cross-fitted folds need at least {folds} {word} training videos, "
-                f"got {int((y == label).sum())}"
-            )
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [sorted(names[i] for i in held) for _, held in splitter.split(names, y)]
 
 
 # --- choosing the operating point -----------------------------------------------------------
@@ -492,143 +420,3 @@ def heldout_detections(videos: Sequence[HeldoutVideo], choice: OperatingChoice) 
         )
         result.append(VideoDetections(v.label, tuple(intervals), tuple(scores), tuple(v.truth or ())))
     return result
-
-
-def false_alarm_upper_bound(flagged: int, n_normal: int, *, confidence: float = 0.95) -> float:
-    """One-sided Clopper-Pearson upper bound on a false-alarm rate measured as flagged / n_normal.
-
-    Says how little a small held-out set proves: 0 of 3 normal videos flagged still allows a true
-    rate up to 63 % at 95 % confidence.
-
-    Example:
-        >>> round(false_alarm_upper_bound(0, 3), 3)
-        0.632
-    """
-    from scipy.stats import beta
-
-    if not 0 <= flagged <= n_normal:
-        raise DataError(f"flagged must lie in [0, n_normal], got {flagged} of {n_normal}")
-    if n_normal == 0 or flagged == n_normal:
-        return 1.0
-    return float(beta.ppf(confidence, flagged + 1, n_normal - flagged))
-
-
-def detections_summary(videos: Sequence[HeldoutVideo], choice: OperatingChoice) -> dict[str, Any]:
-    """Held-out false-alarm and detection counts at ``choice`` (and interval metrics with truth)."""
-    detections = heldout_detections(videos, choice)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # frame metrics are not computed here; NaN says "undefined"
-        metrics = detection_metrics(detections, iou_thresholds=(F1_IOU_THRESHOLD, 0.5))
-    summary = {
-        k: metrics[k]
-        for k in (
-            "false_alarm_rate",
-            "normal_videos",
-            "normal_videos_flagged",
-            "detection_rate",
-            "anomalous_videos",
-            "anomalous_videos_flagged",
-        )
-    }
-    summary["false_alarm_rate_upper95"] = false_alarm_upper_bound(
-        metrics["normal_videos_flagged"], metrics["normal_videos"]
-    )
-    if all(v.truth is not None or not v.label for v in videos):
-        summary["intervals"] = metrics["intervals"]
-    return summary
-
-
-# --- reliability plot -----------------------------------------------------------------------
-
-
-def _cross_validated(scores: np.ndarray, labels: np.ndarray, method: CalibrationMethod) -> np.ndarray | None:
-    """Out-of-fold calibrated probabilities (stratified, up to 5 folds); None if a class has < 2."""
-    from sklearn.model_selection import StratifiedKFold
-
-    counts = np.bincount(labels, minlength=2)
-    if counts.min() < 2:
-        return None
-    out = np.empty(scores.size)
-    folds = StratifiedKFold(n_splits=int(min(5, counts.min())), shuffle=True, random_state=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CalibrationWarning)
-        for fit_idx, test_idx in folds.split(scores[:, None], labels):
-            out[test_idx] = fit_calibrator(scores[fit_idx], labels[fit_idx], method=method)(scores[test_idx])
-    return out
-
-
-def calibration_quality(scores: np.ndarray, labels: np.ndarray, method: CalibrationMethod) -> dict[str, Any]:
-    """Brier scores of the raw scores and of out-of-fold calibrated ones (None if not computable)."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64)
-    cv = _cross_validated(s, y, method) if y.size else None
-    return {
-        "n": int(y.size),
-        "n_positive": int(y.sum()),
-        "brier_raw": float(np.mean((s - y) ** 2)) if y.size else None,
-        "brier_calibrated_cross_validated": float(np.mean((cv - y) ** 2)) if cv is not None else None,
-    }
-
-
-def plot_reliability(
-    path: str | os.PathLike,
-    panels: Sequence[tuple[str, np.ndarray, np.ndarray, ScoreCalibrator, CalibrationMethod]],
-) -> Path:
-    """A reliability diagram per panel: observed positive rate against the predicted probability,
-    for the raw scores and the calibrated ones (out-of-fold where each class has 2+ examples,
-    else in-sample, as the legend says). Marker area grows with the number of examples per bin.
-
-    Args:
-        panels: ``(title, raw scores, 0/1 labels, fitted calibrator, method)`` per panel.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from vadpipe.extract.fileio import atomic_write_bytes
-
-    fig = Figure(figsize=(5.2 * max(len(panels), 1), 5.4), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, max(len(panels), 1), squeeze=False)[0]
-    for ax, (title, raw, labels, calibrator, method) in zip(axes, panels):
-        raw = np.asarray(raw, dtype=np.float64)
-        y = np.asarray(labels, dtype=np.int64)
-        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1, label="perfectly calibrated")
-        if y.size:
-            cv = _cross_validated(raw, y, method) if calibrator.method != "constant" else None
-            calibrated, how = (cv, "out-of-fold") if cv is not None else (calibrator(raw), "in-sample")
-            for name, probs, colour in (
-                ("raw score", raw, "tab:grey"),
-                (f"calibrated ({calibrator.method}, {how})", calibrated, "tab:blue"),
-            ):
-                edges = np.linspace(0, 1, 11)
-                bins = np.clip(np.digitize(probs, edges[1:-1]), 0, 9)
-                used = np.unique(bins)
-                mean_p = np.array([probs[bins == b].mean() for b in used])
-                rate = np.array([y[bins == b].mean() for b in used])
-                count = np.array([np.sum(bins == b) for b in used])
-                brier = float(np.mean((probs - y) ** 2))
-                ax.plot(mean_p, rate, color=colour, linewidth=1)
-                ax.scatter(
-                    mean_p,
-                    rate,
-                    s=20 + 180 * count / count.max(),
-                    color=colour,
-                    alpha=0.7,
-                    label=f"{name}: Brier {brier:.3f}",
-                )
-        else:
-            ax.text(0.5, 0.5, "no held-out examples", ha="center", va="center", transform=ax.transAxes)
-        ax.set(
-            xlim=(-0.02, 1.02),
-            ylim=(-0.02, 1.02),
-            xlabel="predicted probability (bin mean)",
-            ylabel="observed share positive",
-            title=f"{title}\n(n = {y.size}, {int(y.sum())} positive)",
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize="small", frameon=False)
-    path = Path(path)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path

@@ -25,29 +25,21 @@ from typing import Any
 import numpy as np
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.model.data import (
-    XD_CLIP_LEN,
-    FeatureItem,
-    FeatureSet,
-    clip_geometry,
-    load_item,
-    parse_annotations,
-    scan_features,
-)
+from vadpipe.model.data import XD_CLIP_LEN, FeatureItem, FeatureSet, clip_geometry, load_item, scan_features
+from vadpipe.model.labels import parse_annotations
 from vadpipe.model.provenance import features_backbone, run_backbone
 from vadpipe.model.run import load_run
 from vadpipe.model.run_config import RunConfig
+from vadpipe.model.scoring import SequenceModel, clip_frame_labels, score_video
 from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import (
     LEVEL_DEFINITIONS,
     EntryPairs,
     ProtocolName,
-    clip_frame_labels,
     csl_entry,
     pooled_metrics,
     standard_entry,
 )
-from vadpipe.postprocess.scores import SequenceModel, score_video
 
 __all__ = [
     "XD_CLIP_LEN",

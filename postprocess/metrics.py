@@ -3,7 +3,7 @@
 Pure functions on arrays (method.md §6, §8.5, §8.6):
 
 * ``csl``, the authors' protocol: every crop is a separate entry, scored on the subsampled rows
-  only (`vadpipe.postprocess.scores.csl_rows`); the frame curve is the zoomed weighted T-CAM of
+  only (`vadpipe.model.scoring.csl_rows`); the frame curve is the zoomed weighted T-CAM of
   those rows, lined up with the labels of their frames; pooled over all entries.
 * ``standard``, the XD-Violence protocol (XDVioDet, RTFM, ...): every clip scored ("full"
   scoring), the crops' weighted T-CAMs averaged per video (`score_video`), each clip's score repeated ``clip_len`` times against the
@@ -42,7 +42,6 @@ __all__ = [
     "ProtocolName",
     "EntryPairs",
     "auc_ap",
-    "clip_frame_labels",
     "csl_entry",
     "standard_entry",
     "pooled_metrics",
@@ -122,31 +121,6 @@ def auc_ap(scores: np.ndarray, labels: np.ndarray, *, level: str = "scores") -> 
         "n": n,
         "n_positive": n_pos,
     }
-
-
-def clip_frame_labels(intervals: Sequence[tuple[int, int]], *, start_frames: np.ndarray, clip_len: int) -> np.ndarray:
-    """Frame labels of every clip: ``out[k, j] = 1`` if frame ``start_frames[k] + j`` lies in
-    an annotated half-open interval ``[s, e)`` (method.md §8.4).
-
-    For XD-Violence features (``start_frames = 16 k``) ``out.ravel()`` is XDVioDet's ``gt.npy``
-    slice of the video (§8.6: zeros(16 T), ``[s, e)`` set, clipped to the horizon) and
-    ``out.any(1)`` its ``segment_labels.txt`` entry (§8.5).
-
-    Returns:
-        (T, clip_len) uint8.
-    """
-    starts = np.asarray(start_frames, dtype=np.int64).ravel()
-    if starts.size and starts.min() < 0:
-        raise DataError("clip start frames must be >= 0")
-    if clip_len < 1:
-        raise ConfigError(f"clip_len must be >= 1, got {clip_len}")
-    horizon = int(starts.max()) + clip_len if starts.size else 0
-    frame = np.zeros(horizon, dtype=np.uint8)
-    for s, e in intervals:
-        if e < s:
-            raise DataError(f"annotation interval [{s}, {e}) ends before it starts")
-        frame[max(s, 0) : min(e, horizon)] = 1
-    return frame[starts[:, None] + np.arange(clip_len)]
 
 
 # --- decisions at an operating point --------------------------------------------------------
@@ -443,7 +417,7 @@ def csl_entry(
         rows: (T',) the feature rows they belong to.
         video_score: the crop's classifier probability.
         video_label: 1 if the video is anomalous (listed in the annotations), else 0.
-        frame_labels: (T, clip_len) labels of every clip of the video (`clip_frame_labels`).
+        frame_labels: (T, clip_len) labels of every clip of the video (`vadpipe.model.scoring.clip_frame_labels`).
         threshold, low, high: proposal threshold and interpolation clipping.
         start_frames: (T,) source frame of each clip (default: contiguous clips from frame 0).
         truth: annotated ``[s, e)`` source-frame intervals (default: the runs of labelled frames).
@@ -503,7 +477,7 @@ def standard_entry(
         wtcam: (T,) the video's full-rate curve, crops averaged (`score_video`'s ``wtcam``).
         video_score: the video's score (`score_video`'s, crops averaged).
         video_label: 1 if the video is anomalous (listed in the annotations), else 0.
-        frame_labels: (T, clip_len) labels of every clip (`clip_frame_labels`).
+        frame_labels: (T, clip_len) labels of every clip (`vadpipe.model.scoring.clip_frame_labels`).
         threshold, low, high: proposal threshold and interpolation clipping (proposal level).
         start_frames: (T,) source frame of each clip (default: contiguous clips from frame 0).
         truth: annotated ``[s, e)`` source-frame intervals (default: the runs of labelled frames).

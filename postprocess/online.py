@@ -1,6 +1,6 @@
 """Score feature rows one clip at a time, as they arrive, with the same numbers as offline scoring.
 
-Offline full-rate scoring (`vadpipe.postprocess.scores`, ``mode="full"``) runs the model on the
+Offline full-rate scoring (`vadpipe.model.scoring`, ``mode="full"``) runs the model on the
 three phase-shifted sub-sequences ``X[p::L]`` and interleaves them back. Every per-clip output
 only looks back: the masked conv of row ``t`` sees rows ``t - L*j`` for ``j = 0 .. k//2`` of its
 own phase (zeros before the start), attention is a per-step head on the conv output and the
@@ -21,7 +21,7 @@ Two places where offline scoring needs the whole sequence, and what this module 
   exactly the offline video score.
 
 Several crops per clip are scored side by side (one row each) and combined by
-`vadpipe.postprocess.scores.combine_crops`, `score_video`'s rule (the mean of the crops' weighted T-CAMs).
+`vadpipe.model.scoring.combine_crops`, `score_video`'s rule (the mean of the crops' weighted T-CAMs).
 An ensemble run (`vadpipe.model.ensemble`) is scored member by member on the same window, and a
 crop's weighted T-CAM is the mean of the members' λ_m·a_m, as `score_sequences` forms it offline.
 """
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.postprocess.scores import ClipScores, SequenceModel, combine_crops, score_sequences
+from vadpipe.model.scoring import ClipScores, SequenceModel, combine_crops, score_sequences
 
 __all__ = ["OnlineClipScore", "OnlineScorer", "SegmentHistory"]
 

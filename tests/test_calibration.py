@@ -11,18 +11,18 @@ import pytest
 from click.testing import CliRunner
 
 from vadpipe.errors import CheckpointError, ConfigError, DataError
+from vadpipe.model.splits import stratified_holdout
 from vadpipe.postprocess.calibration import (
     CalibrationWarning,
     HeldoutVideo,
     ScoreCalibrator,
     choose_operating_point,
-    false_alarm_upper_bound,
     fit_calibrator,
     heldout_detections,
-    stratified_holdout,
 )
 from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.metrics import detection_metrics
+from vadpipe.postprocess.reliability import false_alarm_upper_bound
 
 # --- score calibration ----------------------------------------------------------------------
 
@@ -232,8 +232,9 @@ def _make_features(folder: Path, *, n_normal: int, n_anomalous: int, seed: int) 
 
 @pytest.fixture(scope="module")
 def calibrated_run(tmp_path_factory):
-    from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
-    from vadpipe.model.train import TrainConfig
+    from vadpipe.calibrated_training import train_calibrated
+    from vadpipe.model.config import TrainConfig
+    from vadpipe.run_calibration import CalibrationSpec
 
     root = tmp_path_factory.mktemp("calib")
     _make_features(root / "train", n_normal=20, n_anomalous=20, seed=1)
@@ -288,13 +289,13 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
 @pytest.mark.slow
 def test_detect_document_carries_the_operating_point_and_calibrated_scores(calibrated_run) -> None:
     from vadpipe.model.run import load_run
+    from vadpipe.model.scoring import score_sequence
     from vadpipe.postprocess.intervals import (
         IntervalsDocument,
         build_video_intervals,
         document_to_dict,
         validate_document,
     )
-    from vadpipe.postprocess.scores import score_sequence
 
     root, run_dir, _ = calibrated_run
     run = load_run(run_dir)
@@ -373,9 +374,10 @@ def test_train_cli_options_and_evaluate_report(calibrated_run, tmp_path) -> None
 
 
 def test_resuming_a_calibrated_run_keeps_its_split_and_recalibrates(tmp_path) -> None:
-    from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
+    from vadpipe.calibrated_training import train_calibrated
     from vadpipe.cli import main
-    from vadpipe.model.train import TrainConfig
+    from vadpipe.model.config import TrainConfig
+    from vadpipe.run_calibration import CalibrationSpec
 
     features = tmp_path / "f"
     features.mkdir()
@@ -413,15 +415,16 @@ def test_resuming_a_calibrated_run_keeps_its_split_and_recalibrates(tmp_path) ->
 def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration_and_early_stopping(tmp_path) -> None:
     """detect's intervals, evaluate's entries, the held-out curves the thresholds are chosen on
     and early stopping all read `score_video`'s curve: the crops' weighted T-CAMs averaged."""
-    from vadpipe.calibrated_training import CalibrationSpec, heldout_videos, train_calibrated
+    from vadpipe.calibrated_training import train_calibrated
     from vadpipe.detect import score_intervals
-    from vadpipe.model.data import open_training_set
+    from vadpipe.model.config import TrainConfig
+    from vadpipe.model.labels import open_training_set
     from vadpipe.model.run import load_run
+    from vadpipe.model.scoring import score_video
     from vadpipe.model.selection import heldout_scores
-    from vadpipe.model.train import TrainConfig
     from vadpipe.postprocess.evaluate import group_videos, video_entries
     from vadpipe.postprocess.proposals import interpolate_to_frames
-    from vadpipe.postprocess.scores import score_video
+    from vadpipe.run_calibration import CalibrationSpec, heldout_videos
 
     rng = np.random.default_rng(5)
     folder = tmp_path / "train"
@@ -493,5 +496,5 @@ def test_a_five_crop_model_is_scored_on_one_curve_by_detect_evaluate_calibration
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     selected = json.loads((run_dir / "summary.json").read_text())["selected_epoch"]
     kept = next(x["heldout_loss"] for x in lines if x["epoch"] == selected)
-    again = heldout_scores(run.model, held, scorer=score_video, block_len=3, top_fraction=1 / 16)
+    again = heldout_scores(run.model, held, block_len=3, top_fraction=1 / 16)
     assert again["heldout_loss"] == pytest.approx(kept, rel=1e-6)

@@ -10,15 +10,8 @@ import pytest
 
 from vadpipe.errors import CacheError, DataError
 from vadpipe.extract.cache import CacheRecord, write_entry
-from vadpipe.model.data import (
-    DataWarning,
-    labels_from_annotations,
-    load_item,
-    open_training_set,
-    parse_annotations,
-    read_labels_csv,
-    scan_features,
-)
+from vadpipe.model.data import DataWarning, load_item, scan_features
+from vadpipe.model.labels import labels_from_annotations, open_training_set, parse_annotations, read_labels_csv
 
 ANNOTATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xd_violence" / "annotations.txt"
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from vadpipe.demo import DemoConfig, run_demo
-from vadpipe.model.train import TrainConfig
+from vadpipe.model.config import TrainConfig
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.synth import SplitSize, SynthConfig
 

@@ -15,7 +15,7 @@ from vadpipe.errors import CheckpointError
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run, save_run
-from vadpipe.postprocess.scores import score_video
+from vadpipe.model.scoring import score_video
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -87,10 +87,11 @@ def _small_recipe(seed: int):
 
 
 def test_train_calibrated_cross_fits_the_members_and_calibrates_on_every_video(tmp_path: Path) -> None:
-    from vadpipe.calibrated_training import heldout_videos, train_calibrated
+    from vadpipe.calibrated_training import train_calibrated
     from vadpipe.ensemble_training import member_seeds
-    from vadpipe.model.data import open_training_set
-    from vadpipe.postprocess.calibration import stratified_folds
+    from vadpipe.model.labels import open_training_set
+    from vadpipe.model.splits import stratified_folds
+    from vadpipe.run_calibration import heldout_videos
 
     _planted(tmp_path / "train", 16, seed=0)
     config, calibration = _small_recipe(3)
@@ -173,13 +174,13 @@ def test_train_warns_when_a_run_finds_no_heldout_anomaly() -> None:
     import click
     from click.testing import CliRunner
 
-    from vadpipe.cmd_train import _warn_weak
+    from vadpipe.train_summary import warn_weak
 
     @click.command()
     @click.argument("found", type=int)
     def show(found: int) -> None:
-        _warn_weak({"heldout": {"anomalous_videos": 5, "anomalous_videos_flagged": found}})
+        warn_weak({"heldout": {"anomalous_videos": 5, "anomalous_videos_flagged": found}})
 
     assert "finds none of the 5 held-out anomalous videos" in CliRunner().invoke(show, ["0"]).output
     assert CliRunner().invoke(show, ["4"]).output == ""
-    _warn_weak(None)  # a run without held-out videos (the paper recipe): nothing to say
+    warn_weak(None)  # a run without held-out videos (the paper recipe): nothing to say

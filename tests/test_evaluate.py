@@ -15,6 +15,7 @@ from torch import nn
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.extract.cache import CacheRecord, write_entry
 from vadpipe.model.data import DataWarning, scan_features
+from vadpipe.model.scoring import csl_rows
 from vadpipe.postprocess.evaluate import (
     check_features_match_run,
     evaluate_model,
@@ -22,7 +23,6 @@ from vadpipe.postprocess.evaluate import (
     json_ready,
 )
 from vadpipe.postprocess.metrics import LEVELS
-from vadpipe.postprocess.scores import csl_rows
 
 # Real names and intervals from XD-Violence annotations.txt, plus two normal videos.
 ANOMALOUS = {

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.model.data import parse_annotations, read_labels_csv
+from vadpipe.model.labels import parse_annotations, read_labels_csv
 from vadpipe.postprocess.intervals import (
     IntervalsDocument,
     OperatingPoint,

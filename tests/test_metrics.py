@@ -8,11 +8,11 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 from vadpipe.errors import ConfigError, DataError
+from vadpipe.model.scoring import clip_frame_labels, csl_rows
 from vadpipe.postprocess.metrics import (
     LEVELS,
     VideoDetections,
     auc_ap,
-    clip_frame_labels,
     csl_entry,
     detection_metrics,
     match_intervals,
@@ -20,7 +20,6 @@ from vadpipe.postprocess.metrics import (
     standard_entry,
     temporal_iou,
 )
-from vadpipe.postprocess.scores import csl_rows
 
 # --- auc_ap ---------------------------------------------------------------------------------
 

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 from conftest import REPO, moving_frames, write_video
 
-from vadpipe.calibrated_training import CalibrationSpec, train_calibrated
+from vadpipe.calibrated_training import train_calibrated
 from vadpipe.detect import detect_videos
 from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.settings import ExtractionSettings
+from vadpipe.model.config import TrainConfig
 from vadpipe.model.ood import load_distance
 from vadpipe.model.run import load_run
-from vadpipe.model.train import TrainConfig
 from vadpipe.postprocess.intervals import OperatingPoint
+from vadpipe.run_calibration import CalibrationSpec
 
 BIKES = REPO.parent / "shared" / "media" / "bikes.mp4"
 SEGMENT = 32  # frames: two 16-frame clips

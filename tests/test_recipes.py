@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import load_file
 from test_train import _frame_auc, _planted
 
-from vadpipe.model.data import open_training_set
+from vadpipe.model.config import TrainConfig
+from vadpipe.model.labels import open_training_set
 from vadpipe.model.run import load_run
 from vadpipe.model.samplers import batches_per_epoch, epoch_batches
 from vadpipe.model.schedules import lr_at_step, planned_epochs
 from vadpipe.model.selection import heldout_scores
-from vadpipe.model.train import TrainConfig, resume, train
-from vadpipe.postprocess.scores import score_video
+from vadpipe.model.train import resume, train
 from vadpipe.recipes import RECIPES, recipe
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -84,23 +84,20 @@ def test_min_steps_raise_the_epochs_of_a_small_set(tmp_path: Path) -> None:
 
 
 def test_early_stopping_keeps_the_weights_with_the_lowest_heldout_loss_and_resumes(tmp_path: Path) -> None:
-    from vadpipe.errors import ConfigError
 
     _planted(tmp_path / "feats", 16, seed=2)
     data = open_training_set(tmp_path / "feats")
     heldout = [v for v in data.videos if v.startswith(("vid000", "vid001", "vid002", "vid003"))]
     trained = [v for v in data.videos if v not in heldout]
     config = TrainConfig(epochs=8, batch_size=4, lr=1e-3, early_stopping=True, select_every_steps=5, seed=4)
-    run = train(
-        tmp_path / "feats", out_dir=tmp_path / "run", config=config, videos=trained, heldout=heldout, scorer=score_video
-    )
+    run = train(tmp_path / "feats", out_dir=tmp_path / "run", config=config, videos=trained, heldout=heldout)
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     scored = {x["epoch"]: x["heldout_loss"] for x in lines if "heldout_loss" in x}
     assert sorted(scored) == [2, 4, 5, 7, 8]  # 3 steps per epoch: each epoch passing a multiple of 5 steps, the last
     selected = json.loads((run / "summary.json").read_text())["selected_epoch"]
     assert scored[selected] == min(scored.values())
     held = data.__class__(**{**data.__dict__, "items": tuple(i for i in data.items if i.video in heldout)})
-    again = heldout_scores(load_run(run).model, held, scorer=score_video, block_len=3, top_fraction=1 / 16)
+    again = heldout_scores(load_run(run).model, held, block_len=3, top_fraction=1 / 16)
     assert again["heldout_loss"] == pytest.approx(scored[selected], rel=1e-5)  # the saved weights are those
     assert json.loads((run / "config.json").read_text())["selection"]["videos"] == sorted(heldout)
 
@@ -110,11 +107,8 @@ def test_early_stopping_keeps_the_weights_with_the_lowest_heldout_loss_and_resum
         config=TrainConfig(**{**config.__dict__, "epochs": 5}),
         videos=trained,
         heldout=heldout,
-        scorer=score_video,
     )
-    with pytest.raises(ConfigError, match="needs a video scorer"):
-        resume(half, epochs=8)
-    resume(half, epochs=8, scorer=score_video)
+    resume(half, epochs=8)
     a, b = load_file(run / "weights.safetensors"), load_file(half / "weights.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((half / "summary.json").read_text())["selected_epoch"] == selected
@@ -139,8 +133,8 @@ def test_heldout_videos_must_not_be_trained_on(tmp_path: Path) -> None:
 
 
 def test_paper_recipe_is_the_authors_configuration() -> None:
-    from vadpipe.calibrated_training import CalibrationSpec
     from vadpipe.errors import ConfigError
+    from vadpipe.run_calibration import CalibrationSpec
 
     paper = recipe("paper").training
     assert paper == TrainConfig() and recipe("paper").calibration is None  # every video trained on, fixed 0.35
@@ -237,7 +231,6 @@ def test_default_recipe_learns_the_planted_segments(tmp_path: Path) -> None:
         config=config,
         videos=[v for v in data.videos if v not in heldout],
         heldout=heldout,
-        scorer=score_video,
     )
     assert _frame_auc(load_run(run).model, tmp_path / "heldout", truth) > 0.9
 

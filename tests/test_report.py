@@ -21,7 +21,7 @@ from conftest import moving_frames, write_video
 
 from vadpipe.cli import main
 from vadpipe.extract.decode import open_frames
-from vadpipe.model.data import parse_annotations, read_labels_csv
+from vadpipe.model.labels import parse_annotations, read_labels_csv
 from vadpipe.postprocess.intervals import (
     IntervalsDocument,
     OperatingPoint,

@@ -279,8 +279,8 @@ def test_train_cli_errors(tmp_path: Path) -> None:
 def test_a_run_config_written_before_the_typed_contract_still_loads() -> None:
     """tests/data/run_config_v1.json is the config.json of a default-recipe run (early stopping and a
     calibrated operating point) as vadpipe 0.1.0 wrote it, before RunConfig existed."""
+    from vadpipe.model.config import TrainConfig
     from vadpipe.model.run_config import RunConfig
-    from vadpipe.model.train import TrainConfig
     from vadpipe.postprocess.intervals import OperatingPoint
 
     data = json.loads((Path(__file__).parent / "data" / "run_config_v1.json").read_text())

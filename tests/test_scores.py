@@ -8,7 +8,7 @@ import torch
 
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.model.net import CSLTAL, ModelConfig
-from vadpipe.postprocess.scores import csl_rows, phase_rows, score_sequence, score_sequences, score_video
+from vadpipe.model.scoring import csl_rows, phase_rows, score_sequence, score_sequences, score_video
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,14 @@ from sklearn.metrics import roc_auc_score
 
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.model.augment import view_indices
+from vadpipe.model.config import TrainConfig
 from vadpipe.model.losses import LossConfig
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run
 from vadpipe.model.samplers import make_batch
 from vadpipe.model.schedules import lr_at_epoch
-from vadpipe.model.train import TrainConfig, ValidationSpec, batch_loss, resume, train
+from vadpipe.model.train import batch_loss, resume, train
+from vadpipe.model.validation import ValidationSpec
 
 DIM = 32
 SHIFTED_DIMS = 8

@@ -13,10 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from vadpipe.model.augment import view_indices
-from vadpipe.model.data import load_item, open_training_set, preload
+from vadpipe.model.config import TrainConfig
+from vadpipe.model.data import load_item, preload
+from vadpipe.model.labels import open_training_set
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.samplers import epoch_batches, iterate_batches
-from vadpipe.model.train import TrainConfig, batch_loss, make_optimizer, train_epoch
+from vadpipe.model.train import batch_loss, make_optimizer, train_epoch
 from vadpipe.recipes import RECIPES
 
 DIM = 32

@@ -31,11 +31,11 @@ from vadpipe.hooks import EventSink
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run
+from vadpipe.model.scoring import score_sequences, score_video
 from vadpipe.postprocess.events import CurveFrame, EventTracker, OnlineCurve
 from vadpipe.postprocess.intervals import OperatingPoint, intervals_from_curve
 from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
 from vadpipe.postprocess.proposals import interpolate_to_frames
-from vadpipe.postprocess.scores import score_sequences, score_video
 from vadpipe.watch import Watch, WatchConfig
 
 HERE = Path(__file__).resolve().parent

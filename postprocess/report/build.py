@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 from vadpipe.errors import ConfigError, DataError, DecodeError
 from vadpipe.extract.fileio import atomic_write_text
-from vadpipe.model.data import parse_annotations
+from vadpipe.model.labels import parse_annotations
 from vadpipe.postprocess.intervals import validate_document
 from vadpipe.postprocess.report.media import PROXY_MODES, make_proxy, make_thumbnails, probe_playability
 

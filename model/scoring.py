@@ -14,7 +14,12 @@ Sequences with ``T <= 2 * block_len`` rows are scored whole in both modes, as tr
 unchanged (§2; fixes Q11 for ``csl``).
 
 A *video* is scored by `score_video`, the one definition detect, evaluate, calibration, early
-stopping and live scoring share: each crop's weighted T-CAM, then the mean over crops.
+stopping and live scoring share: each crop's weighted T-CAM, then the mean over crops. It lives
+with the model (it needs only the network and `vadpipe.model.augment`), so early stopping calls
+it directly and every later stage imports it from here.
+
+`clip_frame_labels` paints annotated frame intervals onto the clips the scores belong to: the
+truth that validation during training and the evaluation both score against.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ __all__ = [
     "score_sequences",
     "combine_crops",
     "score_video",
+    "clip_frame_labels",
 ]
 
 ScoringMode = Literal["full", "csl"]
@@ -349,3 +355,28 @@ def score_video(
         rows=rows,
         crops=tuple(scores),
     )
+
+
+def clip_frame_labels(intervals: Sequence[tuple[int, int]], *, start_frames: np.ndarray, clip_len: int) -> np.ndarray:
+    """Frame labels of every clip: ``out[k, j] = 1`` if frame ``start_frames[k] + j`` lies in
+    an annotated half-open interval ``[s, e)`` (method.md §8.4).
+
+    For XD-Violence features (``start_frames = 16 k``) ``out.ravel()`` is XDVioDet's ``gt.npy``
+    slice of the video (§8.6: zeros(16 T), ``[s, e)`` set, clipped to the horizon) and
+    ``out.any(1)`` its ``segment_labels.txt`` entry (§8.5).
+
+    Returns:
+        (T, clip_len) uint8.
+    """
+    starts = np.asarray(start_frames, dtype=np.int64).ravel()
+    if starts.size and starts.min() < 0:
+        raise DataError("clip start frames must be >= 0")
+    if clip_len < 1:
+        raise ConfigError(f"clip_len must be >= 1, got {clip_len}")
+    horizon = int(starts.max()) + clip_len if starts.size else 0
+    frame = np.zeros(horizon, dtype=np.uint8)
+    for s, e in intervals:
+        if e < s:
+            raise DataError(f"annotation interval [{s}, {e}) ends before it starts")
+        frame[max(s, 0) : min(e, horizon)] = 1
+    return frame[starts[:, None] + np.arange(clip_len)]
