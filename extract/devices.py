@@ -23,7 +23,7 @@ from vadpipe import errors
 from vadpipe.errors import ConfigError, VadpipeError
 
 from .engines import DecodeProcessOptions, DeviceOptions, ExtractRun, ThreadOptions, extract_videos
-from .job import VideoResult
+from .results import VideoResult
 from .settings import ExtractionSettings
 
 __all__ = ["parse_devices", "shard_videos", "run_on_devices"]

@@ -13,24 +13,11 @@ import time
 
 import torch
 
+from .claims import HeldLocks, claim_videos
 from .encoder import ClipEncoder
 from .engines import ExtractRun
-from .job import (
-    Began,
-    ClaimsDone,
-    ClipDecoded,
-    Duplicate,
-    Ended,
-    Failed,
-    HeldLocks,
-    Skipped,
-    VideoJob,
-    claim_videos,
-    clips_per_batch,
-    decode_video,
-    queue_emitter,
-    write_video,
-)
+from .events import Began, ClaimsDone, ClipDecoded, Duplicate, Ended, Failed, Skipped, VideoJob, queue_emitter
+from .job import clips_per_batch, decode_video, write_video
 
 __all__ = ["run_in_thread"]
 

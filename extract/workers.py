@@ -33,9 +33,11 @@ from pathlib import Path
 import torch
 
 from . import job
+from .claims import HeldLocks, claim_videos
 from .encoder import ClipEncoder
 from .engines import DecodeProcessOptions, ExtractRun
-from .job import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Failed, VideoJob, VideoResult
+from .events import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Event, Failed, VideoJob, queue_emitter
+from .results import VideoResult
 from .settings import ExtractionSettings
 
 __all__ = ["default_workers", "usable_cpus", "process_context", "exit_reason", "run_with_decode_processes"]
@@ -140,7 +142,7 @@ def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots
                 return
             video = VideoJob(source=Path(msg.source), stem="", sha256="", size=0)
 
-            def emit(event: job.Event, job_id: int = msg.job_id) -> bool:
+            def emit(event: Event, job_id: int = msg.job_id) -> bool:
                 if isinstance(event, ClipDecoded):
                     slot = take_slot()
                     if slot is None:
@@ -347,20 +349,20 @@ def run_with_decode_processes(run: ExtractRun, options: DecodeProcessOptions, en
 
     claims = _Doorbell(maxsize=n_workers + 2)
     stop = threading.Event()
-    locks = job.HeldLocks()
+    locks = HeldLocks()
 
     def hand_over(video: VideoJob, _settings, emit, _stop) -> bool:
         return emit(Claimed(video))  # the main loop sends it to a worker; the lock stays held
 
     claimer = threading.Thread(
-        target=job.claim_videos,
+        target=claim_videos,
         args=(run.sources,),
         name="vadpipe-claim",
         daemon=True,
         kwargs={
             "out_dir": run.out_dir,
             "settings": settings,
-            "emit": job.queue_emitter(claims, stop),
+            "emit": queue_emitter(claims, stop),
             "stop": stop,
             "locks": locks,
             "decode": hand_over,

@@ -20,7 +20,7 @@ from vadpipe.detect import DetectResult, detect_videos, plot_video
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import choose_executor, extract_videos
 from vadpipe.extract.fileio import atomic_write_text
-from vadpipe.extract.job import ExtractReport
+from vadpipe.extract.results import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.data import parse_annotations
 from vadpipe.model.run import load_run, set_latest

@@ -18,9 +18,10 @@ import numpy as np
 from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.extract import cache
 from vadpipe.extract.backbones import BACKBONES, IMAGENET, get_backbone
+from vadpipe.extract.discovery import find_videos
 from vadpipe.extract.encoder import ClipEncoder, load_encoder
 from vadpipe.extract.engines import choose_executor, extract_videos
-from vadpipe.extract.job import ExtractReport, VideoResult, find_videos
+from vadpipe.extract.results import ExtractReport, VideoResult
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import resolve_backbone
 from vadpipe.model.ood import FeatureDistance, load_distance
@@ -170,7 +171,7 @@ def detect_videos(
     averaged). A ready ``encoder``
     (with ``settings.weights_sha256`` set) avoids loading I3D again.
     """
-    if not find_videos(paths)[0]:  # nothing to decode (missing or no videos): extract_videos says so
+    if not find_videos(paths).sources:  # nothing to decode (missing or no videos): extract_videos says so
         encoder = None
     elif encoder is None or not settings.weights_sha256:
         encoder, settings = _encoder_for(settings, weights=weights, device=device)
