@@ -51,7 +51,6 @@ __all__ = [
     "reusable_entry",
     "write_entry",
     "load_features",
-    "load_frame_times",
     "append_failure",
 ]
 
@@ -422,11 +421,6 @@ def load_features(out_dir: Path, record: CacheRecord, crop: int = 0, *, verify: 
     if verify and (not path.is_file() or sha256_file(path) != feat.sha256):
         raise CacheError(f"{path} is missing or corrupted (sha256 differs from its record); re-run vadpipe extract")
     return np.load(path, allow_pickle=False)
-
-
-def load_frame_times(out_dir: Path, record: CacheRecord) -> np.ndarray:
-    """Presentation time (s) of every frame the clips index into, float64 (n_frames,)."""
-    return np.load(Path(out_dir) / record.frame_times_file, allow_pickle=False)
 
 
 def append_failure(out_dir: Path, source: Path, reason: str) -> None:

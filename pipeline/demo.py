@@ -147,13 +147,12 @@ def run_demo(
     truth = parse_annotations(test_annotations)
     plots = []
     for video in detection.document.videos:
-        record = detection.records[video.source]
+        entry = detection.entries[video.source]
         plots.append(
             plot_video(
-                root / "plots" / f"{record.stem}.png",
+                root / "plots" / f"{entry.record.stem}.png",
                 video,
-                record,
-                features["test"],
+                entry,
                 threshold=op.threshold,
                 low=op.low,
                 high=op.high,
