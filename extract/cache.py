@@ -184,6 +184,11 @@ class CacheRecord:
         """The record as JSON types, keys in on-disk order."""
         return _plain(self)
 
+    def __reduce__(self) -> tuple:
+        # a read record holds mappingproxies, which do not pickle: a result carrying it crosses
+        # processes (one per device, Ray tasks) as its JSON form
+        return (CacheRecord.from_dict, (self.to_dict(),))
+
     def checksum(self) -> str:
         return record_checksum(self.to_dict())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,9 @@ def test_written_record_reads_back_equal_and_round_trips_to_the_same_bytes(tmp_p
     assert cache.reusable_entry(tmp_path, "walk", source_sha256="c" * 64, settings_key="0123456789abcdef") is None
     entry = cache.reusable_entry(tmp_path, "walk", source_sha256="a" * 64, settings_key="0123456789abcdef")
     assert entry.record == written and entry.frame_times.shape == (written.video.n_frames,)  # as verified
+    again = pickle.loads(pickle.dumps(entry))  # results carry entries across processes
+    assert again.record.to_dict() == written.to_dict() and again.record.intact
+    np.testing.assert_array_equal(again.frame_times, entry.frame_times)
     assert list(cache.iter_records(tmp_path)) == [written]
 
 
