@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import moving_frames, write_video  # noqa: E402
 
 from vadpipe.detect import _encoder_for, run_extraction_settings  # noqa: E402
-from vadpipe.extract.stream import parse_source  # noqa: E402
+from vadpipe.extract.sources import parse_source  # noqa: E402
 from vadpipe.hooks import EventSink  # noqa: E402
 from vadpipe.model.run import load_run  # noqa: E402
 from vadpipe.postprocess.intervals import OperatingPoint  # noqa: E402

@@ -4,7 +4,8 @@ The record is written last, after every feature file is in place, so its presenc
 complete entry; it holds the sha256 of each feature file, so a truncated or altered file is
 detected instead of silently used, and the sha256 of its own content (``record_sha256``), so an
 edited or damaged record is recomputed too. Stems that clash between folders get a suffix derived
-from the video's content hash, so the naming does not depend on the order of the inputs.
+from the video's content hash (``claims.StemAssigner``), so the naming does not depend on the
+order of the inputs.
 """
 
 from __future__ import annotations
@@ -45,12 +46,11 @@ __all__ = [
     "times_path",
     "read_record",
     "iter_records",
+    "CacheEntry",
     "entry_problem",
-    "reusable_record",
+    "reusable_entry",
     "write_entry",
     "load_features",
-    "load_frame_times",
-    "StemAssigner",
     "append_failure",
 ]
 
@@ -184,6 +184,11 @@ class CacheRecord:
         """The record as JSON types, keys in on-disk order."""
         return _plain(self)
 
+    def __reduce__(self) -> tuple:
+        # a read record holds mappingproxies, which do not pickle: a result carrying it crosses
+        # processes (one per device, Ray tasks) as its JSON form
+        return (CacheRecord.from_dict, (self.to_dict(),))
+
     def checksum(self) -> str:
         return record_checksum(self.to_dict())
 
@@ -293,8 +298,25 @@ def iter_records(out_dir: Path) -> Iterator[CacheRecord]:
             yield rec
 
 
+@dataclass(frozen=True)
+class CacheEntry:
+    """A complete entry as the job wrote or verified it: its record and frame times, carried up so
+    that detect and its plots neither read the record again nor hash the features a second time."""
+
+    record: CacheRecord
+    frame_times: np.ndarray = field(compare=False, repr=False)  # float64 (n_frames,)
+
+
 def entry_problem(out_dir: Path, record: CacheRecord | None, *, source_sha256: str, settings_key: str) -> str | None:
     """Why a cache entry cannot be reused (None when it is complete, intact and current)."""
+    found = _verified_times(out_dir, record, source_sha256=source_sha256, settings_key=settings_key)
+    return found if isinstance(found, str) else None
+
+
+def _verified_times(
+    out_dir: Path, record: CacheRecord | None, *, source_sha256: str, settings_key: str
+) -> str | np.ndarray:
+    """Why the entry cannot be reused, or its frame times (read while checking it) when it can."""
     if record is None:
         return "no record"
     if not record.intact:
@@ -317,19 +339,18 @@ def entry_problem(out_dir: Path, record: CacheRecord | None, *, source_sha256: s
     times = _load_npy(Path(out_dir) / record.frame_times_file) if record.frame_times_file else None
     if times is None or times.shape != (n_frames,) or not np.isfinite(times).all():
         return f"{record.frame_times_file or 'frame times file'} missing or corrupted"
-    return None
+    return times
 
 
-def reusable_record(out_dir: Path, stem: str, *, source_sha256: str, settings_key: str) -> CacheRecord | None:
-    """The entry's record when it is complete, intact and current; None when it must be computed
+def reusable_entry(out_dir: Path, stem: str, *, source_sha256: str, settings_key: str) -> CacheEntry | None:
+    """The entry when it is complete, intact and current; None when it must be computed
     (missing, damaged, stale): the one skip check of every engine."""
     try:
         record = read_record(record_path(out_dir, stem))
     except CacheError:
         return None
-    if entry_problem(out_dir, record, source_sha256=source_sha256, settings_key=settings_key) is None:
-        return record
-    return None
+    found = _verified_times(out_dir, record, source_sha256=source_sha256, settings_key=settings_key)
+    return None if isinstance(found, str) else CacheEntry(record, found)
 
 
 def _load_npy(path: Path) -> np.ndarray | None:
@@ -405,38 +426,6 @@ def load_features(out_dir: Path, record: CacheRecord, crop: int = 0, *, verify: 
     if verify and (not path.is_file() or sha256_file(path) != feat.sha256):
         raise CacheError(f"{path} is missing or corrupted (sha256 differs from its record); re-run vadpipe extract")
     return np.load(path, allow_pickle=False)
-
-
-def load_frame_times(out_dir: Path, record: CacheRecord) -> np.ndarray:
-    """Presentation time (s) of every frame the clips index into, float64 (n_frames,)."""
-    return np.load(Path(out_dir) / record.frame_times_file, allow_pickle=False)
-
-
-class StemAssigner:
-    """Deterministic file stems: the plain stem unless another video already holds it.
-
-    A video keeps the plain stem when the cache has no record under it, or the record is of the
-    same content; otherwise it gets ``<stem>-<first 8 hex of its sha256>``.
-    """
-
-    def __init__(self, out_dir: Path) -> None:
-        self.out_dir = Path(out_dir)
-        self._claimed: dict[str, str] = {}
-
-    def assign(self, source: Path, content_sha256: str) -> str:
-        stem = Path(source).stem
-        for candidate in (stem, f"{stem}-{content_sha256[:8]}"):
-            owner = self._claimed.get(candidate)
-            if owner is None:
-                try:
-                    rec = read_record(record_path(self.out_dir, candidate))
-                except CacheError:
-                    rec = None  # a damaged record holds no entry: whoever claims the stem rewrites it
-                owner = rec.source.sha256 if rec else None
-            if owner in (None, content_sha256):
-                self._claimed[candidate] = content_sha256
-                return candidate
-        raise CacheError(f"cannot name the cache entry of {source}: {stem} and its hashed variant are taken")
 
 
 def append_failure(out_dir: Path, source: Path, reason: str) -> None:

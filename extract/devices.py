@@ -24,10 +24,10 @@ from vadpipe import errors
 from vadpipe.errors import ConfigError, VadpipeError
 
 from .encoder import load_encoder
-from .job import ExtractReport, VideoResult
 from .local import run_collected, run_in_process
 from .options import DecodeProcessOptions, DeviceOptions, ExtractRun, ThreadOptions
 from .procs import default_workers, exit_reason, process_context
+from .results import ExtractReport, VideoResult
 from .settings import ExtractionSettings
 
 __all__ = ["parse_devices", "shard_videos", "run_on_devices"]

@@ -19,8 +19,9 @@ from .options import IN_PROCESS, DeviceOptions, ExecutorOptions, ExtractRun, Ray
 from .settings import ExtractionSettings
 
 if TYPE_CHECKING:  # the executors import torch: only when one runs (the CLI's --help stays fast)
+    from .discovery import FoundInputs
     from .encoder import ClipEncoder
-    from .job import ExtractReport, VideoResult
+    from .results import ExtractReport, VideoResult
     from .weights import ResolvedWeights
 
 __all__ = ["extract_videos"]
@@ -30,7 +31,7 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:/")
 
 
 def extract_videos(
-    inputs: Iterable[Path],
+    inputs: Iterable[Path] | FoundInputs,
     *,
     out_dir: Path,
     settings: ExtractionSettings = ExtractionSettings(),
@@ -45,7 +46,8 @@ def extract_videos(
     """Extract I3D features of every video under ``inputs`` into the cache folder ``out_dir``.
 
     Args:
-        inputs: video files and/or folders (searched recursively for common video extensions).
+        inputs: video files and/or folders (searched recursively for common video extensions), or
+            what ``discovery.find_videos`` found under them.
         out_dir: cache folder (created); see ``vadpipe.extract.cache`` for its layout.
         settings: clip geometry, crops, decoder, precision (``weights_sha256`` is filled in here).
         executor: where decoding and the network run (see ``vadpipe.extract.options``).
@@ -62,13 +64,14 @@ def extract_videos(
         first, videos locked by another process last); failures are reported, never raised.
         Ctrl-C stops the run with ``interrupted`` set: finished videos stay cached.
     """
-    from .job import discover_inputs, open_report
+    from .collector import open_report
+    from .discovery import FoundInputs, discover_inputs, find_videos
     from .local import run_collected
 
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    inputs = list(inputs)
-    for path in [out_dir, *inputs]:
+    found = inputs if isinstance(inputs, FoundInputs) else find_videos(inputs)
+    for path in [out_dir, *found.given]:
         if _URL.match(str(path)):
             raise ConfigError(
                 f"{path}: URLs (s3://, gs://, ...) are not supported; the cache needs atomic renames "
@@ -81,7 +84,7 @@ def extract_videos(
         raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    sources, missing = discover_inputs(inputs, out_dir)
+    sources, missing = discover_inputs(found, out_dir)
     weights_file = None
     if in_process:
         if encoder is None and sources:  # nothing to compute when every input is missing

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from vadpipe.errors import ConfigError
 
+from .collector import Collector
 from .encoder import ClipEncoder
-from .job import Collector, ExtractReport, VideoResult
 from .options import DecodeProcessOptions, ExtractRun, InProcessOptions, ThreadOptions
+from .results import ExtractReport, VideoResult
 from .runner import run_in_thread
 from .settings import ExtractionSettings
 from .workers import run_with_decode_processes

@@ -24,7 +24,7 @@ from vadpipe.errors import ConfigError
 from .settings import ExtractionSettings
 
 if TYPE_CHECKING:  # job imports torch
-    from .job import Collector
+    from .collector import Collector
 
 __all__ = [
     "ThreadOptions",

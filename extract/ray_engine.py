@@ -35,11 +35,13 @@ import torch
 from vadpipe.errors import CacheError, ConfigError, WeightsError
 
 from . import cache, job
+from .claims import LOCK_DIR, EntryNamer, claim_entry
 from .encoder import ClipEncoder, select_device
+from .events import ClipDecoded, Duplicate, Ended, Event, Failed, Skipped, VideoJob
 from .fileio import sha256_file
-from .job import ClipDecoded, Duplicate, Ended, Failed, Skipped, VideoJob, VideoResult
 from .options import ExtractRun, RayOptions
 from .procs import usable_cpus
+from .results import VideoResult
 from .settings import ExtractionSettings
 from .weights import load_i3d
 
@@ -130,7 +132,7 @@ class StopMarker:
 
     def __init__(self, out_dir: Path, run_id: str) -> None:
         self.run_id = run_id
-        self.path = out_dir / job.LOCK_DIR / f"stop-{run_id}"
+        self.path = out_dir / LOCK_DIR / f"stop-{run_id}"
         self._seen, self._next_look = False, 0.0
 
     def set(self) -> None:
@@ -170,11 +172,11 @@ def _run_video(
     per_batch = job.clips_per_batch(batch_size, n_crops)
     # not blocking: a task waiting for another run's lock would hold a CPU that run may need
     # (for its actor), so the driver waits instead and asks again (``_Waiting``)
-    claim = job.claim_entry(out, stem, source_sha256=sha256, settings=settings, wait=False)
+    claim = claim_entry(out, stem, source_sha256=sha256, settings=settings, wait=False)
     if claim is None:
         return None
-    if isinstance(claim, cache.CacheRecord):
-        return VideoResult(source, "skipped", stem, claim.clips.count)
+    if isinstance(claim, cache.CacheEntry):
+        return VideoResult.skipped(source, claim)
     try:
         video = VideoJob(source=src, stem=stem, sha256=sha256, size=size)
         pending: list[np.ndarray] = []
@@ -189,7 +191,7 @@ def _run_video(
             if len(batches) > _IN_FLIGHT_BATCHES:  # keep decoding ahead, but only a little
                 ray.wait(batches, num_returns=len(batches) - _IN_FLIGHT_BATCHES, fetch_local=False, timeout=timeout_s)
 
-        def emit(event: job.Event) -> bool:
+        def emit(event: Event) -> bool:
             if isinstance(event, ClipDecoded):
                 video.clip_starts.append(event.start)
                 pending.append(event.crops.numpy())
@@ -357,7 +359,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
 
     # 1. content hashes, in parallel; 2. names in input order, as the local executors give them
     hash_refs = [hash_task.remote(str(s)) for s in run.sources]
-    namer = job.EntryNamer(out_dir)
+    namer = EntryNamer(out_dir)
     jobs: list[tuple[int, Path, str, str, int]] = []
     for i, (source, ref) in enumerate(zip(run.sources, hash_refs)):
         try:  # the local executors' checks and messages, in their order
@@ -381,9 +383,9 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
             continue
         # complete and current entries are skipped here, without a task (the task checks again
         # under the lock): a rerun over a finished cache starts no actor and takes no GPU
-        rec = cache.reusable_record(out_dir, named, source_sha256=sha, settings_key=settings.key())
-        if rec is not None:
-            collect.take(i, Skipped(source, named, rec.clips.count))
+        entry = cache.reusable_entry(out_dir, named, source_sha256=sha, settings_key=settings.key())
+        if entry is not None:
+            collect.take(i, Skipped(source, entry))
             continue
         namer.computing(named, source)
         jobs.append((i, source, named, sha, size))
@@ -502,9 +504,9 @@ class _Waiting:
             if due > now:
                 continue
             _, source, stem, sha, _ = video_job
-            claim = job.claim_entry(self._out, stem, source_sha256=sha, settings=self._settings, wait=False)
-            if isinstance(claim, cache.CacheRecord):
-                out.append((i, Skipped(source, stem, claim.clips.count)))
+            claim = claim_entry(self._out, stem, source_sha256=sha, settings=self._settings, wait=False)
+            if isinstance(claim, cache.CacheEntry):
+                out.append((i, Skipped(source, claim)))
             elif claim is not None:
                 claim.release()
                 out.append((i, None))

@@ -13,23 +13,10 @@ import time
 
 import torch
 
+from .claims import HeldLocks, claim_videos
 from .encoder import ClipEncoder
-from .job import (
-    Began,
-    ClaimsDone,
-    ClipDecoded,
-    Duplicate,
-    Ended,
-    Failed,
-    HeldLocks,
-    Skipped,
-    VideoJob,
-    claim_videos,
-    clips_per_batch,
-    decode_video,
-    queue_emitter,
-    write_video,
-)
+from .events import Began, ClaimsDone, ClipDecoded, Duplicate, Ended, Failed, Skipped, VideoJob, queue_emitter
+from .job import clips_per_batch, decode_video, write_video
 from .options import ExtractRun
 
 __all__ = ["run_in_thread"]

@@ -1,123 +1,41 @@
-"""Live sources: open a camera URL, a V4L2 device or a paced file, and cut it into clips as it plays.
+"""Live sources cut into clips as they play: one reader thread per camera, URL, device or file.
 
-One `StreamReader` thread per camera demuxes and decodes with PyAV/FFmpeg, turns frames into
-the extractor's clips (`resize_frame` + `crop_clip`, the same geometry as ``vadpipe extract``)
-and hands them to a bounded `ClipQueue`. Frame times are the presentation times relative to the
-stream's start (as `vadpipe.extract.decode` computes them for files), so a stream and the same
-file give the same clips at the same times.
-
-* URLs (rtsp, rtmp, http(s), udp, srt, tcp) are opened with low-latency input options
-  (``flags=low_delay``, a small probe), RTSP over TCP unless the URL asks
-  otherwise (``?rtsp_transport=udp`` is FFmpeg's own option), and an open/read timeout.
-* ``/dev/videoN`` is opened with FFmpeg's ``v4l2`` input.
-* Files are read as fast as the consumer takes clips, or at their own frame rate with
-  ``realtime`` (to try vadpipe watch without a camera).
+One `StreamReader` thread per camera opens its source (``sources.input_options``, with an
+open/read timeout), demuxes and decodes with PyAV/FFmpeg, turns frames into the extractor's
+clips (`resize_frame` + `crop_clip`, the same geometry as ``vadpipe extract``) and hands them to
+a bounded `ClipQueue`. Frame times are the presentation times relative to the stream's start (as
+`vadpipe.extract.decode` computes them for files), so a stream and the same file give the same
+clips at the same times.
 
 A stream that drops or stalls after it played is reconnected with exponential backoff (0.5 s,
 doubling, at most 10 s) until ``reconnect_for_s`` seconds of outage have passed; each
 reconnection starts a new *segment* (frame indices and times restart, as for a new video) and is
-reported as a ``gap``. A source that cannot be opened at all fails with one line. A ring buffer
-of recent packets lets `StreamReader.record` write an event's footage, pre-roll included, as a
-fragmented MP4 (a fragment at least every 0.5 s, flushed at once: playable up to its last
-fragment even if the process is killed while writing).
+reported as a ``gap``. A source that cannot be opened at all fails with one line. Every packet
+goes to the reader's `Recorder` (``recorder``), so `StreamReader.record` can write an event's
+footage, pre-roll included, as a fragmented MP4.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from vadpipe.errors import ConfigError, DecodeError
+from vadpipe.errors import DecodeError
 
 from .decode import MIN_SIDE
+from .recorder import Recorder
 from .settings import ExtractionSettings
+from .sources import SourceSpec, input_options
 from .transforms import crop_clip, resize_frame
 
-__all__ = [
-    "URL_SCHEMES",
-    "SourceSpec",
-    "parse_source",
-    "FrameTimes",
-    "ClipItem",
-    "ClipQueue",
-    "StreamReader",
-    "input_options",
-]
-
-URL_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "srt", "tcp")
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One camera: its name (used in events and file names), where it comes from and how to read it.
-
-    ``kind``: ``"url"``, ``"device"`` or ``"file"``; ``realtime``: pace a file at its frame rate.
-    """
-
-    name: str
-    location: str
-    kind: str
-    realtime: bool = False
-
-    @property
-    def live(self) -> bool:
-        """Frames arrive at the camera's pace (clips are dropped when compute falls behind)."""
-        return self.kind != "file" or self.realtime
-
-
-def parse_source(text: str, *, name: str | None = None, realtime: bool = False) -> SourceSpec:
-    """A command-line source: a URL with a known scheme, a ``/dev/video*`` device, or a file."""
-    m = _SCHEME.match(text)
-    if m:
-        scheme = m.group(1).lower()
-        if scheme not in URL_SCHEMES:
-            raise ConfigError(
-                f"unsupported source {text!r}: scheme {scheme}:// is not one of "
-                f"{', '.join(s + '://' for s in URL_SCHEMES)}"
-            )
-        kind = "url"
-    elif text.startswith("/dev/"):
-        kind = "device"
-    else:
-        if not Path(text).is_file():
-            raise ConfigError(
-                f"source {text!r} is neither a URL ({'/'.join(URL_SCHEMES[:5])}/...), "
-                "a /dev/video* device, nor an existing file"
-            )
-        kind = "file"
-    if name is None:
-        base = Path(text.split("?")[0].rstrip("/")).name if kind != "url" else text.split("://", 1)[1]
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("_.") or "camera"
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-        raise ConfigError(f"camera name {name!r} may only hold letters, digits, '_', '.' and '-'")
-    return SourceSpec(name=name, location=text, kind=kind, realtime=realtime and kind == "file")
-
-
-def input_options(spec: SourceSpec) -> tuple[str | None, dict[str, str]]:
-    """(FFmpeg input format, options) for opening ``spec`` with low latency."""
-    if spec.kind == "device":
-        return "v4l2", {}
-    if spec.kind == "file":
-        return None, {}
-    scheme = spec.location.split("://", 1)[0].lower()
-    # no fflags=nobuffer: it throws away the packets read while probing, i.e. the first keyframe
-    opts = {"flags": "low_delay", "probesize": "500000", "analyzeduration": "1000000"}
-    if scheme in ("rtsp", "rtsps") and "rtsp_transport" not in spec.location:
-        opts["rtsp_transport"] = "tcp"
-    if scheme == "udp":
-        opts["fifo_size"] = "1000000"  # 188-byte packets: ~190 MB/s for a second of burst
-        opts["overrun_nonfatal"] = "1"
-    return None, opts
+__all__ = ["FrameTimes", "ClipItem", "ClipQueue", "StreamReader"]
 
 
 class FrameTimes:
@@ -244,17 +162,6 @@ def _reason(exc: BaseException) -> str:
 
 
 @dataclass
-class _Recording:
-    path: Path
-    from_s: float = 0.0
-    until_s: float | None = None  # stop after this segment time; None = open-ended for now
-    container: Any = None
-    stream: Any = None
-    base: int | None = None
-    packets: int = 0
-
-
-@dataclass
 class ReaderStats:
     """Counters the live panel shows (written by the reader thread, read by others)."""
 
@@ -305,13 +212,9 @@ class StreamReader(threading.Thread):
         self.reconnect_for_s = reconnect_for_s
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
-        self.ring_s = ring_s
         self.max_frames = max_frames
         self.stats = ReaderStats()
-        self._ring: deque = deque()  # (segment time, keyframe, bytes, pts, dts, duration)
-        self._recordings: dict[str, _Recording] = {}
-        self._rec_lock = threading.Lock()
-        self._in_stream = None
+        self.recorder = Recorder(ring_s, self._recording_failed)
         self._segment = -1
 
     # --- recording (called from the compute thread) ------------------------------------------
@@ -319,78 +222,15 @@ class StreamReader(threading.Thread):
         """Start writing segment ``segment``'s footage from ``from_s`` (pre-roll from the ring, or
         from the ring's oldest keyframe if ``from_s`` has left it). False when that segment is
         over: its packets are gone."""
-        with self._rec_lock:
-            if segment != self._segment or self.stats.state != "live":
-                return False
-            self._recordings[key] = _Recording(path=path, from_s=from_s)
-            return True
+        return self.recorder.record(
+            key, path, from_s=from_s, allowed=lambda: segment == self._segment and self.stats.state == "live"
+        )
 
     def stop_recording(self, key: str, *, until_s: float) -> None:
-        with self._rec_lock:
-            if key in self._recordings:
-                self._recordings[key].until_s = until_s
+        self.recorder.stop(key, until_s=until_s)
 
-    def _start_recording(self, rec: _Recording) -> None:
-        import av
-
-        rec.path.parent.mkdir(parents=True, exist_ok=True)
-        rec.container = av.open(
-            str(rec.path),
-            "w",
-            format="mp4",
-            options={
-                "movflags": "empty_moov+default_base_moof+frag_keyframe",
-                "frag_duration": "500000",
-                "flush_packets": "1",
-            },
-        )
-        rec.stream = rec.container.add_stream_from_template(self._in_stream)
-        # pre-roll: from the last keyframe at or before from_s
-        entries = list(self._ring)
-        first = 0
-        for i, e in enumerate(entries):
-            if e[1] and e[0] <= rec.from_s:
-                first = i
-        for e in entries[first:]:
-            self._write(rec, e)
-
-    def _write(self, rec: _Recording, entry: tuple) -> None:
-        import av
-
-        _, key, data, pts, dts, duration = entry
-        if rec.base is None:
-            if not key:
-                return  # a file must start on a keyframe
-            rec.base = dts if dts is not None else (pts or 0)
-        packet = av.Packet(data)
-        packet.pts = None if pts is None else pts - rec.base
-        packet.dts = None if dts is None else dts - rec.base
-        packet.duration = duration
-        packet.is_keyframe = key
-        packet.time_base = self._in_stream.time_base
-        packet.stream = rec.stream
-        rec.container.mux(packet)
-        rec.packets += 1
-
-    def _feed_recordings(self, entry: tuple | None, *, closing: bool = False) -> None:
-        with self._rec_lock:
-            for key, rec in list(self._recordings.items()):
-                try:
-                    if rec.container is None and not closing:
-                        self._start_recording(rec)
-                    elif entry is not None and rec.container is not None:
-                        self._write(rec, entry)
-                    done = closing or (rec.until_s is not None and entry is not None and entry[0] > rec.until_s)
-                except Exception as exc:  # one broken clip file never stops the watch
-                    self.stats.last_error = f"clip {rec.path.name}: {_reason(exc)}"
-                    done = True
-                if done:
-                    if rec.container is not None:
-                        try:
-                            rec.container.close()
-                        except Exception as exc:
-                            self.stats.last_error = f"clip {rec.path.name}: {_reason(exc)}"
-                    del self._recordings[key]
+    def _recording_failed(self, name: str, exc: Exception) -> None:
+        self.stats.last_error = f"clip {name}: {_reason(exc)}"
 
     # --- reading -------------------------------------------------------------------------------
     def _open(self):
@@ -419,7 +259,7 @@ class StreamReader(threading.Thread):
         except Exception as exc:  # a bug on one camera must not kill the others
             self.queue.put_control(("failed", f"{self.spec.name}: unexpected {type(exc).__name__}: {_reason(exc)}"))
         finally:
-            self._feed_recordings(None, closing=True)
+            self.recorder.close()
             self.stats.state = "stopped" if self.stats.state not in ("failed", "ended") else self.stats.state
             self.queue.put_control(("finished",))
 
@@ -457,7 +297,7 @@ class StreamReader(threading.Thread):
             self.queue.put_control(("gap", lost, time.time(), reason))
 
     def _decoded(self, container, stream, start, tb: float, state: dict):
-        """Frames of one connection in presentation order; packets go to the ring and recordings.
+        """Frames of one connection in presentation order; packets go to the recorder.
         A read error ends the connection (its reason in ``state``) after flushing the decoder,
         so the frames it still holds are not lost (an HTTP stream ends with an I/O error)."""
         import av
@@ -486,12 +326,7 @@ class StreamReader(threading.Thread):
                     packet.dts,
                     packet.duration,
                 )
-                if self.ring_s > 0:
-                    self._ring.append(entry)
-                    while self._ring and self._ring[0][0] < entry[0] - self.ring_s:
-                        self._ring.popleft()
-                if self._recordings:
-                    self._feed_recordings(entry)
+                self.recorder.packet(entry)
             try:
                 yield from packet.decode()
             except av.error.FFmpegError:
@@ -502,8 +337,7 @@ class StreamReader(threading.Thread):
         self._segment += 1
         self.stats.segments += 1
         self.stats.state = "live"
-        self._in_stream = stream
-        self._ring.clear()
+        self.recorder.new_segment(stream)
         times = FrameTimes(max_frames=self.max_frames)
         s = self.settings
         info = {
@@ -565,7 +399,7 @@ class StreamReader(threading.Thread):
             reason = str(exc)
             self.stats.last_error = reason
         finally:
-            self._feed_recordings(None, closing=True)
+            self.recorder.close()
             times.close()
             container.close()
             self.queue.put_control(("segment_end", self._segment, reason))

@@ -33,10 +33,12 @@ from pathlib import Path
 import torch
 
 from . import job
+from .claims import HeldLocks, claim_videos
 from .encoder import ClipEncoder
-from .job import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Failed, VideoJob, VideoResult
+from .events import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Event, Failed, VideoJob, queue_emitter
 from .options import DecodeProcessOptions, ExtractRun
 from .procs import default_workers, exit_reason, process_context
+from .results import VideoResult
 from .settings import ExtractionSettings
 
 __all__ = ["run_with_decode_processes"]
@@ -109,7 +111,7 @@ def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots
                 return
             video = VideoJob(source=Path(msg.source), stem="", sha256="", size=0)
 
-            def emit(event: job.Event, job_id: int = msg.job_id) -> bool:
+            def emit(event: Event, job_id: int = msg.job_id) -> bool:
                 if isinstance(event, ClipDecoded):
                     slot = take_slot()
                     if slot is None:
@@ -304,20 +306,20 @@ def run_with_decode_processes(run: ExtractRun, options: DecodeProcessOptions, en
 
     claims = _Doorbell(maxsize=n_workers + 2)
     stop = threading.Event()
-    locks = job.HeldLocks()
+    locks = HeldLocks()
 
     def hand_over(video: VideoJob, _settings, emit, _stop) -> bool:
         return emit(Claimed(video))  # the main loop sends it to a worker; the lock stays held
 
     claimer = threading.Thread(
-        target=job.claim_videos,
+        target=claim_videos,
         args=(run.sources,),
         name="vadpipe-claim",
         daemon=True,
         kwargs={
             "out_dir": run.out_dir,
             "settings": settings,
-            "emit": job.queue_emitter(claims, stop),
+            "emit": queue_emitter(claims, stop),
             "stop": stop,
             "locks": locks,
             "decode": hand_over,

@@ -196,13 +196,8 @@ def detect(
     doc["not_scored"] = [
         {"source": r.source, "reason": "too short: fewer frames than one clip"} for r in result.too_short
     ] + [{"source": r.source, "reason": r.error} for r in result.failed]
-    damaged = [
-        r
-        for r in result.extract_report.results
-        if r.status == "partial"
-        or (r.status == "skipped" and r.source in result.records and result.records[r.source].status == "partial")
-    ]
-    doc["damaged"] = [{"source": r.source, "damage": r.error or result.records[r.source].error} for r in damaged]
+    # partial entries, decoded now or found in the cache: each result carries its entry's damage
+    doc["damaged"] = [{"source": r.source, "damage": r.damage} for r in result.extract_report.results if r.damage]
     if out is not None:
         text = json.dumps(doc, indent=2, allow_nan=False)
         if str(out) == "-":
@@ -235,14 +230,13 @@ def detect(
             err=True,
         )
         if plot is not None:
-            record = result.records[video.source]
+            entry = result.entries[video.source]
             single = plot.suffix.lower() == ".png" and len(result.document.videos) == 1
-            target = plot if single else plot / f"{record.stem}.png"
+            target = plot if single else plot / f"{entry.record.stem}.png"
             plot_video(
                 target,
                 video,
-                record,
-                cache_dir,
+                entry,
                 threshold=op.threshold,
                 low=op.low,
                 high=op.high,

@@ -19,7 +19,7 @@ __all__ = ["watch", "read_camera_config"]
 
 def read_camera_config(path: Path, *, realtime: bool):
     """Cameras from a TOML file: ``[[camera]]`` tables with ``name``, ``url`` and optional ``realtime``."""
-    from vadpipe.extract.stream import parse_source
+    from vadpipe.extract.sources import parse_source
 
     try:
         data = tomllib.loads(path.read_text())
@@ -225,7 +225,7 @@ def watch(
     are unlike the training footage), 130 interrupted.
     """
     from vadpipe.detect import _encoder_for, run_extraction_settings
-    from vadpipe.extract.stream import parse_source
+    from vadpipe.extract.sources import parse_source
     from vadpipe.hooks import CommandHook, JsonLinesSink, WebhookHook
     from vadpipe.model.run import latest_run, load_run
     from vadpipe.postprocess.intervals import OperatingPoint

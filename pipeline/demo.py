@@ -21,7 +21,7 @@ from vadpipe.executor_choice import choose_executor
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import extract_videos
 from vadpipe.extract.fileio import atomic_write_text
-from vadpipe.extract.job import ExtractReport
+from vadpipe.extract.results import ExtractReport
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.model.config import TrainConfig
 from vadpipe.model.labels import parse_annotations
@@ -149,13 +149,12 @@ def run_demo(
     truth = parse_annotations(test_annotations)
     plots = []
     for video in detection.document.videos:
-        record = detection.records[video.source]
+        entry = detection.entries[video.source]
         plots.append(
             plot_video(
-                root / "plots" / f"{record.stem}.png",
+                root / "plots" / f"{entry.record.stem}.png",
                 video,
-                record,
-                features["test"],
+                entry,
                 threshold=op.threshold,
                 low=op.low,
                 high=op.high,

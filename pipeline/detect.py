@@ -19,9 +19,11 @@ from vadpipe.errors import CheckpointError, ConfigError
 from vadpipe.executor_choice import choose_executor
 from vadpipe.extract import cache
 from vadpipe.extract.backbones import BACKBONES, IMAGENET, get_backbone
-from vadpipe.extract.encoder import ClipEncoder, load_encoder
+from vadpipe.extract.discovery import find_videos
+from vadpipe.extract.encoder import ClipEncoder, load_encoder, select_device
 from vadpipe.extract.engines import extract_videos
-from vadpipe.extract.job import ExtractReport, VideoResult, find_videos
+from vadpipe.extract.procs import default_workers
+from vadpipe.extract.results import ExtractReport, VideoResult
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.weights import resolve_backbone
 from vadpipe.model.ood import FeatureDistance, load_distance
@@ -47,7 +49,7 @@ class DetectResult:
     extract_report: ExtractReport
     too_short: list[VideoResult] = field(default_factory=list)
     failed: list[VideoResult] = field(default_factory=list)
-    records: dict[str, cache.CacheRecord] = field(default_factory=dict)  # source -> cache record
+    entries: dict[str, cache.CacheEntry] = field(default_factory=dict)  # source -> its entry, as the job returned it
     distance: FeatureDistance | None = None  # the run's outside-footage check; None: it cannot judge
 
 
@@ -171,16 +173,18 @@ def detect_videos(
     averaged). A ready ``encoder``
     (with ``settings.weights_sha256`` set) avoids loading I3D again.
     """
-    if not find_videos(paths)[0]:  # nothing to decode (missing or no videos): extract_videos says so
+    found = find_videos(paths)  # walked once: extract_videos takes what was found
+    if not found.sources:  # nothing to decode (missing or no videos): extract_videos says so
         encoder = None
     elif encoder is None or not settings.weights_sha256:
         encoder, settings = _encoder_for(settings, weights=weights, device=device)
+    dev = encoder.device if encoder is not None else select_device(device)  # resolved once
     # the entry point of `vadpipe extract`, on the executor it would choose for this device
     report = extract_videos(
-        paths,
+        found,
         out_dir=cache_dir,
         settings=settings,
-        executor=choose_executor(device=device),
+        executor=choose_executor(device=device, decode_processes=default_workers(dev)),
         encoder=encoder,
         batch_size=batch_size,
         progress=progress,
@@ -198,13 +202,14 @@ def detect_videos(
         if r.status == "failed":
             result.failed.append(r)
             continue
-        record = cache.read_record(cache.record_path(cache_dir, r.stem))
-        if record is None:
+        if r.entry is None:  # a duplicate of a video that failed
             raise CheckpointError(f"cache record of {r.source} vanished from {cache_dir} during the run")
+        record = r.entry.record
         if record.clips.count == 0:
             result.too_short.append(r)
             continue
-        crops = [cache.load_features(cache_dir, record, c) for c in range(len(record.crops))]
+        # the job wrote these files or verified their hashes: read once, not hashed again
+        crops = [cache.load_features(cache_dir, record, c, verify=False) for c in range(len(record.crops))]
         videos.append(
             score_intervals(
                 run.model,
@@ -213,7 +218,7 @@ def detect_videos(
                 block_len=block_len,
                 start_frames=np.asarray(record.clips.start_frames),
                 clip_len=record.clips.length,
-                frame_times_s=cache.load_frame_times(cache_dir, record),
+                frame_times_s=r.entry.frame_times,
                 duration_s=record.video.duration_s,
                 fps=record.video.fps,
                 operating_point=operating_point,
@@ -221,7 +226,7 @@ def detect_videos(
         )
         if result.distance is not None:  # is this footage like the training footage?
             videos[-1] = replace(videos[-1], ood=judge_video(result.distance, crops))
-        result.records[r.source] = record
+        result.entries[r.source] = r.entry
     result.document = replace(result.document, videos=tuple(videos))
     return result
 
@@ -229,19 +234,19 @@ def detect_videos(
 def plot_video(
     path: Path,
     video: VideoIntervals,
-    record: cache.CacheRecord,
-    cache_dir: Path,
+    entry: cache.CacheEntry,
     *,
     threshold: float,
     low: float,
     high: float,
     ground_truth_frames: list[tuple[int, int]] | None = None,
 ) -> Path:
-    """Score curves at frame rate over real time, detected intervals, and ground truth if known."""
+    """Score curves at frame rate over real time, detected intervals, and ground truth if known
+    (the frame times are the entry's, as the job returned them)."""
     from vadpipe.postprocess.plot import plot_scores
 
     clip_len = video.clip_len
-    times = cache.load_frame_times(cache_dir, record)
+    record, times = entry.record, entry.frame_times
     starts = np.asarray(record.clips.start_frames)
     frame_idx = (starts[:, None] + np.arange(clip_len)[None]).reshape(-1)
 

@@ -49,7 +49,8 @@ import torch
 from vadpipe.errors import ConfigError
 from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.settings import ExtractionSettings
-from vadpipe.extract.stream import ClipItem, ClipQueue, FrameTimes, SourceSpec, StreamReader
+from vadpipe.extract.sources import SourceSpec
+from vadpipe.extract.stream import ClipItem, ClipQueue, FrameTimes, StreamReader
 from vadpipe.hooks import EventSink
 from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.run import Run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from vadpipe.errors import CacheError
 from vadpipe.extract import cache
 from vadpipe.extract.cache import CacheRecord
+from vadpipe.extract.claims import StemAssigner
 
 
 def _head(n_clips: int = 3) -> dict:
@@ -78,7 +80,12 @@ def test_written_record_reads_back_equal_and_round_trips_to_the_same_bytes(tmp_p
     ]
     assert back.features[0].shape == (3, 4) and back.clip_frames[1, 0] == 16 and back.clip_frames.shape == (3, 16)
     assert cache.entry_problem(tmp_path, back, source_sha256="a" * 64, settings_key="0123456789abcdef") is None
-    assert cache.reusable_record(tmp_path, "walk", source_sha256="c" * 64, settings_key="0123456789abcdef") is None
+    assert cache.reusable_entry(tmp_path, "walk", source_sha256="c" * 64, settings_key="0123456789abcdef") is None
+    entry = cache.reusable_entry(tmp_path, "walk", source_sha256="a" * 64, settings_key="0123456789abcdef")
+    assert entry.record == written and entry.frame_times.shape == (written.video.n_frames,)  # as verified
+    again = pickle.loads(pickle.dumps(entry))  # results carry entries across processes
+    assert again.record.to_dict() == written.to_dict() and again.record.intact
+    np.testing.assert_array_equal(again.frame_times, entry.frame_times)
     assert list(cache.iter_records(tmp_path)) == [written]
 
 
@@ -112,8 +119,8 @@ def test_damaged_record_raises_for_readers_and_is_recomputed_by_the_extractor(tm
     (tmp_path / "walk.json").write_text(json.dumps(data))
     with pytest.raises(CacheError, match=r"walk.json: field 'clips.count' must be an integer"):
         list(cache.iter_records(tmp_path))
-    assert cache.reusable_record(tmp_path, "walk", source_sha256="a" * 64, settings_key="0123456789abcdef") is None
-    assert cache.StemAssigner(tmp_path).assign(Path("/elsewhere/walk.mp4"), "d" * 64) == "walk"
+    assert cache.reusable_entry(tmp_path, "walk", source_sha256="a" * 64, settings_key="0123456789abcdef") is None
+    assert StemAssigner(tmp_path).assign(Path("/elsewhere/walk.mp4"), "d" * 64) == "walk"
 
 
 @pytest.mark.parametrize("after_record", [False, True])

@@ -31,7 +31,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from test_ray_cluster import _descendants  # noqa: E402
 from test_workers import snapshot  # noqa: E402
 
-from vadpipe.extract.job import LOCK_DIR  # noqa: E402
+from vadpipe.extract.claims import LOCK_DIR  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray cluster, driver processes and the real I3D
 

@@ -26,7 +26,8 @@ from conftest import moving_frames, write_video
 from vadpipe.cli import main
 from vadpipe.detect import detect_videos, run_extraction_settings
 from vadpipe.extract.engines import extract_videos
-from vadpipe.extract.stream import ClipItem, ClipQueue, parse_source
+from vadpipe.extract.sources import parse_source
+from vadpipe.extract.stream import ClipItem, ClipQueue
 from vadpipe.hooks import EventSink
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.net import CSLTAL, ModelConfig
