@@ -126,7 +126,7 @@ def main() -> None:
     device = select_device(args.device)
     n_dev = len(parse_devices(args.devices)) if args.devices else 1
     if args.engine == "ray":  # one Ray session for the warm-up and every row
-        from vadpipe.extract.ray_engine import import_ray
+        from vadpipe.extract.ray_tasks import import_ray
 
         import_ray().init(address=args.address, include_dashboard=False if args.address is None else None)
     model, ident = load_i3d(device=device)

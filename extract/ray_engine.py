@@ -16,7 +16,8 @@ when the cluster has none. The cache folder must be a path every node sees (NFS,
 mounted bucket that supports renames and POSIX locks): records, locks and atomic renames are
 plain files. ``s3://`` and other fsspec URLs are not supported (see the README).
 
-Ray is an optional dependency (``pip install 'vadpipe[ray]'``), imported on first use.
+What runs on the workers (the actor, the video task, the stop marker) is ``ray_tasks``. Ray is an
+optional dependency (``pip install 'vadpipe[ray]'``), imported on first use.
 """
 
 from __future__ import annotations
@@ -29,221 +30,21 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from vadpipe.errors import CacheError, ConfigError, WeightsError
+from vadpipe.errors import CacheError, ConfigError
 
 from . import cache, job
-from .claims import LOCK_DIR, EntryNamer, claim_entry
-from .encoder import ClipEncoder, select_device
-from .events import ClipDecoded, Duplicate, Ended, Event, Failed, Skipped, VideoJob
+from .claims import EntryNamer, claim_entry
+from .events import Duplicate, Failed, Skipped
 from .fileio import sha256_file
 from .options import ExtractRun, RayOptions
-from .procs import usable_cpus
-from .results import VideoResult
+from .ray_tasks import I3DBatchEncoder, StopMarker, cause_line, first_line, import_ray, run_video
 from .settings import ExtractionSettings
-from .weights import load_i3d
 
-__all__ = ["I3DBatchEncoder", "run_on_ray", "import_ray"]
+__all__ = ["run_on_ray"]
 
-_IN_FLIGHT_BATCHES = 2  # batches a video task may have queued at its actor (bounds object store use)
 _STOP_WAIT_S = 30.0  # how long an interrupted driver waits for its video tasks to end
-_STOP_POLL_S = 0.2  # how often a video task looks for its run's stop marker
 _RECLAIM_S = 1.0  # how often the driver looks at a video another run holds
 _CONNECT_S = 10.0  # for the cluster's address to accept a connection
-
-
-def import_ray():
-    """The ``ray`` module, or a ConfigError saying how to install it."""
-    try:
-        import ray
-    except ImportError as exc:
-        raise ConfigError("the Ray engine needs Ray, an optional extra: pip install 'vadpipe[ray]'") from exc
-    return ray
-
-
-class I3DBatchEncoder:
-    """I3D held once per process: maps ``{"clips": uint8 (N, 3, T, S, S)}`` to ``{"features": (N, 1024)}``.
-
-    Used as the Ray actor of the Ray engine; also a callable class for Ray Data's
-    ``map_batches(I3DBatchEncoder, fn_constructor_kwargs=..., batch_format="numpy")``.
-
-    Args:
-        weights: weight file visible on the node, or None for the node's per-user cache.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``.
-        precision: ``fp32`` (default), ``bf16`` or ``fp16`` (CUDA).
-        runtime: ``torch`` (default) or ``openvino`` (CPU actors).
-        threads: CPU threads for the network; None: every core of the node, as a local run uses
-            (Ray itself would give an actor one), so CPU results equal the local engine's.
-        expect_weights_sha256: refuse to start with other weights (their hash is in the settings key).
-        backbone: the I3D network to load (None: the one the weights file is; else kinetics400-scratch).
-    """
-
-    def __init__(
-        self,
-        *,
-        weights: str | None = None,
-        device: str = "auto",
-        precision: str = "fp32",
-        threads: int | None = None,
-        expect_weights_sha256: str | None = None,
-        backbone: str | None = None,
-        runtime: str = "torch",
-    ) -> None:
-        dev = select_device(device)
-        if dev.type == "cpu":
-            torch.set_num_threads(threads or usable_cpus())
-        model, self._weights_id = load_i3d(Path(weights) if weights else None, device=dev, backbone=backbone)
-        if expect_weights_sha256 and self._weights_id != expect_weights_sha256:
-            raise WeightsError(
-                f"this node loads other I3D weights ({self._weights_id}) than the driver "
-                f"({expect_weights_sha256}): pass --weights with a file every node sees"
-            )
-        self._encoder = ClipEncoder(model, dev, precision, runtime=runtime)
-        self._busy_s = 0.0
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        t = time.perf_counter()
-        feats = self._encoder(torch.from_numpy(np.ascontiguousarray(batch["clips"])))
-        self._busy_s += time.perf_counter() - t
-        return {"features": feats}
-
-    def encode(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """The same as calling the object (an explicit name for actor handles)."""
-        return self(batch)
-
-    def weights_id(self) -> str:
-        return self._weights_id
-
-    def busy_s(self) -> float:
-        """Seconds spent in the network so far."""
-        return self._busy_s
-
-
-class StopMarker:
-    """The stop signal of one driver's run, seen by its tasks on every node: a file in the cache
-    folder (which every node sees). The driver creates it on Ctrl-C instead of ``ray.cancel``-ing
-    running tasks: a cancel that races the task's own completion reply makes Ray's core abort the
-    driver (``TaskManager::CompletePendingTask``, "An unexpected system state has occurred").
-
-    ``is_set`` has ``threading.Event``'s meaning for ``decode_video``; it looks at the file at most
-    every ``_STOP_POLL_S`` (it is asked once per decoded frame)."""
-
-    def __init__(self, out_dir: Path, run_id: str) -> None:
-        self.run_id = run_id
-        self.path = out_dir / LOCK_DIR / f"stop-{run_id}"
-        self._seen, self._next_look = False, 0.0
-
-    def set(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def is_set(self) -> bool:
-        now = time.monotonic()
-        if not self._seen and now >= self._next_look:
-            self._seen, self._next_look = self.path.exists(), now + _STOP_POLL_S
-        return self._seen
-
-
-def _run_video(
-    source: str,
-    stem: str,
-    sha256: str,
-    size: int,
-    out_dir: str,
-    settings_dict: dict,
-    batch_size: int,
-    encoder: Any,
-    timeout_s: float,
-    run_id: str,
-) -> VideoResult | None:
-    """Ray task: the video job for one video, its clips encoded by the ``encoder`` actor; None
-    when another process (another driver's task, a local run) holds the video's claim, or when
-    the driver stopped the run (``StopMarker``) before the video was written."""
-    ray = import_ray()
-    settings = ExtractionSettings.from_dict(settings_dict)
-    out = Path(out_dir)
-    src = Path(source)
-    n_crops = len(settings.crop_names)
-    per_batch = job.clips_per_batch(batch_size, n_crops)
-    # not blocking: a task waiting for another run's lock would hold a CPU that run may need
-    # (for its actor), so the driver waits instead and asks again (``_Waiting``)
-    claim = claim_entry(out, stem, source_sha256=sha256, settings=settings, wait=False)
-    if claim is None:
-        return None
-    if isinstance(claim, cache.CacheEntry):
-        return VideoResult.skipped(source, claim)
-    try:
-        video = VideoJob(source=src, stem=stem, sha256=sha256, size=size)
-        pending: list[np.ndarray] = []
-        batches: list[Any] = []  # ObjectRefs of the features of each batch
-        outcome: dict[str, Any] = {}
-
-        def submit() -> None:
-            if not pending:
-                return
-            batches.append(encoder.encode.remote({"clips": np.concatenate(pending)}))
-            pending.clear()
-            if len(batches) > _IN_FLIGHT_BATCHES:  # keep decoding ahead, but only a little
-                ray.wait(batches, num_returns=len(batches) - _IN_FLIGHT_BATCHES, fetch_local=False, timeout=timeout_s)
-
-        def emit(event: Event) -> bool:
-            if isinstance(event, ClipDecoded):
-                video.clip_starts.append(event.start)
-                pending.append(event.crops.numpy())
-                if len(pending) >= per_batch:
-                    submit()
-            elif isinstance(event, Ended):
-                submit()
-                outcome["end"] = event
-            elif isinstance(event, Failed):
-                outcome["fail"] = event.error
-            return True
-
-        stop = StopMarker(out, run_id)
-        job.guarded(src, emit, job.decode_video, video, settings, emit, stop)
-        if "fail" in outcome:
-            return VideoResult(source, "failed", error=outcome["fail"])
-        if "end" not in outcome:  # stopped: the claim is released, nothing of the entry written
-            return None
-        try:
-            for ref in batches:
-                if not _ready_unless_stopped(ray, ref, timeout_s, stop):
-                    return None  # stopped while the actor had the batch: nothing written
-                video.add_features(ray.get(ref)["features"], n_crops)
-        except ray.exceptions.GetTimeoutError:
-            return VideoResult(
-                source, "failed", error=f"{src}: the I3D actor gave no result within {timeout_s:g} s (a stalled node?)"
-            )
-        except ray.exceptions.RayError as exc:
-            return VideoResult(source, "failed", error=f"{src}: the network actor failed: {_cause_line(exc)}")
-        end = outcome["end"]
-        return job.write_video(video, settings, end.frame_times, end.damage, out)
-    finally:
-        claim.release()
-
-
-def _ready_unless_stopped(ray, ref: Any, timeout_s: float, stop: StopMarker) -> bool:
-    """Wait for an actor's result, looking at the stop marker meanwhile; False when stopped.
-    Raises ``GetTimeoutError`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not stop.is_set():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise ray.exceptions.GetTimeoutError(f"no result within {timeout_s:g} s")
-        ready, _ = ray.wait([ref], timeout=min(left, _STOP_POLL_S), fetch_local=False)
-        if ready:
-            return True
-    return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:200]
 
 
 def _check_reachable(address: str | None) -> None:
@@ -285,7 +86,7 @@ def _init_ray(ray, address: str | None) -> bool:
     except ConnectionError as exc:
         raise ConfigError(
             f"cannot connect to the Ray cluster at {address or os.environ.get('RAY_ADDRESS')}: "
-            f"{_first_line(exc)} (start one with `ray start --head`, or drop --address "
+            f"{first_line(exc)} (start one with `ray start --head`, or drop --address "
             "for a local instance)"
         ) from exc
     return True
@@ -333,16 +134,7 @@ def _check_encoders(ray, actors: list, timeout_s: float) -> None:
             f"the I3D actor did not start on the cluster within {timeout_s:g} s (no free CPU/GPU, or a stalled node)"
         ) from exc
     except ray.exceptions.RayError as exc:
-        raise ConfigError(f"the I3D actor could not start on the cluster: {_cause_line(exc)}") from exc
-
-
-def _cause_line(exc: BaseException) -> str:
-    """The line of a Ray error that says what went wrong in the remote code (not Ray's framing)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if "Error: " in line:
-            return line[:300]
-    return _first_line(exc)
+        raise ConfigError(f"the I3D actor could not start on the cluster: {cause_line(exc)}") from exc
 
 
 def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
@@ -353,7 +145,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
         raise ConfigError("fp16 needs a CUDA device and the Ray cluster has no GPU; use fp32 or bf16")
     # fileio imports only the standard library: a fresh Ray worker starts hashing at once
     hash_task = ray.remote(num_cpus=1)(sha256_file)
-    video_task = ray.remote(num_cpus=1)(_run_video)
+    video_task = ray.remote(num_cpus=1)(run_video)
     limit = max_tasks or max(1, int(resources.get("CPU", 1)))
     actors: list = []
 
@@ -373,7 +165,7 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
             continue
         except ray.exceptions.RayTaskError as exc:
             cause = getattr(exc, "cause", None) or exc
-            collect.take(i, Failed(source, f"{source}: {getattr(cause, 'strerror', None) or _first_line(cause)}"))
+            collect.take(i, Failed(source, f"{source}: {getattr(cause, 'strerror', None) or first_line(cause)}"))
             continue
         except Exception as exc:
             collect.take(i, Failed(source, job.failure_message(source, exc)))
@@ -459,9 +251,9 @@ def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, CacheError):  # the cache is unwritable: stop, as locally
                         raise CacheError(str(cause)) from cause
-                    collect.take(i, Failed(source, f"{source}: unexpected error in its Ray task: {_cause_line(exc)}"))
+                    collect.take(i, Failed(source, f"{source}: unexpected error in its Ray task: {cause_line(exc)}"))
                 except ray.exceptions.RayError as exc:  # worker or node lost: this video only
-                    collect.take(i, Failed(source, f"{source}: its Ray task was lost: {_first_line(exc)}"))
+                    collect.take(i, Failed(source, f"{source}: its Ray task was lost: {first_line(exc)}"))
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -16,7 +16,7 @@ from test_workers import BATCH, SMALL, failures, make_videos, snapshot, summary 
 
 from vadpipe.extract.engines import extract_videos  # noqa: E402
 from vadpipe.extract.options import RayOptions  # noqa: E402
-from vadpipe.extract.ray_engine import I3DBatchEncoder  # noqa: E402
+from vadpipe.extract.ray_tasks import I3DBatchEncoder  # noqa: E402
 from vadpipe.extract.settings import ExtractionSettings  # noqa: E402
 
 pytestmark = pytest.mark.slow  # a Ray instance and the real I3D
