@@ -49,6 +49,7 @@ from vadpipe.detect import _encoder_for, run_extraction_settings  # noqa: E402
 from vadpipe.extract.stream import parse_source  # noqa: E402
 from vadpipe.hooks import EventSink  # noqa: E402
 from vadpipe.model.run import load_run  # noqa: E402
+from vadpipe.model.run_config import SavedOperatingPoint  # noqa: E402
 from vadpipe.postprocess.intervals import OperatingPoint  # noqa: E402
 from vadpipe.watch import Watch, WatchConfig  # noqa: E402
 
@@ -136,7 +137,7 @@ def bench_latency(args) -> dict:
     w = make_watch(
         args,
         [f"http://127.0.0.1:{port}/"],
-        OperatingPoint(threshold=0.01, method="manual"),
+        OperatingPoint(SavedOperatingPoint(threshold=0.01, method="manual")),
         sink,
         batch_size=args.batch_size,
         queue_clips=2,

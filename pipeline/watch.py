@@ -54,7 +54,8 @@ from vadpipe.hooks import EventSink
 from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.run import Run
 from vadpipe.postprocess.events import EventTracker, OnlineCurve
-from vadpipe.postprocess.intervals import OperatingPoint, build_video_intervals
+from vadpipe.postprocess.frame_intervals import build_video_intervals
+from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
 from vadpipe.postprocess.ood import LiveJudge, cannot_judge_line, outside_line
 from vadpipe.postprocess.scores import combine_crops

@@ -288,12 +288,8 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
 @pytest.mark.slow
 def test_detect_document_carries_the_operating_point_and_calibrated_scores(calibrated_run) -> None:
     from vadpipe.model.run import load_run
-    from vadpipe.postprocess.intervals import (
-        IntervalsDocument,
-        build_video_intervals,
-        document_to_dict,
-        validate_document,
-    )
+    from vadpipe.postprocess.frame_intervals import build_video_intervals
+    from vadpipe.postprocess.intervals import IntervalsDocument, document_to_dict, validate_document
     from vadpipe.postprocess.scores import score_sequence
 
     root, run_dir, _ = calibrated_run
