@@ -42,9 +42,9 @@ from vadpipe.postprocess.calibration import (
     plot_reliability,
     stratified_holdout,
 )
+from vadpipe.postprocess.decisions import VideoDetections, match_intervals
 from vadpipe.postprocess.evaluate import group_videos
 from vadpipe.postprocess.intervals import OperatingPoint
-from vadpipe.postprocess.metrics import VideoDetections, match_intervals
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.scores import score_video
 

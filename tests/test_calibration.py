@@ -21,8 +21,8 @@ from vadpipe.postprocess.calibration import (
     heldout_detections,
     stratified_holdout,
 )
+from vadpipe.postprocess.decisions import detection_metrics
 from vadpipe.postprocess.intervals import OperatingPoint
-from vadpipe.postprocess.metrics import detection_metrics
 
 # --- score calibration ----------------------------------------------------------------------
 

@@ -8,17 +8,14 @@ from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 from vadpipe.errors import ConfigError, DataError
+from vadpipe.postprocess.decisions import VideoDetections, detection_metrics, match_intervals, temporal_iou
 from vadpipe.postprocess.metrics import (
     LEVELS,
-    VideoDetections,
     auc_ap,
     clip_frame_labels,
     csl_entry,
-    detection_metrics,
-    match_intervals,
     pooled_metrics,
     standard_entry,
-    temporal_iou,
 )
 from vadpipe.postprocess.scores import csl_rows
 
