@@ -124,9 +124,10 @@ def test_built_document_is_valid_and_round_trips(tmp_path) -> None:
     assert video.clips[4].start_s < interval.start_s + 0.5
     path = write_intervals(tmp_path / "out" / "intervals.json", doc)
     loaded = json.loads(path.read_text())
-    validate_document(loaded)
+    assert validate_document(loaded) == doc  # the reader gives back the typed document
     assert loaded == json.loads(json.dumps(document_to_dict(doc)))
     assert loaded["schema_version"] == SCHEMA_VERSION
+    assert list(loaded) == ["schema_version", "operating_point", "videos", "model", "not_scored", "damaged"]
     assert loaded["operating_point"]["threshold"] == 0.35
     assert list(loaded["videos"][0]["intervals"][0]) == [
         "start_frame",
@@ -179,6 +180,9 @@ def _mutations():
         ),
         (set_(["videos", 0, "video_probability"], -0.1), r"video_probability must lie in \[0, 1\]"),
         (set_([*iv, "calibrated_score"], 1.2), r"calibrated_score must lie in \[0, 1\]"),
+        (set_(["not_scored"], [{"source": "a.mp4", "reason": 3}]), r"not_scored\[0\].reason must be str"),
+        (set_(["damaged"], [{"source": "a.mp4"}]), r"damaged\[0\].damage is missing"),
+        (set_(["model"], 7), "document.model must be a path or null"),
     ]
 
 
