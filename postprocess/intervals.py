@@ -46,13 +46,12 @@ from typing import Any
 from vadpipe.errors import CheckpointError, ConfigError, DataError
 from vadpipe.extract.contract import optional_unit, require, unit
 from vadpipe.extract.fileio import atomic_write_text
-from vadpipe.model.run_config import OPERATING_POINT_METHODS, SavedOperatingPoint
+from vadpipe.model.run_config import SavedOperatingPoint
 from vadpipe.postprocess.calibration import ScoreCalibrator
 from vadpipe.postprocess.ood import VideoOOD, validate_ood_entry
 
 __all__ = [
     "SCHEMA_VERSION",
-    "OPERATING_POINT_SOURCES",
     "ClipRecord",
     "Interval",
     "OperatingPoint",
@@ -94,9 +93,6 @@ class Interval:
     end_s: float
     score: float
     calibrated_score: float | None = None
-
-
-OPERATING_POINT_SOURCES = OPERATING_POINT_METHODS  # defined with the run config that stores them
 
 
 @dataclass(frozen=True)
