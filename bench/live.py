@@ -49,6 +49,7 @@ from vadpipe.detect import _encoder_for, run_extraction_settings  # noqa: E402
 from vadpipe.extract.sources import parse_source  # noqa: E402
 from vadpipe.hooks import EventSink  # noqa: E402
 from vadpipe.model.run import load_run  # noqa: E402
+from vadpipe.model.run_config import SavedOperatingPoint  # noqa: E402
 from vadpipe.postprocess.intervals import OperatingPoint  # noqa: E402
 from vadpipe.watch import Watch, WatchConfig  # noqa: E402
 
@@ -136,7 +137,7 @@ def bench_latency(args) -> dict:
     w = make_watch(
         args,
         [f"http://127.0.0.1:{port}/"],
-        OperatingPoint(threshold=0.01, method="manual"),
+        OperatingPoint(SavedOperatingPoint(threshold=0.01, method="manual")),
         sink,
         batch_size=args.batch_size,
         queue_clips=2,
@@ -398,14 +399,18 @@ def bench_gate(args) -> dict:
         return row, clips
 
     results = []
-    first, clips = watch("no_gate", replace(saved, video_threshold=0.0), windows[0])
+
+    def gate_off(op: OperatingPoint) -> OperatingPoint:
+        return replace(op, chosen=replace(op.chosen, video_threshold=0.0))
+
+    first, clips = watch("no_gate", gate_off(saved), windows[0])
     results.append(first)
     results += [watch(f"gate_{w}", saved, w)[0] for w in windows]
     # the same footage at a curve threshold low enough to fire on it (its 98th percentile clip
     # score): what the gate removes when the curve alone would alarm
     probe = float(np.quantile([c["wtcam"] for c in clips], args.probe_quantile))
-    low = replace(saved, threshold=probe, method="manual")
-    results.append(watch("no_gate_low_threshold", replace(low, video_threshold=0.0), windows[0])[0])
+    low = replace(saved, chosen=replace(saved.chosen, threshold=probe, method="manual"))
+    results.append(watch("no_gate_low_threshold", gate_off(low), windows[0])[0])
     results += [watch(f"gate_{w}_low_threshold", low, w)[0] for w in windows]
     return {
         "bench": "gate",

@@ -43,7 +43,10 @@ def _section(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]
 
 @dataclass(frozen=True)
 class SavedOperatingPoint:
-    """The operating point a run stores (written by `vadpipe.calibrated_training`).
+    """The operating point a run stores (written by `vadpipe.calibrated_training`), checked.
+
+    Also the thresholds and calibrations of every operating point detection uses
+    (`vadpipe.postprocess.intervals.OperatingPoint` holds one), so they are defined once.
 
     Attributes:
         method: one of `OPERATING_POINT_METHODS`.

@@ -2,20 +2,44 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vadpipe.extract.backbones import BACKBONES
-from vadpipe.extract.fileio import atomic_write_text, check_output_file
+from vadpipe.extract.fileio import check_output_file
 from vadpipe.extract.settings import CROP_MODES
 from vadpipe.ood_cli import ood_option, report_outside
 from vadpipe.workspace import features_dir, runs_dir
 
-__all__ = ["detect"]
+if TYPE_CHECKING:
+    from vadpipe.detect import DetectResult
+    from vadpipe.postprocess.intervals import IntervalsDocument
+
+__all__ = ["detect", "detection_document"]
+
+
+def detection_document(result: DetectResult, *, model: Path) -> IntervalsDocument:
+    """The intervals document of a detection: its videos, the model, and what it could not score or lost."""
+    from vadpipe.postprocess.intervals import DamagedVideo, NotScored
+
+    not_scored = [NotScored(r.source, "too short: fewer frames than one clip") for r in result.too_short]
+    damaged = [
+        r
+        for r in result.extract_report.results
+        if r.status == "partial"
+        or (r.status == "skipped" and r.source in result.records and result.records[r.source].status == "partial")
+    ]
+    return replace(
+        result.document,
+        model=str(model),
+        not_scored=(*not_scored, *(NotScored(r.source, r.error) for r in result.failed)),
+        damaged=tuple(DamagedVideo(r.source, r.error or result.records[r.source].error) for r in damaged),
+    )
 
 
 def _unit_interval(ctx, param, value):
@@ -159,7 +183,7 @@ def detect(
     from vadpipe.detect import detect_videos, plot_video, run_extraction_settings
     from vadpipe.model.labels import parse_annotations
     from vadpipe.model.run import latest_run, load_run
-    from vadpipe.postprocess.intervals import OperatingPoint, document_to_dict, validate_document
+    from vadpipe.postprocess.intervals import OperatingPoint, intervals_json, write_intervals
 
     truth = parse_annotations(annotations) if annotations else {}  # a bad file fails before any work
     if out is not None and str(out) != "-":
@@ -190,27 +214,19 @@ def detect(
         progress=not quiet,
     )
 
-    doc = document_to_dict(result.document)
-    validate_document(doc)
-    doc["model"] = str(run.path)
-    doc["not_scored"] = [
-        {"source": r.source, "reason": "too short: fewer frames than one clip"} for r in result.too_short
-    ] + [{"source": r.source, "reason": r.error} for r in result.failed]
-    # partial entries, decoded now or found in the cache: each result carries its entry's damage
-    doc["damaged"] = [{"source": r.source, "damage": r.damage} for r in result.extract_report.results if r.damage]
+    doc = detection_document(result, model=run.path)
     if out is not None:
-        text = json.dumps(doc, indent=2, allow_nan=False)
         if str(out) == "-":
-            click.echo(text)
+            click.echo(intervals_json(doc))
         else:
-            atomic_write_text(out, text + "\n")
+            write_intervals(out, doc)
 
     names = Counter(Path(r.source).name for r in result.extract_report.results)
 
     def shown(source: str) -> str:  # the file name, or the whole path when two folders share it
         return Path(source).name if names[Path(source).name] == 1 else source
 
-    damage = {entry["source"]: entry["damage"] for entry in doc["damaged"]}
+    damage = {entry.source: entry.damage for entry in doc.damaged}
     for video in result.document.videos:
         spans = ", ".join(f"{i.start_s:.2f}-{i.end_s:.2f}s ({i.score:.2f})" for i in video.intervals) or "none"
         if video.video_probability is not None:

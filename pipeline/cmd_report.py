@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vadpipe.postprocess.report.media import PROXY_MODES
+
+if TYPE_CHECKING:
+    from vadpipe.postprocess.intervals import IntervalsDocument
 
 __all__ = ["report", "write_report"]
 
@@ -17,7 +21,7 @@ _PROXY_HELP = (
 
 
 def write_report(
-    doc: dict,
+    doc: IntervalsDocument,
     out: Path,
     *,
     doc_path: Path | None,
@@ -86,9 +90,9 @@ def report(
     are linked by relative path. Verdicts given in the pages are exported as a labels CSV
     (vadpipe train --labels) and an annotations file (--annotations).
     """
-    from vadpipe.postprocess.report import load_intervals
+    from vadpipe.postprocess.intervals import read_intervals
 
-    doc = load_intervals(intervals)
+    doc = read_intervals(intervals)
     write_report(
         doc,
         out,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vadpipe.calibrated_training import train_calibrated
+from vadpipe.cmd_detect import detection_document
 from vadpipe.detect import DetectResult, detect_videos, plot_video
 from vadpipe.executor_choice import choose_executor
 from vadpipe.extract.encoder import load_encoder
@@ -145,7 +146,7 @@ def run_demo(
         encoder=encoder,
         progress=progress,
     )
-    intervals_path = write_intervals(root / "intervals.json", detection.document)
+    intervals_path = write_intervals(root / "intervals.json", detection_document(detection, model=run.path))
     truth = parse_annotations(test_annotations)
     plots = []
     for video in detection.document.videos:

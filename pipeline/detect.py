@@ -30,13 +30,8 @@ from vadpipe.model.ood import FeatureDistance, load_distance
 from vadpipe.model.provenance import run_backbone
 from vadpipe.model.run import Run
 from vadpipe.model.scoring import SequenceModel, score_video
-from vadpipe.postprocess.intervals import (
-    IntervalsDocument,
-    OperatingPoint,
-    VideoIntervals,
-    build_video_intervals,
-    frame_span_to_seconds,
-)
+from vadpipe.postprocess.frame_intervals import build_video_intervals, frame_span_to_seconds
+from vadpipe.postprocess.intervals import IntervalsDocument, OperatingPoint, VideoIntervals
 from vadpipe.postprocess.ood import judge_video, outside_line
 from vadpipe.postprocess.proposals import interpolate_to_frames
 

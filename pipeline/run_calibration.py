@@ -32,9 +32,9 @@ from vadpipe.postprocess.calibration import (
     fit_calibrator,
     heldout_detections,
 )
+from vadpipe.postprocess.decisions import VideoDetections, match_intervals
 from vadpipe.postprocess.evaluate import group_videos
 from vadpipe.postprocess.intervals import OperatingPoint
-from vadpipe.postprocess.metrics import VideoDetections, match_intervals
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.postprocess.reliability import calibration_quality, detections_summary, plot_reliability
 

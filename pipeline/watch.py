@@ -2,8 +2,9 @@
 
 One `StreamReader` thread per camera fills that camera's bounded `ClipQueue`; the calling
 thread gathers clips of all cameras round-robin into one batch for I3D (this is how one device
-serves many cameras), then scores each clip online (`OnlineScorer`, the same numbers as detect's
-full-rate scoring), draws the live curve and runs the interval state machine per camera.
+serves many cameras), then scores each clip online (`vadpipe.watch_scoring.SegmentScoring`: the
+same numbers as detect's full-rate scoring, and the live curve) and runs the interval state machine
+per camera (`vadpipe.watch_events.CameraEvents`, which also stamps and sends the events).
 
 Lag policy: at start the I3D throughput is measured on a dummy batch and compared with the clips
 per second the cameras need; live sources whose clips cannot be computed in time have their
@@ -35,12 +36,11 @@ Events (one JSON object each; every one has ``event``, ``camera``, ``wall_time``
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,17 +50,16 @@ from vadpipe.errors import ConfigError
 from vadpipe.extract.encoder import ClipEncoder
 from vadpipe.extract.settings import ExtractionSettings
 from vadpipe.extract.sources import SourceSpec
-from vadpipe.extract.stream import ClipItem, ClipQueue, FrameTimes, StreamReader
+from vadpipe.extract.stream import ClipItem, ClipQueue, StreamReader
 from vadpipe.hooks import EventSink
-from vadpipe.model.ood import FeatureDistance, load_distance
+from vadpipe.model.ood import load_distance
 from vadpipe.model.run import Run
-from vadpipe.model.scoring import combine_crops
-from vadpipe.postprocess.events import EventTracker, OnlineCurve
-from vadpipe.postprocess.intervals import OperatingPoint, build_video_intervals
-from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
-from vadpipe.postprocess.ood import LiveJudge, cannot_judge_line, outside_line
+from vadpipe.postprocess.intervals import OperatingPoint
+from vadpipe.postprocess.ood import VideoOOD, cannot_judge_line, outside_line
+from vadpipe.watch_events import CameraEvents, CameraStatus
+from vadpipe.watch_scoring import SegmentScoring
 
-__all__ = ["WatchConfig", "CameraStatus", "Watch", "measure_throughput"]
+__all__ = ["WatchConfig", "Watch", "measure_throughput"]
 
 
 @dataclass(frozen=True)
@@ -114,93 +113,16 @@ class WatchConfig:
             raise ConfigError(f"settle must be >= 0 clips, got {self.settle}")
 
 
-def _now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-@dataclass
-class CameraStatus:
-    """What the live panel shows for one camera."""
-
-    name: str
-    state: str = "connecting"
-    score: float | None = None
-    fps_in: float = 0.0
-    clips_per_s: float = 0.0
-    clips: int = 0
-    dropped: int = 0
-    last_event: str = ""
-    error: str | None = None
-
-
-class _Segment:
-    """Scoring state of one connection of one camera."""
-
-    def __init__(
-        self,
-        index: int,
-        times: FrameTimes,
-        info: dict,
-        run: Run,
-        op: OperatingPoint,
-        settings: ExtractionSettings,
-        config: WatchConfig,
-        block_len: int,
-        distance: FeatureDistance | None = None,
-    ) -> None:
-        self.index = index
-        self.times = times
-        self.info = info
-        self.scorer = OnlineScorer(run.model, block_len=block_len, window=config.gate_window)
-        self.curve = OnlineCurve(clip_len=settings.clip_len, low=op.low, high=op.high, settle=config.settle)
-        self.tracker = EventTracker(
-            threshold=op.threshold,
-            min_duration_s=op.min_duration_s,
-            merge_gap_s=op.merge_gap_s,
-            video_threshold=op.video_threshold,
-            time_of=self._time_of,
-        )
-        self.history = SegmentHistory(block_len=block_len, max_clips=config.history_clips)
-        self.ood = LiveJudge(distance, window=config.gate_window) if distance is not None else None
-        self.gate: deque[tuple[int, float]] = deque(maxlen=config.settle + 8)  # (row, gate score)
-        self.arrivals: deque[tuple[int, int, float, float]] = deque(maxlen=config.settle + 64)
-        self.dropped_at_start = 0
-        self.event_key: str | None = None
-        self.last_update = 0.0
-
-    def _time_of(self, frame: int) -> float:
-        return self.times[frame]
-
-    def end_time(self, frame: int) -> float:
-        """Time of ``frame``, or the segment's end when it is one past the last frame."""
-        if frame >= len(self.times):
-            return self.times.end_s if self.times.end_s is not None else self.times[len(self.times) - 1]
-        return self.times[frame]
-
-    def gate_at(self, row: int) -> float:
-        for r, g in reversed(self.gate):
-            if r <= row:
-                return g
-        return 1.0
-
-    def arrival_of(self, frame: int) -> float | None:
-        """Wall time (time.time) when ``frame`` arrived, from its clip's arrival."""
-        for start, end_frame, arrived_wall, end_t in reversed(self.arrivals):
-            if start <= frame <= end_frame:
-                return arrived_wall - (end_t - self.times[frame])
-        return None
-
-
 class _Camera:
-    def __init__(self, spec: SourceSpec, reader: StreamReader, queue: ClipQueue) -> None:
+    def __init__(self, spec: SourceSpec, reader: StreamReader, queue: ClipQueue, events: CameraEvents) -> None:
         self.spec = spec
         self.reader = reader
         self.queue = queue
-        self.segment: _Segment | None = None
-        self.status = CameraStatus(spec.name)
+        self.events = events
+        self.segment: SegmentScoring | None = None
+        self.status = events.status
         self.finished = False
         self.scored: deque[float] = deque(maxlen=30)  # monotonic times of scored clips
-        self.segment_offset_s = 0.0  # camera time of the current segment's start
 
 
 def _trim_heap() -> None:
@@ -289,7 +211,20 @@ class Watch:
                 read_timeout_s=max(config.open_timeout_s, 1.0),
                 ring_s=ring,
             )
-            self.cameras.append(_Camera(spec, reader, q))
+            events = CameraEvents(
+                spec.name,
+                reader=reader,
+                queue=q,
+                status=CameraStatus(spec.name),
+                op=operating_point,
+                sinks=self.sinks,
+                log=log,
+                save_clips=config.save_clips,
+                pre_roll_s=config.pre_roll_s,
+                post_roll_s=config.post_roll_s,
+                update_every_s=config.update_every_s,
+            )
+            self.cameras.append(_Camera(spec, reader, q, events))
         self._reported_lag = False
         self.distance = load_distance(run.path)
         self.outside_error = False  # --ood error fired: the command exits 2
@@ -375,16 +310,10 @@ class Watch:
         seg = cam.segment
         if seg is None or seg.index != item.segment:
             return  # a clip of a segment already closed (shutdown)
-        score = seg.scorer.push(features)
-        seg.history.add(score, features, item.start_frame)
-        if seg.ood is not None:
-            self._judge_footage(cam, seg, features)
-        row = score.row
-        gate = seg.scorer.window_video_score() if self.op.video_threshold > 0 else 1.0
-        seg.gate.append((row, gate))
-        end_frame = item.start_frame + self.settings.clip_len - 1
-        wall = time.time() - (time.monotonic() - item.arrived)
-        seg.arrivals.append((item.start_frame, end_frame, wall, seg.times[end_frame]))
+        scored = seg.push(item, features)
+        if scored.footage is not None:
+            self._judge_footage(cam, seg, scored.footage)
+        score = scored.score
         cam.scored.append(time.monotonic())
         cam.status.clips += 1
         cam.status.score = score.wtcam
@@ -393,7 +322,7 @@ class Watch:
                 {
                     "camera": cam.spec.name,
                     "segment": seg.index,
-                    "row": row,
+                    "row": score.row,
                     "start_frame": item.start_frame,
                     "start_s": seg.times[item.start_frame],
                     "attention": score.attention,
@@ -401,31 +330,15 @@ class Watch:
                     "wtcam": score.wtcam,
                     "attention_crops": score.attention_crops.tolist(),
                     "tcam_crops": score.tcam_crops.tolist(),
-                    **({"gate_score": gate} if self.op.video_threshold > 0 else {}),
+                    **({"gate_score": scored.gate} if self.op.video_threshold > 0 else {}),
                 }
             )
-        for frame in seg.curve.push(row, item.start_frame, score.wtcam):
-            for event in seg.tracker.feed(frame, gate_score=seg.gate_at(frame.row)):
-                self._emit(cam, seg, event)
-        self._maybe_update(cam, seg)
+        cam.events.frames(seg, scored.frames)
+        cam.events.maybe_update(seg)
 
-    def _judge_footage(self, cam: _Camera, seg: _Segment, features: np.ndarray) -> None:
+    def _judge_footage(self, cam: _Camera, seg: SegmentScoring, changed: VideoOOD) -> None:
         """An ``ood`` event when the trailing window turns unlike the training footage, or back."""
-        changed = seg.ood.push(features)
-        if changed is None:
-            return
-        self._emit(
-            cam,
-            seg,
-            {
-                "event": "ood",
-                "outside_training": changed.outside,
-                "share_outside": round(changed.share_outside, 4),
-                "window_clips": len(changed.clip_distances),
-                "clip_threshold": changed.clip_threshold,
-                "max_share": changed.max_share,
-            },
-        )
+        cam.events.footage(seg, changed)
         if not changed.outside or self.config.ood == "ignore":
             return
         line = outside_line(f"{cam.spec.name} (last {len(changed.clip_distances)} clips)", changed)
@@ -436,65 +349,38 @@ class Watch:
         else:
             self.log(f"warning: {line}")
 
-    def _maybe_update(self, cam: _Camera, seg: _Segment) -> None:
-        iv = seg.tracker.current
-        every = self.config.update_every_s
-        if not every or iv is None or not iv.announced or time.monotonic() - seg.last_update < every:
-            return
-        seg.last_update = time.monotonic()
-        self._emit(
-            cam,
-            seg,
-            {
-                "event": "update",
-                "start_frame": iv.start_frame,
-                "start_s": iv.start_s,
-                "stream_s": seg.tracker.last_s,
-                "score": seg.tracker.last_value,
-                "peak": iv.peak,
-            },
-        )
-
     def _control(self, cam: _Camera, message: tuple) -> None:
         kind = message[0]
         if kind == "segment":
             _, index, times, info = message
             if cam.segment is not None:
                 self._close_segment(cam, "superseded")
-            cam.segment = _Segment(
+            config = self.config
+            cam.segment = SegmentScoring(
                 index,
                 times,
                 info,
-                self.run,
-                self.op,
-                self.settings,
-                self.config,
-                self.block_len,
+                run=self.run,
+                op=self.op,
+                settings=self.settings,
+                block_len=self.block_len,
+                window=config.gate_window,
+                settle=config.settle,
+                history_clips=config.history_clips,
                 distance=self.distance,
             )
-            cam.segment.dropped_at_start = cam.queue.dropped
+            cam.events.open_segment(cam.segment)
             cam.status.state = "live"
         elif kind == "segment_end":
             self._close_segment(cam, message[2])
         elif kind == "gap":
             _, lost, back, reason = message
-            cam.segment_offset_s += back - lost
-            self._emit(
-                cam,
-                None,
-                {
-                    "event": "gap",
-                    "from_wall": _iso(lost),
-                    "to_wall": _iso(back),
-                    "missing_s": round(back - lost, 3),
-                    "reason": reason,
-                },
-            )
+            cam.events.gap(lost, back, reason)
         elif kind == "failed":
             cam.status.state = "failed"
             cam.status.error = message[1]
             self.log(f"error: {message[1]}")
-            self._emit(cam, None, {"event": "error", "message": message[1]})
+            cam.events.emit(None, {"event": "error", "message": message[1]})
         elif kind == "finished":
             if cam.segment is not None:
                 self._close_segment(cam, "stopped")
@@ -507,98 +393,7 @@ class Watch:
         if seg is None:
             return
         cam.segment = None
-        if not seg.times.ended:
-            seg.times.close()
-        for frame in seg.curve.finish():
-            for event in seg.tracker.feed(frame, gate_score=seg.gate_at(frame.row)):
-                self._emit(cam, seg, event)
-        for event in seg.tracker.finish(end_s_of_segment=seg.end_time):
-            event["reason"] = reason
-            self._emit(cam, seg, event)
-        self._emit(cam, seg, self._summary(cam, seg, reason))
-
-    def _summary(self, cam: _Camera, seg: _Segment, reason: str) -> dict:
-        dropped = cam.queue.dropped - seg.dropped_at_start
-        summary = {
-            "event": "summary",
-            "reason": reason,
-            "clips": len(seg.history),
-            "frames": len(seg.times),
-            "dropped_clips": dropped,
-            "video_score": None,
-            "intervals": None,
-            "ood": None
-            if seg.ood is None
-            else {
-                "share_outside": round(seg.ood.beyond / seg.ood.seen, 4) if seg.ood.seen else 0.0,
-                "clips": seg.ood.seen,
-                "outside_training": seg.ood.outside,
-            },
-        }
-        if len(seg.history) == 0 or not seg.history.complete or not seg.times.complete or dropped:
-            return summary
-        att, tc, wtcam = combine_crops(*seg.history.final_scores(self.run.model))
-        video_score = seg.history.final_video_score(self.run.model, seg.scorer)
-        times = seg.times.array()
-        fps = seg.info.get("fps") or (1.0 / float(np.median(np.diff(times))) if len(times) > 1 else 25.0)
-        entry = build_video_intervals(
-            source=cam.spec.location,
-            attention=att,
-            tcam=tc,
-            wtcam=wtcam,
-            video_score=video_score,
-            start_frames=np.asarray(seg.history.start_frames),
-            clip_len=self.settings.clip_len,
-            frame_times_s=times,
-            duration_s=seg.times.end_s,
-            fps=fps,
-            video_end_s=seg.times.end_s,
-            operating_point=self.op,
-        )
-        summary["video_score"] = video_score
-        summary["intervals"] = [asdict(i) for i in entry.intervals]
-        return summary
-
-    def _emit(self, cam: _Camera, seg: _Segment | None, event: dict) -> None:
-        event = {
-            "event": event.pop("event"),
-            "camera": cam.spec.name,
-            "wall_time": _now_iso(),
-            **({"segment": seg.index} if seg is not None else {}),
-            **event,
-        }
-        kind = event["event"]
-        if seg is not None and kind in ("start", "end", "update"):
-            event["dropped_clips"] = cam.queue.dropped
-            event["camera_s"] = round(cam.segment_offset_s + event.get("stream_s", event["start_s"]), 3)
-        if kind == "start" and seg is not None:
-            arrived = seg.arrival_of(event["start_frame"])
-            event["latency_s"] = round(time.time() - arrived, 3) if arrived is not None else None
-            if self.config.save_clips is not None:
-                stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-                path = self.config.save_clips / f"{cam.spec.name}-{stamp}-s{seg.index}-f{event['start_frame']}.mp4"
-                recording = cam.reader.record(
-                    path.name, path, segment=seg.index, from_s=event["start_s"] - self.config.pre_roll_s
-                )
-                seg.event_key = path.name if recording else None
-                event["clip"] = str(path) if recording else None
-        if kind == "end" and seg is not None and seg.event_key is not None:
-            cam.reader.stop_recording(seg.event_key, until_s=event["end_s"] + self.config.post_roll_s)
-            event["clip"] = str(self.config.save_clips / seg.event_key)
-            seg.event_key = None
-        if kind == "start":
-            cam.status.last_event = f"start at {event['start_s']:.1f}s"
-        elif kind == "end":
-            cam.status.last_event = f"end {event['start_s']:.1f}-{event['end_s']:.1f}s ({event['score']:.2f})"
-        elif kind == "gap":
-            cam.status.last_event = f"gap {event['missing_s']:.1f}s"
-        elif kind == "error":
-            cam.status.last_event = "error"
-        for sink in self.sinks:
-            try:
-                sink.send(event)
-            except Exception as exc:  # an events file that fails is reported, the watch goes on
-                self.log(f"warning: could not write a {kind} event: {exc}")
+        cam.events.close_segment(seg, reason, source=cam.spec.location)
 
     def _report_lag(self) -> None:
         if self._reported_lag or self.capacity_clips_s is None:
@@ -646,7 +441,3 @@ class Watch:
             if cam.segment is not None:
                 self._close_segment(cam, "stopped")
             cam.finished = True
-
-
-def _iso(wall: float) -> str:
-    return dt.datetime.fromtimestamp(wall, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

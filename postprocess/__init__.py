@@ -2,7 +2,7 @@
 
 Scoring a video with a model is `vadpipe.model.scoring`. Submodules: ``proposals``
 (interpolation and runs above a threshold), ``metrics`` (Table 1 levels and protocols),
-``intervals`` (the intervals JSON document), ``plot`` (matplotlib Agg), ``evaluate`` (a run
+``intervals`` (the intervals JSON document), ``frame_intervals`` (curves cut into its entries), ``plot`` (matplotlib Agg), ``evaluate`` (a run
 over a feature folder), ``calibration`` (operating points and score calibration chosen on
 held-out videos). The names below are re-exported lazily, so importing the package does
 not pull in torch or matplotlib until one of them is used.
@@ -20,8 +20,8 @@ _EXPORTS = {
     "paint_proposals": "proposals",
     "auc_ap": "metrics",
     "pooled_metrics": "metrics",
-    "detection_metrics": "metrics",
-    "match_intervals": "metrics",
+    "detection_metrics": "decisions",
+    "match_intervals": "decisions",
     "ScoreCalibrator": "calibration",
     "fit_calibrator": "calibration",
     "choose_operating_point": "calibration",
@@ -29,7 +29,7 @@ _EXPORTS = {
     "IntervalsDocument": "intervals",
     "OperatingPoint": "intervals",
     "VideoIntervals": "intervals",
-    "build_video_intervals": "intervals",
+    "build_video_intervals": "frame_intervals",
     "validate_document": "intervals",
     "write_intervals": "intervals",
     "plot_scores": "plot",

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from vadpipe.errors import ConfigError, DataError
-from vadpipe.postprocess.metrics import VideoDetections, match_intervals, reported_intervals
+from vadpipe.postprocess.decisions import VideoDetections, match_intervals, reported_intervals
 
 __all__ = [
     "OPERATING_METHODS",

@@ -7,7 +7,7 @@ half-open source-frame intervals (XD-Violence ``annotations.txt``); a video abse
 is normal.
 
 Besides the ranking metrics of Table 1, the report scores the decisions at the operating point
-(``report["detection"]``, see `vadpipe.postprocess.metrics.detection_metrics`): by default the
+(``report["detection"]``, see `vadpipe.postprocess.decisions.detection_metrics`): by default the
 run's calibrated one (video gate + curve threshold, chosen on held-out training videos by
 ``vadpipe train``), else the paper's fixed threshold 0.35.
 """

@@ -9,7 +9,7 @@ video, ``k + j/clip_len`` for frame ``j`` of clip ``k``; it is drawn ``settle`` 
 newest clip (the spline needs the next values). Boundaries then differ from detect's by less
 than one clip (the offline drift, ``≤ (clip_len-1)/clip_len`` clip at the end of a video).
 The exact detect intervals of a finished segment come with its ``summary`` event
-(`vadpipe.pipeline` builds it with `vadpipe.postprocess.intervals.build_video_intervals`).
+(`vadpipe.pipeline` builds it with `vadpipe.postprocess.frame_intervals.build_video_intervals`).
 
 `EventTracker` turns the curve into intervals by detect's rules, one frame at a time: runs of
 frames strictly above the threshold; a run starting at most ``merge_gap_s`` seconds after the

@@ -26,7 +26,7 @@ from vadpipe.postprocess.calibration import (
     fit_calibrator,
     heldout_detections,
 )
-from vadpipe.postprocess.metrics import detection_metrics
+from vadpipe.postprocess.decisions import detection_metrics
 
 __all__ = [
     "false_alarm_upper_bound",

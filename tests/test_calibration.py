@@ -20,8 +20,8 @@ from vadpipe.postprocess.calibration import (
     fit_calibrator,
     heldout_detections,
 )
+from vadpipe.postprocess.decisions import detection_metrics
 from vadpipe.postprocess.intervals import OperatingPoint
-from vadpipe.postprocess.metrics import detection_metrics
 from vadpipe.postprocess.reliability import false_alarm_upper_bound
 
 # --- score calibration ----------------------------------------------------------------------
@@ -290,12 +290,8 @@ def test_calibrated_run_flags_few_normal_videos_and_finds_the_planted_anomalies(
 def test_detect_document_carries_the_operating_point_and_calibrated_scores(calibrated_run) -> None:
     from vadpipe.model.run import load_run
     from vadpipe.model.scoring import score_sequence
-    from vadpipe.postprocess.intervals import (
-        IntervalsDocument,
-        build_video_intervals,
-        document_to_dict,
-        validate_document,
-    )
+    from vadpipe.postprocess.frame_intervals import build_video_intervals
+    from vadpipe.postprocess.intervals import IntervalsDocument, document_to_dict, validate_document
 
     root, run_dir, _ = calibrated_run
     run = load_run(run_dir)

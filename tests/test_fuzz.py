@@ -20,13 +20,9 @@ from hypothesis.extra.numpy import arrays
 
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.model.labels import parse_annotations, read_labels_csv
-from vadpipe.postprocess.intervals import (
-    IntervalsDocument,
-    OperatingPoint,
-    build_video_intervals,
-    document_to_dict,
-    validate_document,
-)
+from vadpipe.model.run_config import SavedOperatingPoint
+from vadpipe.postprocess.frame_intervals import build_video_intervals
+from vadpipe.postprocess.intervals import IntervalsDocument, OperatingPoint, document_to_dict, validate_document
 from vadpipe.postprocess.proposals import find_proposals, interpolate_to_frames
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -214,7 +210,9 @@ def test_intervals_are_sorted_disjoint_inside_the_video_and_above_threshold(
     video, threshold, min_duration_s, merge_gap_s
 ) -> None:
     attention, tcam, clip_len, starts, times, video_end_s = video
-    op = OperatingPoint(threshold=threshold, min_duration_s=min_duration_s, merge_gap_s=merge_gap_s)
+    op = OperatingPoint(
+        SavedOperatingPoint(threshold=threshold), min_duration_s=min_duration_s, merge_gap_s=merge_gap_s
+    )
     entry = build_video_intervals(
         source="v.mp4",
         attention=attention,

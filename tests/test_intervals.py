@@ -9,17 +9,20 @@ import numpy as np
 import pytest
 
 from vadpipe.errors import ConfigError, DataError
+from vadpipe.model.run_config import SavedOperatingPoint
+from vadpipe.postprocess.frame_intervals import (
+    build_video_intervals,
+    curve_to_source_frames,
+    end_time_s,
+    frame_span_to_seconds,
+    intervals_from_curve,
+)
 from vadpipe.postprocess.intervals import (
     SCHEMA_VERSION,
     Interval,
     IntervalsDocument,
     OperatingPoint,
-    build_video_intervals,
-    curve_to_source_frames,
     document_to_dict,
-    end_time_s,
-    frame_span_to_seconds,
-    intervals_from_curve,
     validate_document,
     write_intervals,
 )
@@ -106,7 +109,7 @@ def _document(seed: int = 0) -> IntervalsDocument:
         duration_s=float(times[-1] + 0.04),
         fps=25.0,
         video_end_s=float(times[-1] + 0.04),
-        operating_point=OperatingPoint(threshold=0.35),
+        operating_point=OperatingPoint(SavedOperatingPoint(threshold=0.35)),
     )
     return IntervalsDocument(videos=(video,))
 
@@ -121,9 +124,10 @@ def test_built_document_is_valid_and_round_trips(tmp_path) -> None:
     assert video.clips[4].start_s < interval.start_s + 0.5
     path = write_intervals(tmp_path / "out" / "intervals.json", doc)
     loaded = json.loads(path.read_text())
-    validate_document(loaded)
+    assert validate_document(loaded) == doc  # the reader gives back the typed document
     assert loaded == json.loads(json.dumps(document_to_dict(doc)))
     assert loaded["schema_version"] == SCHEMA_VERSION
+    assert list(loaded) == ["schema_version", "operating_point", "videos", "model", "not_scored", "damaged"]
     assert loaded["operating_point"]["threshold"] == 0.35
     assert list(loaded["videos"][0]["intervals"][0]) == [
         "start_frame",
@@ -172,10 +176,13 @@ def _mutations():
         (set_(["operating_point", "method"], "magic"), "operating_point.method must be one of"),
         (
             set_(["operating_point", "video_calibration"], {"method": "platt", "slope": "x"}),
-            "operating_point.video_calibration is not a calibrator",
+            "operating_point.video_calibration is unusable",
         ),
         (set_(["videos", 0, "video_probability"], -0.1), r"video_probability must lie in \[0, 1\]"),
         (set_([*iv, "calibrated_score"], 1.2), r"calibrated_score must lie in \[0, 1\]"),
+        (set_(["not_scored"], [{"source": "a.mp4", "reason": 3}]), r"not_scored\[0\].reason must be str"),
+        (set_(["damaged"], [{"source": "a.mp4"}]), r"damaged\[0\].damage is missing"),
+        (set_(["model"], 7), "document.model must be a path or null"),
     ]
 
 

@@ -9,16 +9,13 @@ from sklearn.metrics import auc, average_precision_score, precision_recall_curve
 
 from vadpipe.errors import ConfigError, DataError
 from vadpipe.model.scoring import clip_frame_labels, csl_rows
+from vadpipe.postprocess.decisions import VideoDetections, detection_metrics, match_intervals, temporal_iou
 from vadpipe.postprocess.metrics import (
     LEVELS,
-    VideoDetections,
     auc_ap,
     csl_entry,
-    detection_metrics,
-    match_intervals,
     pooled_metrics,
     standard_entry,
-    temporal_iou,
 )
 
 # --- auc_ap ---------------------------------------------------------------------------------

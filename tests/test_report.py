@@ -22,14 +22,9 @@ from conftest import moving_frames, write_video
 from vadpipe.cli import main
 from vadpipe.extract.decode import open_frames
 from vadpipe.model.labels import parse_annotations, read_labels_csv
-from vadpipe.postprocess.intervals import (
-    IntervalsDocument,
-    OperatingPoint,
-    build_video_intervals,
-    document_to_dict,
-    end_time_s,
-)
-from vadpipe.postprocess.report import ReportOptions, build_report, load_intervals
+from vadpipe.postprocess.frame_intervals import build_video_intervals, end_time_s
+from vadpipe.postprocess.intervals import IntervalsDocument, OperatingPoint, document_to_dict, read_intervals
+from vadpipe.postprocess.report import ReportOptions, build_report
 from vadpipe.postprocess.report.media import make_proxy, probe_playability
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -186,7 +181,7 @@ def test_rebuild_reuses_media_and_never_copies_sources_unless_asked(built, doc_p
     shutil.copytree(built[0], out)  # the module's report stays as built
     proxy = next((out / "media").glob("*.mp4"))
     before = proxy.stat().st_mtime_ns
-    doc = load_intervals(doc_path)
+    doc = read_intervals(doc_path)
     build_report(doc, out, doc_path=doc_path)
     assert proxy.stat().st_mtime_ns == before
     assert not any(p.suffix == ".mp4" and "alarm" in p.name for p in (out / "media").iterdir())
@@ -200,11 +195,11 @@ def test_rebuild_reuses_media_and_never_copies_sources_unless_asked(built, doc_p
 
 def test_relative_sources_are_found_beside_the_intervals_file(doc_path, videos, tmp_path):
     root = videos["alarm"].parents[1]
-    doc = load_intervals(doc_path)
+    doc = json.loads(doc_path.read_text())
     doc["videos"] = [{**v, "source": str(Path(v["source"]).relative_to(root))} for v in doc["videos"][:3]]
     moved = root / "relative.json"
     moved.write_text(json.dumps(doc))
-    result = build_report(load_intervals(moved), tmp_path / "r", doc_path=moved)
+    result = build_report(read_intervals(moved), tmp_path / "r", doc_path=moved)
     assert result.problems == () and result.n_proxies == 1
     page = _page_data(tmp_path / "r" / "videos" / "0001.html")
     assert (tmp_path / "r" / "videos" / page["media"]["src"]).resolve() == videos["alarm"].resolve()

@@ -32,9 +32,11 @@ from vadpipe.hooks import EventSink
 from vadpipe.model.ensemble import Ensemble
 from vadpipe.model.net import CSLTAL, ModelConfig
 from vadpipe.model.run import load_run
+from vadpipe.model.run_config import SavedOperatingPoint
 from vadpipe.model.scoring import score_sequences, score_video
 from vadpipe.postprocess.events import CurveFrame, EventTracker, OnlineCurve
-from vadpipe.postprocess.intervals import OperatingPoint, intervals_from_curve
+from vadpipe.postprocess.frame_intervals import intervals_from_curve
+from vadpipe.postprocess.intervals import OperatingPoint
 from vadpipe.postprocess.online import OnlineScorer, SegmentHistory
 from vadpipe.postprocess.proposals import interpolate_to_frames
 from vadpipe.watch import Watch, WatchConfig
@@ -246,7 +248,7 @@ def camera(tiny_run, i3d_cpu):
     )
     wtcam = np.array([c.wtcam for c in first.document.videos[0].clips])
     threshold = float(np.sort(wtcam)[len(wtcam) // 2])  # about half the clips above: intervals to compare
-    op = OperatingPoint(threshold=threshold, method="manual")
+    op = OperatingPoint(SavedOperatingPoint(threshold=threshold, method="manual"))
     detected = detect_videos(
         [path], run, cache_dir=root / "cache", settings=settings, operating_point=op, encoder=i3d_cpu[0], progress=False
     ).document.videos[0]
@@ -414,7 +416,7 @@ def test_an_ensemble_run_is_watched_with_detects_numbers(tiny_run, camera, i3d_c
         progress=False,
     ).document.videos[0]
     wtcam = np.array([c.wtcam for c in first.clips])
-    op = OperatingPoint(threshold=float(np.sort(wtcam)[len(wtcam) // 2]), method="manual")
+    op = OperatingPoint(SavedOperatingPoint(threshold=float(np.sort(wtcam)[len(wtcam) // 2]), method="manual"))
     detected = detect_videos(
         [path],
         ensemble,
@@ -491,7 +493,7 @@ def test_live_source_faster_than_compute_drops_whole_clips_and_counts_them(tiny_
         [parse_source(str(fast), name="fast", realtime=True)],
         run,
         i3d_cpu,
-        OperatingPoint(threshold=0.0, method="manual"),
+        OperatingPoint(SavedOperatingPoint(threshold=0.0, method="manual")),
         queue_clips=1,
     )
     summary = next(e for e in events if e["event"] == "summary")

@@ -19,7 +19,6 @@ _EXPORTS = {
     "ReportOptions": "build",
     "ReportResult": "build",
     "build_report": "build",
-    "load_intervals": "build",
     "PROXY_MODES": "media",
 }
 

@@ -14,20 +14,20 @@ import html
 import json
 import os
 import shutil
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from vadpipe.errors import ConfigError, DataError, DecodeError
+from vadpipe.errors import ConfigError, DecodeError
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.model.labels import parse_annotations
-from vadpipe.postprocess.intervals import validate_document
+from vadpipe.postprocess.intervals import Interval, IntervalsDocument, VideoIntervals
 from vadpipe.postprocess.report.media import PROXY_MODES, make_proxy, make_thumbnails, probe_playability
 
-__all__ = ["ReportOptions", "ReportResult", "build_report", "load_intervals", "interval_peak_s"]
+__all__ = ["ReportOptions", "ReportResult", "build_report", "interval_peak_s"]
 
 ASSETS = ("report.css", "common.js", "index.js", "video.js")
 _MEDIA_VERSION = "1"  # part of proxy/thumbnail names: bump when their encoding changes
@@ -69,43 +69,20 @@ class ReportResult:
     problems: tuple[str, ...] = field(default=())
 
 
-def load_intervals(path: Path) -> dict[str, Any]:
-    """Read and validate an intervals JSON written by `vadpipe detect`.
-
-    Raises:
-        DataError: not JSON, or not an intervals document (naming the first bad field).
-    """
-    try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{path} is not an intervals JSON: {exc}") from None
-    try:
-        validate_document(doc)
-    except DataError as exc:
-        raise DataError(f"{path}: {exc}") from None
-    return doc
+def _clip_seconds(video: VideoIntervals) -> float:
+    return video.clip_len / video.fps
 
 
-def _clip_seconds(video: Mapping[str, Any]) -> float:
-    return video["clip_len"] / video["fps"]
-
-
-def interval_peak_s(video: Mapping[str, Any], interval: Mapping[str, Any]) -> float:
+def interval_peak_s(video: VideoIntervals, interval: Interval) -> float:
     """Time of the interval's highest weighted T-CAM: the middle of its best clip, kept inside."""
     half = _clip_seconds(video) / 2
-    inside = [
-        c
-        for c in video["clips"]
-        if c["start_s"] + half >= interval["start_s"] and c["start_s"] + half < interval["end_s"]
-    ]
+    inside = [c for c in video.clips if c.start_s + half >= interval.start_s and c.start_s + half < interval.end_s]
     if not inside:
-        inside = [c for c in video["clips"] if c["start_s"] < interval["end_s"]] or video["clips"][:1]
+        inside = [c for c in video.clips if c.start_s < interval.end_s] or list(video.clips[:1])
     if not inside:
-        return float(interval["start_s"])
-    best = max(inside, key=lambda c: c["wtcam"])
-    return float(min(max(best["start_s"] + half, interval["start_s"]), max(interval["end_s"] - 1e-3, 0.0)))
+        return float(interval.start_s)
+    best = max(inside, key=lambda c: c.wtcam)
+    return float(min(max(best.start_s + half, interval.start_s), max(interval.end_s - 1e-3, 0.0)))
 
 
 def _url(target: Path, page_dir: Path) -> str:
@@ -161,9 +138,9 @@ def _copy_atomic(source: Path, target: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _truth_seconds(video: Mapping[str, Any], frames: list[tuple[int, int]]) -> list[list[float]]:
+def _truth_seconds(video: VideoIntervals, frames: list[tuple[int, int]]) -> list[list[float]]:
     """Ground-truth frame spans in seconds (frame k at k * duration / n_frames, clipped to the video)."""
-    n, duration = video["n_frames"], video["duration_s"]
+    n, duration = video.n_frames, video.duration_s
     if n <= 0:
         return []
     per_frame = duration / n
@@ -192,7 +169,7 @@ def _progress(total: int, enabled: bool) -> Iterator:
 
 
 def build_report(
-    doc: Mapping[str, Any],
+    doc: IntervalsDocument,
     out: Path,
     *,
     options: ReportOptions = ReportOptions(),
@@ -220,20 +197,20 @@ def build_report(
     for name in ASSETS:
         atomic_write_text(out / "assets" / name, (static / name).read_text(encoding="utf-8"))
 
-    op = doc["operating_point"]
+    op = doc.operating_point
     title = options.title or (doc_path.name if doc_path is not None else "vadpipe report")
     storage_key = "vadpipe-report:" + hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]
     meta = {
         "title": title,
         "storage_key": storage_key,
-        "threshold": op["threshold"],
-        "video_threshold": op.get("video_threshold", 0.0),
-        "method": op.get("method", "fixed"),
-        "model": doc.get("model"),
+        "threshold": op.threshold,
+        "video_threshold": op.video_threshold,
+        "method": op.method,
+        "model": doc.model,
         "has_truth": truth is not None,
     }
-    videos = doc["videos"]
-    damaged = {d.get("source"): d.get("damage") for d in doc.get("damaged") or [] if isinstance(d, dict)}
+    videos = doc.videos
+    damaged = {d.source: d.damage for d in doc.damaged}
     problems: list[str] = []
     entries: list[dict[str, Any]] = []
     pages: list[dict[str, Any]] = []
@@ -242,11 +219,11 @@ def build_report(
     progress_bar = _progress(len(videos), progress)
     advance = next(progress_bar)
     for i, video in enumerate(videos):
-        source = video["source"]
+        source = video.source
         vid = f"{i + 1:04d}"
         stem = Path(source).stem
         path = _resolve(source, options, doc_dir)
-        intervals = [{**iv, "peak_s": round(interval_peak_s(video, iv), 4)} for iv in video["intervals"]]
+        intervals = [{**asdict(iv), "peak_s": round(interval_peak_s(video, iv), 4)} for iv in video.intervals]
         media: dict[str, Any] = {"src": None, "kind": "missing", "note": None, "source_href": None}
         thumbs: list[str | None] = []
         if path is None:
@@ -279,9 +256,9 @@ def build_report(
                 media.update(src=None, kind="missing", note=f"cannot play: {exc}")
                 problems.append(f"{source}: no player: {exc}")
             peaks = [iv["peak_s"] for iv in intervals]
-            if not peaks and video["clips"]:  # unflagged: its most suspicious moment
-                best = max(video["clips"], key=lambda c: c["wtcam"])
-                peaks = [best["start_s"] + _clip_seconds(video) / 2]
+            if not peaks and video.clips:  # unflagged: its most suspicious moment
+                best = max(video.clips, key=lambda c: c.wtcam)
+                peaks = [best.start_s + _clip_seconds(video) / 2]
             targets = [out / "thumbs" / f"{vid}-{k}-{stamp}-{int(t * 1000)}.jpg" for k, t in enumerate(peaks)]
             todo = [(t, p) for t, p in zip(peaks, targets) if not p.is_file()]
             try:
@@ -294,17 +271,17 @@ def build_report(
         gt = None
         if truth is not None:
             gt = _truth_seconds(video, truth.get(stem, []))
-        clips = video["clips"]
+        clips = video.clips
         entry = {
             "id": vid,
             "source": source,
             "name": Path(source).name,
             "stem": stem,
             "page": f"videos/{vid}.html",
-            "video_score": video["video_score"],
-            "video_probability": video.get("video_probability"),
-            "duration_s": video["duration_s"],
-            "n_frames": video["n_frames"],
+            "video_score": video.video_score,
+            "video_probability": video.video_probability,
+            "duration_s": video.duration_s,
+            "n_frames": video.n_frames,
             "n_intervals": len(intervals),
             "peak": max((iv["score"] for iv in intervals), default=None),
             "intervals": [
@@ -322,14 +299,14 @@ def build_report(
                 "video": {
                     **entry,
                     "intervals": intervals,
-                    "fps": video["fps"],
-                    "clip_len": video["clip_len"],
+                    "fps": video.fps,
+                    "clip_len": video.clip_len,
                     "clip_s": _clip_seconds(video),
                 },
                 "clips": {
-                    "t": [round(c["start_s"], 4) for c in clips],
-                    "wtcam": [round(c["wtcam"], 5) for c in clips],
-                    "attention": [round(c["attention"], 5) for c in clips],
+                    "t": [round(c.start_s, 4) for c in clips],
+                    "wtcam": [round(c.wtcam, 5) for c in clips],
+                    "attention": [round(c.attention, 5) for c in clips],
                 },
                 "truth": gt,
                 "media": media,
@@ -356,8 +333,8 @@ def build_report(
     index = {
         "report": meta,
         "videos": entries,
-        "not_scored": [n for n in doc.get("not_scored") or [] if isinstance(n, dict)],
-        "damaged": [d for d in doc.get("damaged") or [] if isinstance(d, dict)],
+        "not_scored": [asdict(n) for n in doc.not_scored],
+        "damaged": [asdict(d) for d in doc.damaged],
         "problems": problems,
     }
     index_path = out / "index.html"
