@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import moving_frames, write_video  # noqa: E402
 
-from vadpipe.detect import _encoder_for, run_extraction_settings  # noqa: E402
+from vadpipe.detect import encoder_for, run_extraction_settings  # noqa: E402
 from vadpipe.extract.sources import parse_source  # noqa: E402
 from vadpipe.hooks import EventSink  # noqa: E402
 from vadpipe.model.run import load_run  # noqa: E402
@@ -98,7 +98,7 @@ def serve(path: Path, seconds: float, *, loop: bool = True) -> tuple[subprocess.
 def make_watch(args, urls: list[str], op: OperatingPoint, sink: EventSink, **config) -> Watch:
     run = load_run(args.model)
     settings = run_extraction_settings(run)
-    encoder, settings = _encoder_for(settings, weights=None, device=args.device)
+    encoder, settings = encoder_for(settings, weights=None, device=args.device)
     specs = [parse_source(u, name=f"cam{i}") for i, u in enumerate(urls)]
     return Watch(
         specs,
@@ -373,7 +373,7 @@ def bench_gate(args) -> dict:
         raise SystemExit(f"{args.model}: the run's operating point has no video gate (video_threshold 0)")
     video = args.video or long_normal_video(args.work, args.synth_minutes, args.synth_seed)
     settings = replace(run_extraction_settings(run), runtime=args.runtime)
-    encoder, settings = _encoder_for(settings, weights=None, device=args.device)
+    encoder, settings = encoder_for(settings, weights=None, device=args.device)
     recorder = RecordingEncoder(encoder)
     windows = [int(w) for w in args.gate_windows.split(",")]
 

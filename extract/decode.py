@@ -17,7 +17,7 @@ import numpy as np
 
 from vadpipe.errors import ConfigError, DecodeError
 
-__all__ = ["Frame", "VideoInfo", "DecodeLog", "VIDEO_EXTENSIONS", "MIN_SIDE", "open_frames", "resample_fps"]
+__all__ = ["Frame", "VideoInfo", "DecodeLog", "VIDEO_EXTENSIONS", "MIN_SIDE", "open_frames", "resample_fps", "upright"]
 
 VIDEO_EXTENSIONS = frozenset(
     {
@@ -94,7 +94,7 @@ class DecodeLog:
         return "; ".join(parts)
 
 
-def _upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
     # rotation = counter-clockwise angle of the display matrix: rotate the picture by it to show it upright
     k = (rotation // 90) % 4
     return np.ascontiguousarray(np.rot90(rgb, k)) if k else rgb
@@ -246,7 +246,7 @@ class _PyAVFrames:
                 t = (prev + step) if prev is not None else 0.0
             if prev is not None and t <= prev:  # broken or missing timestamps: keep time increasing
                 t = prev + step
-            rgb = _upright(f.to_ndarray(format="rgb24"), self.info.rotation)
+            rgb = upright(f.to_ndarray(format="rgb24"), self.info.rotation)
             yield Frame(index=index, time_s=t, rgb=rgb)
             prev = t
             index += 1
@@ -301,7 +301,7 @@ class _DecordFrames:
             idx = list(range(start, min(n, start + self.chunk)))
             batch = self.reader.get_batch(idx).asnumpy()
             for i, rgb in zip(idx, batch):
-                yield Frame(index=i, time_s=float(times[i]), rgb=_upright(rgb, self.info.rotation))
+                yield Frame(index=i, time_s=float(times[i]), rgb=upright(rgb, self.info.rotation))
 
     def close(self) -> None:
         del self.reader

@@ -34,9 +34,9 @@ __all__ = ["demo"]
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path | None, recipe: str, seed: int, device: str, quiet: bool) -> None:
     """Generate labelled synthetic videos, then extract, train, evaluate and detect on them."""
-    from vadpipe.cmd_evaluate import detection_table, metrics_table
     from vadpipe.demo import DemoConfig, run_demo
     from vadpipe.recipes import recipe as named
+    from vadpipe.tables import detection_table, metrics_table
 
     chosen = named(recipe)
     config = DemoConfig(seed=seed, training=chosen.training, calibration=chosen.calibration, ensemble=chosen.ensemble)

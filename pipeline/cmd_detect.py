@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,29 +16,9 @@ from vadpipe.ood_cli import ood_option, report_outside
 from vadpipe.workspace import features_dir, runs_dir
 
 if TYPE_CHECKING:
-    from vadpipe.detect import DetectResult
-    from vadpipe.postprocess.intervals import IntervalsDocument
+    pass
 
-__all__ = ["detect", "detection_document"]
-
-
-def detection_document(result: DetectResult, *, model: Path) -> IntervalsDocument:
-    """The intervals document of a detection: its videos, the model, and what it could not score or lost."""
-    from vadpipe.postprocess.intervals import DamagedVideo, NotScored
-
-    not_scored = [NotScored(r.source, "too short: fewer frames than one clip") for r in result.too_short]
-    damaged = [
-        r
-        for r in result.extract_report.results
-        if r.status == "partial"
-        or (r.status == "skipped" and r.source in result.records and result.records[r.source].status == "partial")
-    ]
-    return replace(
-        result.document,
-        model=str(model),
-        not_scored=(*not_scored, *(NotScored(r.source, r.error) for r in result.failed)),
-        damaged=tuple(DamagedVideo(r.source, r.error or result.records[r.source].error) for r in damaged),
-    )
+__all__ = ["detect"]
 
 
 def _unit_interval(ctx, param, value):
@@ -180,7 +159,7 @@ def detect(
     Exit status: 0 done (some videos may have failed), 1 every video failed, 2 bad options, an
     unusable model folder or cache, or (--ood error) a video outside the training footage, 130 interrupted.
     """
-    from vadpipe.detect import detect_videos, plot_video, run_extraction_settings
+    from vadpipe.detect import detect_videos, detection_document, plot_video, run_extraction_settings
     from vadpipe.model.labels import parse_annotations
     from vadpipe.model.run import latest_run, load_run
     from vadpipe.postprocess.intervals import OperatingPoint, intervals_json, write_intervals
@@ -269,7 +248,7 @@ def detect(
                     err=True,
                 )
     if report_dir is not None:
-        from vadpipe.cmd_report import write_report
+        from vadpipe.review import write_report
 
         write_report(
             doc,

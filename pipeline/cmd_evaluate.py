@@ -3,81 +3,24 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
 import click
-from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.ood_cli import ood_option, report_outside
+from vadpipe.tables import detection_table, metrics_table
 from vadpipe.workspace import runs_dir
 
-__all__ = ["evaluate", "metrics_table", "detection_table", "print_report"]
+__all__ = ["evaluate", "print_report"]
 
-# vadpipe.postprocess.metrics.PROTOCOLS and LEVELS, spelled out so that `vadpipe --help` does not
+# vadpipe.postprocess.metrics.PROTOCOLS (and LEVELS, in vadpipe.tables), spelled out so that `vadpipe --help` does not
 # import scikit-learn and torch (a test checks they agree).
 PROTOCOLS = ("standard", "csl")
-LEVELS = ("video", "segment", "frame", "proposal")
-
-# Table 1 of the paper (AUC / AP, %), with alignment; frame and proposal may be swapped (§6).
-_PAPER_CSL = {"video": (97.79, 98.28), "segment": (85.49, 66.87), "frame": (90.23, 71.68), "proposal": (85.65, 66.05)}
-_SWAPPED = {"frame": "proposal", "proposal": "frame"}
-
-
-def _pct(value: float) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
-
-
-def metrics_table(report: dict) -> Table:
-    """A rich table of a report from `vadpipe.postprocess.evaluate.evaluate_run` (values in %)."""
-    csl = report["protocol"] == "csl"
-    table = Table(title=f"{report['protocol']} protocol (%)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("level", no_wrap=True)
-    for name in ("AUC", "AP", "AP trapz", "pairs") + (("paper", "swapped") if csl else ()):
-        table.add_column(name, justify="right", no_wrap=True)
-    for level in LEVELS:
-        m = report[level]
-        row = [level, _pct(m["auc"]), _pct(m["ap"]), _pct(m["ap_trapezoid"]), f"{m['n']:,}"]
-        if csl:
-            row.append("{:.2f}/{:.2f}".format(*_PAPER_CSL[level]))
-            row.append("{:.2f}/{:.2f}".format(*_PAPER_CSL[_SWAPPED[level]]) if level in _SWAPPED else "")
-        table.add_row(*row)
-    return table
-
-
-def _share(value: float | None, count: int, total: int) -> str:
-    return f"{_pct(value)} ({count}/{total})"
-
-
-def detection_table(report: dict) -> Table:
-    """The decisions at the operating point: false alarms, interval P/R/F1, frame FPR (%)."""
-    d = report["detection"]
-    unit = "crops" if report["protocol"] == "csl" else "videos"
-    table = Table(title="at the operating point (%)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    table.add_column("decision", no_wrap=True)
-    table.add_column("value", justify="right", no_wrap=True)
-    table.add_row(
-        f"false alarms: normal {unit} with an interval",
-        _share(d["false_alarm_rate"], d["normal_videos_flagged"], d["normal_videos"]),
-    )
-    table.add_row(
-        f"detections: anomalous {unit} with an interval",
-        _share(d["detection_rate"], d["anomalous_videos_flagged"], d["anomalous_videos"]),
-    )
-    for m in d["intervals"].values():
-        t = f"IoU {m['iou_threshold']:g}"
-        table.add_row(f"interval precision, {t}", _share(m["precision"], m["true_positives"], m["reported"]))
-        table.add_row(f"interval recall, {t}", _share(m["recall"], m["true_positives"], m["ground_truth"]))
-        table.add_row(f"interval F1, {t}", _pct(m["f1"]))
-    f = d["frame"]
-    table.add_row("frame false-positive rate", _share(f["fpr"], f["false_positive_frames"], f["negative_frames"]))
-    return table
 
 
 def _operating_point_line(report: dict) -> str:

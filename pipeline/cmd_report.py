@@ -10,39 +10,14 @@ import click
 from vadpipe.postprocess.report.media import PROXY_MODES
 
 if TYPE_CHECKING:
-    from vadpipe.postprocess.intervals import IntervalsDocument
+    pass
 
-__all__ = ["report", "write_report"]
+__all__ = ["report"]
 
 _PROXY_HELP = (
     "auto: an H.264 MP4 proxy (<= 480 lines) for videos browsers do not play (decided from container "
     "and codec); always: a proxy for every video; never: link the sources as they are."
 )
-
-
-def write_report(
-    doc: IntervalsDocument,
-    out: Path,
-    *,
-    doc_path: Path | None,
-    annotations: Path | None,
-    proxy: str,
-    copy_sources: bool,
-    quiet: bool,
-    sources_root: Path | None = None,
-) -> None:
-    """Build the folder and print where it is and what it lost (shared by report and detect)."""
-    from vadpipe.postprocess.report import ReportOptions, build_report
-
-    options = ReportOptions(proxy=proxy, copy_sources=copy_sources, annotations=annotations, sources_root=sources_root)
-    result = build_report(doc, out, options=options, doc_path=doc_path, progress=not quiet)
-    for line in result.problems:
-        click.secho(f"warning: {line}", fg="yellow", err=True)
-    click.echo(
-        f"report: {result.index} ({result.n_videos} videos, {result.n_proxies} proxies, "
-        f"{result.n_thumbnails} thumbnails)",
-        err=True,
-    )
 
 
 @click.command("report")
@@ -91,6 +66,7 @@ def report(
     (vadpipe train --labels) and an annotations file (--annotations).
     """
     from vadpipe.postprocess.intervals import read_intervals
+    from vadpipe.review import write_report
 
     doc = read_intervals(intervals)
     write_report(

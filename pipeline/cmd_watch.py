@@ -224,7 +224,7 @@ def watch(
     failed, 2 bad options or an unusable model (or, with --ood error, a camera whose recent clips
     are unlike the training footage), 130 interrupted.
     """
-    from vadpipe.detect import _encoder_for, run_extraction_settings
+    from vadpipe.detect import encoder_for, run_extraction_settings
     from vadpipe.extract.sources import parse_source
     from vadpipe.hooks import CommandHook, JsonLinesSink, WebhookHook
     from vadpipe.model.run import latest_run, load_run
@@ -262,7 +262,7 @@ def watch(
         update_every_s=update_every,
         ood=ood,
     )
-    encoder, settings = _encoder_for(settings, weights=weights, device=device)
+    encoder, settings = encoder_for(settings, weights=weights, device=device)
 
     def say(message: str) -> None:
         if not quiet or message.startswith("error"):

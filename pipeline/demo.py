@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vadpipe.calibrated_training import train_calibrated
-from vadpipe.cmd_detect import detection_document
-from vadpipe.detect import DetectResult, detect_videos, plot_video
+from vadpipe.detect import DetectResult, detect_videos, detection_document, plot_video
 from vadpipe.executor_choice import choose_executor
 from vadpipe.extract.encoder import load_encoder
 from vadpipe.extract.engines import extract_videos

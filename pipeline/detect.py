@@ -31,11 +31,19 @@ from vadpipe.model.provenance import run_backbone
 from vadpipe.model.run import Run
 from vadpipe.model.scoring import SequenceModel, score_video
 from vadpipe.postprocess.frame_intervals import build_video_intervals, frame_span_to_seconds
-from vadpipe.postprocess.intervals import IntervalsDocument, OperatingPoint, VideoIntervals
+from vadpipe.postprocess.intervals import DamagedVideo, IntervalsDocument, NotScored, OperatingPoint, VideoIntervals
 from vadpipe.postprocess.ood import judge_video, outside_line
 from vadpipe.postprocess.proposals import interpolate_to_frames
 
-__all__ = ["DetectResult", "run_extraction_settings", "score_intervals", "detect_videos", "plot_video"]
+__all__ = [
+    "DetectResult",
+    "encoder_for",
+    "run_extraction_settings",
+    "score_intervals",
+    "detect_videos",
+    "detection_document",
+    "plot_video",
+]
 
 
 @dataclass
@@ -98,7 +106,7 @@ def run_extraction_settings(run: Run, *, backbone: str | None = None, **requeste
     return settings
 
 
-def _encoder_for(
+def encoder_for(
     settings: ExtractionSettings, *, weights: Path | None, device: str | None
 ) -> tuple[ClipEncoder, ExtractionSettings]:
     found = resolve_backbone(weights) if weights is not None else resolve_backbone(backbone=settings.backbone)
@@ -172,7 +180,7 @@ def detect_videos(
     if not found.sources:  # nothing to decode (missing or no videos): extract_videos says so
         encoder = None
     elif encoder is None or not settings.weights_sha256:
-        encoder, settings = _encoder_for(settings, weights=weights, device=device)
+        encoder, settings = encoder_for(settings, weights=weights, device=device)
     dev = encoder.device if encoder is not None else select_device(device)  # resolved once
     # the entry point of `vadpipe extract`, on the executor it would choose for this device
     report = extract_videos(
@@ -281,3 +289,12 @@ def plot_video(
         outside=outside,
         warning=warning,
     )
+
+
+def detection_document(result: DetectResult, *, model: Path) -> IntervalsDocument:
+    """The intervals document of a detection: its videos, the model, and what it could not score
+    or found damaged (each result carries its entry's damage, decoded now or found in the cache)."""
+    not_scored = [NotScored(r.source, "too short: fewer frames than one clip") for r in result.too_short]
+    not_scored += [NotScored(r.source, r.error) for r in result.failed]
+    damaged = tuple(DamagedVideo(r.source, r.damage) for r in result.extract_report.results if r.damage)
+    return replace(result.document, model=str(model), not_scored=tuple(not_scored), damaged=damaged)

@@ -317,7 +317,7 @@ def test_evaluate_cli(tmp_path) -> None:
 
 
 def test_cli_spells_protocols_and_levels_like_the_library() -> None:
-    from vadpipe import cmd_evaluate
+    from vadpipe import cmd_evaluate, tables
     from vadpipe.postprocess import metrics
 
-    assert (cmd_evaluate.PROTOCOLS, cmd_evaluate.LEVELS) == (metrics.PROTOCOLS, metrics.LEVELS)
+    assert (cmd_evaluate.PROTOCOLS, tables.LEVELS) == (metrics.PROTOCOLS, metrics.LEVELS)

@@ -39,11 +39,17 @@ def test_backwards_imports_and_unplaced_modules_break_the_contract(tmp_path) -> 
     with (root / "model" / "__init__.py").open("a") as f:
         f.write("\nimport vadpipe.cli\n")
     (root / "pipeline" / "newcommand.py").write_text("import vadpipe.errors\n")
+    with (root / "pipeline" / "cmd_demo.py").open("a") as f:  # a command calling another: even in a function
+        f.write("\n\ndef _planted():\n    from vadpipe.cmd_evaluate import evaluate  # noqa\n")
+    with (root / "pipeline" / "detect.py").open("a") as f:  # orchestration reaching up to a command
+        f.write("\nimport vadpipe.cmd_report\n")
     result = _lint(root)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "vadpipe.extract is not allowed to import vadpipe.postprocess" in result.stdout
     assert "vadpipe.model is not allowed to import vadpipe.cli" in result.stdout
     assert "- vadpipe.newcommand" in result.stdout  # exhaustive: every pipeline module is placed
+    assert "vadpipe.cmd_demo is not allowed to import vadpipe.cmd_evaluate" in result.stdout
+    assert "vadpipe.detect is not allowed to import vadpipe.cmd_report" in result.stdout
 
 
 def test_a_source_package_missing_from_the_wheel_is_refused(tmp_path) -> None:

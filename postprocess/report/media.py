@@ -18,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from vadpipe.errors import DecodeError
-from vadpipe.extract.decode import _upright, open_frames
+from vadpipe.extract.decode import open_frames, upright
 
 __all__ = ["PROXY_MODES", "Playability", "probe_playability", "make_proxy", "make_thumbnails"]
 
@@ -169,7 +169,7 @@ def make_thumbnails(source: Path, times_s: list[float], targets: list[Path], *, 
             else:
                 size = (width, max(2, int(round(width * raw_h / raw_w))))
             small = picture.reformat(width=size[0], height=size[1], format="rgb24")
-            rgb = _upright(small.to_ndarray(), rotation)
+            rgb = upright(small.to_ndarray(), rotation)
             tmp = _temp_beside(target, ".jpg")
             try:
                 from PIL import Image
