@@ -12,7 +12,7 @@ falls on each alike, and prints wall and CPU seconds (with the DataLoader worker
 * ``vadpipe``:  the epoch of ``vadpipe train --recipe paper``: `train_epoch` (what
                `vadpipe.model.train` runs each epoch; its wall time is the run's ``time_s``) on the
                features read into memory once (`preload`), plus the checkpoint written after it.
-* ``authors``: the authors' trainer as method.md §1-§4 describes it: a ``DataLoader``
+* ``authors``: the authors' trainer as model/README.md §1-§4 describes it: a ``DataLoader``
                (``--loader-workers`` processes, 4 in their code) whose dataset ``np.load``\\s each
                crop file per sample and cuts its views; per view one forward of their model (the
                5-tap conv with its weight masked in place before every forward, the MLP head, the
@@ -60,7 +60,7 @@ from vadpipe.model.samplers import epoch_batches, iterate_batches
 from vadpipe.model.train import batch_loss, make_optimizer, train_epoch
 from vadpipe.recipes import RECIPES
 
-ANOMALOUS_FRACTION = 1905 / 3954  # method.md §2: 48.2% violent
+ANOMALOUS_FRACTION = 1905 / 3954  # model/README.md §2: 48.2% violent
 EPOCH = 1  # the epoch whose batches the authors' loop and the batched step run (the CLI's first)
 
 
@@ -159,7 +159,7 @@ class AuthorsSTPN(nn.Module):
 def authors_loss(
     model: AuthorsSTPN, views: list[list[torch.Tensor]], labels: list[int], *, config: TrainConfig
 ) -> torch.Tensor:
-    """method.md §3 written out over the views: BCE mean over views, sparsity and smoothness summed
+    """model/README.md §3 written out over the views: BCE mean over views, sparsity and smoothness summed
     over views, alignment a mean over t summed over samples, all divided by the batch's steps N."""
     w = config.loss
     bce = sparsity = smoothness = alignment = 0.0

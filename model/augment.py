@@ -1,4 +1,4 @@
-"""Training-time temporal augmentation: random one-row-per-block views of a sequence (method.md §2).
+"""Training-time temporal augmentation: random one-row-per-block views of a sequence (model/README.md §2).
 
 A view keeps one uniformly chosen row from each block ``[L*i, L*i + L)`` in temporal order and
 drops the ``T mod L`` tail rows, so every view has length ``T // L``. Sequences with
@@ -60,10 +60,10 @@ def view_indices(
 
 
 def chunk_start_indices(n_steps: int, *, block_len: int = 3) -> np.ndarray:
-    """The deterministic test-time counterpart: the first row of each block (method.md §6 step 1).
+    """The deterministic test-time counterpart: the first row of each block (postprocess/README.md §1).
 
     ``[0, L, 2L, ...]`` for ``T > 2L``; all ``T`` rows otherwise (the authors' code drops the last
-    row there, method.md Q11, which empties a T=1 sequence; vadpipe keeps it).
+    row there, postprocess/README.md §1, which empties a T=1 sequence; vadpipe keeps it).
     """
     if n_steps < 1 or block_len < 1:
         raise ValueError(f"n_steps and block_len must be >= 1, got {n_steps} and {block_len}")

@@ -21,7 +21,7 @@ SCHEDULES = ("multistep", "cosine")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every training hyper-parameter; the defaults are the paper's configuration (method.md §9).
+    """Every training hyper-parameter; the defaults are the paper's configuration (model/README.md §6).
     vadpipe's default recipe is ``vadpipe.recipes.RECIPES["default"].training``.
 
     Args:

@@ -4,9 +4,9 @@ Two on-disk sources are read:
 
 * a vadpipe feature cache (``vadpipe extract``): JSON records plus ``<stem>__<crop>.npy`` files;
 * bare XD-Violence features as released by its authors: ``<video>__<crop>.npy`` files, flat or in
-  ``RGB/`` (train split) and ``RGBTest/`` (test split), no records (method.md §8.1).
+  ``RGB/`` (train split) and ``RGBTest/`` (test split), no records (model/README.md §8).
 
-One sample is one crop file (method.md §2): the 5 XD-Violence crops of a video are 5 samples.
+One sample is one crop file (model/README.md §2): the 5 XD-Violence crops of a video are 5 samples.
 Every file is read once when the set is opened to check its shape and values, so a bad file
 fails before training starts, not hours into it. Video labels come, in order of precedence,
 from a ``video,label`` CSV, from ``normal/`` vs ``anomalous/``/``abnormal/`` folders in the
@@ -42,7 +42,7 @@ __all__ = [
     "clip_geometry",
 ]
 
-XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame clip from frame 0 (method.md §8.1)
+XD_CLIP_LEN = 16  # XD-Violence features: one row per non-overlapping 16-frame clip from frame 0 (model/README.md §8)
 
 _XD_FILE = re.compile(r"^(?P<video>.+)__(?P<crop>\d+)\.npy$")
 _XD_SPLITS = {"train": "RGB", "test": "RGBTest"}

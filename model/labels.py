@@ -168,8 +168,9 @@ def open_training_set(
 def parse_annotations(path: Path | str) -> dict[str, list[tuple[int, int]]]:
     """Read an XD-Violence ``annotations.txt``: ``<video>[.mp4] s1 e1 [s2 e2 ...]`` per line.
 
-    Intervals are half-open ``[s, e)`` frame indices of the original video (method.md §8.4);
-    the ``.mp4`` suffix some names carry is removed. Videos absent from the file are normal.
+    Intervals are half-open ``[s, e)`` frame indices of the original video (model/README.md §8,
+    postprocess/README.md §6); the ``.mp4`` suffix some names carry is removed. Videos absent
+    from the file are normal.
 
     Returns:
         {video: [(start_frame, end_frame), ...]} in file order.

@@ -1,4 +1,4 @@
-"""The CSL-TAL training loss, exactly as the authors' code computes it (method.md §3).
+"""The CSL-TAL training loss, exactly as the authors' code computes it (model/README.md §3).
 
 For B samples with K views each (view (b, k) of length T'_b, attention λ, video score p):
 
@@ -49,7 +49,7 @@ NORMALIZATIONS = ("steps", "video")
 VIEW_SCALINGS = ("code", "once")
 LOSS_PARTS = ("bce", "sparsity", "smoothness", "alignment", "mil")  # the weighted terms of the total
 
-# The paper's eq. 6 and its code use the same two numbers for opposite terms (method.md §5, Q2);
+# The paper's eq. 6 and its code use the same two numbers for opposite terms (model/README.md §3 "The weights", §5);
 # "code" is the configuration that produced the paper's results and is the default.
 WEIGHT_ASSIGNMENTS = {
     "code": {"w_sparsity": 2e-3, "w_smooth": 2e-8},

@@ -1,6 +1,6 @@
 """The CSL-TAL network: masked causal temporal conv, attention head, classifier, T-CAM.
 
-Follows the authors' code (aimagelab/CSL-TAL, model/model.py), see method.md §1: three Linear
+Follows the authors' code (aimagelab/CSL-TAL, model/model.py), see model/README.md §1: three Linear
 layers in the MLP attention head, a sum (not a mean) over time of attention-weighted *raw*
 features, and a T-CAM that applies the classifier to each raw feature row, ``g(x_t)``.
 
@@ -294,7 +294,7 @@ class CSLTAL(nn.Module):
         sequence = torch.arange(batch, device=device).unsqueeze(1).expand(batch, steps)[mask]
         columns = torch.arange(positions.shape[0], device=device) if source is None else source
 
-        hidden = self.conv.forward_packed(rows, positions, source)  # no activation after the conv (§1.1)
+        hidden = self.conv.forward_packed(rows, positions, source)  # no activation after the conv (model/README.md §1)
         lam = torch.sigmoid(self.attention(hidden)).squeeze(1)  # (N,)
         # Σ_t λ_t x_t per sequence, as one (B, U) @ (U, F) product (scatter-adds are slow on CPU)
         weights = rows.new_zeros(batch, rows.shape[0]).index_put((sequence, columns), lam, accumulate=True)

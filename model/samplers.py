@@ -1,5 +1,5 @@
 """Training batches: which samples go together in each step of an epoch, and how their views are
-padded into one tensor (method.md §2). All randomness comes from the generator the caller seeds."""
+padded into one tensor (model/README.md §2, §7). All randomness comes from the generator the caller seeds."""
 
 from __future__ import annotations
 

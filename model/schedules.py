@@ -1,4 +1,4 @@
-"""Learning-rate schedules and run length: what the optimizer's lr is at each step (method.md §4)."""
+"""Learning-rate schedules and run length: what the optimizer's lr is at each step (model/README.md §4)."""
 
 from __future__ import annotations
 

@@ -1,17 +1,21 @@
-"""Run a trained model over one video's feature rows and get per-clip scores (method.md §6).
+"""Run a trained model over one video's feature rows and get per-clip scores
+(postprocess/README.md §1).
 
-The model was trained on views that keep one row per block of ``block_len`` = 3 rows (§2), and
-its video feature is an un-normalised *sum* over time (Q7), so feeding it a full-rate sequence
-would triple the classifier input. Two ways to score a sequence:
+The model was trained on views that keep one row per block of ``block_len`` = 3 rows
+(model/README.md §2), and its video feature is an un-normalised *sum* over time
+(model/README.md §1 item 3), so feeding it a full-rate sequence would triple the classifier
+input. Two ways to score a sequence:
 
-* ``mode="csl"``: the authors' test path (§6 step 1): rows ``0, 3, 6, ...`` only, the
-  ``T mod 3`` tail dropped; about one clip in three gets a score.
+* ``mode="csl"``: the authors' test path (postprocess/README.md §1): rows ``0, 3, 6, ...``
+  only, the ``T mod 3`` tail dropped; about one clip in three gets a score.
 * ``mode="full"``: the three phase-shifted sub-sequences ``X[0::3], X[1::3], X[2::3]`` are
   scored separately (one padded, masked forward) and interleaved back, so every clip gets
-  exactly one score, each from a sequence shaped like a training view (§6.1, "full").
+  exactly one score, each from a sequence shaped like a training view (postprocess/README.md
+  §1 and §6).
 
 Sequences with ``T <= 2 * block_len`` rows are scored whole in both modes, as training saw them
-unchanged (§2; fixes Q11 for ``csl``).
+unchanged (model/README.md §2; for ``csl`` this fixes the authors' short-sequence drop,
+postprocess/README.md §1).
 
 A *video* is scored by `score_video`, the one definition detect, evaluate, calibration, early
 stopping and live scoring share: each crop's weighted T-CAM, then the mean over crops. It lives
@@ -326,8 +330,8 @@ def score_video(
     The crops' *scores* are averaged: each crop's weighted T-CAM ψ_c = λ_c·a_c, then
     ψ = mean_c ψ_c, and the video score is the mean of the crops' video scores. That is the
     XD-Violence convention (XDVioDet, RTFM: the five crops' per-clip scores are averaged, and the
-    standard protocol of method.md §6.1 averages over crops the curve it thresholds). It is
-    also the only choice under which a crop is an independent view of the video: the product
+    standard protocol of postprocess/README.md §6 averages over crops the curve it thresholds).
+    It is also the only choice under which a crop is an independent view of the video: the product
     of crop-averaged λ and a, mean(λ)·mean(a), pairs one crop's attention with another's T-CAM
     and differs from mean(λ·a) as soon as the crops disagree. With one crop both are the same.
 
@@ -359,11 +363,11 @@ def score_video(
 
 def clip_frame_labels(intervals: Sequence[tuple[int, int]], *, start_frames: np.ndarray, clip_len: int) -> np.ndarray:
     """Frame labels of every clip: ``out[k, j] = 1`` if frame ``start_frames[k] + j`` lies in
-    an annotated half-open interval ``[s, e)`` (method.md §8.4).
+    an annotated half-open interval ``[s, e)`` (model/README.md §8, postprocess/README.md §6).
 
     For XD-Violence features (``start_frames = 16 k``) ``out.ravel()`` is XDVioDet's ``gt.npy``
-    slice of the video (§8.6: zeros(16 T), ``[s, e)`` set, clipped to the horizon) and
-    ``out.any(1)`` its ``segment_labels.txt`` entry (§8.5).
+    slice of the video (postprocess/README.md §6: zeros(16 T), ``[s, e)`` set, clipped to the
+    horizon) and ``out.any(1)`` its ``segment_labels.txt`` entry (model/README.md §8).
 
     Returns:
         (T, clip_len) uint8.

@@ -1,4 +1,4 @@
-"""Training CSL-TAL on a feature set: batched, deterministic on CPU, resumable (method.md §2-§5).
+"""Training CSL-TAL on a feature set: batched, deterministic on CPU, resumable (model/README.md §2-§5).
 
 A batch of B samples is one forward pass: the K views of every sample are right-padded into a
 ``(B*K, T'max, F)`` tensor with a mask, and the loss excludes padded steps from every sum and

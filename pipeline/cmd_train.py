@@ -342,7 +342,7 @@ def train(
 
     --recipe default (vadpipe's) holds out a quarter of the training videos for early stopping and
     to choose the operating point detect uses; --recipe paper reproduces the authors' training
-    (method.md §9) on every video. The run becomes the workspace's latest run (used by detect)
+    (model/README.md §6) on every video. The run becomes the workspace's latest run (used by detect)
     when it lies in the workspace runs/ folder. Prints the run folder.
     """
     from vadpipe.calibrated_training import resume_calibrated, train_calibrated

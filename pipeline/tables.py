@@ -11,7 +11,7 @@ __all__ = ["LEVELS", "pct", "metrics_table", "detection_table"]
 
 LEVELS = ("video", "segment", "frame", "proposal")
 
-# Table 1 of the paper (AUC / AP, %), with alignment; frame and proposal may be swapped (§6).
+# Table 1 of the paper (AUC / AP, %), with alignment; frame and proposal may be swapped (postprocess/README.md §6).
 _PAPER_CSL = {"video": (97.79, 98.28), "segment": (85.49, 66.87), "frame": (90.23, 71.68), "proposal": (85.65, 66.05)}
 _SWAPPED = {"frame": "proposal", "proposal": "frame"}
 

@@ -109,7 +109,7 @@ class OperatingPoint:
             by the user; ``"false_alarms"`` or ``"f1"``: calibrated on held-out training videos,
             see `vadpipe.postprocess.calibration`), the target false-alarm rate and the score
             calibrations as stored.
-        low, high: clipping of the frame curve (method.md §6 step 3).
+        low, high: clipping of the frame curve (postprocess/README.md §2).
         min_duration_s, merge_gap_s: interval post-filters in seconds.
         video_calibration: video score -> probability the video is anomalous (parsed from ``chosen``).
         interval_calibration: interval score -> probability the interval is a real detection.

@@ -1,6 +1,6 @@
 """Table 1 metrics: four levels (video, segment, frame, proposal-frame) x (AUC, AP), two protocols.
 
-Pure functions on arrays (method.md §6, §8.5, §8.6):
+Pure functions on arrays (postprocess/README.md §6, model/README.md §8):
 
 * ``csl``, the authors' protocol: every crop is a separate entry, scored on the subsampled rows
   only (`vadpipe.model.scoring.csl_rows`); the frame curve is the zoomed weighted T-CAM of
@@ -195,7 +195,7 @@ def csl_entry(
     truth: Sequence[tuple[int, int]] | None = None,
     video_threshold: float = 0.0,
 ) -> EntryPairs:
-    """One crop under the authors' protocol (method.md §6 steps 3-5).
+    """One crop under the authors' protocol (postprocess/README.md §6).
 
     Args:
         wtcam: (T',) weighted T-CAM of the subsampled rows (``mode="csl"`` scores).

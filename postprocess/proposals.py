@@ -1,8 +1,8 @@
-"""From a per-clip score curve to frame-rate curves and temporal proposals (method.md §6 steps 3-4).
+"""From a per-clip score curve to frame-rate curves and temporal proposals (postprocess/README.md §2-§3).
 
 The frame curve is the authors' cubic B-spline zoom of the weighted T-CAM, clipped; a proposal
 is a maximal run of frames strictly above the threshold, scored by the mean of the curve over it
-(Q9: all runs are kept, not only the largest). Frame indices are *curve* indices here; mapping
+(postprocess/README.md §3: all runs are kept, not only the largest). Frame indices are *curve* indices here; mapping
 them to source-video frames and seconds is `vadpipe.postprocess.intervals`' job.
 """
 
@@ -56,7 +56,7 @@ def interpolate_to_frames(curve: np.ndarray, *, clip_len: int = 16, low: float =
     passes through every input value (output ``i`` samples input coordinate
     ``i (T'-1)/(clip_len T'-1)``); then values below ``low`` are set to 0 (this also removes the
     spline's undershoot) and values above ``high`` are set to 1. A single value is repeated
-    (the authors' code crashes there, Q11). Floating inputs keep their dtype (float32 in, float32
+    (the authors' code crashes there, postprocess/README.md §2). Floating inputs keep their dtype (float32 in, float32
     out, as in the reference code, so ties at the clipping levels are the same).
 
     Args:
@@ -175,7 +175,7 @@ def merge_proposals(
 def paint_proposals(proposals: list[Proposal], n_frames: int) -> np.ndarray:
     """The proposal-frame score curve ``q``: 0 everywhere, each proposal's frames its score.
 
-    This is the score of the Table-1 "proposal-frame" metric (method.md §6 step 4).
+    This is the score of the Table-1 "proposal-frame" metric (postprocess/README.md §3).
     """
     _validate_count(n_frames, "n_frames")
     q = np.zeros(n_frames, dtype=np.float64)

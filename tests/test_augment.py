@@ -12,7 +12,7 @@ from vadpipe.model.augment import chunk_start_indices, view_indices
 @pytest.mark.parametrize("n_steps", range(1, 7))
 def test_short_sequences_are_kept_whole(n_steps: int) -> None:
     views = view_indices(n_steps, n_views=2, rng=np.random.default_rng(0))
-    assert views.tolist() == [list(range(n_steps))] * 2  # identical views: alignment term 0 (Q12)
+    assert views.tolist() == [list(range(n_steps))] * 2  # identical views: alignment term 0 (model/README.md §2, §5)
 
 
 @pytest.mark.parametrize(("n_steps", "block_len"), [(7, 3), (8, 3), (9, 3), (100, 3), (9, 4), (23, 5)])
@@ -51,7 +51,7 @@ def test_views_depend_only_on_the_generator() -> None:
 def test_chunk_start_indices() -> None:
     assert chunk_start_indices(12).tolist() == [0, 3, 6, 9]
     assert chunk_start_indices(8).tolist() == [0, 3]
-    assert chunk_start_indices(6).tolist() == list(range(6))  # Q11 fixed: every row when T <= 2L
+    assert chunk_start_indices(6).tolist() == list(range(6))  # every row when T <= 2L (postprocess/README.md §1)
     assert chunk_start_indices(1).tolist() == [0]
     assert chunk_start_indices(9, block_len=4).tolist() == [0, 4]
 

@@ -211,7 +211,7 @@ def test_miniature_xd_violence_tree_with_real_names(tmp_path: Path, real_annotat
 
 def test_parse_the_real_annotations(real_annotations: Path) -> None:
     annotations = parse_annotations(real_annotations)
-    assert len(annotations) == 500  # one line per violent test video (method.md §8.4)
+    assert len(annotations) == 500  # one line per violent test video (model/README.md §8)
     assert sum(len(v) for v in annotations.values()) == 1238
     assert not any(name.endswith(".mp4") for name in annotations)
     assert "v=U6MC8JJJZSY__#1_label_G-0-0" in annotations  # written with .mp4 in the file

@@ -1,4 +1,4 @@
-"""The CSL-TAL loss on a tiny batch computed by hand, term by term (method.md §3)."""
+"""The CSL-TAL loss on a tiny batch computed by hand, term by term (model/README.md §3)."""
 
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ def test_bce_is_on_probabilities_with_the_log_clamp() -> None:
         torch.ones(1, 1, dtype=torch.bool),
         config=LossConfig(w_sparsity=0.0),
     )
-    assert float(terms.total) == pytest.approx(100.0)  # PyTorch clamps log(0) at -100 (Q15)
+    assert float(terms.total) == pytest.approx(100.0)  # PyTorch clamps log(0) at -100 (model/README.md §3, §5)
 
 
 def test_gradients_flow_to_attention_and_scores_but_not_through_padding() -> None:

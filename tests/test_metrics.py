@@ -93,7 +93,7 @@ def test_clip_frame_labels_follow_clip_start_frames() -> None:
 
 def test_segment_labels_match_the_released_segment_labels() -> None:
     # annotations.txt: v=u5SF4SlqNDQ__#00-00-00_00-01-00_label_G-0-0 624 912 950 1441, T = 90;
-    # segment_labels.txt has it positive at 39-56 and 59-89 (method.md §8.5).
+    # segment_labels.txt has it positive at 39-56 and 59-89 (model/README.md §8).
     labels = clip_frame_labels([(624, 912), (950, 1441)], start_frames=16 * np.arange(90), clip_len=16)
     segments = labels.any(axis=1)
     np.testing.assert_array_equal(np.flatnonzero(segments), np.r_[np.arange(39, 57), np.arange(59, 90)])

@@ -17,7 +17,7 @@ def _model(dim: int = 16, attention: str = "mlp", seed: int = 0) -> CSLTAL:
 
 
 def test_parameter_counts_match_the_original_code() -> None:
-    # method.md §1.6: conv 5,243,904 + attention MLP 1,312,257 + classifier 525,313
+    # model/README.md §1: conv 5,243,904 + attention MLP 1,312,257 + classifier 525,313
     assert CSLTAL(ModelConfig()).num_parameters() == 7_081_474
     assert CSLTAL(ModelConfig(attention="gated")).num_parameters() == 6_294_274
 
@@ -55,7 +55,7 @@ def test_masked_taps_are_zero_and_get_no_gradient_and_init_follows_pytorch() -> 
     torch.manual_seed(0)
     conv = MaskedCausalConv1d(32, 5)
     torch.manual_seed(0)
-    reference = torch.nn.Conv1d(32, 32, 5, padding=2)  # PyTorch's default init, fan-in over all 5 taps (§1.1)
+    reference = torch.nn.Conv1d(32, 32, 5, padding=2)  # default init, fan-in over all 5 taps (model/README.md §5)
     assert conv.weight[:, :, 3:].abs().max() == 0
     torch.testing.assert_close(conv.weight[:, :, :3], reference.weight[:, :, :3], rtol=0, atol=0)
     torch.testing.assert_close(conv.bias, reference.bias, rtol=0, atol=0)
@@ -114,7 +114,7 @@ def test_state_dict_keeps_the_conv1d_layout_and_ignores_masked_taps_on_load() ->
     source, target = _model(seed=0), _model(seed=1)
     state = source.state_dict()
     foreign = dict(state, **{"conv.weight": state["conv.weight"].clone()})
-    foreign["conv.weight"][:, :, 3:] = 7.0  # the authors' saved weights hold garbage there (method.md §1.1)
+    foreign["conv.weight"][:, :, 3:] = 7.0  # the authors' saved weights hold garbage there (model/README.md §5)
     target.load_state_dict(foreign)
     for name, value in state.items():
         torch.testing.assert_close(target.state_dict()[name], value, rtol=0, atol=0, msg=name)
@@ -152,10 +152,10 @@ def test_heads_sum_pooling_and_tcam_follow_the_code() -> None:
     x = torch.rand(2, 6, 16)
     with torch.no_grad():
         out = model(x)
-        # the video feature is a SUM over time of λ_t x_t (raw features), not a mean (§1.4)
+        # the video feature is a SUM over time of λ_t x_t (raw features), not a mean (model/README.md §1 item 3)
         pooled = (out.attention.unsqueeze(2) * x).sum(1)
         torch.testing.assert_close(out.video_score, torch.sigmoid(model.classifier(pooled)).squeeze(1))
-        # T-CAM is g(x_t) on raw rows (§1.5), the weighted T-CAM λ_t g(x_t)
+        # T-CAM is g(x_t) on raw rows (model/README.md §1 item 5), the weighted T-CAM λ_t g(x_t)
         torch.testing.assert_close(out.tcam, torch.sigmoid(model.classifier(x)).squeeze(2))
         torch.testing.assert_close(out.weighted_tcam, out.attention * out.tcam)
         assert model(x, with_tcam=False).tcam is None

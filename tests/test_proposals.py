@@ -1,4 +1,4 @@
-"""Interpolation to frame rate and proposals from runs above the threshold (method.md §6 steps 3-4)."""
+"""Interpolation to frame rate and proposals from runs above the threshold (postprocess/README.md §2-§3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Scoring a sequence with a model: the authors' subsampled rows and the full-rate phases (§6)."""
+"""Scoring a sequence with a model: the authors' subsampled rows and the full-rate phases
+(postprocess/README.md §1)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def test_row_selections() -> None:
     assert csl_rows(12).tolist() == [0, 3, 6, 9]
     assert csl_rows(8).tolist() == [0, 3]  # the T mod 3 tail is dropped
     assert csl_rows(7, block_len=2).tolist() == [0, 2, 4]
-    assert csl_rows(6).tolist() == list(range(6))  # Q11 fixed: all rows when T <= 6
+    assert csl_rows(6).tolist() == list(range(6))  # all rows when T <= 6 (postprocess/README.md §1)
     assert csl_rows(6, parity_q11=True).tolist() == list(range(5))  # the authors' arange(T-1)
     assert csl_rows(1, parity_q11=True).tolist() == []
     assert [r.tolist() for r in phase_rows(7)] == [[0, 3, 6], [1, 4], [2, 5]]

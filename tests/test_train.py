@@ -69,7 +69,7 @@ def _frame_auc(model: CSLTAL, folder: Path, truth: dict[str, np.ndarray]) -> flo
 
 
 def _looped_loss(model: CSLTAL, views: list[list[torch.Tensor]], labels: list[float], w: LossConfig) -> torch.Tensor:
-    """The authors' loop, written out from method.md §3: each view alone through the model."""
+    """The authors' loop, written out from model/README.md §3: each view alone through the model."""
     bce = sparsity = smoothness = alignment = mil = 0.0
     n_steps = sum(len(v) for sample in views for v in sample)
     n_views = sum(len(sample) for sample in views)

@@ -58,7 +58,7 @@ class _AuthorsModel(nn.Module):
 def _authors_epoch(
     model: _AuthorsModel, optimizer: torch.optim.Optimizer, data, config: TrainConfig, epoch: int
 ) -> list[float]:
-    """method.md §2-§3 one sample at a time: each crop file read per sample, each view its own forward."""
+    """model/README.md §2-§3 one sample at a time: each crop file read per sample, each view its own forward."""
     rng = np.random.default_rng([config.seed, epoch])
     w, losses = config.loss, []
     for batch in epoch_batches([i.label for i in data.items], batch_size=config.batch_size, balanced=False, rng=rng):
