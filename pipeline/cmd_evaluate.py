@@ -58,7 +58,7 @@ def print_report(console: Console, report: dict) -> None:
     if report["protocol"] == "csl":
         console.print(
             "paper: Table 1 AUC/AP with alignment; swapped: its other column, in case "
-            "the paper's frame and proposal columns are swapped (method.md §6)",
+            "the paper's frame and proposal columns are swapped (postprocess/README.md §6)",
             style="dim",
         )
 
@@ -112,7 +112,7 @@ def print_report(console: Console, report: dict) -> None:
 @click.option(
     "--parity-q11",
     is_flag=True,
-    help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' code does (method.md Q11).",
+    help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' code does (postprocess/README.md §1).",
 )
 @click.option(
     "--json",
