@@ -50,7 +50,10 @@ MIN_SIDE = 16  # smaller frames cannot carry a meaningful 224x224 crop, even ups
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """Stream properties known before decoding; ``width``/``height`` are after rotation."""
+    """Stream properties known before decoding; ``width``/``height`` are after rotation.
+
+    ``decode_threads``: the threads the decoder runs with (0: not known, decord).
+    """
 
     width: int
     height: int
@@ -59,6 +62,7 @@ class VideoInfo:
     codec: str
     declared_frames: int
     declared_duration_s: float | None
+    decode_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,7 @@ _IMAGE_FORMATS = frozenset({"image2", "image2pipe"})
 
 
 class _PyAVFrames:
-    def __init__(self, path: Path, log: DecodeLog) -> None:
+    def __init__(self, path: Path, log: DecodeLog, threads: int | None = None) -> None:
         import av
 
         self._av = av
@@ -138,6 +142,8 @@ class _PyAVFrames:
             self.container.close()
             raise DecodeError(f"{path}: the video stream cannot be decoded (unknown codec: a truncated file?)")
         self.stream.thread_type = "AUTO"
+        if threads is not None:  # else FFmpeg's own count: every core
+            cc.thread_count = threads
         rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
         fps = float(rate) if rate else 0.0
         duration = None
@@ -154,6 +160,7 @@ class _PyAVFrames:
             codec=cc.name,
             declared_frames=int(self.stream.frames or 0),
             declared_duration_s=duration,
+            decode_threads=cc.thread_count,  # FFmpeg's count once the decoder is open
         )
         if self._first is not None:
             _check_size(width, height, path)
@@ -328,15 +335,22 @@ def _reason(exc: BaseException) -> str:
 class open_frames:
     """Context manager yielding ``(info, frames)`` for a video; ``log`` collects damage.
 
+    ``threads``: PyAV's decoder threads (None: FFmpeg's automatic count, every core). Processes
+    that decode side by side each take a share of the cores instead (``procs.decode_threads``):
+    automatic threading in each would run processes x cores threads. The frames are the same.
+
     Example:
         >>> with open_frames(Path("clip.mp4")) as (info, frames):  # doctest: +SKIP
         ...     for frame in frames: ...
     """
 
-    def __init__(self, path: Path, *, backend: str = "pyav", fps: float | None = None) -> None:
+    def __init__(
+        self, path: Path, *, backend: str = "pyav", fps: float | None = None, threads: int | None = None
+    ) -> None:
         self.path = Path(path)
         self.backend = backend
         self.fps = fps
+        self.threads = threads
         self.log = DecodeLog()
         self._src = None
 
@@ -346,7 +360,7 @@ class open_frames:
         if self.path.stat().st_size == 0:
             raise DecodeError(f"{self.path}: empty file (0 bytes)")
         if self.backend == "pyav":
-            self._src = _PyAVFrames(self.path, self.log)
+            self._src = _PyAVFrames(self.path, self.log, self.threads)
         elif self.backend == "decord":
             self._src = _DecordFrames(self.path, self.log)
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import torch
 from vadpipe import errors
 from vadpipe.errors import ConfigError, VadpipeError
 
-from .encoder import load_encoder
+from .encoder import known_device, load_encoder
 from .local import run_collected, run_in_process
 from .options import DecodeProcessOptions, DeviceOptions, ExtractRun, ThreadOptions
 from .procs import default_workers, exit_reason, process_context
@@ -46,16 +46,7 @@ def parse_devices(spec: str | Sequence[str]) -> list[str]:
     for item in items:
         if item.isdigit():
             item = f"cuda:{item}"
-        try:
-            dev = torch.device(item)
-        except RuntimeError as exc:
-            raise ConfigError(f"unknown device {item!r} in devices (use CUDA ids like 0,1, cuda:N or cpu)") from exc
-        if dev.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device {item!r}: only cpu and cuda devices are supported")
-        if dev.type == "cuda":
-            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if (dev.index or 0) >= count:
-                raise ConfigError(f"device {item} requested but this machine has {count} CUDA device(s)")
+        dev = known_device(item, hint="CUDA ids like 0,1, cuda:N or cpu")
         out.append(str(dev))
     return out
 
@@ -174,6 +165,12 @@ def run_on_devices(run: ExtractRun, options: DeviceOptions) -> None:
     """
     devs = parse_devices(options.devices)
     report, collect = run.collect.report, run.collect
+    types = sorted({torch.device(d).type for d in devs})
+    if run.settings.precision == "bf16":
+        if len(types) > 1:
+            raise ConfigError("bf16 computes other numbers on a CPU than on CUDA: give --devices of one kind")
+        run = replace(run, settings=run.settings.on_device(types[0]))
+        report.settings_key = run.settings.key()  # each device process stamps its settings alike
     seq_of = {str(s): i for i, s in enumerate(run.sources)}
     ctx = process_context()
     children: list[tuple[mp.process.BaseProcess, Connection, str, list[Path]]] = []

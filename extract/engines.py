@@ -82,6 +82,8 @@ def extract_videos(
         raise ConfigError("a ready encoder runs in this process: use ThreadOptions or DecodeProcessOptions")
     if encoder is not None and not settings.weights_sha256:
         raise ConfigError("settings.weights_sha256 must be set when passing an encoder")
+    if encoder is not None:
+        settings = settings.on_device(encoder.device.type)  # bf16: the key names where it ran
     started = time.perf_counter()
     out_dir = Path(out_dir)
     sources, missing = discover_inputs(found, out_dir)

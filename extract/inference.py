@@ -8,6 +8,9 @@ One place decides what each precision means on each device:
   slower than fp32, so it is refused there with a clear message instead;
 * ``fp16``: CUDA only (autocast).
 
+bf16 is refused where it would be emulated: on a CPU without BF16 units, and on a GPU of compute
+capability below 8.0.
+
 BatchNorm is folded into the convolutions (``fold_batch_norm``) and the channels-last 3D memory
 format is used on every device (oneDNN and cuDNN both prefer it for these convolutions).
 
@@ -25,15 +28,15 @@ import functools
 import hashlib
 import io
 import warnings
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from vadpipe.errors import ConfigError
+from vadpipe.errors import ConfigError, VadpipeError
 
 from .fileio import atomic_writer
 from .i3d import InceptionI3d, fold_batch_norm
@@ -44,9 +47,12 @@ __all__ = [
     "AUTOCAST_DTYPES",
     "RUNTIMES",
     "cpu_has_native_bf16",
+    "check_cuda_bf16",
     "check_precision",
     "check_runtime",
+    "gpu_memory_errors",
     "inference_network",
+    "set_cuda_backend",
 ]
 
 Network = Callable[[torch.Tensor], np.ndarray]  # uint8 (N, 3, T, S, S) on the CPU -> (N, 1024) float32
@@ -79,10 +85,23 @@ def _cpu_flags() -> set[str]:
     return set()
 
 
+def check_cuda_bf16(capability: tuple[int, int], device: str = "cuda") -> None:
+    """Refuse bf16 on a GPU of compute ``capability`` below 8.0 (before Ampere): it has no bf16
+    tensor cores, so autocast would emulate it, slower than fp32."""
+    if tuple(capability) < (8, 0):
+        major, minor = capability
+        raise ConfigError(
+            f"bf16 on {device} (compute capability {major}.{minor}) would be emulated: native bf16 needs "
+            "compute capability 8.0 or newer (Ampere); use --precision fp16 or fp32"
+        )
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     """Refuse a precision the device cannot run natively, naming what to use instead."""
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    if precision == "bf16" and device.type == "cuda":
+        check_cuda_bf16(torch.cuda.get_device_capability(device), str(device))
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         raise ConfigError(
             "bf16 on this CPU would be emulated (no AVX512-BF16 or AMX-BF16 units), which is "
@@ -104,6 +123,28 @@ def check_runtime(runtime: str, device: torch.device) -> None:
             raise ConfigError("the openvino runtime is not installed: pip install 'vadpipe[openvino]'") from None
 
 
+def set_cuda_backend(precision: str) -> None:
+    """The process-wide cuDNN/cuBLAS switches for a CUDA network (they need no GPU to be set).
+
+    ``cudnn.benchmark`` stays off: it re-tunes every convolution for each new input shape, and the
+    batch size changes with every video's last batch and every watch batch (1-8 crops), which would
+    stall live streams on each new size. fp32 turns TF32 off, so results match the CPU reference.
+    """
+    torch.backends.cudnn.benchmark = False
+    if precision == "fp32":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@contextmanager
+def gpu_memory_errors(device: torch.device, crops: int) -> Iterator[None]:
+    """A GPU out-of-memory error as one clear line (not a traceback, nor a dead ``--devices`` child)."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise VadpipeError(f"GPU out of memory at a batch of {crops} crops on {device}: lower --batch-size") from None
+
+
 def inference_network(model: InceptionI3d, device: torch.device, precision: str, *, runtime: str = "torch") -> Network:
     """The network ready to turn uint8 clips into features on ``device`` with ``precision``.
 
@@ -120,10 +161,7 @@ def inference_network(model: InceptionI3d, device: torch.device, precision: str,
     input_dtype = torch.float32
     autocast = None
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        if precision == "fp32":
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
+        set_cuda_backend(precision)
         autocast = AUTOCAST_DTYPES.get(precision)
     elif precision == "bf16":
         net = net.to(torch.bfloat16)
@@ -132,12 +170,13 @@ def inference_network(model: InceptionI3d, device: torch.device, precision: str,
 
     @torch.inference_mode()
     def run(clips: torch.Tensor) -> np.ndarray:
-        if device.type == "cuda":
-            clips = clips.pin_memory().to(device, non_blocking=True)
-        x = to_unit_range(clips).to(input_dtype).contiguous(memory_format=torch.channels_last_3d)
-        with torch.autocast("cuda", dtype=autocast) if autocast else nullcontext():
-            feats = net.forward_features(x)
-        return feats.float().cpu().numpy()
+        with gpu_memory_errors(device, len(clips)) if device.type == "cuda" else nullcontext():
+            if device.type == "cuda":
+                clips = clips.pin_memory().to(device, non_blocking=True)
+            x = to_unit_range(clips).to(input_dtype).contiguous(memory_format=torch.channels_last_3d)
+            with torch.autocast("cuda", dtype=autocast) if autocast else nullcontext():
+                feats = net.forward_features(x)
+            return feats.float().cpu().numpy()
 
     return run
 

@@ -82,12 +82,16 @@ def cut_clips(
             next_start += settings.stride
 
 
-def decode_video(job: VideoJob, settings: ExtractionSettings, emit: Emit, stop: threading.Event) -> bool:
+def decode_video(
+    job: VideoJob, settings: ExtractionSettings, emit: Emit, stop: threading.Event, threads: int | None = None
+) -> bool:
     """Decode one video into ``Began``, ``ClipDecoded``... and ``Ended`` events; False when stopped.
+
+    ``threads``: the decoder's threads (``open_frames``; None: automatic).
 
     Raises (VadpipeError, OSError...) for a video that cannot be decoded: see ``guarded``.
     """
-    opener = open_frames(job.source, backend=settings.decoder, fps=settings.fps)
+    opener = open_frames(job.source, backend=settings.decoder, fps=settings.fps, threads=threads)
     times: list[float] = []
     with opener as (info, frames):
         job.info = info

@@ -12,7 +12,7 @@ The video job is ``vadpipe.extract.job``'s, cut into Ray pieces:
 4. the driver's ``Collector`` takes the results, writes ``failures.jsonl`` and the report.
 
 There is one encoder actor per GPU of the cluster (``num_gpus=1`` each), or a single CPU actor
-when the cluster has none. The cache folder must be a path every node sees (NFS, Lustre, a
+when the cluster has none (or the runtime is ``openvino``, which runs on CPUs). The cache folder must be a path every node sees (NFS, Lustre, a
 mounted bucket that supports renames and POSIX locks): records, locks and atomic renames are
 plain files. ``s3://`` and other fsspec URLs are not supported (see the README).
 
@@ -140,9 +140,12 @@ def _check_encoders(ray, actors: list, timeout_s: float) -> None:
 def _run(ray, run: ExtractRun, max_tasks: int | None, timeout_s: float) -> None:
     settings, out_dir, report, collect = run.settings, run.out_dir, run.collect.report, run.collect
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    # the openvino runtime runs on CPUs only: its actor takes a CPU even on a cluster with GPUs
+    gpus = 0 if settings.runtime == "openvino" else int(resources.get("GPU", 0))
     if settings.precision == "fp16" and not gpus:
         raise ConfigError("fp16 needs a CUDA device and the Ray cluster has no GPU; use fp32 or bf16")
+    settings = settings.on_device("cuda" if gpus else "cpu")  # where the actors run (bf16: part of the key)
+    report.settings_key = settings.key()
     # fileio imports only the standard library: a fresh Ray worker starts hashing at once
     hash_task = ray.remote(num_cpus=1)(sha256_file)
     video_task = ray.remote(num_cpus=1)(run_video)

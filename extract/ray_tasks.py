@@ -67,7 +67,7 @@ class I3DBatchEncoder:
         backbone: str | None = None,
         runtime: str = "torch",
     ) -> None:
-        dev = select_device(device)
+        dev = select_device(device, runtime=runtime)
         if dev.type == "cpu":
             torch.set_num_threads(threads or usable_cpus())
         model, self._weights_id = load_i3d(Path(weights) if weights else None, device=dev, backbone=backbone)

@@ -18,6 +18,7 @@ __all__ = [
     "PRECISIONS",
     "PROFILES",
     "RUNTIMES",
+    "DEVICE_TYPES",
     "crop_names",
     "backbone_of_weights",
 ]
@@ -30,7 +31,8 @@ _FIVE = ("center", "top_left", "top_right", "bottom_left", "bottom_right")
 
 # Fields added after the first caches were written: at these values they stay out of the key, so
 # those caches keep their key (they were all made with the scratch network, no frame dropped).
-_LATER_FIELDS = {"backbone": DEFAULT_BACKBONE, "drop_last_frame": False, "runtime": "torch"}
+_LATER_FIELDS = {"backbone": DEFAULT_BACKBONE, "drop_last_frame": False, "runtime": "torch", "device_type": ""}
+DEVICE_TYPES = ("cpu", "cuda")  # where ``device_type`` is set (bf16 only)
 
 # Named settings. xd-violence: what is known of the released XD-Violence I3D features (README,
 # "Weights"): the ImageNet-inflated network, five crops with the centre first, 16-frame
@@ -71,6 +73,11 @@ class ExtractionSettings:
     and ``weights_sha256`` its verified weights (``Backbone.weights_id``). ``runtime`` runs the
     network (``torch``, or ``openvino`` on CPUs): its features agree with torch's to float
     rounding, but not bit for bit, so it is part of the key like ``precision``.
+
+    ``device_type`` is where a bf16 network ran, stamped by ``on_device``: bf16 is autocast on
+    CUDA (weights and reductions in fp32) but a whole bfloat16 network on a CPU, two different
+    sets of numbers, so they are two keys. Empty for fp32 (the same numbers on every device, TF32
+    off) and fp16 (CUDA only): their keys and records are as before the field existed.
     """
 
     clip_len: int = 16
@@ -85,6 +92,7 @@ class ExtractionSettings:
     backbone: str = DEFAULT_BACKBONE
     drop_last_frame: bool = False
     runtime: str = "torch"
+    device_type: str = ""
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -107,6 +115,11 @@ class ExtractionSettings:
         ):
             if value not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.device_type and (self.precision != "bf16" or self.device_type not in DEVICE_TYPES):
+            raise ConfigError(
+                f"device_type is {' or '.join(DEVICE_TYPES)} for bf16 features only, "
+                f"got {self.device_type!r} with {self.precision}"
+            )
 
     @property
     def crop_names(self) -> list[str]:
@@ -133,8 +146,16 @@ class ExtractionSettings:
             )
         return replace(self, weights_sha256=weights_sha256)
 
+    def on_device(self, device_type: str) -> ExtractionSettings:
+        """These settings for a network on a ``device_type`` device (``cpu``, ``cuda``): recorded for bf16 only."""
+        return replace(self, device_type=device_type if self.precision == "bf16" else "")
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, ``device_type`` only where set (the records of fp32 and fp16 stay as they were)."""
+        data = asdict(self)
+        if not data["device_type"]:
+            del data["device_type"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> ExtractionSettings:

@@ -13,12 +13,13 @@ A video that fails to decode is reported as in the thread executor; a worker pro
 dies (segfault in a decoder, OOM killer) fails only the video it held and is replaced. Each
 worker holds ``ceil(batch_size / n_crops) + 2`` clip slots, so the shared memory is about
 ``workers * (batch_size + 2 * n_crops) * 3 * clip_len * crop_size**2`` bytes (2.4 MB per
-centre-crop clip): give containers enough ``/dev/shm`` (``docker run --ipc=host`` or
-``--shm-size``).
+centre-crop clip), checked against the free ``/dev/shm`` before they start (``docker run
+--shm-size=1g``). Each decodes with ``procs.decode_threads`` threads: its share of the cores.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import queue
@@ -37,7 +38,14 @@ from .claims import HeldLocks, claim_videos
 from .encoder import ClipEncoder
 from .events import Began, Claimed, ClaimsDone, ClipDecoded, Ended, Event, Failed, VideoJob, queue_emitter
 from .options import DecodeProcessOptions, ExtractRun
-from .procs import default_workers, exit_reason, process_context
+from .procs import (
+    check_shared_memory,
+    decode_threads,
+    default_workers,
+    exit_reason,
+    process_context,
+    shared_memory_free,
+)
 from .results import VideoResult
 from .settings import ExtractionSettings
 
@@ -83,10 +91,13 @@ class _Event:  # worker -> main: the video's Began, Ended or Failed event
 # worker process
 
 
-def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots: int, settings_dict: dict) -> None:
-    """Worker process: decode the videos the parent sends, one at a time, into its own clip slots."""
+def _worker_main(
+    conn: Connection, slots: torch.Tensor, first_slot: int, n_slots: int, settings_dict: dict, threads: int
+) -> None:
+    """Worker process: decode the videos the parent sends, one at a time, into its own clip slots,
+    with ``threads`` decoder threads (its share of the cores)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent decides
-    torch.set_num_threads(1)  # one process per core; PyAV still decodes with its own threads
+    torch.set_num_threads(1)  # one process per core; the decoder has its share of the cores
     settings = ExtractionSettings.from_dict(settings_dict)
     free = set(range(first_slot, first_slot + n_slots))
     stop = threading.Event()
@@ -123,7 +134,7 @@ def _worker_main(conn: Connection, slots: torch.Tensor, first_slot: int, n_slots
                     conn.send(_Event(job_id, event))
                 return True
 
-            job.guarded(video.source, emit, job.decode_video, video, settings, emit, stop)
+            job.guarded(video.source, emit, job.decode_video, video, settings, emit, stop, threads)
     except (EOFError, BrokenPipeError, ConnectionResetError):
         return  # the parent is gone
 
@@ -190,8 +201,10 @@ class _Pool:
         self.ctx = process_context()  # not fork: that would copy the network and any CUDA state
         self.settings_dict = settings.to_dict()
         self.per_worker = clips_per_batch + _EXTRA_SLOTS
+        self.threads = decode_threads(n)
         S, L = settings.crop_size, settings.clip_len
         shape = (n * self.per_worker, len(settings.crop_names), 3, L, S, S)
+        check_shared_memory(math.prod(shape), shared_memory_free())  # uint8: one byte each
         self.slots = torch.empty(shape, dtype=torch.uint8).share_memory_()
         self.workers = [_Worker(i, i * self.per_worker) for i in range(n)]
         for w in self.workers:
@@ -203,7 +216,7 @@ class _Pool:
             target=_worker_main,
             name=f"vadpipe-decode-{w.index}",
             daemon=True,
-            args=(child, self.slots, w.first_slot, self.per_worker, self.settings_dict),
+            args=(child, self.slots, w.first_slot, self.per_worker, self.settings_dict, self.threads),
         )
         w.proc.start()
         child.close()  # only the worker holds its end: its death shows as EOF here

@@ -225,6 +225,7 @@ def extract(
         address=address,
         ray_tasks=ray_tasks,
         ray_task_timeout_s=ray_task_timeout,
+        runtime=settings.runtime,
     )
     report = extract_videos(
         list(paths),

@@ -117,6 +117,11 @@ def encoder_for(
             f"{settings.backbone} weights ({get_backbone(settings.backbone).checkpoint})"
         )
     encoder, loaded = load_encoder(settings, device=device, resolved=found)
+    if settings.device_type and loaded.device_type != settings.device_type:
+        raise ConfigError(
+            f"the model was trained on bf16 features computed on {settings.device_type}; on "
+            f"{encoder.device} bf16 computes other numbers: pass --device {settings.device_type}"
+        )
     if settings.weights_sha256 and settings.weights_sha256 != loaded.weights_sha256:
         raise ConfigError(
             f"the model was trained on features from I3D weights {settings.weights_sha256[:12]}..., but the "
@@ -181,7 +186,7 @@ def detect_videos(
         encoder = None
     elif encoder is None or not settings.weights_sha256:
         encoder, settings = encoder_for(settings, weights=weights, device=device)
-    dev = encoder.device if encoder is not None else select_device(device)  # resolved once
+    dev = encoder.device if encoder is not None else select_device(device, runtime=settings.runtime)  # resolved once
     # the entry point of `vadpipe extract`, on the executor it would choose for this device
     report = extract_videos(
         found,

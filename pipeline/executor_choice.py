@@ -27,11 +27,12 @@ def choose_executor(
     address: str | None = None,
     ray_tasks: int | None = None,
     ray_task_timeout_s: float | None = None,
+    runtime: str = "torch",
 ) -> ExecutorOptions:
     """The executor the CLI's options ask for, refusing options of another executor.
 
     Local: several ``devices`` -> ``DeviceOptions``; else ``decode_processes`` 0 -> a thread,
-    N -> processes, None -> processes on CUDA, a thread on CPU.
+    N -> processes, None -> processes on CUDA, a thread on CPU (``auto`` is the device ``runtime`` runs on).
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -70,7 +71,7 @@ def choose_executor(
         from vadpipe.extract.encoder import select_device
         from vadpipe.extract.procs import default_workers
 
-        decode_processes = default_workers(select_device(device))
+        decode_processes = default_workers(select_device(device, runtime=runtime))
     if decode_processes == 0:
         return ThreadOptions(device=device)
     return DecodeProcessOptions(device=device, processes=decode_processes)
