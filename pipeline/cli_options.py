@@ -46,6 +46,15 @@ class Option(click.Option):
         if self.metavar is None and not self.is_flag:
             self.metavar = _short_metavar(self.type)
 
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        """click's record; an option without a default and no word on it says ``[default: none]``."""
+        record = super().get_help_record(ctx)
+        if record is None or self.is_flag or self.multiple or self.required or self.default is not None:
+            return record
+        if "[default" in record[1]:  # the help says it in words
+            return record
+        return record[0], f"{record[1]}  [default: none]"
+
 
 class Alias(Option):
     """A hidden old spelling of another option: the value goes to the option named ``target``

@@ -121,10 +121,22 @@ def _unit_interval(ctx, param, value):
     group="Model",
     type=click.Choice(CROP_MODES),
     default=None,
-    help="Must match the model's training features (refused otherwise).",
+    help="Must match the model's training features (refused otherwise)  [default: the run's].",
 )
-@option("--clip-len", group="Model", type=int, default=None, help="Must match the model's training features.")
-@option("--fps", group="Model", type=float, default=None, help="Must match the model's training features.")
+@option(
+    "--clip-len",
+    group="Model",
+    type=int,
+    default=None,
+    help="Must match the model's training features  [default: the run's].",
+)
+@option(
+    "--fps",
+    group="Model",
+    type=float,
+    default=None,
+    help="Must match the model's training features  [default: the run's].",
+)
 @option(
     "--weights",
     group="Model",

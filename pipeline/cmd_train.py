@@ -123,7 +123,7 @@ def _warnings_to_stderr() -> Iterator[None]:
     group="Output",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
-    help="Continue this run with its own settings (only --epochs may change).",
+    help="Continue this run (only --epochs may change).",
 )
 @option("-q", "--quiet", group="Output", is_flag=True, help="No progress bar.")
 @option(

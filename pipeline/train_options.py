@@ -112,7 +112,7 @@ class RecipeOption(Option):
     """An option overriding one recipe field: its help ends with the registry's default(s)."""
 
     def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        record = super().get_help_record(ctx)
+        record = click.Option.get_help_record(self, ctx)  # its default comes from the registry
         if record is None:
             return None
         return record[0], f"{record[1]}  [default: {_default(self.name)}]"

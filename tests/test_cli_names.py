@@ -54,8 +54,11 @@ def test_one_name_per_concept(concept: str) -> None:
 def test_every_command_uses_the_grouped_help_and_every_visible_option_is_documented() -> None:
     for name, command in COMMANDS.items():
         assert isinstance(command, Command), name
+        ctx = click.Context(command, info_name=name, **command.context_settings)
         for opt, param in _visible(command).items():
             assert param.help and param.help.strip(), f"vadpipe {name} {opt} has no help text"
+            if not (param.is_flag or param.multiple or param.required):
+                assert "[default: " in param.get_help_record(ctx)[1], f"vadpipe {name} {opt} shows no default"
         for param in command.params:
             if isinstance(param, click.Option) and isinstance(param.type, click.Choice) and not param.hidden:
                 assert "code" not in param.type.get_metavar(param, None), (name, param.name)  # 'authors' now
