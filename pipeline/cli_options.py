@@ -94,8 +94,9 @@ class AliasedChoice(click.Choice):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         value = super().convert(value, param, ctx)
         if value in self.aliases:
-            name = param.opts[0] if param is not None else "the value"
-            deprecated(f"{name} {value}", f"{name} {self.aliases[value]}")
+            if not isinstance(param, Alias):  # an old flag has said its line already
+                name = param.opts[0] if param is not None else "the value"
+                deprecated(f"{name} {value}", f"{name} {self.aliases[value]}")
             value = self.aliases[value]
         return value
 

@@ -183,3 +183,10 @@ def test_an_old_and_a_new_spelling_together_are_refused(paths) -> None:
 def test_shell_completion_script() -> None:
     result = CliRunner().invoke(main, [], prog_name="vadpipe", env={"_VADPIPE_COMPLETE": "bash_source"})
     assert result.exit_code == 0 and "_VADPIPE_COMPLETE" in result.output and "complete " in result.output
+
+
+def test_the_old_value_code_through_the_old_flag_warns_once_and_means_authors(capsys) -> None:
+    params, lines = _parse("train", ["--view-scaling", "code"], capsys)
+    assert params["view_scaling"] == "authors" and lines == [
+        "warning: --view-scaling is deprecated, use --set view_scaling=VALUE"
+    ]
