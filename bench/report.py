@@ -92,7 +92,8 @@ def main() -> None:
     if not (run / "weights.safetensors").is_file():
         shutil.rmtree(run, ignore_errors=True)
         subprocess.run(
-            VADPIPE + ["extract", str(train_data / "train"), "--out", str(root / "features-train"), "-q"], check=True
+            VADPIPE + ["extract", str(train_data / "train"), "--features", str(root / "features-train"), "-q"],
+            check=True,
         )
         # the paper recipe's 40 steps are enough here: the bench times detect and report, not the model
         subprocess.run(
@@ -101,15 +102,15 @@ def main() -> None:
                 "train",
                 "--features",
                 str(root / "features-train"),
-                "--out",
+                "--run",
                 str(run),
                 "-q",
                 "--recipe",
                 "paper",
                 "--epochs",
                 "40",
-                "--holdout-fraction",
-                "0.25",
+                "--set",
+                "holdout_fraction=0.25",
                 "--seed",
                 "0",
             ],
@@ -124,11 +125,11 @@ def main() -> None:
         [
             "detect",
             str(data / "test"),
-            "--model",
+            "--run",
             str(run),
-            "--cache",
+            "--features",
             str(root / "features-test"),
-            "--out",
+            "--json",
             str(intervals),
             "-q",
         ]
@@ -160,11 +161,11 @@ def main() -> None:
             + [
                 "detect",
                 str(show / "show"),
-                "--model",
+                "--run",
                 str(run),
-                "--cache",
+                "--features",
                 str(root / "features-show"),
-                "--out",
+                "--json",
                 str(root / "show.json"),
                 "--report",
                 str(root / "report-show"),

@@ -11,7 +11,7 @@ real I3D features) is the labelled training set. Per seed ``s``:
 2. A pool of new, unlabelled videos: `vadpipe.synth.make_dataset` with seed ``1000 + s`` (disjoint
    from the demo's seed 0 and the test set's), moved to one flat folder under neutral names
    (``new<s>_<i>.mp4``), so nothing but the verdicts can label them.
-3. ``vadpipe detect NEW --model RUN0 --cache FEATURES --report REVIEW``: the pool's features land
+3. ``vadpipe detect NEW --run RUN0 --features FEATURES --report REVIEW``: the pool's features land
    beside the training ones, and the report is written.
 4. A reviewer simulated from the generator's ground truth goes through the **report's real
    pages in Debian's chromium** (Playwright): every flagged video is opened, each interval gets
@@ -153,11 +153,13 @@ def one_seed(args, seed: int, test_features: Path, test_annotations: Path) -> di
     for stale in root.iterdir():  # an unfinished seed starts over, except for a finished run before review
         if stale.name != "run0" or "operating_point" not in _config(stale):
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
-    train = ["--seed", str(seed), "-q"] + (["--min-steps", str(args.min_steps)] if args.min_steps is not None else [])
+    train = ["--seed", str(seed), "-q"] + (
+        ["--set", f"min_steps={args.min_steps}"] if args.min_steps is not None else []
+    )
     timings = {}
     if not (root / "run0").exists():
         timings["train_before_s"] = vadpipe(
-            "train", "--features", str(args.demo / "features" / "train"), "--out", str(root / "run0"), *train
+            "train", "--features", str(args.demo / "features" / "train"), "--run", str(root / "run0"), *train
         )
     features = root / "features"
     shutil.copytree(args.demo / "features" / "train", features)
@@ -165,11 +167,11 @@ def one_seed(args, seed: int, test_features: Path, test_annotations: Path) -> di
     timings["detect_s"] = vadpipe(
         "detect",
         str(root / "new"),
-        "--model",
+        "--run",
         str(root / "run0"),
-        "--cache",
+        "--features",
         str(features),
-        "--out",
+        "--json",
         str(root / "intervals.json"),
         "--report",
         str(root / "review"),
@@ -183,7 +185,7 @@ def one_seed(args, seed: int, test_features: Path, test_annotations: Path) -> di
     labels = {**base_labels(args.demo / "features" / "train"), **verdicts}
     write_labels(root / "labels2.csv", labels)
     timings["train_after_s"] = vadpipe(
-        "train", "--features", str(features), "--labels", str(root / "labels2.csv"), "--out", str(root / "run1"), *train
+        "train", "--features", str(features), "--labels", str(root / "labels2.csv"), "--run", str(root / "run1"), *train
     )
     before = scores(evaluate_run(root / "run0", test_features, test_annotations))
     after = scores(evaluate_run(root / "run1", test_features, test_annotations))
@@ -248,7 +250,7 @@ def main() -> None:
         ds = make_dataset(
             test_videos, splits={"fresh": SplitSize(*args.test)}, config=SynthConfig(), seed=args.test_seed, workers=1
         )
-        vadpipe("extract", str(ds.split_dir("fresh")), "--out", str(test_features), "-q")
+        vadpipe("extract", str(ds.split_dir("fresh")), "--features", str(test_features), "-q")
     test_s = time.perf_counter() - t0
     annotations = test_videos / "annotations.txt"
 

@@ -81,7 +81,9 @@ def main() -> None:
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            subprocess.run([str(vadpipe), "extract", str(args.video), "--out", tmp], check=True, capture_output=True)
+            subprocess.run(
+                [str(vadpipe), "extract", str(args.video), "--features", tmp], check=True, capture_output=True
+            )
             whole.append(time.perf_counter() - t)
     print(f"{args.video.name}, {args.runs} fresh processes each, load average {os.getloadavg()[0]:.1f} (1 min)")
     print(f"{'phase':42s} {'wall s':>7s} {'cpu s':>7s}")

@@ -195,7 +195,7 @@ def _scan_cache(root: Path, records: list[CacheRecord], crops: Sequence[int] | N
         missing = [c for c in wanted if c not in available]
         if missing:
             raise DataError(
-                f"{stem}: crop(s) {missing} not in the cache (it has {sorted(available)}); choose --crops among those"
+                f"{stem}: crop(s) {missing} not in the cache (it has {sorted(available)}); choose --crop-indices among those"
             )
         key = rec.extractor.settings_key
         settings.setdefault(key, {"settings": dict(rec.extractor.settings), "settings_key": key})

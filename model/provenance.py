@@ -31,17 +31,16 @@ def features_backbone(extraction: object) -> str | None:
 def training_backbone(extraction: Mapping | None, *, stated: str | None, features: Path | str) -> dict:
     """The run-config section for features with these extraction records (None: no records).
 
-    ``stated``: the user's ``--features-backbone``; for a vadpipe cache it must agree with the
+    ``stated``: the user's ``--backbone``; for a vadpipe cache it must agree with the
     records, for bare feature files it is the only source.
     """
     if stated is not None and stated not in BACKBONES:
-        raise ConfigError(f"--features-backbone must be one of {', '.join(BACKBONES)}, got {stated!r}")
+        raise ConfigError(f"--backbone must be one of {', '.join(BACKBONES)}, got {stated!r}")
     recorded = features_backbone(extraction)
     if recorded is not None:
         if stated is not None and stated != recorded:
             raise ConfigError(
-                f"--features-backbone {stated}: the cache records of {features} say its features "
-                f"were extracted with {recorded}"
+                f"--backbone {stated}: the cache records of {features} say its features were extracted with {recorded}"
             )
         return {"id": recorded, "source": "records"}
     if stated is not None:
@@ -49,14 +48,14 @@ def training_backbone(extraction: Mapping | None, *, stated: str | None, feature
             "id": stated,
             "source": "stated",
             "note": f"the features in {features} carry no vadpipe records; they are {stated} features on the "
-            f"user's word (--features-backbone)",
+            f"user's word (--backbone)",
         }
     return {
         "id": None,
         "source": "unknown",
         "note": f"the features in {features} carry no vadpipe records, so the I3D network that made them is "
         f"unknown and detect will not extract for this run until told (detect --backbone); for the "
-        f"released XD-Violence or UCF-Crime I3D features pass --features-backbone {IMAGENET.id}",
+        f"released XD-Violence or UCF-Crime I3D features pass --backbone {IMAGENET.id}",
     }
 
 

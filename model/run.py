@@ -192,11 +192,11 @@ def latest_run(runs_dir: Path | str) -> Path:
         name = pointer.read_text().strip()
     except FileNotFoundError:
         raise CheckpointError(
-            f"no trained model: {pointer} does not exist; run vadpipe train first, or pass --model RUN_DIR"
+            f"no trained model: {pointer} does not exist; run vadpipe train first, or pass --run RUN_DIR"
         ) from None
     run_dir = Path(runs_dir) / name  # an absolute name stays absolute
     if not name or not run_dir.is_dir():
-        raise CheckpointError(f"{pointer} names {name!r}, which is not a run folder; pass --model RUN_DIR")
+        raise CheckpointError(f"{pointer} names {name!r}, which is not a run folder; pass --run RUN_DIR")
     return run_dir
 
 

@@ -409,7 +409,7 @@ def resume(
         if config.schedule == "cosine":
             raise ConfigError(
                 f"{run_dir} uses a cosine schedule, which ends where the run ends: more epochs would "
-                "restart its decay; train a new run with more --epochs or --min-steps"
+                "restart its decay; train a new run with more --epochs or --set min_steps"
             )
         config = replace(config, epochs=epochs)
     for folder in (run_dir, run_dir / CHECKPOINT_DIR):  # temp files of a killed writer

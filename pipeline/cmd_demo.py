@@ -7,31 +7,34 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from vadpipe.cli_options import Command, option
 from vadpipe.ood_cli import report_outside
 from vadpipe.workspace import workspace_dir
 
 __all__ = ["demo"]
 
 
-@click.command()
-@click.option(
+@click.command(cls=Command)
+@option(
     "--out",
     "out_dir",
+    group="Output",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Demo folder, replaced on each run [default: <workspace>/demo].",
 )
-@click.option(
+@option(
     "--recipe",
+    group="Recipe",
     type=click.Choice(["default", "paper"]),
     default="default",
     show_default=True,
     help="Training recipe (see vadpipe train --help): vadpipe's default, or the authors' 'paper' recipe "
     "(then every training video is trained on and the fixed threshold 0.35 is used).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the generated videos.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@option("--seed", group="Recipe", type=int, default=0, show_default=True, help="Seed of the generated videos.")
+@option("--device", group="Where it runs", default="auto", help="auto, cpu, cuda or cuda:N.")
+@option("-q", "--quiet", group="Output", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path | None, recipe: str, seed: int, device: str, quiet: bool) -> None:
     """Generate labelled synthetic videos, then extract, train, evaluate and detect on them."""
     from vadpipe.demo import DemoConfig, run_demo

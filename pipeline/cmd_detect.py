@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vadpipe.cli_options import Alias, Command, option
 from vadpipe.extract.backbones import BACKBONES
 from vadpipe.extract.fileio import check_output_file
 from vadpipe.extract.settings import CROP_MODES
@@ -27,104 +28,135 @@ def _unit_interval(ctx, param, value):
     return value
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--model",
+@option(
+    "--run",
     "model_dir",
+    group="Input",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Run folder from vadpipe train [default: the latest run in the workspace].",
 )
-@click.option(
-    "--out",
+@click.option("--model", cls=Alias, target="model_dir", use="--run", type=click.Path(file_okay=False, path_type=Path))
+@option(
+    "--json",
     "out",
+    group="Output",
     type=click.Path(path_type=Path, allow_dash=True),
     default=None,
     help="Write the intervals JSON here ('-' for stdout).",
 )
-@click.option(
+@click.option("--out", cls=Alias, target="out", use="--json", type=click.Path(path_type=Path, allow_dash=True))
+@option(
     "--threshold",
+    group="Operating point",
     type=float,
     default=None,
     callback=_unit_interval,
     help="Curve threshold on the weighted T-CAM, in [0, 1], instead of the run's calibrated operating "
     "point; alone it means no video gate (0.35: the paper's rule) [default: the run's, else 0.35].",
 )
-@click.option(
+@option(
     "--video-threshold",
+    group="Operating point",
     type=float,
     default=None,
     callback=_unit_interval,
     help="Video gate instead of the run's: a video whose video score is below it gets no interval "
     "(0: no gate) [default: the run's, else 0].",
 )
-@click.option(
+@option(
     "--min-duration",
+    group="Operating point",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Drop intervals shorter than this many seconds.",
 )
-@click.option(
+@option(
     "--merge-gap",
+    group="Operating point",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Merge intervals separated by at most this many seconds.",
 )
-@click.option(
+@option(
     "--plot",
     "plot",
+    group="Output",
     type=click.Path(path_type=Path),
     default=None,
     help="PNG file (one video) or folder (one <video>.png each) of score curves and intervals.",
 )
-@click.option(
+@option(
     "--annotations",
+    group="Input",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Ground truth to draw on the plots and the report (XD-Violence annotations.txt format, frame intervals).",
 )
-@click.option(
+@option(
     "--report",
     "report_dir",
+    group="Output",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Also write a review folder here (as vadpipe report with its defaults: proxies where needed).",
 )
-@click.option(
-    "--cache",
+@option(
+    "--features",
     "cache_dir",
+    group="Input",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Feature cache to reuse and fill [default: the workspace's features/].",
 )
 @click.option(
+    "--cache", cls=Alias, target="cache_dir", use="--features", type=click.Path(file_okay=False, path_type=Path)
+)
+@option(
     "--crops",
+    group="Model",
     type=click.Choice(CROP_MODES),
     default=None,
-    help="Must match the model's training features (refused otherwise).",
+    help="Must match the model's training features (refused otherwise)  [default: the run's].",
 )
-@click.option("--clip-len", type=int, default=None, help="Must match the model's training features.")
-@click.option("--fps", type=float, default=None, help="Must match the model's training features.")
-@click.option(
+@option(
+    "--clip-len",
+    group="Model",
+    type=int,
+    default=None,
+    help="Must match the model's training features  [default: the run's].",
+)
+@option(
+    "--fps",
+    group="Model",
+    type=float,
+    default=None,
+    help="Must match the model's training features  [default: the run's].",
+)
+@option(
     "--weights",
+    group="Model",
     type=click.Path(path_type=Path),
     default=None,
     help="I3D weights (see vadpipe extract); must be the network of the model's features.",
 )
-@click.option(
+@option(
     "--backbone",
+    group="Model",
     type=click.Choice(list(BACKBONES)),
     default=None,
     help="The I3D network of the model's training features, for a run that does not record it (trained "
-    "on bare feature files without --features-backbone); refused if the run records another.",
+    "on bare feature files without --backbone); refused if the run records another.",
 )
-@click.option("--device", default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@option("--device", group="Where it runs", default="auto", help="auto, cpu, cuda or cuda:N.")
+@option("--i3d-batch", group="Where it runs", type=click.IntRange(min=1), default=8, help="Crops per I3D forward pass.")
+@click.option("--batch-size", cls=Alias, target="i3d_batch", use="--i3d-batch", type=click.IntRange(min=1))
 @ood_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@option("-q", "--quiet", group="Output", is_flag=True, help="No progress bar.")
 def detect(
     paths: tuple[Path, ...],
     model_dir: Path | None,
@@ -143,7 +175,7 @@ def detect(
     weights: Path | None,
     backbone: str | None,
     device: str,
-    batch_size: int,
+    i3d_batch: int,
     ood: str,
     quiet: bool,
 ) -> None:
@@ -166,7 +198,7 @@ def detect(
 
     truth = parse_annotations(annotations) if annotations else {}  # a bad file fails before any work
     if out is not None and str(out) != "-":
-        check_output_file(out)  # an unwritable --out fails now, not after the extraction
+        check_output_file(out)  # an unwritable --json fails now, not after the extraction
     if report_dir is not None and report_dir.exists() and not report_dir.is_dir():
         raise click.BadParameter(f"{report_dir} exists and is not a folder", param_hint="--report")
     run = load_run(model_dir or latest_run(runs_dir()))
@@ -189,7 +221,7 @@ def detect(
         operating_point=op,
         weights=weights,
         device=device,
-        batch_size=batch_size,
+        batch_size=i3d_batch,
         progress=not quiet,
     )
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from vadpipe.cli_options import Alias, Command, option
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.ood_cli import ood_option, report_outside
 from vadpipe.tables import detection_table, metrics_table
@@ -63,66 +64,75 @@ def print_report(console: Console, report: dict) -> None:
         )
 
 
-@click.command()
-@click.option(
-    "--model",
+@click.command(cls=Command)
+@click.option("--model", cls=Alias, target="model_dir", use="--run", type=click.Path(file_okay=False, path_type=Path))
+@option(
+    "--run",
     "model_dir",
+    group="Input",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Run folder from vadpipe train [default: the latest run in the workspace].",
 )
-@click.option(
+@option(
     "--features",
     "features_dir",
+    group="Input",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Test features: a vadpipe cache folder, or XD-Violence <video>__<crop>.npy files (flat or in RGBTest/).",
 )
-@click.option(
+@option(
     "--annotations",
     "annotations_file",
+    group="Input",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="XD-Violence annotations.txt format: '<video> s1 e1 [s2 e2 ...]' half-open frame "
     "intervals; videos absent from it are normal.",
 )
-@click.option(
+@option(
     "--protocol",
+    group="Evaluation",
     type=click.Choice(PROTOCOLS),
     default="standard",
     show_default=True,
     help="standard: every clip, crops averaged, clip scores x16 against frame labels; "
     "csl: the authors' per-crop, 1-in-3 subsampled protocol (Table 1).",
 )
-@click.option(
+@option(
     "--threshold",
+    group="Operating point",
     type=click.FloatRange(min=0, max=1),
     default=None,
     help="Curve threshold on the interpolated weighted T-CAM (proposal level and decisions) "
     "instead of the run's calibrated operating point; alone it means no video gate "
     "(0.35: the paper's rule and Table 1's proposal level).  [default: the run's]",
 )
-@click.option(
+@option(
     "--video-threshold",
+    group="Operating point",
     type=click.FloatRange(min=0, max=1),
     default=None,
     help="Video gate instead of the run's: videos whose video score is below it get no "
     "interval (0: no gate).  [default: the run's]",
 )
-@click.option(
+@option(
     "--parity-q11",
+    group="Evaluation",
     is_flag=True,
     help="csl only: drop the last clip of sequences with T <= 2L = 6 clips, as the authors' code does (postprocess/README.md §1).",
 )
-@click.option(
+@option(
     "--json",
     "json_out",
+    group="Output",
     type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
     default=None,
     help="Write every level x metric as JSON to this file ('-' for stdout).",
 )
 @ood_option
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@option("-q", "--quiet", group="Output", is_flag=True, help="No progress bar.")
 def evaluate(
     model_dir: Path | None,
     features_dir: Path,

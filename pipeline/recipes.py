@@ -24,7 +24,7 @@ sparsity and smoothness losses and their weights, and changes how they are optim
 * one view per sample, a phase-shifted sub-sequence (``views="phase"``, one of those full-rate
   scoring interleaves), and so no alignment loss: on the benchmark, training on two views per
   sample collapsed in 2 of 5 runs on a fresh set, with or without the alignment term, and was
-  worse on average on both sets (``--align`` turns it back on, with two phase views and weight
+  worse on average on both sets (``--set align=true`` turns it back on, with two phase views and weight
   0.05: at the paper's 0.5 the term outweighs the BCE 4x with 8 videos a batch; and
   ``view_scaling="once"``: the two views' BCE and MIL are divided by the view count once, not
   twice as in the authors' code, which halves the classification signal against the sparsity

@@ -331,11 +331,11 @@ def test_train_cli_options_and_evaluate_report(calibrated_run, tmp_path) -> None
 
     root, run_dir, annotations = calibrated_run
     runner = CliRunner()
-    base = ["train", "--features", str(root / "train"), "--out", str(tmp_path / "r"), "-q"]
-    result = runner.invoke(main, [*base, "--holdout-fraction", "0", "--operating-point", "f1"])
+    base = ["train", "--features", str(root / "train"), "--run", str(tmp_path / "r"), "-q"]
+    result = runner.invoke(main, [*base, "--set", "holdout_fraction=0", "--operating-point", "f1"])
     assert (
         result.exit_code == 2
-        and "--holdout-fraction 0 holds out no videos to calibrate on; drop --operating-point" in result.stderr
+        and "--set holdout_fraction=0 holds out no videos to calibrate on; drop --operating-point" in result.stderr
     )
     result = runner.invoke(main, [*base, "--operating-point", "f1"])
     assert result.exit_code == 2 and "the f1 operating point needs frame annotations" in result.stderr
@@ -345,7 +345,7 @@ def test_train_cli_options_and_evaluate_report(calibrated_run, tmp_path) -> None
     ann_file.write_text("".join(f"{name} {s} {e}\n" for name, [(s, e)] in annotations.items()))
     common = [
         "evaluate",
-        "--model",
+        "--run",
         str(run_dir),
         "--features",
         str(root / "test"),

@@ -65,8 +65,8 @@ def test_detect_of_a_cached_video_reads_each_feature_file_once(run_dir, make_vid
             _count(m, counts, "hash", "sha256_file", cache)
             _count(m, counts, "walk", "find_videos", discovery, vadpipe.detect)
             _count(m, counts, "device", "select_device", encoder, vadpipe.detect)
-            args = ["detect", str(video), "--model", str(run_dir), "--cache", str(cache_dir), "--device", "cpu"]
-            result = CliRunner().invoke(main, [*args, "--out", str(out), "-q"])
+            args = ["detect", str(video), "--run", str(run_dir), "--features", str(cache_dir), "--device", "cpu"]
+            result = CliRunner().invoke(main, [*args, "--json", str(out), "-q"])
         assert result.exit_code == 0, result.output
         return out.read_text(), counts
 

@@ -99,7 +99,7 @@ def test_extract_offline_as_non_root_matches_the_host(tmp_path):
         docker_run(
             "extract",
             "/videos/bikes.mp4",
-            "--out",
+            "--features",
             "/out/features",
             "--json",
             "/out/report.json",
@@ -107,7 +107,7 @@ def test_extract_offline_as_non_root_matches_the_host(tmp_path):
             mounts=((BIKES, "/videos/bikes.mp4", "ro"), (out, "/out", "rw")),
         )
     )
-    ok(host_run("extract", str(BIKES), "--out", str(tmp_path / "host"), "-q"))
+    ok(host_run("extract", str(BIKES), "--features", str(tmp_path / "host"), "-q"))
     mine, theirs = features(out / "features"), features(tmp_path / "host")
     assert list(mine) == ["bikes.times.npy", "bikes__0.npy"] and list(theirs) == list(mine)
     a, b = mine["bikes__0.npy"], theirs["bikes__0.npy"]
@@ -140,14 +140,14 @@ def host_run_folder(tmp_path_factory):
         config=SynthConfig(n_frames=(64, 80)),
         seed=5,
     )
-    ok(host_run("extract", str(ds.split_dir("train")), "--out", str(root / "features"), "-q"))
+    ok(host_run("extract", str(ds.split_dir("train")), "--features", str(root / "features"), "-q"))
     run = root / "run"
     ok(
         host_run(
             "train",
             "--features",
             str(root / "features"),
-            "--out",
+            "--run",
             str(run),
             "--recipe",
             "paper",
@@ -168,11 +168,11 @@ def test_detect_with_a_run_trained_on_the_host(host_run_folder, tmp_path):
         docker_run(
             "detect",
             "/videos",
-            "--model",
+            "--run",
             "/model",
-            "--cache",
+            "--features",
             "/out/cache",
-            "--out",
+            "--json",
             "/out/intervals.json",
             "-q",
             mounts=((ds.split_dir("test"), "/videos", "ro"), (run, "/model", "ro"), (out, "/out", "rw")),
@@ -184,11 +184,11 @@ def test_detect_with_a_run_trained_on_the_host(host_run_folder, tmp_path):
         host_run(
             "detect",
             str(ds.split_dir("test")),
-            "--model",
+            "--run",
             str(run),
-            "--cache",
+            "--features",
             str(tmp_path / "hcache"),
-            "--out",
+            "--json",
             str(tmp_path / "host.json"),
             "-q",
         )
@@ -212,11 +212,11 @@ def test_bad_input_exit_codes(tmp_path):
     out = writable(tmp_path / "out")
     mounts = ((bad.parent, "/videos", "ro"), (out, "/out", "rw"))
     # every video failed: 1, with one line naming the file
-    proc = docker_run("extract", "/videos/notes.mp4", "--out", "/out/features", "-q", mounts=mounts)
+    proc = docker_run("extract", "/videos/notes.mp4", "--features", "/out/features", "-q", mounts=mounts)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "notes.mp4" in proc.stderr and "Traceback" not in proc.stderr
     # a model folder that is not there: 2 (bad options)
-    proc = docker_run("detect", "/videos/notes.mp4", "--model", "/nowhere", "-q", mounts=mounts)
+    proc = docker_run("detect", "/videos/notes.mp4", "--run", "/nowhere", "-q", mounts=mounts)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "/nowhere" in proc.stderr and "Traceback" not in proc.stderr
     # an unknown subcommand: 2 (click's usage error)
@@ -340,7 +340,7 @@ def test_a_two_container_ray_cluster_gives_the_local_engines_cache(tmp_path):
                 "vadpipe",
                 "extract",
                 str(videos),
-                "--out",
+                "--features",
                 str(out / "cache"),
                 "--engine",
                 "ray",
@@ -365,7 +365,7 @@ def test_a_two_container_ray_cluster_gives_the_local_engines_cache(tmp_path):
     took = time.monotonic() - t0
     report = json.loads((out / "report.json").read_text())
     assert report["counts"] == {"ok": 4} and report["clips_computed"] == 8, report["counts"]
-    ok(host_run("extract", str(videos), "--out", str(tmp_path / "host"), "-q"))
+    ok(host_run("extract", str(videos), "--features", str(tmp_path / "host"), "-q"))
     mine, theirs = snapshot(out / "cache"), snapshot(tmp_path / "host")
     assert sorted(mine) == sorted(theirs) and len(mine) == 4 * 3
     same = sorted(n for n in mine if mine[n] == theirs[n])

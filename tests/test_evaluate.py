@@ -300,7 +300,7 @@ def test_evaluate_cli(tmp_path) -> None:
     check(json.loads(out.read_text()), "standard")
 
     # JSON to stdout, the table (with Table 1 beside it) on stderr.
-    result = runner.invoke(main, [*common, "--model", str(run_dir), "--protocol", "csl", "--json", "-"])
+    result = runner.invoke(main, [*common, "--run", str(run_dir), "--protocol", "csl", "--json", "-"])
     assert result.exit_code == 0, result.output
     check(json.loads(result.stdout), "csl")
     assert "AP trapz" in result.stderr and "97.79/98.28" in result.stderr
@@ -311,7 +311,7 @@ def test_evaluate_cli(tmp_path) -> None:
     other.mkdir(parents=True)
     np.save(other / "x_label_A__0.npy", np.zeros((8, 16), np.float32))
     result = runner.invoke(
-        main, [*common[:1], "--features", str(tmp_path / "wide"), *common[3:], "--model", str(run_dir)]
+        main, [*common[:1], "--features", str(tmp_path / "wide"), *common[3:], "--run", str(run_dir)]
     )
     assert result.exit_code == 2 and "have width 16, the model expects 1024" in result.stderr
 

@@ -184,7 +184,7 @@ def test_cli_as_a_subprocess(make_video, tmp_path):
     video = make_video("sub.mp4", n_frames=16)
     out = tmp_path / "c"
     proc = subprocess.run(
-        [sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out), "-q", "--device", "cpu"],
+        [sys.executable, "-m", "vadpipe", "extract", str(video), "--features", str(out), "-q", "--device", "cpu"],
         capture_output=True,
         text=True,
         timeout=300,
@@ -193,7 +193,7 @@ def test_cli_as_a_subprocess(make_video, tmp_path):
     assert "1 ok" in proc.stderr
     assert np.load(out / "sub__0.npy").shape == (1, 1024)
     bad = subprocess.run(
-        [sys.executable, "-m", "vadpipe", "extract", str(video), "--out", str(out), "--clip-len", "0"],
+        [sys.executable, "-m", "vadpipe", "extract", str(video), "--features", str(out), "--clip-len", "0"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -196,7 +196,8 @@ def bad(tmp_path_factory):
     before = _hashes(videos)
     out = root / "cache"
     result = CliRunner().invoke(
-        main, ["extract", str(videos), "--out", str(out), "--device", "cpu", "--json", str(root / "report.json"), "-q"]
+        main,
+        ["extract", str(videos), "--features", str(out), "--device", "cpu", "--json", str(root / "report.json"), "-q"],
     )
     report = json.loads((root / "report.json").read_text())
     by_name = {Path(r["source"]).relative_to(videos).as_posix(): r for r in report["results"]}
@@ -287,11 +288,11 @@ def test_detect_scores_what_it_can_and_lists_the_rest(bad, run_dir, tmp_path):
         [
             "detect",
             str(videos),
-            "--model",
+            "--run",
             str(run_dir),
-            "--cache",
+            "--features",
             str(out),
-            "--out",
+            "--json",
             str(tmp_path / "intervals.json"),
             "--annotations",
             str(annotations),
@@ -319,7 +320,7 @@ def test_detect_scores_what_it_can_and_lists_the_rest(bad, run_dir, tmp_path):
     assert _hashes(videos) == before  # extract and detect never modify their inputs
 
     only_bad = [str(videos / n) for n, (s, _) in EXPECTED.items() if s == "failed"]
-    allbad = CliRunner().invoke(main, ["detect", *only_bad, "--model", str(run_dir), "--cache", str(out), "-q"])
+    allbad = CliRunner().invoke(main, ["detect", *only_bad, "--run", str(run_dir), "--features", str(out), "-q"])
     assert allbad.exit_code == 1 and "Traceback" not in allbad.output
     assert len([line for line in allbad.stderr.splitlines() if line.startswith("failed: ")]) == len(only_bad)
 
@@ -436,8 +437,8 @@ def test_corrupted_or_foreign_run_folders_are_clear_errors_in_detect_and_evaluat
     runner = CliRunner()
     for name, (folder, message) in cases.items():
         for args in (
-            ["detect", str(video), "--model", str(folder), "--cache", str(tmp_path / "c")],
-            ["evaluate", "--model", str(folder), "--features", str(features), "--annotations", str(annotations)],
+            ["detect", str(video), "--run", str(folder), "--features", str(tmp_path / "c")],
+            ["evaluate", "--run", str(folder), "--features", str(features), "--annotations", str(annotations)],
         ):
             result = runner.invoke(main, [*args, "-q"])
             assert result.exit_code == 2, (name, args[0], result.output, result.exception)
@@ -449,9 +450,9 @@ def test_corrupted_or_foreign_run_folders_are_clear_errors_in_detect_and_evaluat
         [
             "detect",
             str(video),
-            "--model",
+            "--run",
             str(tmp_path / "runs" / "foreign-settings"),
-            "--cache",
+            "--features",
             str(tmp_path / "c"),
             "-q",
         ],
@@ -471,7 +472,7 @@ def test_train_resume_refuses_a_damaged_checkpoint(tmp_path):
                 "train",
                 "--features",
                 str(feats),
-                "--out",
+                "--run",
                 str(run),
                 "--recipe",
                 "paper",
@@ -511,7 +512,7 @@ def test_weights_with_the_wrong_hash_are_refused(make_video, tmp_path, monkeypat
         ("missing.ckpt", "weights file not found"),
     ]:
         result = runner.invoke(
-            main, ["extract", str(video), "--out", str(tmp_path / "c"), "--weights", str(tmp_path / weights), "-q"]
+            main, ["extract", str(video), "--features", str(tmp_path / "c"), "--weights", str(tmp_path / weights), "-q"]
         )
         assert result.exit_code == 2, (weights, result.output)
         (line,) = result.stderr.strip().splitlines()
@@ -564,21 +565,21 @@ def test_read_only_output_folder_is_one_clear_error(make_video, run_dir, tmp_pat
         expected = os.strerror(errno.EROFS)
     runner = CliRunner()
     for target in (out, out / "sub" / "cache"):
-        result = runner.invoke(main, ["extract", str(video), "--out", str(target), "--device", "cpu"])
+        result = runner.invoke(main, ["extract", str(video), "--features", str(target), "--device", "cpu"])
         assert result.exit_code == 2, result.output
         (line,) = result.stderr.strip().splitlines()
         assert line.startswith("error: cannot") and str(out) in line and expected in line, line
     # output files given as options are checked before any work, naming the file (not a temp file)
     for args in (
-        ["extract", str(video), "--out", str(tmp_path / "c"), "--json", str(out / "report.json")],
+        ["extract", str(video), "--features", str(tmp_path / "c"), "--json", str(out / "report.json")],
         [
             "detect",
             str(video),
-            "--model",
+            "--run",
             str(run_dir),
-            "--cache",
+            "--features",
             str(tmp_path / "c"),
-            "--out",
+            "--json",
             str(out / "intervals.json"),
         ],
     ):
@@ -625,7 +626,7 @@ def test_extract_option_and_path_errors(make_video, tmp_path):
     video = make_video("v.mp4", n_frames=16)
     (tmp_path / "empty-folder").mkdir()
     runner = CliRunner()
-    out = ["--out", str(tmp_path / "c")]
+    out = ["--features", str(tmp_path / "c")]
     for args, message in [
         (["--fps", "-1"], "fps must be a finite number > 0, got -1.0"),
         (["--fps", "0"], "fps must be a finite number > 0"),
@@ -634,7 +635,7 @@ def test_extract_option_and_path_errors(make_video, tmp_path):
         (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "tpu"], "device"),
         (["--clip-len", "0"], "--clip-len"),
         (["--stride", "-2"], "--stride"),
-        (["--batch-size", "0"], "--batch-size"),
+        (["--i3d-batch", "0"], "--i3d-batch"),
         (["--crops", "seven"], "--crops"),
     ]:
         result = runner.invoke(main, ["extract", str(video), *out, *args])
@@ -656,7 +657,7 @@ def test_detect_option_and_path_errors(run_dir, make_video, tmp_path):
     bad_ann = tmp_path / "bad.txt"
     bad_ann.write_text("v 40 20\n")
     runner = CliRunner()
-    base = ["detect", str(video), "--model", str(run_dir), "--cache", str(tmp_path / "c"), "-q"]
+    base = ["detect", str(video), "--run", str(run_dir), "--features", str(tmp_path / "c"), "-q"]
     for args, message in [
         (["--threshold", "1.5"], "must lie in [0, 1], got 1.5"),
         (["--threshold", "-0.1"], "must lie in [0, 1]"),
@@ -676,7 +677,7 @@ def test_detect_option_and_path_errors(run_dir, make_video, tmp_path):
     result = runner.invoke(main, ["detect", str(tmp_path / "gone.mp4"), *base[2:]])
     assert result.exit_code == 1 and f"{tmp_path / 'gone.mp4'}: no such file or folder" in result.stderr
     short = make_video("short.mp4", n_frames=8)  # nothing for the network to do
-    result = runner.invoke(main, ["detect", str(short), *base[2:], "--out", str(tmp_path / "no" / "dir" / "x.json")])
+    result = runner.invoke(main, ["detect", str(short), *base[2:], "--json", str(tmp_path / "no" / "dir" / "x.json")])
     assert result.exit_code == 0 and (tmp_path / "no" / "dir" / "x.json").is_file()  # folders are created
 
 
@@ -704,7 +705,7 @@ def test_train_labels_and_annotations_errors(tmp_path):
                 "train",
                 "--features",
                 str(feats),
-                "--out",
+                "--run",
                 str(tmp_path / out),
                 "--recipe",
                 "paper",
@@ -740,7 +741,7 @@ def test_train_labels_and_annotations_errors(tmp_path):
     assert "2 video(s) in" in result.stderr and "not-in-the-features" in result.stderr
     annotations = tmp_path / "ann.txt"
     annotations.write_text(f"{names[1]} 5 2\n")
-    result = train("--val-features", str(feats), "--annotations", str(annotations), out="val")
+    result = train("--val-features", str(feats), "--val-annotations", str(annotations), out="val")
     assert result.exit_code == 2 and "0 <= start < end, got [(5, 2)]" in result.stderr
 
 
@@ -758,12 +759,12 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
             "train",
             "--features",
             str(feats),
-            "--out",
+            "--run",
             str(tmp_path / "r"),
             "-q",
             "--ensemble",
             "1",  # one member: trained in this process
-            "--features-backbone",
+            "--backbone",
             "kinetics400-scratch",
         ],
     )  # no unknown-origin warning
@@ -771,7 +772,7 @@ def test_interrupted_commands_exit_130_without_traceback(run_dir, make_video, mo
     monkeypatch.setattr(importlib.import_module("vadpipe.extract.encoder").ClipEncoder, "__call__", interrupted)
     out = tmp_path / "intervals.json"
     result = CliRunner().invoke(
-        main, ["detect", str(video), "--model", str(run_dir), "--cache", str(tmp_path / "c"), "--out", str(out), "-q"]
+        main, ["detect", str(video), "--run", str(run_dir), "--features", str(tmp_path / "c"), "--json", str(out), "-q"]
     )
     assert result.exit_code == 130 and result.stderr.strip() == "interrupted", result.output
     assert not out.exists()  # nothing half scored is written
@@ -824,7 +825,7 @@ def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
     killed_dir = tmp_path / "killed"
     vadpipe = [sys.executable, "-m", "vadpipe", "train"]
     killed = subprocess.Popen(
-        [*vadpipe, "--features", str(feats), "--out", str(killed_dir), *_TRAIN_ARGS],
+        [*vadpipe, "--features", str(feats), "--run", str(killed_dir), *_TRAIN_ARGS],
         env=one_thread,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -841,7 +842,7 @@ def test_train_killed_mid_run_resumes_to_the_same_weights(tmp_path, one_thread):
         text=True,
     )
     reference = CliRunner().invoke(
-        main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"), *_TRAIN_ARGS]
+        main, ["train", "--features", str(feats), "--run", str(tmp_path / "ref"), *_TRAIN_ARGS]
     )  # uninterrupted, meanwhile
     assert reference.exit_code == 0, reference.output
     _, err = resumed.communicate(timeout=300)
@@ -856,11 +857,11 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     live on until their member ends): --resume waits for them through the members' locks, keeps
     the finished members, resumes the others, and the run equals an uninterrupted one."""
     feats = _bare_features(tmp_path / "feats", n_videos=8, n_clips=32, dim=64)
-    args = ["--batch-size", "4", "--seed", "7", "--ensemble", "2", "--min-steps", "300", "-q"]
+    args = ["--batch-size", "4", "--seed", "7", "--ensemble", "2", "--set", "min_steps=300", "-q"]
     killed_dir = tmp_path / "killed"
     vadpipe = [sys.executable, "-m", "vadpipe", "train"]
     killed = subprocess.Popen(
-        [*vadpipe, "--features", str(feats), "--out", str(killed_dir), *args],
+        [*vadpipe, "--features", str(feats), "--run", str(killed_dir), *args],
         env=one_thread,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -870,7 +871,7 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     assert not (killed_dir / "weights.safetensors").exists(), "the run finished before it could be killed"
     resumed = CliRunner().invoke(main, ["train", "--resume", str(killed_dir), "-q"])
     assert resumed.exit_code == 0, resumed.output
-    reference = CliRunner().invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"), *args])
+    reference = CliRunner().invoke(main, ["train", "--features", str(feats), "--run", str(tmp_path / "ref"), *args])
     assert reference.exit_code == 0, reference.output
     wa, wb = (load_file(str(d / "weights.safetensors")) for d in (killed_dir, tmp_path / "ref"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -884,7 +885,7 @@ def test_an_ensemble_run_killed_mid_training_resumes_to_the_same_run(tmp_path, o
     unfinished.mkdir()
     shutil.copy(killed_dir / "ensemble_request.json", unfinished / "ensemble_request.json")
     other = CliRunner().invoke(
-        main, ["train", "--features", str(feats), "--out", str(unfinished), *args, "--seed", "8"]
+        main, ["train", "--features", str(feats), "--run", str(unfinished), *args, "--seed", "8"]
     )
     assert other.exit_code == 2 and "unfinished ensemble run with other settings" in other.output
 
@@ -893,7 +894,7 @@ def test_train_killed_before_its_first_checkpoint_resumes_from_scratch(tmp_path)
     feats = _bare_features(tmp_path / "feats", n_videos=6, n_clips=12)
     runner = CliRunner()
     args = ["--recipe", "paper", "--epochs", "2", "--batch-size", "4", "--seed", "2", "-q"]
-    reference = runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "ref"), *args])
+    reference = runner.invoke(main, ["train", "--features", str(feats), "--run", str(tmp_path / "ref"), *args])
     assert reference.exit_code == 0, reference.output
     # what a kill during epoch 1 leaves: the run's config.json (written first), nothing else
     early = tmp_path / "early"

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     runner = CliRunner()
     feats = {s: root / "features" / s for s in ("train", "test")}
     for split, out in feats.items():
-        _ok(runner.invoke(main, ["extract", str(ds.split_dir(split)), "--out", str(out), "-q"]))
+        _ok(runner.invoke(main, ["extract", str(ds.split_dir(split)), "--features", str(out), "-q"]))
     run = root / "run"
     _ok(
         runner.invoke(
@@ -47,12 +47,12 @@ def trained(tmp_path_factory):
                 "train",
                 "--features",
                 str(feats["train"]),
-                "--out",
+                "--run",
                 str(run),
                 "--recipe",
                 "paper",
-                "--holdout-fraction",
-                "0.25",
+                "--set",
+                "holdout_fraction=0.25",
                 "--epochs",
                 "40",
                 "--seed",
@@ -75,7 +75,7 @@ def test_train_then_evaluate_on_extracted_features(trained):
             main,
             [
                 "evaluate",
-                "--model",
+                "--run",
                 str(run),
                 "--features",
                 str(feats["test"]),
@@ -103,11 +103,11 @@ def test_detect_finds_the_planted_anomaly_and_writes_valid_json_and_plots(traine
             [
                 "detect",
                 str(ds.split_dir("test")),
-                "--model",
+                "--run",
                 str(run),
-                "--cache",
+                "--features",
                 str(feats["test"]),
-                "--out",
+                "--json",
                 str(out),
                 "--plot",
                 str(plots),
@@ -153,11 +153,11 @@ def test_detect_maps_variable_frame_rate_times_from_timestamps(trained, tmp_path
             [
                 "detect",
                 str(video),
-                "--model",
+                "--run",
                 str(run),
-                "--cache",
+                "--features",
                 str(tmp_path / "c"),
-                "--out",
+                "--json",
                 "-",
                 "--threshold",
                 "0.0",
@@ -183,11 +183,11 @@ def test_detect_report_writes_a_review_folder_of_the_same_videos(trained, tmp_pa
             [
                 "detect",
                 str(ds.split_dir("test")),
-                "--model",
+                "--run",
                 str(run),
-                "--cache",
+                "--features",
                 str(feats["test"]),
-                "--out",
+                "--json",
                 str(out),
                 "--report",
                 str(review),
@@ -211,7 +211,7 @@ def test_detect_refuses_settings_the_model_was_not_trained_with(trained, make_vi
     _, _, run, _ = trained
     video = make_video("x.mp4", n_frames=16)
     result = CliRunner().invoke(
-        main, ["detect", str(video), "--model", str(run), "--crops", "five", "--cache", str(tmp_path / "c"), "-q"]
+        main, ["detect", str(video), "--run", str(run), "--crops", "five", "--features", str(tmp_path / "c"), "-q"]
     )
     assert result.exit_code == 2
     assert "crops='five'" in result.stderr and "model: 'center'" in result.stderr
@@ -222,7 +222,7 @@ def test_detect_reports_too_short_videos_instead_of_failing(trained, make_video,
     video = make_video("short.mp4", n_frames=8)
     result = _ok(
         CliRunner().invoke(
-            main, ["detect", str(video), "--model", str(run), "--cache", str(tmp_path / "c"), "--out", "-", "-q"]
+            main, ["detect", str(video), "--run", str(run), "--features", str(tmp_path / "c"), "--json", "-", "-q"]
         )
     )
     doc = json.loads(result.stdout)
@@ -249,8 +249,8 @@ def test_detect_marks_real_footage_outside_the_synthetic_training_footage(traine
     ds, feats, run, _ = trained
     assert (run / "ood.safetensors").is_file()  # stored by vadpipe train
     cache, out, plots = tmp_path / "cache", tmp_path / "intervals.json", tmp_path / "plots"
-    args = ["detect", str(ds.split_dir("test")), str(BIKES), "--model", str(run), "--cache", str(cache), "-q"]
-    result = _ok(CliRunner().invoke(main, args + ["--out", str(out), "--plot", str(plots)]))
+    args = ["detect", str(ds.split_dir("test")), str(BIKES), "--run", str(run), "--features", str(cache), "-q"]
+    result = _ok(CliRunner().invoke(main, args + ["--json", str(out), "--plot", str(plots)]))
     doc = json.loads(out.read_text())
     validate_document(doc)
     judged = {Path(v["source"]).name: v["ood"] for v in doc["videos"]}
@@ -276,7 +276,7 @@ def test_evaluate_reports_test_videos_like_the_training_footage(trained):
             main,
             [
                 "evaluate",
-                "--model",
+                "--run",
                 str(run),
                 "--features",
                 str(feats["test"]),
@@ -304,11 +304,11 @@ def test_a_model_from_before_the_check_still_loads_and_says_once_it_cannot_judge
             [
                 "detect",
                 str(ds.split_dir("test")),
-                "--model",
+                "--run",
                 str(old),
-                "--cache",
+                "--features",
                 str(feats["test"]),
-                "--out",
+                "--json",
                 "-",
                 "--ood",
                 "error",

@@ -103,7 +103,7 @@ def test_extract_with_the_openvino_runtime_records_it_and_matches_torch(make_vid
     for runtime in ("torch", "openvino"):
         out = tmp_path / runtime
         result = CliRunner().invoke(
-            main, ["extract", str(video), "--out", str(out), "--runtime", runtime, "-q", "--weights", str(weights)]
+            main, ["extract", str(video), "--features", str(out), "--runtime", runtime, "-q", "--weights", str(weights)]
         )
         assert result.exit_code == 0, result.output
         record = json.loads((out / "walk.json").read_text())

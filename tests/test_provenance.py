@@ -36,14 +36,14 @@ def _train(tmp_path, features, *extra) -> tuple[object, dict]:
             "train",
             "--features",
             str(features),
-            "--out",
+            "--run",
             str(out),
             "--epochs",
             "1",
-            "--min-steps",
-            "0",
-            "--holdout-fraction",
-            "0",
+            "--set",
+            "min_steps=0",
+            "--set",
+            "holdout_fraction=0",
             "--batch-size",
             "2",
             "-q",
@@ -55,7 +55,7 @@ def _train(tmp_path, features, *extra) -> tuple[object, dict]:
 
 def _detect(tmp_path, run, video, *extra):
     return CliRunner(env={"VADPIPE_HOME": str(tmp_path / "ws")}).invoke(
-        main, ["detect", str(video), "--model", str(run), "--device", "cpu", "-q", *extra]
+        main, ["detect", str(video), "--run", str(run), "--device", "cpu", "-q", *extra]
     )
 
 
@@ -64,8 +64,8 @@ def test_train_records_the_backbone_of_bare_features_only_when_told(tmp_path):
     result, config = _train(tmp_path, features)
     assert result.exit_code == 0, result.output
     assert config["backbone"]["id"] is None and config["backbone"]["source"] == "unknown"
-    assert "unknown" in result.stderr and "--features-backbone kinetics400-imagenet" in result.stderr
-    result, config = _train(tmp_path, features, "--features-backbone", IMAGENET.id)
+    assert "unknown" in result.stderr and "--backbone kinetics400-imagenet" in result.stderr
+    result, config = _train(tmp_path, features, "--backbone", IMAGENET.id)
     assert result.exit_code == 0, result.output
     assert config["backbone"] == {"id": IMAGENET.id, "source": "stated", "note": config["backbone"]["note"]}
     assert "on the user's word" in config["backbone"]["note"] and "unknown" not in result.stderr

@@ -92,7 +92,7 @@ def reference(videos, tmp_path_factory) -> dict[str, bytes]:
 
 
 def extract_cmd(videos: Path, out: Path, address: str | None, report: Path | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "vadpipe", "extract", str(videos), "--out", str(out), "-q"]
+    cmd = [sys.executable, "-m", "vadpipe", "extract", str(videos), "--features", str(out), "-q"]
     if address:
         cmd += ["--engine", "ray", "--address", address]
     if report:

@@ -188,8 +188,11 @@ def test_train_help_prints_the_registry_defaults_and_the_cli_applies_only_given_
 
     assert list(command.params[[p.name for p in command.params].index("recipe")].type.choices) == list(RECIPES)
     text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
-    assert "[default: cosine (default recipe), multistep (paper)]" in text
-    assert "[default: 0.25 (default recipe), 0 (paper)]" in text and "[default: mlp]" in text
+    assert "[default: 4 (default recipe), 1 (paper)]" in text and "[default: 0.05]" in text
+    keys = " ".join(CliRunner().invoke(main, ["train", "--help-keys"]).output.split())
+    assert "[default: cosine (default recipe), multistep (paper)]" in keys
+    assert "[default: 0.25 (default recipe), 0 (paper)]" in keys and "[default: mlp]" in keys
+    assert "view_scaling [authors|once] [default: once (default recipe), authors (paper)]" in keys
     _planted(tmp_path / "feats", 4, seed=9)
     result = CliRunner().invoke(
         main,
@@ -197,7 +200,7 @@ def test_train_help_prints_the_registry_defaults_and_the_cli_applies_only_given_
             "train",
             "--features",
             str(tmp_path / "feats"),
-            "--out",
+            "--run",
             str(tmp_path / "run"),
             "--recipe",
             "paper",

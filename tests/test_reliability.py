@@ -28,7 +28,7 @@ def _cmd(inputs: Path, out: Path) -> list[str]:
         "vadpipe",
         "extract",
         str(inputs),
-        "--out",
+        "--features",
         str(out),
         "--device",
         "cpu",

@@ -405,14 +405,14 @@ def test_verdicts_export_files_that_train_and_evaluate_read(page, built, videos,
             str(feats),
             "--labels",
             str(labels),
-            "--out",
+            "--run",
             str(run),
             "--recipe",
             "paper",
             "--epochs",
             "2",
-            "--holdout-fraction",
-            "0",
+            "--set",
+            "holdout_fraction=0",
             "-q",
         ],
     )
@@ -420,6 +420,6 @@ def test_verdicts_export_files_that_train_and_evaluate_read(page, built, videos,
     config = json.loads((run / "config.json").read_text())
     assert config["data"]["videos_per_class"] == {"normal": 2, "anomalous": 1}, config["data"]
     result = runner.invoke(
-        main, ["evaluate", "--model", str(run), "--features", str(feats), "--annotations", str(annotations), "-q"]
+        main, ["evaluate", "--run", str(run), "--features", str(feats), "--annotations", str(annotations), "-q"]
     )
     assert result.exit_code == 0, (result.output, result.exception)

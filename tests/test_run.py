@@ -138,21 +138,22 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
             "train",
             "--features",
             str(feats),
-            "--out",
+            "--run",
             str(out),
             "--recipe",
             "paper",
             "--epochs",
             "2",
-            "--no-align",
+            "--set",
+            "align=false",
             "--loss-weights",
             "paper",
-            "--w-smooth",
-            "0.5",
-            "--lr-milestone",
-            "1",
-            "--attention",
-            "gated",
+            "--set",
+            "w_smooth=0.5",
+            "--set",
+            "lr_milestone_epoch=1",
+            "--set",
+            "attention=gated",
             "--json",
             str(tmp_path / "summary.json"),
             "-q",
@@ -181,8 +182,8 @@ def test_train_cli_on_bare_features(tmp_path: Path) -> None:
     result = runner.invoke(main, ["train", "--resume", str(out), "--epochs", "3", "-q"])
     assert result.exit_code == 0, result.output
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
-    result = runner.invoke(main, ["train", "--resume", str(out), "--lr", "1", "--no-align"])
-    assert result.exit_code == 2 and "drop --lr, --align/--no-align" in result.output
+    result = runner.invoke(main, ["train", "--resume", str(out), "--lr", "1", "--set", "align=false"])
+    assert result.exit_code == 2 and "drop --set, --lr" in result.output
 
 
 @pytest.mark.slow
@@ -259,20 +260,21 @@ def test_train_cli_with_no_arguments_uses_the_workspace(tmp_path: Path, monkeypa
 def test_train_cli_errors(tmp_path: Path) -> None:
     runner = CliRunner()
     normal_only = _bare_features(tmp_path / "normal", only_normal=True)
-    result = runner.invoke(main, ["train", "--features", str(normal_only), "--out", str(tmp_path / "r"), "-q"])
+    result = runner.invoke(main, ["train", "--features", str(normal_only), "--run", str(tmp_path / "r"), "-q"])
     assert result.exit_code == 2 and "error: all 8 training videos are normal" in result.output
     feats = _bare_features(tmp_path / "feats")
     for args, message in [
-        (["--val-features", str(feats)], "needs both --val-features and --annotations"),
-        (["--crops", "0,x"], "--crops must be comma-separated"),
-        (["--kernel-size", "4"], "kernel_size must be a positive odd int"),
-        (["--lr-milestone", "10"], "--lr-milestone applies to --schedule multistep"),
-        (["--recipe", "paper", "--warmup-steps", "5"], "--warmup-steps applies to --schedule cosine"),
-        (["--early-stopping", "--holdout-fraction", "0"], "--holdout-fraction 0 holds out none"),
+        (["--val-features", str(feats)], "needs both --val-features and --val-annotations"),
+        (["--crop-indices", "0,x"], "--crop-indices must be comma-separated"),
+        (["--set", "kernel_size=4"], "kernel_size must be a positive odd int"),
+        (["--set", "lr_milestone_epoch=10"], "--set lr_milestone_epoch applies to --set schedule=multistep"),
+        (["--recipe", "paper", "--set", "warmup_steps=5"], "--set warmup_steps applies to --set schedule=cosine"),
+        (["--set", "early_stopping=true", "--set", "holdout_fraction=0"], "holdout_fraction=0 holds out none"),
+        (["--set", "w_typo=1"], "--set takes KEY=VALUE with KEY one of min_steps,"),
         (["--recipe", "fast"], "Invalid value for '--recipe'"),
-        (["--w-align", "0.1"], "--w-align weighs the alignment loss, which needs --align"),
+        (["--set", "w_align=0.1"], "--set w_align weighs the alignment loss, which needs --set align=true"),
     ]:
-        result = runner.invoke(main, ["train", "--features", str(feats), "--out", str(tmp_path / "r2"), *args])
+        result = runner.invoke(main, ["train", "--features", str(feats), "--run", str(tmp_path / "r2"), *args])
         assert result.exit_code == 2 and message in result.output, result.output
 
 

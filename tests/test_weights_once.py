@@ -59,6 +59,8 @@ def test_detect_reads_and_verifies_the_weights_once(tmp_path, make_video, counte
 
 def test_vadpipe_extract_reads_and_verifies_the_weights_once(tmp_path, make_video, counted):
     video = make_video("a.mp4")
-    result = CliRunner().invoke(main, ["extract", str(video), "--out", str(tmp_path / "c"), "--device", "cpu", "-q"])
+    result = CliRunner().invoke(
+        main, ["extract", str(video), "--features", str(tmp_path / "c"), "--device", "cpu", "-q"]
+    )
     assert result.exit_code == 0, (result.output, result.exception)
     assert counted == {"read": 1, "verify": 1}

@@ -263,7 +263,9 @@ def test_ray_engine_without_ray_says_how_to_install_it(monkeypatch, tmp_path):
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
     video = write_video(tmp_path / "v.mp4", moving_frames(16, 96, 64))
-    result = CliRunner().invoke(main, ["extract", str(video), "--out", str(tmp_path / "c"), "--engine", "ray", "-q"])
+    result = CliRunner().invoke(
+        main, ["extract", str(video), "--features", str(tmp_path / "c"), "--engine", "ray", "-q"]
+    )
     assert result.exit_code == 2
     assert "pip install 'vadpipe[ray]'" in result.stderr and "Traceback" not in result.stderr
 
@@ -273,7 +275,7 @@ def test_cli_has_the_engine_options_and_passes_them_on(tmp_path):
     for option in ("--decode-procs", "--ray-tasks", "--devices", "--engine", "--address"):
         assert option in help_text
     video = write_video(tmp_path / "one.mp4", moving_frames(16, 96, 64, seed=8))
-    args = ["extract", str(video), "--out", str(tmp_path / "cache"), "-q"]
+    args = ["extract", str(video), "--features", str(tmp_path / "cache"), "-q"]
     bad = CliRunner().invoke(main, args + ["--engine", "ray", "--devices", "cpu,cpu"])
     assert bad.exit_code == 2 and "--devices is for the local engine" in bad.stderr
     bad = CliRunner().invoke(main, args + ["--address", "auto"])
