@@ -11,23 +11,21 @@ order of the inputs.
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import io
 import json
-import math
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from vadpipe.errors import CacheError
 
+from .contract import dataclass_fields
 from .fileio import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 __all__ = [
@@ -166,7 +164,7 @@ class CacheRecord:
         written), and so may ``video.native_fps`` and ``video.codec``; values are kept as given, so
         ``to_dict`` reproduces a written record exactly.
         """
-        rec = _fields(cls, data, "", where)
+        rec = dataclass_fields(cls, data, where=where, error=CacheError, nested=_NESTED)
         if rec.schema_version != SCHEMA_VERSION:
             raise CacheError(f"{where}: field 'schema_version' must be {SCHEMA_VERSION}, got {rec.schema_version!r}")
         if rec.status not in RECORD_STATUSES:
@@ -212,61 +210,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
     return value
-
-
-_NUMBER = (int, float)
-
-
-def _check(value: Any, annotation: str, path: str, where: str) -> Any:
-    """``value`` converted to the field's frozen type, or CacheError naming ``path``."""
-    optional = annotation.endswith(" | None")
-    base = annotation.removesuffix(" | None")
-    if value is None and optional:
-        return None
-    nested = _NESTED.get(base)
-    if nested is not None:
-        return _fields(nested, value, path + ".", where)
-    if base.startswith("tuple["):
-        item = base[len("tuple[") : -len(", ...]")]
-        if not isinstance(value, list):
-            raise CacheError(f"{where}: field {path!r} must be a list, got {_short(value)}")
-        return tuple(_check(v, item, f"{path}[{i}]", where) for i, v in enumerate(value))
-    ok = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, _NUMBER) and not isinstance(v, bool) and math.isfinite(v),
-        "str": lambda v: isinstance(v, str),
-        "Mapping[str, Any]": lambda v: isinstance(v, dict),
-    }[base](value)
-    if not ok:
-        what = {"Mapping[str, Any]": "an object", "float": "a finite number", "int": "an integer", "str": "a string"}[
-            base
-        ]
-        raise CacheError(f"{where}: field {path!r} must be {what}{' or null' if optional else ''}, got {_short(value)}")
-    return MappingProxyType(copy.deepcopy(value)) if isinstance(value, dict) else value
-
-
-def _fields(cls: type, data: Any, prefix: str, where: str) -> Any:
-    """An instance of the record dataclass ``cls`` from ``data``; fields with a default may be absent."""
-    label = prefix.rstrip(".") or "the record"
-    if not isinstance(data, dict):
-        raise CacheError(f"{where}: {label!r} must be an object, got {_short(data)}")
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise CacheError(f"{where}: unknown field {prefix + unknown[0]!r}")
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in data:
-            if f.default is not dataclasses.MISSING:
-                continue
-            raise CacheError(f"{where}: field {prefix + f.name!r} is missing")
-        values[f.name] = _check(data[f.name], f.type, prefix + f.name, where)
-    return cls(**values)
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 _NESTED = {

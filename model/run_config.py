@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vadpipe.errors import CheckpointError
+from vadpipe.extract.contract import optional_unit, section, unit
 
 from .config import TrainConfig
 from .net import ModelConfig
@@ -23,22 +24,6 @@ RUN_SCHEMA_VERSION = 1
 # Where a run's operating point came from: the paper's fixed 0.35, a user's choice, or calibrated
 # on held-out training videos for a false-alarm target or the best interval F1.
 OPERATING_POINT_METHODS = ("fixed", "manual", "false_alarms", "f1")
-
-
-def _unit(data: Mapping[str, Any], key: str, default: float | None, where: str) -> float | None:
-    value = data.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise CheckpointError(f"{where}: operating_point.{key} must lie in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _section(data: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any] | None:
-    value = data.get(key)
-    if value is not None and not isinstance(value, Mapping):
-        raise CheckpointError(f"{where}: '{key}' must be an object, got {value!r:.60}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -76,14 +61,19 @@ class SavedOperatingPoint:
             raise CheckpointError(
                 f"{where}: operating_point.method must be one of {', '.join(OPERATING_POINT_METHODS)}, got {method!r}"
             )
+        op = f"{where}: operating_point"
         calibrations = [
-            _section(data, key, f"{where}: operating_point") for key in ("video_calibration", "interval_calibration")
+            section(data, key, where, error=CheckpointError, prefix="operating_point.")
+            for key in ("video_calibration", "interval_calibration")
         ]
+        threshold = float(unit(data, "threshold", op, error=CheckpointError, default=0.35))
+        video_threshold = float(unit(data, "video_threshold", op, error=CheckpointError, default=0.0))
+        target = optional_unit(data, "target_false_alarm_rate", op, error=CheckpointError)
         return cls(
             method=method,
-            threshold=_unit(data, "threshold", 0.35, where),
-            video_threshold=_unit(data, "video_threshold", 0.0, where),
-            target_false_alarm_rate=_unit(data, "target_false_alarm_rate", None, where),
+            threshold=threshold,
+            video_threshold=video_threshold,
+            target_false_alarm_rate=None if target is None else float(target),
             video_calibration=calibrations[0],
             interval_calibration=calibrations[1],
             entry=dict(data),
@@ -134,7 +124,7 @@ class RunConfig:
             model = ModelConfig.from_dict(data["model"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{where}: bad model settings: {exc}") from exc
-        training = _section(data, "training", where)
+        training = section(data, "training", where, error=CheckpointError)
         if training is not None:
             try:
                 training = TrainConfig.from_dict(training, model=data["model"])
@@ -146,7 +136,7 @@ class RunConfig:
             training=training,
             operating_point=None if op is None else SavedOperatingPoint.from_dict(op, where=where),
             **{
-                key: _section(data, key, where)
+                key: section(data, key, where, error=CheckpointError)
                 for key in ("extraction", "data", "validation", "selection", "calibration")
             },
             sections=dict(data),
