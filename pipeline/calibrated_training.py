@@ -25,6 +25,7 @@ from vadpipe.model.data import DataWarning
 from vadpipe.model.labels import open_training_set, parse_annotations
 from vadpipe.model.ood import fit_run_distance
 from vadpipe.model.provenance import SECTION, training_backbone
+from vadpipe.model.run import read_run_config
 from vadpipe.model.splits import stratified_holdout
 from vadpipe.model.train import resume, train
 from vadpipe.model.validation import ValidationSpec
@@ -131,12 +132,16 @@ def train_calibrated(
 def resume_calibrated(run_dir: Path | str, *, epochs: int | None = None, show_progress: bool = False) -> Path:
     """Continue a run from its last checkpoint (`vadpipe.model.train.resume`, early stopping with
     `score_video`), then choose its operating point again (a no-op without held-out videos) and refit the
-    outside-footage check."""
+    outside-footage check, all on the feature set opened here once."""
     if (Path(run_dir) / REQUEST_FILE).is_file():
         if epochs is not None:
             raise ConfigError(f"{run_dir} is an ensemble run: it resumes with its own settings; drop --epochs")
         return resume_ensemble(run_dir, show_progress=show_progress)
-    run_dir = resume(run_dir, epochs=epochs, show_progress=show_progress)
-    calibrate_run(run_dir)
-    fit_run_distance(run_dir)
+    recorded = read_run_config(run_dir).data or {}
+    data = None  # a config that does not record its features: resume says what it lacks
+    if {"path", "labels_csv", "crops_requested"} <= set(recorded):
+        data = open_training_set(recorded["path"], labels_csv=recorded["labels_csv"], crops=recorded["crops_requested"])
+    run_dir = resume(run_dir, epochs=epochs, show_progress=show_progress, data=data)
+    calibrate_run(run_dir, data=data)
+    fit_run_distance(run_dir, data=data)
     return run_dir

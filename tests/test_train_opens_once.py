@@ -59,3 +59,16 @@ def test_resuming_an_ensemble_opens_its_features_once(tmp_path: Path, scans: lis
     scans.clear()
     resume_calibrated(run)
     assert scans == [(tmp_path / "train").resolve()]  # the recorded path, opened by the driver alone
+
+
+def test_resuming_a_single_calibrated_run_opens_its_features_once(tmp_path: Path, scans: list[Path]) -> None:
+    from vadpipe.calibrated_training import resume_calibrated, train_calibrated
+    from vadpipe.recipes import recipe
+
+    _planted(tmp_path / "train", 16, seed=0)
+    chosen = recipe("default")
+    config = replace(chosen.training, min_steps=20, warmup_steps=5, select_every_steps=10, seed=3)
+    run = train_calibrated(tmp_path / "train", out_dir=tmp_path / "run", config=config, calibration=chosen.calibration)
+    scans.clear()
+    resume_calibrated(run)  # resume, calibration and the outside-footage check share the one set
+    assert scans == [(tmp_path / "train").resolve()]
