@@ -44,7 +44,7 @@ def _extract_real(run_dir: Path, paths: list[Path], cache: Path) -> dict[str, li
     from vadpipe.extract.settings import ExtractionSettings
     from vadpipe.model.run import read_run_config
 
-    settings = ExtractionSettings.from_dict(read_run_config(run_dir)["extraction"]["settings"])
+    settings = ExtractionSettings.from_dict(read_run_config(run_dir).extraction["settings"])
     extract_videos(paths, out_dir=cache, settings=settings, progress=True)
     return _features(cache, "test")
 

@@ -1,8 +1,11 @@
 """The typed contents of a run folder's ``config.json``: what training hands to every later stage.
 
-`RunConfig.from_dict` is the one place that checks the file; detect, evaluate, calibration and
-resume read the typed fields instead of digging in the JSON, so the block length, the
-operating point and the extraction settings are parsed once, with one message per bad value.
+`RunConfig.from_dict` is the one place that checks the file (with `vadpipe.extract.contract`,
+as every JSON file vadpipe reads is checked); detect, evaluate, calibration and resume read the
+typed fields instead of digging in the JSON, so the block length and the operating point are
+parsed once per load, with one message per bad value. The extraction settings and the score
+calibrations are kept as written and parsed once where they are used
+(`vadpipe.detect.run_extraction_settings`, `vadpipe.postprocess.intervals.OperatingPoint`).
 The file format is unchanged (schema_version 1): runs written before this module load as they are.
 """
 
