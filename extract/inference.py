@@ -142,7 +142,7 @@ def gpu_memory_errors(device: torch.device, crops: int) -> Iterator[None]:
     try:
         yield
     except torch.OutOfMemoryError:
-        raise VadpipeError(f"GPU out of memory at a batch of {crops} crops on {device}: lower --batch-size") from None
+        raise VadpipeError(f"GPU out of memory at a batch of {crops} crops on {device}: lower --i3d-batch") from None
 
 
 def inference_network(model: InceptionI3d, device: torch.device, precision: str, *, runtime: str = "torch") -> Network:

@@ -86,7 +86,7 @@ def check_shared_memory(needed: int, free: int | None) -> None:
         raise ConfigError(
             f"the decode processes need {needed / 2**20:.0f} MiB of shared memory but {SHM} has "
             f"{free / 2**20:.0f} MiB free: give the container more (docker run --shm-size=1g, or "
-            "--ipc=host), or lower --decode-procs or --batch-size"
+            "--ipc=host), or lower --decode-procs or --i3d-batch"
         )
 
 

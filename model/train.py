@@ -344,7 +344,7 @@ def train(
     out_dir = Path(out_dir)
     if (out_dir / CONFIG_FILE).exists() or (out_dir / CHECKPOINT_DIR).exists():
         raise CheckpointError(
-            f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) or choose another --out"
+            f"{out_dir} already holds a run; resume it (vadpipe train --resume {out_dir}) or choose another --run"
         )
     everything = data = open_training_set(features, labels_csv=labels_csv, crops=crops) if data is None else data
     if videos is not None:

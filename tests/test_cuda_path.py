@@ -98,7 +98,7 @@ def test_gpu_out_of_memory_is_one_clear_line():
     def network():
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB ...")
 
-    with pytest.raises(VadpipeError, match=r"^GPU out of memory at a batch of 32 crops on cuda:1: lower --batch-size$"):
+    with pytest.raises(VadpipeError, match=r"^GPU out of memory at a batch of 32 crops on cuda:1: lower --i3d-batch$"):
         with gpu_memory_errors(torch.device("cuda:1"), 32):
             network()
     with pytest.raises(RuntimeError, match="other"):  # any other error passes as it is
