@@ -9,12 +9,13 @@ a ``group``; `Alias` is an old spelling of an option; `AliasedChoice` a choice w
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
-__all__ = ["GROUPS", "Alias", "AliasedChoice", "Command", "Option", "deprecated", "option"]
+__all__ = ["GROUPS", "Alias", "AliasedChoice", "Command", "Option", "deprecated", "option", "trained_run_option"]
 
 # The headings of every command's --help, in this order (a command shows those it has).
 GROUPS = ("Input", "Output", "Clips", "Model", "Recipe", "Operating point", "Evaluation", "Validation", "Where it runs")
@@ -105,6 +106,21 @@ def option(*decls: str, group: str, **kwargs: Any) -> Callable:
     """``click.option`` with a help-screen heading (``cls`` may be a subclass of `Option`)."""
     kwargs.setdefault("cls", Option)
     return click.option(*decls, group=group, **kwargs)
+
+
+def trained_run_option(func: Callable) -> Callable:
+    """``--run DIR`` of the commands that read a trained run (detect, evaluate, watch), with its old
+    spelling ``--model``: one definition, so the three say the same."""
+    kind = click.Path(file_okay=False, path_type=Path)
+    func = click.option("--model", cls=Alias, target="model_dir", use="--run", type=kind)(func)
+    return option(
+        "--run",
+        "model_dir",
+        group="Input",
+        type=kind,
+        default=None,
+        help="Run folder from vadpipe train [default: the latest run in the workspace].",
+    )(func)
 
 
 class Command(click.Command):

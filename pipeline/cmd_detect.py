@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vadpipe.cli_options import Alias, Command, option
+from vadpipe.cli_options import Alias, Command, option, trained_run_option
 from vadpipe.extract.backbones import BACKBONES
 from vadpipe.extract.fileio import check_output_file
 from vadpipe.extract.settings import CROP_MODES
@@ -30,15 +30,7 @@ def _unit_interval(ctx, param, value):
 
 @click.command(cls=Command)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
-@option(
-    "--run",
-    "model_dir",
-    group="Input",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run folder from vadpipe train [default: the latest run in the workspace].",
-)
-@click.option("--model", cls=Alias, target="model_dir", use="--run", type=click.Path(file_okay=False, path_type=Path))
+@trained_run_option
 @option(
     "--json",
     "out",

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from vadpipe.cli_options import Alias, Command, option
+from vadpipe.cli_options import Command, option, trained_run_option
 from vadpipe.extract.fileio import atomic_write_text
 from vadpipe.ood_cli import ood_option, report_outside
 from vadpipe.tables import detection_table, metrics_table
@@ -65,15 +65,7 @@ def print_report(console: Console, report: dict) -> None:
 
 
 @click.command(cls=Command)
-@click.option("--model", cls=Alias, target="model_dir", use="--run", type=click.Path(file_okay=False, path_type=Path))
-@option(
-    "--run",
-    "model_dir",
-    group="Input",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run folder from vadpipe train [default: the latest run in the workspace].",
-)
+@trained_run_option
 @option(
     "--features",
     "features_dir",

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import tomllib
 
-from vadpipe.cli_options import Alias, Command, option
+from vadpipe.cli_options import Alias, Command, option, trained_run_option
 from vadpipe.errors import ConfigError
 from vadpipe.extract.backbones import BACKBONES
 from vadpipe.ood_cli import ood_option
@@ -49,15 +49,7 @@ def _unit_interval(ctx, param, value):
 
 @click.command(cls=Command)
 @click.argument("sources", nargs=-1)
-@click.option("--model", cls=Alias, target="model_dir", use="--run", type=click.Path(file_okay=False, path_type=Path))
-@option(
-    "--run",
-    "model_dir",
-    group="Input",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Run folder from vadpipe train [default: the latest run in the workspace].",
-)
+@trained_run_option
 @option(
     "--config",
     "config_file",
